@@ -1,0 +1,205 @@
+//! Response body wrappers. Each forwards frames one by one as they arrive:
+//! nothing here buffers.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use pin_project_lite::pin_project;
+
+use crate::{BoxError, ProxyBody, pool::InFlight};
+
+/// A complete body as a [`ProxyBody`].
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pin_project! {
+    /// A response body that keeps its key counted in flight until the body
+    /// ends, fails, or is dropped (the client went away). A stream holds its
+    /// key for as long as it runs, not just until its headers.
+    #[derive(Debug)]
+    pub struct LeasedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> LeasedBody<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self { inner, in_flight: Some(in_flight) }
+    }
+}
+
+impl<B> Body for LeasedBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // Release at the end as soon as it is known: a body whose last frame
+        // says end-of-stream may never be polled again.
+        match &frame {
+            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            _ => drop(this.in_flight.take()),
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A server-sent event stream whose upstream may break after the `200`
+    /// went out: instead of cutting the connection, it ends the stream with
+    /// one `data: {"error": ...}` event, so that SDKs raise a clear error.
+    #[derive(Debug)]
+    pub struct SseErrorTail<B> {
+        #[pin]
+        inner: B,
+        failed: bool,
+        // Whether the bytes sent so far end on an event boundary.
+        at_boundary: bool,
+    }
+}
+
+impl<B> SseErrorTail<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner, failed: false, at_boundary: true }
+    }
+}
+
+/// The last event of a stream that broke: OpenAI's error shape.
+pub fn sse_error_event(message: &str, code: &str) -> Bytes {
+    let event = serde_json::json!({
+        "error": { "message": message, "type": "upstream_error", "param": null, "code": code }
+    });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+impl<B> Body for SseErrorTail<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                    *this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => {
+                *this.failed = true;
+                let err: BoxError = err.into();
+                tracing::warn!(error = %err, "upstream stream broke after its headers");
+                let event = sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
+                let event = if *this.at_boundary { event } else { [&b"\n\n"[..], &event].concat().into() };
+                Poll::Ready(Some(Ok(Frame::data(event))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The error event may add bytes the inner hint does not know of.
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+
+    use super::*;
+    use crate::{
+        pool::{KeyPool, Secret},
+        provider::Provider,
+    };
+
+    fn frames(items: Vec<Result<&'static str, &'static str>>) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(stream::iter(
+            items.into_iter().map(|item| item.map(|s| Frame::data(Bytes::from(s))).map_err(BoxError::from)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_ends_with_one_error_event() {
+        let body = SseErrorTail::new(frames(vec![Ok("data: {\"a\":1}\n\n"), Err("connection reset")]));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let events: Vec<_> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 2, "{text}");
+        let error: serde_json::Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(error["error"]["code"], "stream_broken");
+        assert!(error["error"]["message"].as_str().unwrap().contains("connection reset"));
+    }
+
+    #[tokio::test]
+    async fn a_partial_event_is_closed_before_the_error_event() {
+        let body = SseErrorTail::new(frames(vec![Ok("data: {\"a\""), Err("reset")]));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert!(bytes.windows(8).any(|w| w == b"\n\ndata: "), "{bytes:?}");
+    }
+
+    #[tokio::test]
+    async fn leased_body_releases_its_key_at_the_end_on_error_and_on_drop() {
+        let provider = Provider::openai_compatible("p", "http://127.0.0.1:9/v1").unwrap();
+        let pool = KeyPool::builder().provider(provider, Default::default(), vec![Secret::new("k")]).build().unwrap();
+        let provider = pool.provider("p").unwrap();
+        let in_flight = || provider.keys()[0].in_flight();
+
+        let (_, guard) = provider.lease().unwrap();
+        let mut body = LeasedBody::new(frames(vec![Ok("one"), Ok("two")]), guard);
+        assert_eq!(in_flight(), 1);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(in_flight(), 1, "still streaming");
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert_eq!(in_flight(), 0, "released at the end");
+
+        let (_, guard) = provider.lease().unwrap();
+        let mut body = LeasedBody::new(frames(vec![Err("boom")]), guard);
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(in_flight(), 0, "released on error");
+
+        let (_, guard) = provider.lease().unwrap();
+        let body = LeasedBody::new(frames(vec![Ok("never read")]), guard);
+        drop(body);
+        assert_eq!(in_flight(), 0, "released when the client goes away");
+
+        let (_, guard) = provider.lease().unwrap();
+        let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"whole")), guard);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(in_flight(), 0, "released on the last frame, before any further poll");
+    }
+}

@@ -1,0 +1,497 @@
+//! The failures the layers report, and how each one answers the client.
+//!
+//! Every condition is a tiny struct with a lowercase `Display` saying what
+//! happened and what to fix. Layers return them boxed as [`BoxError`]; only
+//! [`crate::respond::ErrorResponseLayer`] turns them into responses, through
+//! [`ErrorReply::from_error`]. Errors carry key ids, never secrets.
+
+use std::{error::Error, fmt, time::Duration};
+
+use http::StatusCode;
+
+use crate::BoxError;
+
+/// What the client is told about a failure: DESIGN's status table, in
+/// OpenAI's error shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub status: StatusCode,
+    /// OpenAI's `error.type`.
+    pub kind: &'static str,
+    /// OpenAI's `error.code`; also the few-valued label logs and metrics use.
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+    /// Methods for an `Allow` header (405).
+    pub allow: Option<&'static str>,
+}
+
+impl ErrorReply {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        Self { status, kind, code, message, retry_after: None, allow: None }
+    }
+
+    /// Walks the error's source chain for a failure this crate knows; anything
+    /// else is an internal error (500), which no client input should reach.
+    pub fn from_error(err: &(dyn Error + 'static)) -> Self {
+        let mut cause = Some(err);
+        while let Some(err) = cause {
+            macro_rules! reply_if {
+                ($($ty:ty),* $(,)?) => {$(
+                    if let Some(known) = err.downcast_ref::<$ty>() {
+                        return known.reply();
+                    }
+                )*};
+            }
+            reply_if!(
+                Unauthorized,
+                BodyTooLarge,
+                InvalidBody,
+                MissingModel,
+                InvalidModel,
+                UnknownProvider,
+                RouteNotFound,
+                MethodNotAllowed,
+                NoKeyConfigured,
+                DeadlineExceeded,
+                UpstreamUnreachable,
+                MissingExtension,
+            );
+            cause = err.source();
+        }
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "internal error in the proxy; see its logs".to_owned(),
+        )
+    }
+
+    /// The response body: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": null,
+                "code": self.code,
+            }
+        }))
+        .expect("a JSON object of strings always serializes")
+    }
+}
+
+trait Reply {
+    fn reply(&self) -> ErrorReply;
+}
+
+/// Client-supplied strings are echoed in messages only this long.
+const ECHO_LIMIT: usize = 120;
+
+fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+macro_rules! impl_error {
+    ($ty:ty) => {
+        impl Error for $ty {}
+    };
+}
+
+/// The client sent no proxy key, or the wrong one (401).
+#[derive(Debug)]
+pub struct Unauthorized {
+    missing: bool,
+}
+
+impl Unauthorized {
+    pub fn missing() -> Self {
+        Self { missing: true }
+    }
+    pub fn invalid() -> Self {
+        Self { missing: false }
+    }
+}
+
+impl fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.missing {
+            f.write_str("missing proxy API key: send `Authorization: Bearer <PROXY_API_KEY>` or `x-api-key: <PROXY_API_KEY>`")
+        } else {
+            f.write_str("invalid proxy API key: the key sent does not match PROXY_API_KEY")
+        }
+    }
+}
+impl_error!(Unauthorized);
+impl Reply for Unauthorized {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", self.to_string())
+    }
+}
+
+/// The request body is over the configured limit (413).
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    limit: u64,
+}
+
+impl BodyTooLarge {
+    pub fn new(limit: u64) -> Self {
+        Self { limit }
+    }
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body is larger than the proxy's limit of {} bytes (server.max_body_bytes)", self.limit)
+    }
+}
+impl_error!(BodyTooLarge);
+impl Reply for BodyTooLarge {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", self.to_string())
+    }
+}
+
+/// The body is not a JSON object, or could not be read (400).
+#[derive(Debug)]
+pub struct InvalidBody {
+    reason: String,
+}
+
+impl InvalidBody {
+    pub fn new(reason: impl fmt::Display) -> Self {
+        Self { reason: reason.to_string() }
+    }
+}
+
+impl fmt::Display for InvalidBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body must be a JSON object: {}", self.reason)
+    }
+}
+impl_error!(InvalidBody);
+impl Reply for InvalidBody {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", self.to_string())
+    }
+}
+
+/// The body has no `model` (400).
+#[derive(Debug, Default)]
+pub struct MissingModel {
+    _private: (),
+}
+
+impl MissingModel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Display for MissingModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body has no `model`: name one as `provider/model`, e.g. `openai/gpt-4o-mini`")
+    }
+}
+impl_error!(MissingModel);
+impl Reply for MissingModel {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "missing_model", self.to_string())
+    }
+}
+
+/// `model` is not a `provider/model` string (400).
+#[derive(Debug)]
+pub struct InvalidModel {
+    model: Option<String>,
+}
+
+impl InvalidModel {
+    /// `model` was a string but not of the form `provider/model`.
+    pub fn new(model: &str) -> Self {
+        Self { model: Some(echo(model)) }
+    }
+    /// `model` was not a string at all.
+    pub fn not_a_string() -> Self {
+        Self { model: None }
+    }
+}
+
+impl fmt::Display for InvalidModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.model {
+            Some(model) => write!(
+                f,
+                "model `{model}` is not of the form `provider/model`: prefix it with a configured provider, e.g. `openai/gpt-4o-mini`"
+            ),
+            None => f.write_str("`model` must be a string of the form `provider/model`"),
+        }
+    }
+}
+impl_error!(InvalidModel);
+impl Reply for InvalidModel {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_model", self.to_string())
+    }
+}
+
+/// The `provider/` prefix of `model` names no configured provider (400).
+#[derive(Debug)]
+pub struct UnknownProvider {
+    provider: String,
+    known: String,
+}
+
+impl UnknownProvider {
+    pub fn new<'a>(provider: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
+        let known = known.into_iter().collect::<Vec<_>>().join(", ");
+        Self { provider: echo(provider), known }
+    }
+}
+
+impl fmt::Display for UnknownProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown provider `{}`; known providers: {}", self.provider, self.known)
+    }
+}
+impl_error!(UnknownProvider);
+impl Reply for UnknownProvider {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unknown_provider", self.to_string())
+    }
+}
+
+/// No route has this path (404).
+#[derive(Debug)]
+pub struct RouteNotFound {
+    path: String,
+}
+
+impl RouteNotFound {
+    pub fn new(path: &str) -> Self {
+        Self { path: echo(path) }
+    }
+}
+
+impl fmt::Display for RouteNotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no route for `{}`; see GET /v1/models and POST /v1/chat/completions", self.path)
+    }
+}
+impl_error!(RouteNotFound);
+impl Reply for RouteNotFound {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", self.to_string())
+    }
+}
+
+/// The route exists but not for this method (405).
+#[derive(Debug)]
+pub struct MethodNotAllowed {
+    allow: &'static str,
+}
+
+impl MethodNotAllowed {
+    /// `allow` is the value of the `Allow` header, e.g. `"POST"`.
+    pub fn new(allow: &'static str) -> Self {
+        Self { allow }
+    }
+}
+
+impl fmt::Display for MethodNotAllowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "method not allowed on this route; use {}", self.allow)
+    }
+}
+impl_error!(MethodNotAllowed);
+impl Reply for MethodNotAllowed {
+    fn reply(&self) -> ErrorReply {
+        let mut reply =
+            ErrorReply::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", self.to_string());
+        reply.allow = Some(self.allow);
+        reply
+    }
+}
+
+/// The provider is known but holds no key (503).
+#[derive(Debug)]
+pub struct NoKeyConfigured {
+    provider: String,
+}
+
+impl NoKeyConfigured {
+    pub fn new(provider: &str) -> Self {
+        Self { provider: provider.to_owned() }
+    }
+}
+
+impl fmt::Display for NoKeyConfigured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env = self.provider.to_ascii_uppercase();
+        write!(f, "no API key configured for provider `{}`: set {env}_API_KEY (or {env}_API_KEY_1, ...)", self.provider)
+    }
+}
+impl_error!(NoKeyConfigured);
+impl Reply for NoKeyConfigured {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_usable_key", self.to_string())
+    }
+}
+
+/// The request's deadline passed before the upstream answered (504).
+#[derive(Debug)]
+pub struct DeadlineExceeded {
+    after: Duration,
+}
+
+impl DeadlineExceeded {
+    pub fn new(after: Duration) -> Self {
+        Self { after }
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no answer from the upstream within the proxy's deadline of {:.1} s (proxy.global_timeout_secs / GLOBAL_TIMEOUT)",
+            self.after.as_secs_f64()
+        )
+    }
+}
+impl_error!(DeadlineExceeded);
+impl Reply for DeadlineExceeded {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", self.to_string())
+    }
+}
+
+/// The upstream could not be reached, or broke before answering (502).
+#[derive(Debug)]
+pub struct UpstreamUnreachable {
+    provider: String,
+    source: BoxError,
+}
+
+impl UpstreamUnreachable {
+    pub fn new(provider: &str, source: impl Into<BoxError>) -> Self {
+        Self { provider: provider.to_owned(), source: source.into() }
+    }
+}
+
+impl fmt::Display for UpstreamUnreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream `{}` failed before answering", self.provider)?;
+        // The chain of a hyper client error names the cause (connect refused,
+        // reset, TLS); it never holds headers, so no secret can appear here.
+        let mut cause: Option<&(dyn Error + 'static)> = Some(&*self.source);
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+impl_error!(UpstreamUnreachable);
+impl Reply for UpstreamUnreachable {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", self.to_string())
+    }
+}
+
+/// A layer ran without the extension an outer layer should have inserted: a
+/// mis-assembled stack, not a client error (500).
+#[derive(Debug)]
+pub struct MissingExtension(&'static str);
+
+impl MissingExtension {
+    pub fn new(type_name: &'static str) -> Self {
+        Self(type_name)
+    }
+}
+
+impl fmt::Display for MissingExtension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request extension `{}` is missing: a layer is out of order in the stack", self.0)
+    }
+}
+impl_error!(MissingExtension);
+impl Reply for MissingExtension {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(err: impl Into<BoxError>) -> ErrorReply {
+        ErrorReply::from_error(&*err.into())
+    }
+
+    #[test]
+    fn statuses_follow_the_design_table() {
+        let table: Vec<(BoxError, u16, &str)> = vec![
+            (Unauthorized::missing().into(), 401, "invalid_api_key"),
+            (Unauthorized::invalid().into(), 401, "invalid_api_key"),
+            (BodyTooLarge::new(10).into(), 413, "request_too_large"),
+            (InvalidBody::new("eof").into(), 400, "invalid_json"),
+            (MissingModel::new().into(), 400, "missing_model"),
+            (InvalidModel::new("gpt-4o").into(), 400, "invalid_model"),
+            (UnknownProvider::new("x", ["openai"]).into(), 400, "unknown_provider"),
+            (RouteNotFound::new("/nope").into(), 404, "unknown_url"),
+            (MethodNotAllowed::new("POST").into(), 405, "method_not_allowed"),
+            (NoKeyConfigured::new("groq").into(), 503, "no_usable_key"),
+            (DeadlineExceeded::new(Duration::from_secs(1)).into(), 504, "deadline_exceeded"),
+            (UpstreamUnreachable::new("openai", "connection refused").into(), 502, "upstream_unreachable"),
+            (MissingExtension::new("RouteTarget").into(), 500, "internal_error"),
+            ("something else".into(), 500, "internal_error"),
+        ];
+        for (err, status, code) in table {
+            let r = reply(err);
+            assert_eq!((r.status.as_u16(), r.code), (status, code), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn a_known_error_is_found_behind_a_wrapper() {
+        #[derive(Debug)]
+        struct Wrapper(BoxError);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl Error for Wrapper {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&*self.0)
+            }
+        }
+        let r = reply(Wrapper(Box::new(BodyTooLarge::new(5))));
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn messages_name_the_fix_and_echo_input_bounded() {
+        let long = "x".repeat(10_000);
+        let r = reply(InvalidModel::new(&long));
+        assert!(r.message.len() < 400, "{}", r.message.len());
+        assert!(reply(NoKeyConfigured::new("nvidia_nim")).message.contains("NVIDIA_NIM_API_KEY"));
+        let allow = reply(MethodNotAllowed::new("GET")).allow;
+        assert_eq!(allow, Some("GET"));
+    }
+
+    #[test]
+    fn json_is_openai_shaped() {
+        let body: serde_json::Value = serde_json::from_slice(&reply(MissingModel::new()).to_json()).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "missing_model");
+        assert!(body["error"]["message"].as_str().unwrap().contains("provider/model"));
+    }
+}

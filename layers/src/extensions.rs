@@ -1,0 +1,127 @@
+//! The request and response extensions through which layers talk.
+//!
+//! Identities go in extensions (they are cloned for every attempt); RAII
+//! resources (in-flight guards, permits) go in futures and bodies.
+//!
+//! | extension | inserted by | read by |
+//! |---|---|---|
+//! | [`RequestId`] | RequestLog (from `x-request-id` or generated) | anyone logging |
+//! | [`Deadline`] | Deadline | anyone who waits (key selection, retries) |
+//! | [`RouteTarget`] | Parse | KeySelect, Upstream |
+//! | [`KeyLease`](crate::pool::KeyLease) | KeySelect | Upstream |
+//! | *response* [`KeyLease`](crate::pool::KeyLease) | Upstream (copied from the request) | RequestLog |
+//! | *response* [`ErrorCode`] | ErrorResponse | RequestLog |
+//!
+//! A layer that misses one it needs fails with
+//! [`MissingExtension`](crate::error::MissingExtension) (500): the stack is
+//! mis-assembled, which is never the client's fault.
+
+use std::{fmt, ops::Range, sync::Arc};
+
+use tokio::time::Instant;
+
+use crate::provider::ProviderId;
+
+/// The id of one client request, for logs and the `x-request-id` header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    pub fn new(id: &str) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// When the whole request must have its answer, on tokio's clock so that
+/// paused-clock tests control it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(pub Instant);
+
+/// The inbound OpenAI endpoints the proxy forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Recognises `/v1/chat/completions` and `/v1/embeddings`, with or
+    /// without the `/v1` prefix.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let path = path.strip_prefix("/v1").unwrap_or(path);
+        match path.trim_end_matches('/') {
+            "/chat/completions" => Some(Self::ChatCompletions),
+            "/embeddings" => Some(Self::Embeddings),
+            _ => None,
+        }
+    }
+
+    /// The path below an OpenAI-compatible base URL.
+    pub fn path_suffix(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Where a request goes: what Parse learned from its body.
+#[derive(Clone, Debug)]
+pub struct RouteTarget {
+    provider: ProviderId,
+    model: Arc<str>,
+    endpoint: Endpoint,
+    stream: bool,
+    model_span: Option<Range<usize>>,
+}
+
+impl RouteTarget {
+    pub fn new(provider: ProviderId, model: &str, endpoint: Endpoint, stream: bool) -> Self {
+        Self { provider, model: model.into(), endpoint, stream, model_span: None }
+    }
+
+    /// Records where the `model` JSON string token (quotes included) sits in
+    /// the body, so an upstream can replace it without re-serialising.
+    pub fn with_model_span(mut self, span: Range<usize>) -> Self {
+        self.model_span = Some(span);
+        self
+    }
+
+    pub fn provider(&self) -> &ProviderId {
+        &self.provider
+    }
+    /// The model name the upstream knows, without the `provider/` prefix.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+    /// Whether the client asked for a server-sent event stream.
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+    pub fn model_span(&self) -> Option<Range<usize>> {
+        self.model_span.clone()
+    }
+}
+
+/// The few-valued code of the error a response carries, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);

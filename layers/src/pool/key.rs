@@ -1,0 +1,221 @@
+//! One upstream key: its secret, its public id, and its live counters.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use http::{HeaderName, HeaderValue, header::AUTHORIZATION};
+use sha2::{Digest, Sha256};
+
+use crate::provider::{AuthStyle, Provider, ProviderId};
+
+/// A secret string (an upstream key or the proxy key). It has no `Display`,
+/// no `Serialize`, and a redacted `Debug`, so it cannot slip into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(secret: impl Into<Arc<str>>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A key's public name: `provider:` plus the first 8 hex digits of the
+/// SHA-256 of the secret, e.g. `openai:3f9a1c2e`. Stable across restarts,
+/// URL-safe, and safe to show anywhere.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Arc<str>);
+
+impl KeyId {
+    pub fn new(provider: &ProviderId, secret: &Secret) -> Self {
+        let digest = Sha256::digest(secret.expose().as_bytes());
+        let mut id = String::with_capacity(provider.as_str().len() + 9);
+        id.push_str(provider.as_str());
+        id.push(':');
+        for byte in &digest[..4] {
+            id.push_str(&format!("{byte:02x}"));
+        }
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A key that cannot be sent as an HTTP header value.
+#[derive(Debug)]
+pub struct InvalidKey {
+    provider: ProviderId,
+    position: usize,
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key #{} of provider `{}` holds characters not allowed in an HTTP header (a stray quote, newline or non-ASCII character?)",
+            self.position, self.provider
+        )
+    }
+}
+
+impl std::error::Error for InvalidKey {}
+
+/// One key and what the pool knows about it. Counters are atomics so that
+/// selection never locks.
+pub struct KeyEntry {
+    id: KeyId,
+    secret: Secret,
+    auth_name: HeaderName,
+    /// Built once, marked sensitive, so requests only clone it.
+    auth_value: HeaderValue,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    last_used_unix_ms: AtomicU64,
+}
+
+impl KeyEntry {
+    pub(crate) fn new(provider: &Provider, secret: Secret, position: usize) -> Result<Self, InvalidKey> {
+        let invalid = || InvalidKey { provider: provider.id().clone(), position };
+        let (auth_name, value) = match provider.auth() {
+            AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", secret.expose())),
+            AuthStyle::Header(name) => (name.clone(), secret.expose().to_owned()),
+        };
+        let mut auth_value = HeaderValue::from_str(&value).map_err(|_| invalid())?;
+        auth_value.set_sensitive(true);
+        Ok(Self {
+            id: KeyId::new(provider.id(), &secret),
+            secret,
+            auth_name,
+            auth_value,
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            last_used_unix_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+    /// The header that carries this key to its provider.
+    pub fn auth_header(&self) -> (&HeaderName, &HeaderValue) {
+        (&self.auth_name, &self.auth_value)
+    }
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+    /// Milliseconds since the Unix epoch of the last time this key was
+    /// chosen; 0 for never.
+    pub fn last_used_unix_ms(&self) -> u64 {
+        self.last_used_unix_ms.load(Relaxed)
+    }
+
+    /// Counts the key as chosen; the guard counts it out of flight on drop.
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_used_unix_ms.store(now, Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight())
+            .field("requests", &self.requests())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds one request in a key's in-flight count until dropped. It lives in
+/// the response body, so a stream counts until its last byte.
+#[derive(Debug)]
+pub struct InFlight(Arc<KeyEntry>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_provider_and_eight_hex_digits_of_sha256() {
+        // sha256("sk-test") = 0e1ec0f0...
+        let id = KeyId::new(&ProviderId::new("openai"), &Secret::new("sk-test"));
+        let expected: String = Sha256::digest(b"sk-test")[..4].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id.as_str(), format!("openai:{expected}"));
+        assert_eq!(id.as_str().len(), "openai:".len() + 8);
+    }
+
+    #[test]
+    fn secrets_never_debug_print() {
+        let dbg = format!("{:?}", Secret::new("sk-very-secret"));
+        assert!(!dbg.contains("sk-very-secret"), "{dbg}");
+        let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+        let entry = KeyEntry::new(&provider, Secret::new("sk-very-secret"), 1).unwrap();
+        let dbg = format!("{entry:?} {:?}", entry.auth_header());
+        assert!(!dbg.contains("sk-very-secret"), "{dbg}");
+    }
+
+    #[test]
+    fn rejects_keys_that_cannot_be_headers() {
+        let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+        let err = KeyEntry::new(&provider, Secret::new("sk-a\nb"), 2).unwrap_err().to_string();
+        assert!(err.contains("key #2") && !err.contains("sk-a"), "{err}");
+    }
+
+    #[test]
+    fn in_flight_counts_until_the_guard_drops() {
+        let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+        let entry = Arc::new(KeyEntry::new(&provider, Secret::new("k"), 1).unwrap());
+        let a = entry.begin();
+        let b = entry.begin();
+        assert_eq!((entry.in_flight(), entry.requests()), (2, 2));
+        drop(a);
+        drop(b);
+        assert_eq!((entry.in_flight(), entry.requests()), (0, 2));
+        assert!(entry.last_used_unix_ms() > 0);
+    }
+}

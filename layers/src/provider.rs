@@ -1,0 +1,220 @@
+//! What the proxy knows about one upstream provider: where it lives, how it
+//! takes a key, which wire dialect it speaks, and which models it lists.
+//!
+//! ```
+//! use keyrelay_layers::provider::{AuthStyle, Provider};
+//!
+//! let groq = Provider::openai_compatible("groq", "https://api.groq.com/openai/v1").unwrap();
+//! assert_eq!(groq.api_base().to_string(), "https://api.groq.com/openai/v1");
+//! assert!(matches!(groq.auth(), AuthStyle::Bearer));
+//! ```
+
+use std::{fmt, sync::Arc};
+
+use http::{HeaderName, Uri, uri::PathAndQuery};
+
+use crate::extensions::Endpoint;
+
+/// A provider's name, as in `provider/model`; cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderId(Arc<str>);
+
+impl ProviderId {
+    pub fn new(id: &str) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// How a provider takes its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI and every compatible API).
+    Bearer,
+    /// The bare key in a header of its own, e.g. `x-api-key`.
+    Header(HeaderName),
+}
+
+/// The wire format a provider speaks. Only OpenAI's for now; Anthropic's
+/// Messages and Gemini's generateContent translate in their own modules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// OpenAI's API: bodies pass through with only `model` rewritten.
+    OpenAi,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+        }
+    }
+}
+
+/// A provider's base URL, parsed once. `Display` leaves out any userinfo.
+#[derive(Clone, Debug)]
+pub struct ApiBase {
+    uri: Uri,
+    /// The path without its trailing `/`, so that `join` can append `/suffix`.
+    path: Box<str>,
+}
+
+/// An `api_base` that is not an absolute `http(s)://` URL.
+#[derive(Debug)]
+pub struct InvalidApiBase {
+    reason: String,
+}
+
+impl fmt::Display for InvalidApiBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid api_base: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidApiBase {}
+
+impl ApiBase {
+    pub fn parse(s: &str) -> Result<Self, InvalidApiBase> {
+        let invalid = |reason: &str| InvalidApiBase { reason: reason.to_owned() };
+        let uri: Uri = s.trim().parse().map_err(|_| invalid("not a URL, expected e.g. https://api.openai.com/v1"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(invalid("must start with http:// or https://")),
+        }
+        if uri.authority().is_none() {
+            return Err(invalid("has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(invalid("must not have a query string"));
+        }
+        let path = uri.path().trim_end_matches('/').into();
+        Ok(Self { uri, path })
+    }
+
+    /// `base + "/" + suffix`, e.g. `https://api.openai.com/v1/chat/completions`.
+    pub fn join(&self, suffix: &str) -> Uri {
+        let path = format!("{}/{}", self.path, suffix.trim_start_matches('/'));
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(PathAndQuery::try_from(path).expect("a valid path plus a valid suffix is valid"));
+        Uri::from_parts(parts).expect("parts of a valid absolute URI")
+    }
+}
+
+impl fmt::Display for ApiBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.uri.scheme_str().unwrap_or("http");
+        let authority = self.uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        write!(f, "{scheme}://{host}{}", self.path)
+    }
+}
+
+/// One upstream provider.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    id: ProviderId,
+    api_base: ApiBase,
+    auth: AuthStyle,
+    dialect: Dialect,
+    models: Vec<String>,
+    /// Built once so that each request only clones a `Uri`.
+    chat_uri: Uri,
+    embeddings_uri: Uri,
+}
+
+impl Provider {
+    /// An OpenAI-compatible provider with bearer auth. `api_base` includes
+    /// the version path, as the provider's own SDK takes it.
+    pub fn openai_compatible(id: &str, api_base: &str) -> Result<Self, InvalidApiBase> {
+        let api_base = ApiBase::parse(api_base)?;
+        Ok(Self {
+            id: ProviderId::new(id),
+            chat_uri: api_base.join(Endpoint::ChatCompletions.path_suffix()),
+            embeddings_uri: api_base.join(Endpoint::Embeddings.path_suffix()),
+            api_base,
+            auth: AuthStyle::Bearer,
+            dialect: Dialect::OpenAi,
+            models: Vec::new(),
+        })
+    }
+
+    pub fn with_auth(mut self, auth: AuthStyle) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Models to list in `/v1/models` besides those the provider reports.
+    pub fn with_models(mut self, models: Vec<String>) -> Self {
+        self.models = models;
+        self
+    }
+
+    pub fn id(&self) -> &ProviderId {
+        &self.id
+    }
+    pub fn api_base(&self) -> &ApiBase {
+        &self.api_base
+    }
+    pub fn auth(&self) -> &AuthStyle {
+        &self.auth
+    }
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// The upstream URI for an inbound endpoint.
+    pub fn endpoint_uri(&self, endpoint: Endpoint) -> Uri {
+        match endpoint {
+            Endpoint::ChatCompletions => self.chat_uri.clone(),
+            Endpoint::Embeddings => self.embeddings_uri.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_paths_with_exactly_one_slash() {
+        for base in ["https://api.openai.com/v1", "https://api.openai.com/v1/"] {
+            let base = ApiBase::parse(base).unwrap();
+            assert_eq!(base.join("chat/completions"), "https://api.openai.com/v1/chat/completions");
+            assert_eq!(base.join("/models"), "https://api.openai.com/v1/models");
+        }
+        let bare = ApiBase::parse("http://127.0.0.1:11434").unwrap();
+        assert_eq!(bare.join("models"), "http://127.0.0.1:11434/models");
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_a_base() {
+        for bad in ["api.openai.com/v1", "ftp://x/v1", "https://x/v1?key=1", "", "not a url"] {
+            assert!(ApiBase::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_hides_userinfo() {
+        let base = ApiBase::parse("https://user:hunter2@proxy.example/v1").unwrap();
+        assert_eq!(base.to_string(), "https://proxy.example/v1");
+    }
+}

@@ -1,0 +1,103 @@
+//! Header hygiene between the client and the provider.
+
+use http::{
+    HeaderMap,
+    header::{self, HeaderName},
+};
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and the proxy's own framing: never
+/// forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Credentials a client may send to the proxy (or mistakenly, for another
+/// provider); the upstream only ever sees the key the proxy chose.
+const CLIENT_CREDENTIALS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+    header::COOKIE,
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Cleans a client's request headers for the provider: no hop-by-hop
+/// headers, no client credentials, no `Host` (set from the upstream URI)
+/// and no `Content-Length` (the body may be rewritten).
+pub fn for_upstream(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    for name in &CLIENT_CREDENTIALS {
+        headers.remove(name);
+    }
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// Cleans a provider's response headers for the client: no hop-by-hop
+/// headers and no provider cookies.
+pub fn for_client(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::SET_COOKIE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_credentials_and_hop_by_hop_but_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer client-key"),
+            ("x-api-key", "client-key"),
+            ("x-goog-api-key", "g"),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("host", "proxy.local"),
+            ("content-length", "12"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+            ("openai-organization", "org-1"),
+            ("x-request-id", "r1"),
+        ] {
+            h.append(name, value.parse().unwrap());
+        }
+        for_upstream(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "openai-organization", "x-request-id"]);
+    }
+
+    #[test]
+    fn client_gets_no_provider_cookies_or_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [("set-cookie", "__cf_bm=x"), ("connection", "close"), ("content-type", "text/event-stream")] {
+            h.append(name, value.parse().unwrap());
+        }
+        for_client(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}
