@@ -1,1 +1,47 @@
-fn main() {}
+use std::{io::Write, process::ExitCode};
+
+use clap::Parser;
+use keyrelay::{
+    Bound, banner,
+    cli::Cli,
+    config::{self, Sources},
+    server::{Shutdown, shutdown_signal},
+    telemetry,
+};
+
+/// Exit status for a configuration that cannot run (BSD's EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(Sources::from_cli(&cli)) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("keyrelay: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(cli.log_level.as_deref());
+
+    let bound = match Bound::bind(&settings).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            eprintln!("keyrelay: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = bound.local_addr().expect("a bound listener has an address");
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{}", banner(addr, &settings, bound.app()));
+    let _ = stdout.flush();
+    drop(stdout);
+
+    match bound.serve(shutdown_signal()).await {
+        Shutdown::Drained => tracing::info!("all requests finished; bye"),
+        Shutdown::GraceExpired => {
+            tracing::warn!("grace period over; closing the remaining connections")
+        }
+    }
+    ExitCode::SUCCESS
+}

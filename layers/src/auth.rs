@@ -55,7 +55,9 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// Every request must carry `key`.
     pub fn require(key: Secret) -> Self {
-        Self { expected: Some(Arc::new(Sha256::digest(key.expose().as_bytes()).into())) }
+        Self {
+            expected: Some(Arc::new(Sha256::digest(key.expose().as_bytes()).into())),
+        }
     }
 
     /// No key is checked (the binary allows this only on loopback binds);
@@ -67,7 +69,9 @@ impl AuthLayer {
 
 impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer").field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("AuthLayer")
+            .field("enabled", &self.expected.is_some())
+            .finish()
     }
 }
 
@@ -75,7 +79,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, expected: self.expected.clone() }
+        Auth {
+            inner,
+            expected: self.expected.clone(),
+        }
     }
 }
 
@@ -88,7 +95,10 @@ pub struct Auth<S> {
 
 impl<S: fmt::Debug> fmt::Debug for Auth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth").field("inner", &self.inner).field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("enabled", &self.expected.is_some())
+            .finish()
     }
 }
 
@@ -131,7 +141,10 @@ fn check(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), Unauthorized> {
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
-    let api_key = headers.get_all(X_API_KEY).iter().filter_map(|value| value.to_str().ok().map(str::trim));
+    let api_key = headers
+        .get_all(X_API_KEY)
+        .iter()
+        .filter_map(|value| value.to_str().ok().map(str::trim));
     let mut presented = false;
     for candidate in bearer.chain(api_key) {
         presented = true;
@@ -140,7 +153,11 @@ fn check(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), Unauthorized> {
             return Ok(());
         }
     }
-    Err(if presented { Unauthorized::invalid() } else { Unauthorized::missing() })
+    Err(if presented {
+        Unauthorized::invalid()
+    } else {
+        Unauthorized::missing()
+    })
 }
 
 fn strip_client_credentials(headers: &mut HeaderMap) {
@@ -170,7 +187,13 @@ mod tests {
         assert!(check(&headers(&[("authorization", "Bearer k1")]), &key).is_ok());
         assert!(check(&headers(&[("authorization", "bearer  k1 ")]), &key).is_ok());
         assert!(check(&headers(&[("x-api-key", "k1")]), &key).is_ok());
-        assert!(check(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), &key).is_ok());
+        assert!(
+            check(
+                &headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]),
+                &key
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -178,9 +201,13 @@ mod tests {
         let key = expected("k1");
         let missing = check(&headers(&[]), &key).unwrap_err().to_string();
         assert!(missing.starts_with("missing"), "{missing}");
-        let invalid = check(&headers(&[("authorization", "Bearer k2")]), &key).unwrap_err().to_string();
+        let invalid = check(&headers(&[("authorization", "Bearer k2")]), &key)
+            .unwrap_err()
+            .to_string();
         assert!(invalid.starts_with("invalid"), "{invalid}");
-        let basic = check(&headers(&[("authorization", "Basic azE=")]), &key).unwrap_err().to_string();
+        let basic = check(&headers(&[("authorization", "Basic azE=")]), &key)
+            .unwrap_err()
+            .to_string();
         assert!(basic.starts_with("missing"), "{basic}");
         let prefix = check(&headers(&[("x-api-key", "k")]), &key);
         assert!(prefix.is_err());

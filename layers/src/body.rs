@@ -15,7 +15,9 @@ use crate::{BoxError, ProxyBody, pool::InFlight};
 
 /// A complete body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pin_project! {
@@ -32,7 +34,10 @@ pin_project! {
 
 impl<B> LeasedBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, in_flight: Some(in_flight) }
+        Self {
+            inner,
+            in_flight: Some(in_flight),
+        }
     }
 }
 
@@ -44,7 +49,10 @@ where
     type Data = B::Data;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         // Release at the end as soon as it is known: a body whose last frame
@@ -81,7 +89,11 @@ pin_project! {
 
 impl<B> SseErrorTail<B> {
     pub fn new(inner: B) -> Self {
-        Self { inner, failed: false, at_boundary: true }
+        Self {
+            inner,
+            failed: false,
+            at_boundary: true,
+        }
     }
 }
 
@@ -101,7 +113,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         if *this.failed {
             return Poll::Ready(None);
@@ -117,8 +132,13 @@ where
                 *this.failed = true;
                 let err: BoxError = err.into();
                 tracing::warn!(error = %err, "upstream stream broke after its headers");
-                let event = sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
-                let event = if *this.at_boundary { event } else { [&b"\n\n"[..], &event].concat().into() };
+                let event =
+                    sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
+                let event = if *this.at_boundary {
+                    event
+                } else {
+                    [&b"\n\n"[..], &event].concat().into()
+                };
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => Poll::Ready(None),
@@ -146,22 +166,34 @@ mod tests {
         provider::Provider,
     };
 
-    fn frames(items: Vec<Result<&'static str, &'static str>>) -> impl Body<Data = Bytes, Error = BoxError> {
-        StreamBody::new(stream::iter(
-            items.into_iter().map(|item| item.map(|s| Frame::data(Bytes::from(s))).map_err(BoxError::from)),
-        ))
+    fn frames(
+        items: Vec<Result<&'static str, &'static str>>,
+    ) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(stream::iter(items.into_iter().map(|item| {
+            item.map(|s| Frame::data(Bytes::from(s)))
+                .map_err(BoxError::from)
+        })))
     }
 
     #[tokio::test]
     async fn a_broken_stream_ends_with_one_error_event() {
-        let body = SseErrorTail::new(frames(vec![Ok("data: {\"a\":1}\n\n"), Err("connection reset")]));
+        let body = SseErrorTail::new(frames(vec![
+            Ok("data: {\"a\":1}\n\n"),
+            Err("connection reset"),
+        ]));
         let bytes = body.collect().await.unwrap().to_bytes();
         let text = std::str::from_utf8(&bytes).unwrap();
         let events: Vec<_> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 2, "{text}");
-        let error: serde_json::Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        let error: serde_json::Value =
+            serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(error["error"]["code"], "stream_broken");
-        assert!(error["error"]["message"].as_str().unwrap().contains("connection reset"));
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection reset")
+        );
     }
 
     #[tokio::test]
@@ -174,7 +206,10 @@ mod tests {
     #[tokio::test]
     async fn leased_body_releases_its_key_at_the_end_on_error_and_on_drop() {
         let provider = Provider::openai_compatible("p", "http://127.0.0.1:9/v1").unwrap();
-        let pool = KeyPool::builder().provider(provider, Default::default(), vec![Secret::new("k")]).build().unwrap();
+        let pool = KeyPool::builder()
+            .provider(provider, Default::default(), vec![Secret::new("k")])
+            .build()
+            .unwrap();
         let provider = pool.provider("p").unwrap();
         let in_flight = || provider.keys()[0].in_flight();
 
@@ -200,6 +235,10 @@ mod tests {
         let (_, guard) = provider.lease().unwrap();
         let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"whole")), guard);
         body.frame().await.unwrap().unwrap();
-        assert_eq!(in_flight(), 0, "released on the last frame, before any further poll");
+        assert_eq!(
+            in_flight(),
+            0,
+            "released on the last frame, before any further poll"
+        );
     }
 }

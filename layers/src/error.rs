@@ -29,7 +29,14 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self { status, kind, code, message, retry_after: None, allow: None }
+        Self {
+            status,
+            kind,
+            code,
+            message,
+            retry_after: None,
+            allow: None,
+        }
     }
 
     /// Walks the error's source chain for a failure this crate knows; anything
@@ -129,7 +136,12 @@ impl fmt::Display for Unauthorized {
 impl_error!(Unauthorized);
 impl Reply for Unauthorized {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", self.to_string())
+        ErrorReply::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            self.to_string(),
+        )
     }
 }
 
@@ -147,13 +159,22 @@ impl BodyTooLarge {
 
 impl fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request body is larger than the proxy's limit of {} bytes (server.max_body_bytes)", self.limit)
+        write!(
+            f,
+            "request body is larger than the proxy's limit of {} bytes (server.max_body_bytes)",
+            self.limit
+        )
     }
 }
 impl_error!(BodyTooLarge);
 impl Reply for BodyTooLarge {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", self.to_string())
+        ErrorReply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            self.to_string(),
+        )
     }
 }
 
@@ -165,7 +186,9 @@ pub struct InvalidBody {
 
 impl InvalidBody {
     pub fn new(reason: impl fmt::Display) -> Self {
-        Self { reason: reason.to_string() }
+        Self {
+            reason: reason.to_string(),
+        }
     }
 }
 
@@ -177,7 +200,12 @@ impl fmt::Display for InvalidBody {
 impl_error!(InvalidBody);
 impl Reply for InvalidBody {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", self.to_string())
+        ErrorReply::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            self.to_string(),
+        )
     }
 }
 
@@ -195,13 +223,20 @@ impl MissingModel {
 
 impl fmt::Display for MissingModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("request body has no `model`: name one as `provider/model`, e.g. `openai/gpt-4o-mini`")
+        f.write_str(
+            "request body has no `model`: name one as `provider/model`, e.g. `openai/gpt-4o-mini`",
+        )
     }
 }
 impl_error!(MissingModel);
 impl Reply for MissingModel {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "missing_model", self.to_string())
+        ErrorReply::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "missing_model",
+            self.to_string(),
+        )
     }
 }
 
@@ -214,7 +249,9 @@ pub struct InvalidModel {
 impl InvalidModel {
     /// `model` was a string but not of the form `provider/model`.
     pub fn new(model: &str) -> Self {
-        Self { model: Some(echo(model)) }
+        Self {
+            model: Some(echo(model)),
+        }
     }
     /// `model` was not a string at all.
     pub fn not_a_string() -> Self {
@@ -236,7 +273,12 @@ impl fmt::Display for InvalidModel {
 impl_error!(InvalidModel);
 impl Reply for InvalidModel {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_model", self.to_string())
+        ErrorReply::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_model",
+            self.to_string(),
+        )
     }
 }
 
@@ -250,19 +292,31 @@ pub struct UnknownProvider {
 impl UnknownProvider {
     pub fn new<'a>(provider: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
         let known = known.into_iter().collect::<Vec<_>>().join(", ");
-        Self { provider: echo(provider), known }
+        Self {
+            provider: echo(provider),
+            known,
+        }
     }
 }
 
 impl fmt::Display for UnknownProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown provider `{}`; known providers: {}", self.provider, self.known)
+        write!(
+            f,
+            "unknown provider `{}`; known providers: {}",
+            self.provider, self.known
+        )
     }
 }
 impl_error!(UnknownProvider);
 impl Reply for UnknownProvider {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unknown_provider", self.to_string())
+        ErrorReply::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unknown_provider",
+            self.to_string(),
+        )
     }
 }
 
@@ -280,13 +334,22 @@ impl RouteNotFound {
 
 impl fmt::Display for RouteNotFound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no route for `{}`; see GET /v1/models and POST /v1/chat/completions", self.path)
+        write!(
+            f,
+            "no route for `{}`; see GET /v1/models and POST /v1/chat/completions",
+            self.path
+        )
     }
 }
 impl_error!(RouteNotFound);
 impl Reply for RouteNotFound {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", self.to_string())
+        ErrorReply::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            self.to_string(),
+        )
     }
 }
 
@@ -311,8 +374,12 @@ impl fmt::Display for MethodNotAllowed {
 impl_error!(MethodNotAllowed);
 impl Reply for MethodNotAllowed {
     fn reply(&self) -> ErrorReply {
-        let mut reply =
-            ErrorReply::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", self.to_string());
+        let mut reply = ErrorReply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            self.to_string(),
+        );
         reply.allow = Some(self.allow);
         reply
     }
@@ -326,20 +393,31 @@ pub struct NoKeyConfigured {
 
 impl NoKeyConfigured {
     pub fn new(provider: &str) -> Self {
-        Self { provider: provider.to_owned() }
+        Self {
+            provider: provider.to_owned(),
+        }
     }
 }
 
 impl fmt::Display for NoKeyConfigured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let env = self.provider.to_ascii_uppercase();
-        write!(f, "no API key configured for provider `{}`: set {env}_API_KEY (or {env}_API_KEY_1, ...)", self.provider)
+        write!(
+            f,
+            "no API key configured for provider `{}`: set {env}_API_KEY (or {env}_API_KEY_1, ...)",
+            self.provider
+        )
     }
 }
 impl_error!(NoKeyConfigured);
 impl Reply for NoKeyConfigured {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_usable_key", self.to_string())
+        ErrorReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "no_usable_key",
+            self.to_string(),
+        )
     }
 }
 
@@ -367,7 +445,12 @@ impl fmt::Display for DeadlineExceeded {
 impl_error!(DeadlineExceeded);
 impl Reply for DeadlineExceeded {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", self.to_string())
+        ErrorReply::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout_error",
+            "deadline_exceeded",
+            self.to_string(),
+        )
     }
 }
 
@@ -380,7 +463,10 @@ pub struct UpstreamUnreachable {
 
 impl UpstreamUnreachable {
     pub fn new(provider: &str, source: impl Into<BoxError>) -> Self {
-        Self { provider: provider.to_owned(), source: source.into() }
+        Self {
+            provider: provider.to_owned(),
+            source: source.into(),
+        }
     }
 }
 
@@ -400,7 +486,12 @@ impl fmt::Display for UpstreamUnreachable {
 impl_error!(UpstreamUnreachable);
 impl Reply for UpstreamUnreachable {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", self.to_string())
+        ErrorReply::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "upstream_unreachable",
+            self.to_string(),
+        )
     }
 }
 
@@ -417,13 +508,22 @@ impl MissingExtension {
 
 impl fmt::Display for MissingExtension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request extension `{}` is missing: a layer is out of order in the stack", self.0)
+        write!(
+            f,
+            "request extension `{}` is missing: a layer is out of order in the stack",
+            self.0
+        )
     }
 }
 impl_error!(MissingExtension);
 impl Reply for MissingExtension {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", self.to_string())
+        ErrorReply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            self.to_string(),
+        )
     }
 }
 
@@ -444,13 +544,33 @@ mod tests {
             (InvalidBody::new("eof").into(), 400, "invalid_json"),
             (MissingModel::new().into(), 400, "missing_model"),
             (InvalidModel::new("gpt-4o").into(), 400, "invalid_model"),
-            (UnknownProvider::new("x", ["openai"]).into(), 400, "unknown_provider"),
+            (
+                UnknownProvider::new("x", ["openai"]).into(),
+                400,
+                "unknown_provider",
+            ),
             (RouteNotFound::new("/nope").into(), 404, "unknown_url"),
-            (MethodNotAllowed::new("POST").into(), 405, "method_not_allowed"),
+            (
+                MethodNotAllowed::new("POST").into(),
+                405,
+                "method_not_allowed",
+            ),
             (NoKeyConfigured::new("groq").into(), 503, "no_usable_key"),
-            (DeadlineExceeded::new(Duration::from_secs(1)).into(), 504, "deadline_exceeded"),
-            (UpstreamUnreachable::new("openai", "connection refused").into(), 502, "upstream_unreachable"),
-            (MissingExtension::new("RouteTarget").into(), 500, "internal_error"),
+            (
+                DeadlineExceeded::new(Duration::from_secs(1)).into(),
+                504,
+                "deadline_exceeded",
+            ),
+            (
+                UpstreamUnreachable::new("openai", "connection refused").into(),
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                MissingExtension::new("RouteTarget").into(),
+                500,
+                "internal_error",
+            ),
             ("something else".into(), 500, "internal_error"),
         ];
         for (err, status, code) in table {
@@ -482,16 +602,26 @@ mod tests {
         let long = "x".repeat(10_000);
         let r = reply(InvalidModel::new(&long));
         assert!(r.message.len() < 400, "{}", r.message.len());
-        assert!(reply(NoKeyConfigured::new("nvidia_nim")).message.contains("NVIDIA_NIM_API_KEY"));
+        assert!(
+            reply(NoKeyConfigured::new("nvidia_nim"))
+                .message
+                .contains("NVIDIA_NIM_API_KEY")
+        );
         let allow = reply(MethodNotAllowed::new("GET")).allow;
         assert_eq!(allow, Some("GET"));
     }
 
     #[test]
     fn json_is_openai_shaped() {
-        let body: serde_json::Value = serde_json::from_slice(&reply(MissingModel::new()).to_json()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&reply(MissingModel::new()).to_json()).unwrap();
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["code"], "missing_model");
-        assert!(body["error"]["message"].as_str().unwrap().contains("provider/model"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("provider/model")
+        );
     }
 }

@@ -93,7 +93,13 @@ pub struct RouteTarget {
 
 impl RouteTarget {
     pub fn new(provider: ProviderId, model: &str, endpoint: Endpoint, stream: bool) -> Self {
-        Self { provider, model: model.into(), endpoint, stream, model_span: None }
+        Self {
+            provider,
+            model: model.into(),
+            endpoint,
+            stream,
+            model_span: None,
+        }
     }
 
     /// Records where the `model` JSON string token (quotes included) sits in

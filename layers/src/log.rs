@@ -8,7 +8,7 @@
 //! duration, the time to response headers and how the body ended. The
 //! request id is echoed in the response's `x-request-id` header.
 //!
-//! Writes [`RequestId`]; reads the response's [`KeyLease`] and [`ErrorCode`].
+//! Writes [`RequestId`]; reads the response's [`ErrorCode`].
 //!
 //! ```
 //! use http::{Request, Response};
@@ -40,10 +40,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
-use crate::{
-    extensions::{ErrorCode, RequestId},
-    pool::KeyLease,
-};
+use crate::extensions::{ErrorCode, RequestId};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -111,7 +108,14 @@ where
         );
         req.extensions_mut().insert(id.clone());
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now() }) }
+        ResponseFuture {
+            inner,
+            log: Some(Log {
+                span,
+                id,
+                start: Instant::now(),
+            }),
+        }
     }
 }
 
@@ -120,7 +124,11 @@ fn request_id(headers: &HeaderMap) -> RequestId {
     let given = headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()));
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        });
     match given {
         Some(id) => RequestId::new(id),
         None => RequestId::new(&format!("{:032x}", fastrand::u128(..))),
@@ -173,15 +181,18 @@ where
         };
         let status = res.status().as_u16();
         span.record("status", status);
-        if let Some(lease) = res.extensions().get::<KeyLease>() {
-            span.record("key", lease.key_id().as_str());
-        }
         let code = res.extensions().get::<ErrorCode>().map(|code| code.0);
         if let Ok(value) = HeaderValue::from_str(id.as_str()) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         let headers_after_ms = start.elapsed().as_millis() as u64;
-        let mut finish = Some(Finish { span, start, headers_after_ms, status, code });
+        let mut finish = Some(Finish {
+            span,
+            start,
+            headers_after_ms,
+            status,
+            code,
+        });
         if res.body().is_end_stream() {
             // An empty body may never be polled; it is complete already.
             finish.take().expect("just set").report("completed");
@@ -243,7 +254,10 @@ where
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = {
             let _entered = this.finish.as_ref().map(|finish| finish.span.enter());

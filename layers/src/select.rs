@@ -71,7 +71,10 @@ impl<S> Layer<S> for KeySelectLayer {
     type Service = KeySelect<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeySelect { inner, pool: self.pool.clone() }
+        KeySelect {
+            inner,
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -84,7 +87,9 @@ pub struct KeySelect<S> {
 
 impl<S: fmt::Debug> fmt::Debug for KeySelect<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySelect").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("KeySelect")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,24 +118,39 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let leased = match self.lease(&req) {
             Ok(leased) => leased,
-            Err(err) => return ResponseFuture { state: State::Failed { err: Some(err) } },
+            Err(err) => {
+                return ResponseFuture {
+                    state: State::Failed { err: Some(err) },
+                };
+            }
         };
         let (lease, in_flight) = leased;
         tracing::Span::current().record("key", lease.key_id().as_str());
         req.extensions_mut().insert(lease);
-        ResponseFuture { state: State::Called { inner: self.inner.call(req), in_flight: Some(in_flight) } }
+        ResponseFuture {
+            state: State::Called {
+                inner: self.inner.call(req),
+                in_flight: Some(in_flight),
+            },
+        }
     }
 }
 
 impl<S> KeySelect<S> {
     fn lease<B>(&self, req: &Request<B>) -> Result<(KeyLease, InFlight), BoxError> {
-        let target = req.extensions().get::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+        let target = req
+            .extensions()
+            .get::<RouteTarget>()
+            .ok_or_else(|| MissingExtension::new("RouteTarget"))?;
         let provider = target.provider().as_str();
-        let pool = self
-            .pool
-            .provider(provider)
-            .ok_or_else(|| UnknownProvider::new(provider, self.pool.providers().map(|p| p.provider().id().as_str())))?;
-        pool.lease().ok_or_else(|| NoKeyConfigured::new(provider).into())
+        let pool = self.pool.provider(provider).ok_or_else(|| {
+            UnknownProvider::new(
+                provider,
+                self.pool.providers().map(|p| p.provider().id().as_str()),
+            )
+        })?;
+        pool.lease()
+            .ok_or_else(|| NoKeyConfigured::new(provider).into())
     }
 }
 
@@ -170,7 +190,9 @@ where
                 let in_flight = in_flight.take().expect("polled after completion");
                 Poll::Ready(Ok(res.map(|body| LeasedBody::new(body, in_flight))))
             }
-            StateProj::Failed { err } => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            StateProj::Failed { err } => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
+            }
         }
     }
 }

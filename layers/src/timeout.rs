@@ -52,7 +52,10 @@ impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner, timeout: self.timeout }
+        DeadlineService {
+            inner,
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -92,7 +95,10 @@ where
             deadline = deadline.min(*outer);
         }
         req.extensions_mut().insert(Deadline(deadline));
-        ResponseFuture { inner: timeout_at(deadline, self.inner.call(req)), after: deadline - start }
+        ResponseFuture {
+            inner: timeout_at(deadline, self.inner.call(req)),
+            after: deadline - start,
+        }
     }
 }
 

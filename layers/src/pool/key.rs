@@ -104,8 +104,15 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    pub(crate) fn new(provider: &Provider, secret: Secret, position: usize) -> Result<Self, InvalidKey> {
-        let invalid = || InvalidKey { provider: provider.id().clone(), position };
+    pub(crate) fn new(
+        provider: &Provider,
+        secret: Secret,
+        position: usize,
+    ) -> Result<Self, InvalidKey> {
+        let invalid = || InvalidKey {
+            provider: provider.id().clone(),
+            position,
+        };
         let (auth_name, value) = match provider.auth() {
             AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", secret.expose())),
             AuthStyle::Header(name) => (name.clone(), secret.expose().to_owned()),
@@ -149,7 +156,9 @@ impl KeyEntry {
     pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         self.last_used_unix_ms.store(now, Relaxed);
         InFlight(self.clone())
     }
@@ -184,7 +193,10 @@ mod tests {
     fn key_ids_are_provider_and_eight_hex_digits_of_sha256() {
         // sha256("sk-test") = 0e1ec0f0...
         let id = KeyId::new(&ProviderId::new("openai"), &Secret::new("sk-test"));
-        let expected: String = Sha256::digest(b"sk-test")[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let expected: String = Sha256::digest(b"sk-test")[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(id.as_str(), format!("openai:{expected}"));
         assert_eq!(id.as_str().len(), "openai:".len() + 8);
     }
@@ -202,7 +214,9 @@ mod tests {
     #[test]
     fn rejects_keys_that_cannot_be_headers() {
         let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
-        let err = KeyEntry::new(&provider, Secret::new("sk-a\nb"), 2).unwrap_err().to_string();
+        let err = KeyEntry::new(&provider, Secret::new("sk-a\nb"), 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("key #2") && !err.contains("sk-a"), "{err}");
     }
 

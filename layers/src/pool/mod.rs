@@ -137,7 +137,13 @@ impl ProviderPool {
         let index = select::pick(self.selection, &self.keys, &self.cursor)?;
         let key = &self.keys[index];
         let in_flight = key.begin();
-        Some((KeyLease { key: key.clone(), provider: self.provider.clone() }, in_flight))
+        Some((
+            KeyLease {
+                key: key.clone(),
+                provider: self.provider.clone(),
+            },
+            in_flight,
+        ))
     }
 }
 
@@ -206,7 +212,11 @@ mod tests {
     #[test]
     fn the_same_secret_twice_counts_once() {
         let pool = KeyPool::builder()
-            .provider(provider("openai"), Selection::LeastUsed, vec![Secret::new("a"), Secret::new("b"), Secret::new("a")])
+            .provider(
+                provider("openai"),
+                Selection::LeastUsed,
+                vec![Secret::new("a"), Secret::new("b"), Secret::new("a")],
+            )
             .build()
             .unwrap();
         assert_eq!(pool.provider("openai").unwrap().keys().len(), 2);
@@ -214,7 +224,10 @@ mod tests {
 
     #[test]
     fn a_provider_without_keys_is_known_but_leases_nothing() {
-        let pool = KeyPool::builder().provider(provider("groq"), Selection::LeastUsed, vec![]).build().unwrap();
+        let pool = KeyPool::builder()
+            .provider(provider("groq"), Selection::LeastUsed, vec![])
+            .build()
+            .unwrap();
         assert!(pool.provider("groq").unwrap().lease().is_none());
         assert!(pool.provider("nope").is_none());
     }
@@ -222,7 +235,11 @@ mod tests {
     #[test]
     fn statuses_show_ids_and_counters_never_secrets() {
         let pool = KeyPool::builder()
-            .provider(provider("openai"), Selection::LeastUsed, vec![Secret::new("sk-secret-1")])
+            .provider(
+                provider("openai"),
+                Selection::LeastUsed,
+                vec![Secret::new("sk-secret-1")],
+            )
             .build()
             .unwrap();
         let (_lease, in_flight) = pool.provider("openai").unwrap().lease().unwrap();
@@ -230,7 +247,10 @@ mod tests {
         assert_eq!(statuses.len(), 1);
         assert_eq!((statuses[0].in_flight, statuses[0].requests), (1, 1));
         let json = serde_json::to_string(&statuses).unwrap();
-        assert!(!json.contains("sk-secret-1") && json.contains("openai:"), "{json}");
+        assert!(
+            !json.contains("sk-secret-1") && json.contains("openai:"),
+            "{json}"
+        );
         drop(in_flight);
         assert_eq!(pool.key_statuses()[0].in_flight, 0);
     }

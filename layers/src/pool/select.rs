@@ -44,7 +44,11 @@ pub struct UnknownSelection(String);
 
 impl fmt::Display for UnknownSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown selection `{}`; expected `least_used` or `round_robin`", self.0)
+        write!(
+            f,
+            "unknown selection `{}`; expected `least_used` or `round_robin`",
+            self.0
+        )
     }
 }
 
@@ -63,7 +67,11 @@ impl FromStr for Selection {
 }
 
 /// The index of the key to use next, or `None` when there are no keys.
-pub(crate) fn pick(selection: Selection, keys: &[Arc<KeyEntry>], cursor: &AtomicUsize) -> Option<usize> {
+pub(crate) fn pick(
+    selection: Selection,
+    keys: &[Arc<KeyEntry>],
+    cursor: &AtomicUsize,
+) -> Option<usize> {
     if keys.is_empty() {
         return None;
     }
@@ -84,7 +92,11 @@ mod tests {
 
     fn keys(n: usize) -> Vec<Arc<KeyEntry>> {
         let provider = Provider::openai_compatible("p", "http://127.0.0.1/v1").unwrap();
-        (0..n).map(|i| Arc::new(KeyEntry::new(&provider, Secret::new(format!("k{i}")), i + 1).unwrap())).collect()
+        (0..n)
+            .map(|i| {
+                Arc::new(KeyEntry::new(&provider, Secret::new(format!("k{i}")), i + 1).unwrap())
+            })
+            .collect()
     }
 
     #[test]
@@ -123,7 +135,9 @@ mod tests {
     fn least_used_spreads_concurrent_requests() {
         let keys = keys(3);
         let cursor = AtomicUsize::new(0);
-        let guards: Vec<_> = (0..3).map(|_| keys[pick(Selection::LeastUsed, &keys, &cursor).unwrap()].begin()).collect();
+        let guards: Vec<_> = (0..3)
+            .map(|_| keys[pick(Selection::LeastUsed, &keys, &cursor).unwrap()].begin())
+            .collect();
         assert!(keys.iter().all(|k| k.in_flight() == 1));
         drop(guards);
     }
@@ -132,7 +146,9 @@ mod tests {
     fn round_robin_walks_every_key_in_turn() {
         let keys = keys(3);
         let cursor = AtomicUsize::new(0);
-        let picks: Vec<_> = (0..6).map(|_| pick(Selection::RoundRobin, &keys, &cursor).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| pick(Selection::RoundRobin, &keys, &cursor).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -141,6 +157,12 @@ mod tests {
         for s in [Selection::LeastUsed, Selection::RoundRobin] {
             assert_eq!(s.as_str().parse::<Selection>().unwrap(), s);
         }
-        assert!("fastest".parse::<Selection>().unwrap_err().to_string().contains("least_used"));
+        assert!(
+            "fastest"
+                .parse::<Selection>()
+                .unwrap_err()
+                .to_string()
+                .contains("least_used")
+        );
     }
 }

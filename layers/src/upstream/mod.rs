@@ -81,10 +81,16 @@ impl Service<Request<Bytes>> for UpstreamService {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         match prepare(req) {
-            Ok((req, lease, stream)) => {
-                ResponseFuture { state: State::Sending { inner: self.client.request(req), lease: Some(lease), stream } }
-            }
-            Err(err) => ResponseFuture { state: State::Failed { err: Some(err) } },
+            Ok((req, lease, stream)) => ResponseFuture {
+                state: State::Sending {
+                    inner: self.client.request(req),
+                    lease: Some(lease),
+                    stream,
+                },
+            },
+            Err(err) => ResponseFuture {
+                state: State::Failed { err: Some(err) },
+            },
         }
     }
 }
@@ -92,8 +98,14 @@ impl Service<Request<Bytes>> for UpstreamService {
 /// Builds the provider's request from the client's: pure, no I/O.
 pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, bool), BoxError> {
     let (mut parts, body) = req.into_parts();
-    let target = parts.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
-    let lease = parts.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
+    let target = parts
+        .extensions
+        .remove::<RouteTarget>()
+        .ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+    let lease = parts
+        .extensions
+        .remove::<KeyLease>()
+        .ok_or_else(|| MissingExtension::new("KeyLease"))?;
     let provider = lease.provider();
     let body = match provider.dialect() {
         Dialect::OpenAi => match target.model_span() {
@@ -107,11 +119,17 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, b
     let (name, value) = lease.auth_header();
     parts.headers.insert(name.clone(), value.clone());
     if !parts.headers.contains_key(CONTENT_TYPE) {
-        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     // Per-request state stays in the proxy; the client sees none of it.
     parts.extensions = http::Extensions::new();
-    Ok((Request::from_parts(parts, Full::new(body)), lease, target.stream()))
+    Ok((
+        Request::from_parts(parts, Full::new(body)),
+        lease,
+        target.stream(),
+    ))
 }
 
 pin_project! {
@@ -141,11 +159,21 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { inner, lease, stream } => {
+            StateProj::Sending {
+                inner,
+                lease,
+                stream,
+            } => {
                 let lease = lease.as_ref().expect("polled after completion");
                 let res = match ready!(inner.poll(cx)) {
                     Ok(res) => res,
-                    Err(err) => return Poll::Ready(Err(UpstreamUnreachable::new(lease.provider_id().as_str(), err).into())),
+                    Err(err) => {
+                        return Poll::Ready(Err(UpstreamUnreachable::new(
+                            lease.provider_id().as_str(),
+                            err,
+                        )
+                        .into()));
+                    }
                 };
                 let (mut parts, body) = res.into_parts();
                 headers::for_client(&mut parts.headers);
@@ -158,7 +186,9 @@ impl Future for ResponseFuture {
                 };
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
-            StateProj::Failed { err } => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            StateProj::Failed { err } => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
+            }
         }
     }
 }

@@ -26,7 +26,10 @@ mod tests {
 
     fn rewrite(body: &str) -> String {
         let provider = Provider::openai_compatible("openrouter", "http://127.0.0.1:9/v1").unwrap();
-        let pool = KeyPool::builder().provider(provider, Default::default(), vec![]).build().unwrap();
+        let pool = KeyPool::builder()
+            .provider(provider, Default::default(), vec![])
+            .build()
+            .unwrap();
         let bytes = Bytes::copy_from_slice(body.as_bytes());
         let target = route_target(&bytes, Endpoint::ChatCompletions, &pool).unwrap();
         let out = rewrite_model(&bytes, target.model_span().unwrap(), target.model());
@@ -36,7 +39,9 @@ mod tests {
     #[test]
     fn replaces_only_the_model_token() {
         assert_eq!(
-            rewrite(r#"{"messages":[{"role":"user","content":"openrouter/x"}], "model" : "openrouter/meta-llama/llama-3-70b", "n":1}"#),
+            rewrite(
+                r#"{"messages":[{"role":"user","content":"openrouter/x"}], "model" : "openrouter/meta-llama/llama-3-70b", "n":1}"#
+            ),
             r#"{"messages":[{"role":"user","content":"openrouter/x"}], "model" : "meta-llama/llama-3-70b", "n":1}"#
         );
     }

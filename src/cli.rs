@@ -1,0 +1,27 @@
+//! Command-line flags; each overrides the config file and the environment.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// keyrelay: one OpenAI-compatible endpoint in front of a pool of LLM provider keys.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Address to listen on [default: 127.0.0.1]. Without PROXY_API_KEY only
+    /// a loopback address is allowed.
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// Port to listen on [default: 8000]; 0 picks a free one.
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Config file [default: ./config.toml when present].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `keyrelay=debug` [default: info, or RUST_LOG].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}

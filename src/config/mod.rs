@@ -1,0 +1,440 @@
+//! Configuration: figment layers, later wins:
+//! built-in defaults < `config.toml` (or `--config PATH`) < `.env` in the
+//! working directory < process environment < CLI flags.
+//!
+//! `Config` mirrors `config.toml.example` and rejects unknown keys;
+//! [`Settings`] is the validated result the server runs on.
+
+mod env_compat;
+pub mod providers;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use keyrelay_layers::{
+    pool::{Secret, Selection},
+    provider::Provider,
+};
+use serde::{Deserialize, Deserializer, de};
+
+use crate::cli::Cli;
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub proxy: ProxyConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_secs: 10,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub api_key: Option<ConfigSecret>,
+    pub global_timeout_secs: u64,
+    pub models_cache_ttl_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            global_timeout_secs: 60,
+            models_cache_ttl_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    pub api_base: Option<String>,
+    pub api_keys: ConfigSecrets,
+    pub selection: Option<String>,
+    pub models: Vec<String>,
+}
+
+/// A secret as written in config: any scalar, kept as a string, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigSecret(String);
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+struct ScalarVisitor;
+
+impl de::Visitor<'_> for ScalarVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+            .map(|s| Self(s.trim().to_owned()))
+    }
+}
+
+/// A list of secrets: a sequence, or one string of comma-separated keys.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSecrets(Vec<ConfigSecret>);
+
+impl<'de> Deserialize<'de> for ConfigSecrets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            Many(Vec<ConfigSecret>),
+            One(ConfigSecret),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::Many(list) => Self(list),
+            OneOrMany::One(ConfigSecret(joined)) => Self(
+                joined
+                    .split(',')
+                    .map(|k| ConfigSecret(k.trim().to_owned()))
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// Flags that override everything else.
+#[derive(Debug, Default, serde::Serialize)]
+struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+/// Where configuration comes from; tests pass their own.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// `--config PATH`: must exist. Without it `config.toml` in `working_dir`
+    /// is read when present.
+    pub config_path: Option<PathBuf>,
+    pub working_dir: PathBuf,
+    /// The process environment, e.g. `std::env::vars()`.
+    pub env: Vec<(String, String)>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+impl Sources {
+    pub fn from_cli(cli: &Cli) -> Self {
+        Self {
+            config_path: cli.config.clone(),
+            working_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            host: cli.host.clone(),
+            port: cli.port,
+        }
+    }
+}
+
+/// One provider, ready for the pool.
+#[derive(Debug)]
+pub struct ProviderSettings {
+    pub provider: Provider,
+    pub selection: Selection,
+    pub keys: Vec<Secret>,
+    /// Named in config or the environment, not merely built in.
+    pub configured: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub proxy_key: Option<Secret>,
+    pub global_timeout: Duration,
+    pub models_cache_ttl: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub providers: Vec<ProviderSettings>,
+    /// Things worth telling the operator at start (never secrets).
+    pub notes: Vec<String>,
+}
+
+/// A configuration that cannot run: the message names the key and where it
+/// came from.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
+    let dotenv_path = sources.working_dir.join(".env");
+    let dotenv = read_dotenv(&dotenv_path)?;
+    let vars = env_compat::combine(dotenv, sources.env);
+    // Whatever goes wrong, the message must not echo a secret.
+    let secrets: Vec<&str> = vars
+        .iter()
+        .filter(|v| v.name.contains("KEY") && v.value.trim().len() >= 4)
+        .map(|v| v.value.trim())
+        .collect();
+    let redact = |message: String| {
+        secrets
+            .iter()
+            .fold(message, |m, s| m.replace(s, "<redacted>"))
+    };
+
+    let config_file = match &sources.config_path {
+        Some(path) if !path.exists() => {
+            return Err(ConfigError(format!(
+                "config file {} does not exist (--config)",
+                path.display()
+            )));
+        }
+        Some(path) => Some(path.clone()),
+        None => Some(sources.working_dir.join("config.toml")).filter(|p| p.exists()),
+    };
+    let mut figment = Figment::new();
+    if let Some(path) = &config_file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    use env_compat::{Origin, compat, prefixed};
+    let overrides = CliOverrides {
+        host: sources.host,
+        port: sources.port,
+    };
+    let figment = figment
+        .admerge(compat(&vars, Origin::DotEnv))
+        .merge(prefixed(&vars, Origin::DotEnv))
+        .admerge(compat(&vars, Origin::Process))
+        .merge(prefixed(&vars, Origin::Process))
+        .merge(Serialized::default("server", overrides));
+    let config: Config = figment.extract().map_err(|err| {
+        let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        ConfigError(redact(format!("invalid configuration: {}", all.join("; "))))
+    })?;
+    validate(config, &env_compat::key_only_providers(&vars))
+        .map_err(|ConfigError(m)| ConfigError(redact(m)))
+}
+
+fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let iter = dotenvy::from_path_iter(path)
+        .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
+    iter.enumerate()
+        .map(|(i, item)| {
+            // dotenvy's parse errors quote the offending line, which may
+            // hold a key: name the entry instead.
+            item.map_err(|_| {
+                ConfigError(format!(
+                    "{}: entry #{} cannot be parsed as NAME=value",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, ConfigError> {
+    let server = &config.server;
+    let host = match server.host.trim() {
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host => host.trim_matches(['[', ']']).parse().map_err(|_| {
+            ConfigError(format!(
+                "server.host: `{host}` is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"
+            ))
+        })?,
+    };
+    positive(
+        "proxy.global_timeout_secs (GLOBAL_TIMEOUT)",
+        config.proxy.global_timeout_secs,
+    )?;
+    positive(
+        "server.header_read_timeout_secs",
+        server.header_read_timeout_secs,
+    )?;
+    positive("server.max_body_bytes", server.max_body_bytes as u64)?;
+    if server.max_header_bytes < 8192 {
+        return Err(ConfigError(
+            "server.max_header_bytes: must be at least 8192".to_owned(),
+        ));
+    }
+
+    let mut notes = Vec::new();
+    let mut providers = Vec::new();
+    let mut named: BTreeMap<String, ProviderConfig> = config.providers;
+    for id in named.keys() {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError(format!(
+                "providers.{id}: a provider id is lowercase letters, digits, `_` and `-`"
+            )));
+        }
+    }
+    for builtin in providers::BUILTINS {
+        let config = named.remove(builtin.id);
+        let configured = config.is_some();
+        let config = config.unwrap_or_default();
+        let api_base = config.api_base.as_deref().unwrap_or(builtin.api_base);
+        let provider = Provider::openai_compatible(builtin.id, api_base)
+            .map_err(|err| ConfigError(format!("providers.{}.api_base: {err}", builtin.id)))?
+            .with_auth((builtin.auth)());
+        providers.push(provider_settings(builtin.id, provider, config, configured)?);
+    }
+    for (id, config) in named {
+        let Some(api_base) = config.api_base.clone() else {
+            let upper = id.to_ascii_uppercase();
+            if providers::NOT_YET_SUPPORTED.contains(&id.as_str()) {
+                notes.push(format!(
+                    "ignoring {upper}_API_KEY*: the {id} dialect is not supported yet"
+                ));
+                continue;
+            }
+            if key_only.contains(&id) {
+                notes.push(format!(
+                    "ignoring {upper}_API_KEY*: `{id}` is not a known provider (set {upper}_API_BASE to use it as an OpenAI-compatible one)"
+                ));
+                continue;
+            }
+            return Err(ConfigError(format!(
+                "providers.{id}: `{id}` is not a built-in provider, so it needs api_base (or {upper}_API_BASE)"
+            )));
+        };
+        let provider = Provider::openai_compatible(&id, &api_base)
+            .map_err(|err| ConfigError(format!("providers.{id}.api_base: {err}")))?;
+        providers.push(provider_settings(&id, provider, config, true)?);
+    }
+
+    let proxy_key = config
+        .proxy
+        .api_key
+        .filter(|k| !k.0.is_empty())
+        .map(|k| Secret::new(k.0));
+    if proxy_key.is_none() && !host.is_loopback() {
+        return Err(ConfigError(format!(
+            "refusing to listen on {host} without a proxy key: anyone who can reach it could spend your provider keys. \
+             Set PROXY_API_KEY (or proxy.api_key), or listen on 127.0.0.1"
+        )));
+    }
+    if proxy_key.is_none() {
+        notes.push(format!("no PROXY_API_KEY set: clients on this machine need no key (allowed on loopback {host} only)"));
+    }
+
+    Ok(Settings {
+        listen: SocketAddr::new(host, server.port),
+        proxy_key,
+        global_timeout: Duration::from_secs(config.proxy.global_timeout_secs),
+        models_cache_ttl: Duration::from_secs(config.proxy.models_cache_ttl_secs),
+        max_body_bytes: server.max_body_bytes,
+        max_header_bytes: server.max_header_bytes,
+        header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+        shutdown_grace: Duration::from_secs(server.shutdown_grace_secs),
+        providers,
+        notes,
+    })
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError(format!("{key}: must be greater than 0")))
+    } else {
+        Ok(())
+    }
+}
+
+fn provider_settings(
+    id: &str,
+    provider: Provider,
+    config: ProviderConfig,
+    configured: bool,
+) -> Result<ProviderSettings, ConfigError> {
+    let selection = match config.selection.as_deref() {
+        None => Selection::default(),
+        Some(name) => name
+            .parse()
+            .map_err(|err| ConfigError(format!("providers.{id}.selection: {err}")))?,
+    };
+    let keys = config
+        .api_keys
+        .0
+        .into_iter()
+        .filter(|k| !k.0.is_empty())
+        .map(|k| Secret::new(k.0))
+        .collect();
+    Ok(ProviderSettings {
+        provider: provider.with_models(config.models),
+        selection,
+        keys,
+        configured,
+    })
+}
+
+#[cfg(test)]
+mod tests;

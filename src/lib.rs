@@ -1,0 +1,127 @@
+//! keyrelay: an OpenAI-compatible gateway in front of a pool of LLM provider
+//! keys. The binary is thin: CLI, config, the stack from
+//! [`keyrelay_layers`], and a hyper server.
+
+pub mod cli;
+pub mod config;
+pub mod routes;
+pub mod server;
+pub mod stack;
+pub mod status;
+pub mod telemetry;
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use keyrelay_layers::{
+    BoxError,
+    pool::KeyPool,
+    upstream::{ClientOptions, ModelCatalog, build_client},
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Settings,
+    server::{ServerOptions, Shutdown},
+    stack::App,
+};
+
+/// How long one provider's model list may take to fetch.
+const MODEL_LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the shared state from validated settings.
+pub fn app(settings: &Settings) -> Result<App, BoxError> {
+    let mut pool = KeyPool::builder();
+    for p in &settings.providers {
+        pool = pool.provider(p.provider.clone(), p.selection, p.keys.clone());
+    }
+    let client = build_client(&ClientOptions::default())?;
+    Ok(App {
+        pool: pool.build()?,
+        catalog: Arc::new(ModelCatalog::new(
+            client.clone(),
+            settings.models_cache_ttl,
+            MODEL_LIST_TIMEOUT,
+        )),
+        client,
+        proxy_key: settings.proxy_key.clone(),
+        global_timeout: settings.global_timeout,
+        max_body_bytes: settings.max_body_bytes,
+        configured_providers: settings
+            .providers
+            .iter()
+            .filter(|p| p.configured)
+            .map(|p| p.provider.id().as_str().to_owned())
+            .collect(),
+    })
+}
+
+/// A bound, not yet serving, keyrelay.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    app: App,
+    options: ServerOptions,
+}
+
+impl Bound {
+    pub async fn bind(settings: &Settings) -> Result<Self, BoxError> {
+        let app = app(settings)?;
+        let listener = TcpListener::bind(settings.listen).await.map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot listen on {}: {err}", settings.listen),
+            )
+        })?;
+        let options = ServerOptions {
+            header_read_timeout: settings.header_read_timeout,
+            max_header_bytes: settings.max_header_bytes,
+            shutdown_grace: settings.shutdown_grace,
+        };
+        Ok(Self {
+            listener,
+            app,
+            options,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves and in-flight requests drain.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
+        let service = stack::build::<hyper::body::Incoming>(&self.app);
+        server::serve(self.listener, service, &self.options, shutdown).await
+    }
+}
+
+/// The start-up banner: where it listens and what it holds, never a secret.
+pub fn banner(addr: SocketAddr, settings: &Settings, app: &App) -> String {
+    let mut out = format!("keyrelay listening on http://{addr}\n");
+    let mut any = false;
+    for pool in app.pool.providers().filter(|p| !p.keys().is_empty()) {
+        any = true;
+        let p = pool.provider();
+        out.push_str(&format!(
+            "  {:<12} {} key{} ({}) -> {}\n",
+            p.id().as_str(),
+            pool.keys().len(),
+            if pool.keys().len() == 1 { "" } else { "s" },
+            pool.selection(),
+            p.api_base()
+        ));
+    }
+    if !any {
+        out.push_str(
+            "  no provider keys configured: set e.g. OPENAI_API_KEY_1 (see .env.example)\n",
+        );
+    }
+    for note in &settings.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
+    out
+}
