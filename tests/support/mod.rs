@@ -1,0 +1,101 @@
+//! Shared harness for keyrelay's end-to-end tests.
+//!
+//! - [`mock_upstream`]: an OpenAI-speaking upstream on `127.0.0.1:0` that
+//!   replays `tests/fixtures/openai/*`, records every request it sees and
+//!   can be scripted per request (status + body, hang, close, gated or
+//!   broken stream).
+//! - [`proxy`]: keyrelay itself, in process, on `127.0.0.1:0`, configured
+//!   from an explicit environment and an empty temporary working directory
+//!   (so a developer's `.env` or `config.toml` is never read).
+//! - [`client`]: a small hyper client (HTTP/1.1 or h2c) and readers for
+//!   whole bodies, OpenAI error bodies and SSE streams.
+//!
+//! Every wait is bounded by [`WAIT`], so a bug fails a test instead of
+//! hanging it. Nothing here reaches the network beyond loopback.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod mock_upstream;
+pub mod proxy;
+
+use std::{future::Future, time::Duration};
+
+pub use self::{
+    client::{
+        Auth, Reply, SseReader, TestClient, assert_openai_error, chunked, get, post, request,
+    },
+    mock_upstream::{
+        Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, chat_completion, stream_events,
+    },
+    proxy::{Proxy, openai_env},
+};
+
+/// The error type of bodies built here.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Upper bound for any single wait in a test: far above what a healthy run
+/// needs, short enough that a hang fails fast.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The key clients present to the proxy.
+pub const PROXY_KEY: &str = "proxy-SECRET-key";
+/// Upstream pool keys; each is distinctive so that a leak is easy to spot.
+pub const KEY_ONE: &str = "sk-test-SECRET-one-1111";
+pub const KEY_TWO: &str = "sk-test-SECRET-two-2222";
+pub const KEY_THREE: &str = "sk-test-SECRET-three-3333";
+/// The key of a custom (`LOCAL_API_BASE`) provider.
+pub const LOCAL_KEY: &str = "local-SECRET-key-4444";
+/// A key a client might mistakenly send along (its own OpenAI key).
+pub const CLIENT_OWN_KEY: &str = "sk-client-own-SECRET-5555";
+
+/// Every secret the tests configure. None of them may ever appear in a
+/// response body, a status route or the binary's output; all contain
+/// `SECRET`, which no legitimate output does.
+pub const SECRETS: &[&str] = &[
+    PROXY_KEY,
+    KEY_ONE,
+    KEY_TWO,
+    KEY_THREE,
+    LOCAL_KEY,
+    CLIENT_OWN_KEY,
+];
+
+/// Fails if `text` shows any configured secret.
+#[track_caller]
+pub fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(
+            !text.contains(secret),
+            "{what} shows the secret {secret:?}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("SECRET"),
+        "{what} shows part of a secret:\n{text}"
+    );
+}
+
+/// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// A loopback port nothing listens on: bound, then released.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    port
+}
+
+/// A chat request body for `model`, formatted like an SDK would send it.
+pub fn chat_body(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}],"stream":{stream}}}"#
+    )
+}

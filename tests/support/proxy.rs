@@ -1,0 +1,105 @@
+//! keyrelay in process: configured through `keyrelay::config::load` exactly
+//! as the binary is, from an explicit environment and an empty temporary
+//! working directory, then bound on `127.0.0.1:0` and served on the test's
+//! runtime until [`Proxy::begin_shutdown`].
+
+use std::net::SocketAddr;
+
+use keyrelay::{
+    Bound,
+    config::{self, Settings, Sources},
+    server::Shutdown,
+};
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, within};
+
+/// The usual environment: the proxy key, `keys` pool keys for `openai`
+/// (`OPENAI_API_KEY_1`, `_2`, ...) and `OPENAI_API_BASE` at the mock.
+pub fn openai_env(mock: &MockUpstream, keys: usize) -> Vec<(String, String)> {
+    let pool = [KEY_ONE, KEY_TWO, KEY_THREE];
+    assert!(keys <= pool.len(), "at most {} test keys", pool.len());
+    let mut env = vec![
+        ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
+        ("OPENAI_API_BASE".to_owned(), mock.base()),
+    ];
+    for (i, key) in pool[..keys].iter().enumerate() {
+        env.push((format!("OPENAI_API_KEY_{}", i + 1), (*key).to_owned()));
+    }
+    env
+}
+
+/// A running keyrelay.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: JoinHandle<Shutdown>,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    pub async fn start(env: Vec<(String, String)>) -> Self {
+        Self::start_with(env, |_| {}).await
+    }
+
+    /// Starts with settings adjusted by `tweak` after loading (e.g. a short
+    /// `global_timeout` that the env, in whole seconds, cannot express).
+    pub async fn start_with(env: Vec<(String, String)>, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary working dir");
+        let mut settings = config::load(Sources {
+            config_path: None,
+            working_dir: dir.path().to_path_buf(),
+            env,
+            host: None,
+            port: Some(0),
+        })
+        .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
+        tweak(&mut settings);
+        let bound = Bound::bind(&settings)
+            .await
+            .unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
+        let addr = bound.local_addr().expect("bound address");
+        assert!(addr.ip().is_loopback(), "tests listen on loopback: {addr}");
+        let (tx, rx) = oneshot::channel::<()>();
+        let served = tokio::spawn(bound.serve(async move {
+            // A dropped sender (the test ended) also stops the server.
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            served,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Tells the server to stop accepting and drain.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether `serve` is still running.
+    pub fn is_serving(&self) -> bool {
+        !self.served.is_finished()
+    }
+
+    /// Waits (bounded) for `serve` to return and says how it went.
+    pub async fn finished(self) -> Shutdown {
+        within("keyrelay's serve() to return", self.served)
+            .await
+            .expect("serve() did not panic")
+    }
+}
