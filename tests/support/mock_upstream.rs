@@ -356,13 +356,13 @@ fn stream_response(
     tokio::spawn(async move {
         let total = events.len();
         for (i, event) in events.into_iter().enumerate() {
-            if i == before {
-                if let Some((gate, then)) = &gate {
-                    gate.wait().await;
-                    if *then == Then::Break {
-                        let _ = tx.send(Err("scripted: stream broken".into())).await;
-                        return;
-                    }
+            if i == before
+                && let Some((gate, then)) = &gate
+            {
+                gate.wait().await;
+                if *then == Then::Break {
+                    let _ = tx.send(Err("scripted: stream broken".into())).await;
+                    return;
                 }
             }
             if i + 1 == total {
