@@ -5,7 +5,11 @@ mod support;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use keyrelay_layers::{error::NoKeyConfigured, extensions::Deadline, timeout::DeadlineLayer};
+use keyrelay_layers::{
+    error::NoKeyConfigured,
+    extensions::Deadline,
+    timeout::{DeadlineLayer, DeadlineService},
+};
 use tokio::time::{Instant, sleep};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower_test::mock;
@@ -18,10 +22,9 @@ type Res = Response<&'static str>;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(1);
 
-fn spawn() -> (
-    mock::Spawn<keyrelay_layers::timeout::DeadlineService<mock::Mock<Req, Res>>>,
-    mock::Handle<Req, Res>,
-) {
+type Svc = mock::Spawn<DeadlineService<mock::Mock<Req, Res>>>;
+
+fn spawn() -> (Svc, mock::Handle<Req, Res>) {
     mock::spawn_layer(DeadlineLayer::new(TIMEOUT))
 }
 
