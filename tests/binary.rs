@@ -288,3 +288,21 @@ async fn binary_names_the_variable_that_holds_a_bad_value() {
     assert!(!exited.stdout.contains(BANNER), "{}", exited.stdout);
     assert_no_secret("stderr", &exited.stderr);
 }
+
+#[tokio::test]
+#[ignore = "BUG: config errors redact the value of every KEYRELAY_* variable (the secret filter matches `KEY` in `KEYRELAY`), so the message hides the bad value: server.host: `<redacted>` is not an IP address"]
+async fn binary_shows_the_bad_value_of_a_variable_that_is_no_secret() {
+    let dir = TempDir::new().unwrap();
+    let exited = run_to_exit(keyrelay(
+        dir.path(),
+        &[("KEYRELAY_SERVER__HOST", "example.com")],
+        &[],
+    ))
+    .await;
+    assert_eq!(exited.code, Some(EXIT_CONFIG), "stderr:\n{}", exited.stderr);
+    assert!(
+        exited.stderr.contains("example.com"),
+        "shows what is wrong:\n{}",
+        exited.stderr
+    );
+}

@@ -402,3 +402,97 @@ async fn h2c_prior_knowledge_requests_are_served() {
     assert_eq!(seen.len(), 2);
     assert!(seen.iter().all(|r| r.bearer() == Some(KEY_ONE)));
 }
+
+#[tokio::test]
+async fn client_leaving_mid_stream_releases_its_key() {
+    let mock = MockUpstream::start().await;
+    let gate = Gate::new();
+    mock.push(Script::gated_stream(&gate));
+    let proxy = Proxy::start(openai_env(&mock, 1)).await;
+    let client = TestClient::http1();
+
+    let res = client
+        .send(chat(&proxy, chat_body("openai/gpt-4o-mini", true)))
+        .await;
+    let mut sse = SseReader::new(res.into_body());
+    sse.next_event().await.expect("a first event");
+    let statuses = key_statuses(&client, &proxy).await;
+    assert_eq!(statuses.values().next().unwrap()["in_flight"], 1);
+
+    // The client goes away with the upstream still holding the stream.
+    drop(sse);
+    support::within("the key to be released", async {
+        loop {
+            let statuses = key_statuses(&client, &proxy).await;
+            if statuses.values().next().unwrap()["in_flight"] == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    gate.open();
+}
+
+#[tokio::test]
+async fn many_concurrent_requests_all_succeed_over_every_key() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 3)).await;
+    let client = TestClient::http1();
+
+    let requests = (0..30).map(|i| {
+        let client = client.clone();
+        let req = chat(&proxy, chat_body("openai/gpt-4o-mini", i % 2 == 0));
+        tokio::spawn(async move { Reply::read(client.send(req).await).await })
+    });
+    for reply in futures_util::future::join_all(requests).await {
+        let reply = reply.expect("the request task");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(reply.text().contains("gpt-4o-mini"));
+    }
+
+    let used: BTreeSet<String> = mock.keys_seen().into_iter().collect();
+    assert_eq!(used.len(), 3, "every key took a share: {used:?}");
+    assert_eq!(mock.requests().len(), 30);
+    let statuses = key_statuses(&client, &proxy).await;
+    let total: u64 = statuses
+        .values()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 30);
+    assert!(statuses.values().all(|s| s["in_flight"] == 0));
+}
+
+#[tokio::test]
+async fn openai_routes_work_without_the_v1_prefix() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 1)).await;
+    let client = TestClient::http1();
+
+    let reply = client
+        .fetch(post(
+            &proxy.url("/chat/completions"),
+            Auth::Bearer(PROXY_KEY),
+            chat_body("openai/gpt-4o-mini", false),
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client
+        .fetch(post(
+            &proxy.url("/embeddings"),
+            Auth::Bearer(PROXY_KEY),
+            r#"{"model":"openai/text-embedding-3-small","input":"hi"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client
+        .fetch(get(&proxy.url("/models"), Auth::Bearer(PROXY_KEY)))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let paths: Vec<String> = mock.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        ["/v1/chat/completions", "/v1/embeddings", "/v1/models"]
+    );
+}

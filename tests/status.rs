@@ -11,7 +11,7 @@ use keyrelay_layers::{
 };
 use serde_json::Value;
 use support::{
-    Auth, KEY_ONE, KEY_TWO, LOCAL_KEY, MockUpstream, PROXY_KEY, Proxy, Reply, TestClient,
+    Auth, KEY_ONE, KEY_TWO, LOCAL_KEY, MockUpstream, PROXY_KEY, Proxy, Reply, Script, TestClient,
     assert_no_secret, chat_body, closed_port, get, openai_env, post,
 };
 
@@ -83,6 +83,31 @@ async fn models_lists_upstream_and_configured_models_as_provider_ids() {
         "fetched with one of the provider's keys: {:?}",
         fetched[0].bearer()
     );
+}
+
+#[tokio::test]
+async fn models_list_survives_a_provider_answering_with_an_error() {
+    let mock = MockUpstream::start().await;
+    mock.push(Script::respond(
+        401,
+        r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+    ));
+    let mut env = openai_env(&mock, 1);
+    push_env(
+        &mut env,
+        "KEYRELAY_PROVIDERS__OPENAI__MODELS",
+        r#"["extra-model"]"#,
+    );
+    let proxy = Proxy::start(env).await;
+    let client = TestClient::http1();
+
+    let list = fetch(&client, &proxy, "/v1/models").await.json();
+    assert_eq!(
+        ids(&list),
+        ["openai/extra-model"],
+        "configured models still listed"
+    );
+    assert_eq!(mock.requests_to("/models").len(), 1);
 }
 
 #[tokio::test]

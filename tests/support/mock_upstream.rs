@@ -24,6 +24,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{
@@ -131,6 +132,9 @@ pub enum Script {
     Respond { status: u16, body: Bytes },
     /// Never answer (the request is still recorded).
     Hang,
+    /// Answer `200` with the first bytes of a JSON body, then never send
+    /// the rest (the connection stays open).
+    Stall { prefix: Bytes },
     /// Close the connection without answering.
     Close,
     /// Stream the chat fixture: `before` events at once, then wait for
@@ -263,6 +267,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     match script {
         Some(Script::Respond { status, body }) => Ok(json_response(status, body)),
         Some(Script::Hang) => std::future::pending().await,
+        Some(Script::Stall { prefix }) => {
+            let frames = futures_util::stream::once(async move { Ok(Frame::data(prefix)) })
+                .chain(futures_util::stream::pending());
+            let mut res = Response::new(StreamBody::new(frames).boxed_unsync());
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(res)
+        }
         Some(Script::Close) => Err("scripted: close without answering".into()),
         Some(Script::Stream { before, gate, then }) => Ok(stream_response(
             state,

@@ -1,17 +1,23 @@
-//! Graceful shutdown: in-flight streams finish, new connections are refused,
-//! idle keep-alive connections do not hold the server up, and a stream that
-//! outlives the grace period is given up on.
+//! The server around the stack: graceful shutdown (in-flight streams
+//! finish, new connections are refused, idle keep-alive connections do not
+//! hold it up, a stream that outlives the grace period is given up on) and
+//! connection limits (slow or silent clients are cut off, oversized heads
+//! get 431).
 
 mod support;
 
 use std::time::Duration;
 
+use http::HeaderValue;
 use keyrelay::server::Shutdown;
 use support::{
     Auth, Gate, MockUpstream, PROXY_KEY, Proxy, Script, SseReader, TestClient, chat_body,
     openai_env, post, stream_events, within,
 };
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 async fn open_stream(client: &TestClient, proxy: &Proxy) -> SseReader {
     let res = client
@@ -98,4 +104,58 @@ async fn shutdown_gives_up_on_a_stream_that_outlives_the_grace_period() {
     proxy.begin_shutdown();
     assert_eq!(proxy.finished().await, Shutdown::GraceExpired);
     gate.open();
+}
+
+/// A proxy that gives clients 200 ms to send their request head.
+async fn impatient_proxy() -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start_with(openai_env(&mock, 1), |s| {
+        s.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    (mock, proxy)
+}
+
+/// Reads until the server closes the connection (EOF or reset), bounded.
+async fn until_closed(tcp: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let _ = within(what, tcp.read_to_end(&mut seen)).await;
+    seen
+}
+
+#[tokio::test]
+async fn client_stalling_inside_its_request_head_is_cut_off() {
+    let (mock, proxy) = impatient_proxy().await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keyrelay\r\n")
+        .await
+        .unwrap();
+    until_closed(&mut tcp, "the server to cut off a stalled request head").await;
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+#[ignore = "BUG: a connection that sends no byte is never cut off: hyper-util's auto builder sniffs the HTTP version (ReadVersion) with no timeout, so server.header_read_timeout never starts"]
+async fn connection_that_never_sends_a_byte_is_cut_off() {
+    let (_mock, proxy) = impatient_proxy().await;
+    let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    until_closed(&mut tcp, "the server to cut off a silent connection").await;
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 1)).await;
+    let client = TestClient::http1();
+
+    let mut req = post(
+        &proxy.url("/v1/chat/completions"),
+        Auth::Bearer(PROXY_KEY),
+        chat_body("openai/gpt-4o-mini", false),
+    );
+    let big = HeaderValue::from_str(&"a".repeat(70 * 1024)).unwrap();
+    req.headers_mut().insert("x-padding", big);
+    let reply = client.fetch(req).await;
+    assert_eq!(reply.status, 431);
+    assert!(mock.requests().is_empty());
 }
