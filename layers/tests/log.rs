@@ -15,7 +15,7 @@ use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_test::mock;
 
-use support::{Captured, Event, MockBody, capture, within};
+use support::{Captured, Event, MockBody, capture, trace_init, within};
 
 const FINISHED: &str = "request finished";
 
@@ -24,6 +24,7 @@ type Req = Request<()>;
 /// Sends a request with these headers to an inner that answers with the
 /// `RequestId` it saw; returns (id the inner saw, response header).
 async fn ids(header: Option<HeaderValue>) -> (String, String) {
+    trace_init();
     let svc = RequestLogLayer::new().layer(service_fn(|req: Req| async move {
         let id = req
             .extensions()
@@ -89,6 +90,7 @@ type InnerHandle = mock::Handle<Req, Response<MockBody>>;
 
 /// A RequestLog around a mock; the response body is scripted per test.
 fn spawn() -> (mock::Spawn<RequestLog<Inner>>, InnerHandle) {
+    trace_init();
     mock::spawn_layer(RequestLogLayer::new())
 }
 
@@ -97,6 +99,7 @@ async fn respond<B>(res: Response<B>) -> Response<LoggedBody<B>>
 where
     B: http_body::Body,
 {
+    trace_init();
     let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<B>, _>(RequestLogLayer::new());
     assert_ready_ok!(svc.poll_ready());
     let fut = svc.call(

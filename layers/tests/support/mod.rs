@@ -4,12 +4,13 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     fmt,
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Once,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
     task::{Context, Poll},
@@ -221,7 +222,7 @@ impl Event {
     }
 }
 
-/// Events seen by [`capture`]'s subscriber on this thread.
+/// Events seen by [`capture`] on this thread.
 #[derive(Clone, Debug, Default)]
 pub struct Captured(Arc<Mutex<Vec<Event>>>);
 
@@ -238,7 +239,24 @@ impl Captured {
     }
 }
 
-struct CaptureLayer(Captured);
+thread_local! {
+    /// Where this thread's events go, while a [`capture`] guard lives.
+    static CAPTURING: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// Stops capturing on this thread when dropped.
+#[derive(Debug)]
+pub struct CaptureGuard {
+    _private: (),
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
+struct CaptureLayer;
 
 impl<S> tracing_subscriber::Layer<S> for CaptureLayer
 where
@@ -269,6 +287,9 @@ where
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(captured) = CAPTURING.with(|c| c.borrow().clone()) else {
+            return;
+        };
         let mut fields = Fields::default();
         event.record(&mut fields);
         let mut spans = Fields::default();
@@ -279,7 +300,7 @@ where
                 }
             }
         }
-        self.0.0.lock().unwrap().push(Event {
+        captured.0.lock().unwrap().push(Event {
             level: *event.metadata().level(),
             fields,
             spans,
@@ -287,12 +308,30 @@ where
     }
 }
 
-/// Records every event on the current thread until the guard drops. The
-/// tests run on tokio's current-thread runtime, so everything they poll is
-/// on this thread.
-pub fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+/// Installs the process-wide capturing subscriber, once. Every test of a
+/// binary that captures must call this (or [`capture`]) before it emits
+/// anything.
+///
+/// A process-wide default rather than a thread-local `set_default`: tracing
+/// caches each callsite's interest globally, and a callsite first hit on a
+/// thread without a subscriber is cached as "never", which made events of
+/// the tests running beside it vanish at random. `Once` makes every test
+/// wait until the subscriber is in place, so no callsite is registered
+/// before it.
+pub fn trace_init() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(CaptureLayer))
+            .expect("no other global subscriber in the layer tests");
+    });
+}
+
+/// Records every event emitted on the current thread until the guard drops.
+/// The tests run on tokio's current-thread runtime, so everything they poll
+/// runs on this thread.
+pub fn capture() -> (Captured, CaptureGuard) {
+    trace_init();
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(CaptureLayer(captured.clone()));
-    let guard = tracing::subscriber::set_default(subscriber);
-    (captured, guard)
+    CAPTURING.with(|c| *c.borrow_mut() = Some(captured.clone()));
+    (captured, CaptureGuard { _private: () })
 }
