@@ -169,3 +169,25 @@ async fn poll_ready_waits_for_the_inner_service_and_does_not_start_the_clock() {
         Some(&Deadline(start + TIMEOUT))
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_is_not_cut_once_its_headers_are_out() {
+    use http_body_util::BodyExt;
+    use support::MockBody;
+
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<Req, Response<MockBody>, _>(DeadlineLayer::new(TIMEOUT));
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(Request::new(()));
+    let (_req, responder) = handle.next_request().await.unwrap();
+    let (tx, body) = MockBody::channel();
+    responder.send_response(Response::new(body));
+    let mut body = fut.await.unwrap().into_body();
+
+    sleep(TIMEOUT * 3).await;
+    tx.data("data: late but welcome\n\n");
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "data: late but welcome\n\n");
+    tx.end();
+    assert!(body.frame().await.is_none());
+}

@@ -765,3 +765,65 @@ fn prepare_uses_the_providers_own_auth_header() {
     assert_eq!(up.headers().get_all("api-key").iter().count(), 1);
     assert!(up.headers().get(header::AUTHORIZATION).is_none());
 }
+
+#[tokio::test]
+async fn the_catalog_gives_up_on_a_hanging_provider_and_retries_after_a_backoff() {
+    const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let hanging = Mutex::new(Vec::new());
+    let calls = AtomicUsize::new(0);
+    let mock = MockUpstream::start({
+        let asked = asked.clone();
+        move |seen| {
+            asked.notify_one();
+            if calls.fetch_add(1, SeqCst) > 0 {
+                return models_or_404(seen);
+            }
+            // Headers, then a body that never ends.
+            let (tx, body) = MockBody::channel();
+            hanging.lock().unwrap().push(tx);
+            streaming(body)(seen)
+        }
+    })
+    .await;
+    let provider = openai(&mock.api_base()).with_models(vec!["configured".to_owned()]);
+    let pool = KeyPool::builder()
+        .provider(provider, Selection::LeastUsed, secrets(&["k1"]))
+        .build()
+        .unwrap();
+    let catalog = Arc::new(ModelCatalog::new(client(), TTL, FETCH_TIMEOUT));
+
+    let listing = tokio::spawn({
+        let (catalog, pool) = (catalog.clone(), pool.clone());
+        async move { catalog.list(&pool).await }
+    });
+    within(asked.notified()).await;
+    // The provider has the request; let its time run out without waiting.
+    skip(FETCH_TIMEOUT).await;
+    let listed: Vec<_> = within(listing)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        listed,
+        ["openai/configured"],
+        "configured models still listed"
+    );
+
+    assert_eq!(ids(&catalog, &pool).await, ["openai/configured"]);
+    assert_eq!(
+        mock.hits(),
+        1,
+        "a failed provider is not asked again at once"
+    );
+
+    skip(TTL).await;
+    assert_eq!(
+        ids(&catalog, &pool).await,
+        ["openai/configured", "openai/gpt-4o", "openai/gpt-4o-mini"],
+        "asked again after the backoff, and recovered"
+    );
+    assert_eq!(mock.hits(), 2);
+}
