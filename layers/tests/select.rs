@@ -367,3 +367,31 @@ async fn poll_ready_waits_for_the_inner_service() {
     assert!(svc.is_woken());
     assert_ready_ok!(svc.poll_ready());
 }
+
+#[tokio::test]
+async fn records_the_chosen_key_in_the_current_span() {
+    use tracing::Instrument;
+
+    let (captured, _guard) = support::capture();
+    let pool = pool(Selection::LeastUsed, &["k1"]);
+    let inner = service_fn(|_: Req| async {
+        tracing::info!("inner called");
+        Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+    });
+    let span = tracing::info_span!("request", key = tracing::field::Empty);
+    let res = KeySelectLayer::new(pool.clone())
+        .layer(inner)
+        .oneshot(routed(()))
+        .instrument(span)
+        .await
+        .unwrap();
+    drop(res);
+    let events = captured.named("inner called");
+    assert_eq!(events.len(), 1);
+    let expected = key_id("openai", "k1");
+    assert_eq!(events[0].spans.get("key"), Some(expected.as_str()));
+    assert!(
+        !format!("{:?}", captured.all()).contains("\"k1\""),
+        "the secret itself is never logged"
+    );
+}
