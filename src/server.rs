@@ -79,13 +79,20 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+        let first_byte_timeout = options.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            // hyper-util sniffs the HTTP version with no timeout of its own,
+            // and hyper's header timer starts only after that: a client that
+            // connects and stays silent is cut off here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         });

@@ -16,7 +16,7 @@ use keyrelay_layers::{
     pool::{KeyPool, Secret},
     respond::{ErrorResponseLayer, ResponseBody},
     select::KeySelectLayer,
-    timeout::DeadlineLayer,
+    timeout::{DeadlineBody, DeadlineLayer},
     upstream::{HttpsClient, ModelCatalog, UpstreamService},
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
@@ -60,7 +60,9 @@ where
 
     let proxy = ServiceBuilder::new()
         // Route services share one body type.
-        .map_response(|res: Response<LeasedBody<ProxyBody>>| res.map(|body| body.boxed_unsync()))
+        .map_response(|res: Response<DeadlineBody<LeasedBody<ProxyBody>>>| {
+            res.map(|body| body.boxed_unsync())
+        })
         // Reject strangers before doing any work for them; also strips the
         // client's credentials so they can never be forwarded.
         .layer(auth.clone())

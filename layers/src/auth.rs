@@ -125,10 +125,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(expected) = &self.expected {
-            if let Err(rejection) = check(req.headers(), expected) {
-                return Either::Left(ready(Err(rejection.into())));
-            }
+        if let Some(expected) = &self.expected
+            && let Err(rejection) = check(req.headers(), expected)
+        {
+            return Either::Left(ready(Err(rejection.into())));
         }
         strip_client_credentials(req.headers_mut());
         Either::Right(self.inner.call(req).err_into())

@@ -437,7 +437,7 @@ impl fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "no answer from the upstream within the proxy's deadline of {:.1} s (proxy.global_timeout_secs / GLOBAL_TIMEOUT)",
+            "the request did not get an answer within the proxy's deadline of {:.1} s (proxy.global_timeout_secs / GLOBAL_TIMEOUT)",
             self.after.as_secs_f64()
         )
     }

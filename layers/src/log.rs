@@ -148,6 +148,15 @@ pin_project! {
         inner: F,
         log: Option<Log>,
     }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // The client left before the response headers: still one event.
+            if let Some(Log { span, start, .. }) = this.project().log.take() {
+                Finish { span, start, headers_after_ms: None, status: None, code: None }.report("cancelled");
+            }
+        }
+    }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
@@ -189,8 +198,8 @@ where
         let mut finish = Some(Finish {
             span,
             start,
-            headers_after_ms,
-            status,
+            headers_after_ms: Some(headers_after_ms),
+            status: Some(status),
             code,
         });
         if res.body().is_end_stream() {
@@ -204,8 +213,9 @@ where
 struct Finish {
     span: Span,
     start: Instant,
-    headers_after_ms: u64,
-    status: u16,
+    /// `None` when the client left before the response headers.
+    headers_after_ms: Option<u64>,
+    status: Option<u16>,
     code: Option<&'static str>,
 }
 

@@ -100,10 +100,10 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_none() {
-            if let Err(err) = ready!(self.inner.poll_ready(cx)) {
-                self.ready_error = Some(err.into());
-            }
+        if self.ready_error.is_none()
+            && let Err(err) = ready!(self.inner.poll_ready(cx))
+        {
+            self.ready_error = Some(err.into());
         }
         Poll::Ready(Ok(()))
     }

@@ -1,12 +1,14 @@
 //! `DeadlineLayer`: one deadline for the whole request.
 //!
 //! The deadline covers everything from the moment the request enters this
-//! layer until the inner service answers with response headers: reading the
-//! body, choosing a key and the upstream call. It is inserted as a
+//! layer: reading the body, choosing a key, the upstream call, and, for a
+//! response that is not an event stream, its whole body. It is inserted as a
 //! [`Deadline`] extension so that inner layers can decide against the same
-//! clock; an outer deadline that is sooner wins. When it passes, the request
-//! fails with [`DeadlineExceeded`] (504). Streams are not cut once their
-//! headers are out.
+//! clock; an outer deadline that is sooner wins. Passed before the response
+//! headers, the request fails with [`DeadlineExceeded`] (504); passed while a
+//! non-stream body is still arriving, the body ends with that error (the
+//! `200` is out by then, so the connection is cut). A `text/event-stream`
+//! body is never cut: it is bounded by its idle timeout instead.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,9 +31,10 @@ use std::{
     time::Duration,
 };
 
-use http::Request;
+use http::{Request, Response, header::CONTENT_TYPE};
+use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Timeout, timeout_at};
+use tokio::time::{Instant, Sleep, Timeout, sleep_until, timeout_at};
 use tower::{Layer, Service};
 
 use crate::{BoxError, error::DeadlineExceeded, extensions::Deadline};
@@ -75,12 +78,12 @@ impl<S> DeadlineService<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for DeadlineService<S>
+impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = Response<DeadlineBody<ResBody>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
@@ -97,6 +100,7 @@ where
         req.extensions_mut().insert(Deadline(deadline));
         ResponseFuture {
             inner: timeout_at(deadline, self.inner.call(req)),
+            deadline,
             after: deadline - start,
         }
     }
@@ -108,22 +112,90 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Timeout<F>,
+        deadline: Instant,
         after: Duration,
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, ResBody, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<DeadlineBody<ResBody>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match ready!(this.inner.poll(cx)) {
-            Ok(result) => Poll::Ready(result.map_err(Into::into)),
-            Err(_elapsed) => Poll::Ready(Err(DeadlineExceeded::new(*this.after).into())),
+        let res = match ready!(this.inner.poll(cx)) {
+            Ok(result) => result.map_err(Into::into)?,
+            Err(_elapsed) => return Poll::Ready(Err(DeadlineExceeded::new(*this.after).into())),
+        };
+        let is_stream = res
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let (deadline, after) = (*this.deadline, *this.after);
+        Poll::Ready(Ok(res.map(|inner| DeadlineBody {
+            inner,
+            sleep: (!is_stream).then(|| Box::pin(sleep_until(deadline))),
+            after,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body bounded by the request's deadline, unless it is an
+    /// event stream.
+    #[derive(Debug)]
+    pub struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        // Boxed because `Sleep` is `!Unpin` and only non-stream bodies need one.
+        sleep: Option<Pin<Box<Sleep>>>,
+        after: Duration,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
+        if let Some(sleep) = this.sleep
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            *this.sleep = None;
+            return Poll::Ready(Some(Err(DeadlineExceeded::new(*this.after).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

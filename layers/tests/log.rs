@@ -273,9 +273,6 @@ async fn an_inner_error_is_logged_once_as_failed_and_passed_on() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a request dropped before its response headers (client gone while the upstream \
-            is still thinking) logs no `request finished` event at all: log::ResponseFuture has no \
-            Drop that reports `cancelled`"]
 async fn a_request_dropped_before_its_headers_is_reported_once_as_cancelled() {
     let (captured, _guard) = capture();
     let (mut svc, mut handle) = spawn();

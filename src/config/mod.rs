@@ -236,7 +236,9 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
     // Whatever goes wrong, the message must not echo a secret.
     let secrets: Vec<&str> = vars
         .iter()
-        .filter(|v| v.name.contains("KEY") && v.value.trim().len() >= 4)
+        .filter(|v| {
+            v.name.trim_start_matches("KEYRELAY_").contains("KEY") && v.value.trim().len() >= 4
+        })
         .map(|v| v.value.trim())
         .collect();
     let redact = |message: String| {

@@ -1,1 +1,286 @@
+use std::{fs, path::Path};
 
+use super::*;
+
+fn sources(dir: &Path, env: &[(&str, &str)]) -> Sources {
+    Sources {
+        config_path: None,
+        working_dir: dir.to_path_buf(),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        host: None,
+        port: None,
+    }
+}
+
+fn keys_of(settings: &Settings, id: &str) -> Vec<String> {
+    let p = settings
+        .providers
+        .iter()
+        .find(|p| p.provider.id().as_str() == id)
+        .unwrap();
+    p.keys.iter().map(|k| k.expose().to_owned()).collect()
+}
+
+fn err(sources: Sources) -> String {
+    load(sources).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_need_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(dir.path(), &[])).unwrap();
+    assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+    assert_eq!(s.global_timeout, Duration::from_secs(60));
+    assert_eq!(s.max_body_bytes, 16 * 1024 * 1024);
+    assert!(s.proxy_key.is_none());
+    assert!(s.notes.iter().any(|n| n.contains("no PROXY_API_KEY")));
+    assert!(
+        s.providers
+            .iter()
+            .all(|p| p.keys.is_empty() && !p.configured)
+    );
+}
+
+#[test]
+fn env_conventions_of_key_rotating_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(
+        dir.path(),
+        &[
+            ("PROXY_API_KEY", "pk"),
+            ("OPENAI_API_KEY_2", "sk-2"),
+            ("OPENAI_API_KEY_1", "sk-1"),
+            ("OPENAI_API_KEY", "sk-0"),
+            ("OPENAI_API_BASE", "http://127.0.0.1:11434/v1"),
+            ("NVIDIA_NIM_API_KEY_a", "nv"),
+            ("GLOBAL_TIMEOUT", "90"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("pk"));
+    assert_eq!(keys_of(&s, "openai"), ["sk-0", "sk-1", "sk-2"]);
+    assert_eq!(keys_of(&s, "nvidia_nim"), ["nv"]);
+    let openai = s
+        .providers
+        .iter()
+        .find(|p| p.provider.id().as_str() == "openai")
+        .unwrap();
+    assert_eq!(
+        openai.provider.api_base().to_string(),
+        "http://127.0.0.1:11434/v1"
+    );
+    assert!(openai.configured);
+    assert_eq!(s.global_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn an_unknown_provider_with_a_base_is_a_custom_openai_compatible_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(
+        dir.path(),
+        &[
+            ("LOCAL_API_BASE", "http://127.0.0.1:8080/v1"),
+            ("LOCAL_API_KEY", "x"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(keys_of(&s, "local"), ["x"]);
+}
+
+#[test]
+fn stray_key_variables_are_ignored_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(
+        dir.path(),
+        &[
+            ("WANDB_API_KEY", "w-secret"),
+            ("ANTHROPIC_API_KEY", "a-secret"),
+        ],
+    ))
+    .unwrap();
+    assert!(
+        s.providers
+            .iter()
+            .all(|p| p.provider.id().as_str() != "wandb")
+    );
+    let notes = s.notes.join("\n");
+    assert!(
+        notes.contains("WANDB_API_KEY") && notes.contains("ANTHROPIC_API_KEY"),
+        "{notes}"
+    );
+    assert!(!notes.contains("w-secret") && !notes.contains("a-secret"));
+}
+
+#[test]
+fn precedence_file_then_dotenv_then_environment_then_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nport = 9001\nhost = \"127.0.0.1\"\n[proxy]\nglobal_timeout_secs = 10\nmodels_cache_ttl_secs = 5\n\
+         [providers.openai]\napi_keys = [\"file-key\", \"shared-key\"]\nselection = \"round_robin\"\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join(".env"),
+        "KEYRELAY_SERVER__PORT=9002\nGLOBAL_TIMEOUT=20\nOPENAI_API_KEY_1=dotenv-key\nOPENAI_API_KEY_2=shared-key\nKEYRELAY_PROXY__MODELS_CACHE_TTL_SECS=7\n",
+    )
+    .unwrap();
+    let mut src = sources(
+        dir.path(),
+        &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")],
+    );
+    let s = load(sources(
+        dir.path(),
+        &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")],
+    ))
+    .unwrap();
+    assert_eq!(s.listen.port(), 9002, ".env beats the file");
+    assert_eq!(
+        s.global_timeout,
+        Duration::from_secs(30),
+        "the environment beats .env"
+    );
+    assert_eq!(s.models_cache_ttl, Duration::from_secs(7));
+    // Keys from every source add up; the same secret twice counts once in the pool.
+    let openai = s
+        .providers
+        .iter()
+        .find(|p| p.provider.id().as_str() == "openai")
+        .unwrap();
+    assert_eq!(openai.selection, Selection::RoundRobin);
+    let mut keys = keys_of(&s, "openai");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, ["dotenv-key", "env-key", "file-key", "shared-key"]);
+
+    src.port = Some(9003);
+    src.host = Some("::1".to_owned());
+    let s = load(src).unwrap();
+    assert_eq!(
+        s.listen.to_string(),
+        "[::1]:9003",
+        "CLI flags beat everything"
+    );
+}
+
+#[test]
+fn an_explicit_config_path_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = sources(dir.path(), &[]);
+    src.config_path = Some(dir.path().join("missing.toml"));
+    assert!(err(src).contains("missing.toml"));
+}
+
+#[test]
+fn unknown_keys_are_rejected_naming_key_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("config.toml"), "[server]\nprot = 1\n").unwrap();
+    let message = err(sources(dir.path(), &[]));
+    assert!(
+        message.contains("prot") && message.contains("config.toml"),
+        "{message}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let message = err(sources(dir.path(), &[("KEYRELAY_PROXY__NOPE", "1")]));
+    assert!(
+        message.contains("nope") && message.contains("environment"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_values_name_the_variable_and_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = err(sources(
+        dir.path(),
+        &[("KEYRELAY_SERVER__PORT", "notaport")],
+    ));
+    assert!(
+        message.contains("KEYRELAY_SERVER__PORT") && message.contains("process environment"),
+        "{message}"
+    );
+
+    fs::write(dir.path().join(".env"), "GLOBAL_TIMEOUT=soon\n").unwrap();
+    let message = err(sources(dir.path(), &[]));
+    assert!(
+        message.contains("GLOBAL_TIMEOUT") && message.contains(".env"),
+        "{message}"
+    );
+
+    let message = err(sources(dir.path(), &[("GLOBAL_TIMEOUT", "0")]));
+    assert!(message.contains("global_timeout_secs"), "{message}");
+}
+
+#[test]
+fn validation_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, needle) in [
+        (
+            ("OPENAI_API_BASE", "api.openai.com/v1"),
+            "providers.openai.api_base",
+        ),
+        (
+            ("KEYRELAY_PROVIDERS__OPENAI__SELECTION", "fastest"),
+            "providers.openai.selection",
+        ),
+        (("KEYRELAY_SERVER__HOST", "my-host"), "server.host"),
+        (
+            ("KEYRELAY_PROVIDERS__MYSTERY__MODELS", "[\"a\"]"),
+            "providers.mystery",
+        ),
+    ] {
+        let message = err(sources(dir.path(), &[env]));
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+}
+
+#[test]
+fn refuses_a_public_bind_without_a_proxy_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = sources(dir.path(), &[]);
+    src.host = Some("0.0.0.0".to_owned());
+    assert!(err(src).contains("PROXY_API_KEY"));
+    let mut src = sources(dir.path(), &[("PROXY_API_KEY", "pk")]);
+    src.host = Some("0.0.0.0".to_owned());
+    assert!(load(src).is_ok());
+}
+
+#[test]
+fn secrets_are_never_echoed_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A key list given where a table is expected must not be quoted back.
+    let message = err(sources(
+        dir.path(),
+        &[
+            ("OPENAI_API_KEY_1", "sk-SECRET-abc"),
+            ("KEYRELAY_PROVIDERS__OPENAI", "sk-SECRET-abc"),
+        ],
+    ));
+    assert!(!message.contains("sk-SECRET-abc"), "{message}");
+    fs::write(
+        dir.path().join(".env"),
+        "OPENAI_API_KEY_1='sk-SECRET-unterminated\n",
+    )
+    .unwrap();
+    let message = err(sources(dir.path(), &[]));
+    assert!(!message.contains("sk-SECRET"), "{message}");
+}
+
+#[test]
+fn numeric_looking_secrets_stay_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(
+        dir.path(),
+        &[
+            ("KEYRELAY_PROXY__API_KEY", "12345"),
+            ("OPENAI_API_KEY", "true"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("12345"));
+    assert_eq!(keys_of(&s, "openai"), ["true"]);
+}

@@ -54,11 +54,19 @@ pub fn for_upstream(headers: &mut HeaderMap) {
     headers.remove(header::CONTENT_LENGTH);
 }
 
+/// Where the provider's own request id goes, since `x-request-id` is the
+/// proxy's: the provider's is what its support asks for.
+pub const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+
 /// Cleans a provider's response headers for the client: no hop-by-hop
-/// headers and no provider cookies.
+/// headers and no provider cookies; the provider's `x-request-id` moves to
+/// `x-upstream-request-id`.
 pub fn for_client(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     headers.remove(header::SET_COOKIE);
+    if let Some(id) = headers.remove("x-request-id") {
+        headers.insert(X_UPSTREAM_REQUEST_ID, id);
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header::CONTENT_TYPE};
+use http::{
+    HeaderValue, Request, Response,
+    header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE},
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
@@ -118,6 +121,13 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, b
     headers::for_upstream(&mut parts.headers);
     let (name, value) = lease.auth_header();
     parts.headers.insert(name.clone(), value.clone());
+    if target.stream() {
+        // Streams are forwarded (and, when they break, ended) event by event
+        // by the proxy, which needs to see plain text.
+        parts
+            .headers
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     if !parts.headers.contains_key(CONTENT_TYPE) {
         parts
             .headers
@@ -179,7 +189,11 @@ impl Future for ResponseFuture {
                 headers::for_client(&mut parts.headers);
                 parts.extensions = http::Extensions::new();
                 parts.extensions.insert(lease.clone());
-                let body = if *stream && parts.status.is_success() {
+                let encoded = parts
+                    .headers
+                    .get(CONTENT_ENCODING)
+                    .is_some_and(|e| e != "identity");
+                let body = if *stream && parts.status.is_success() && !encoded {
                     SseErrorTail::new(body).boxed_unsync()
                 } else {
                     body.map_err(BoxError::from).boxed_unsync()
