@@ -13,6 +13,10 @@ use keyrelay::{
 const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
+#[expect(
+    clippy::print_stderr,
+    reason = "start-up failures happen before logging exists, and must reach the operator"
+)]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match config::load(Sources::from_cli(&cli)) {

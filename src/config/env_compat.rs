@@ -263,10 +263,10 @@ pub fn key_only_providers(vars: &[Var]) -> BTreeSet<String> {
             }
             _ => {}
         }
-        if let Some(rest) = var.name.strip_prefix("KEYRELAY_PROVIDERS__") {
-            if let Some((p, _)) = rest.split_once("__") {
-                other.insert(p.to_ascii_lowercase());
-            }
+        if let Some(rest) = var.name.strip_prefix("KEYRELAY_PROVIDERS__")
+            && let Some((p, _)) = rest.split_once("__")
+        {
+            other.insert(p.to_ascii_lowercase());
         }
     }
     keyed.difference(&other).cloned().collect()

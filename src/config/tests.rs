@@ -284,3 +284,36 @@ fn numeric_looking_secrets_stay_strings() {
     assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("12345"));
     assert_eq!(keys_of(&s, "openai"), ["true"]);
 }
+
+#[test]
+fn the_shipped_examples_load() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("config.toml"), include_str!("../../config.toml.example")).unwrap();
+    fs::write(dir.path().join(".env"), include_str!("../../.env.example")).unwrap();
+    let s = load(sources(dir.path(), &[])).unwrap();
+    assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+    assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("change-me"));
+    assert_eq!(keys_of(&s, "openai"), ["sk-...", "sk-..."]);
+}
+
+#[test]
+fn the_example_config_documents_every_key() {
+    let example = include_str!("../../config.toml.example");
+    for key in [
+        "host",
+        "port",
+        "max_body_bytes",
+        "max_header_bytes",
+        "header_read_timeout_secs",
+        "shutdown_grace_secs",
+        "api_key",
+        "global_timeout_secs",
+        "models_cache_ttl_secs",
+        "api_base",
+        "api_keys",
+        "selection",
+        "models",
+    ] {
+        assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
+    }
+}
