@@ -1,6 +1,9 @@
 //! The upstream leaf: `prepare` (pure), then `UpstreamService` and
 //! `ModelCatalog` against a scripted hyper server on 127.0.0.1:0.
-#![allow(clippy::disallowed_methods, reason = "the mock server runs as tasks; the no-spawn rule is the library's")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the mock server runs as tasks; the no-spawn rule is the library's"
+)]
 
 mod support;
 

@@ -288,7 +288,11 @@ fn numeric_looking_secrets_stay_strings() {
 #[test]
 fn the_shipped_examples_load() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("config.toml"), include_str!("../../config.toml.example")).unwrap();
+    fs::write(
+        dir.path().join("config.toml"),
+        include_str!("../../config.toml.example"),
+    )
+    .unwrap();
     fs::write(dir.path().join(".env"), include_str!("../../.env.example")).unwrap();
     let s = load(sources(dir.path(), &[])).unwrap();
     assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
@@ -314,6 +318,9 @@ fn the_example_config_documents_every_key() {
         "selection",
         "models",
     ] {
-        assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
+        assert!(
+            example.contains(&format!("{key} =")),
+            "config.toml.example lacks `{key}`"
+        );
     }
 }
