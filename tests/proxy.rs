@@ -496,3 +496,32 @@ async fn openai_routes_work_without_the_v1_prefix() {
         ["/v1/chat/completions", "/v1/embeddings", "/v1/models"]
     );
 }
+
+#[tokio::test]
+async fn stream_requests_ask_the_upstream_for_plain_text() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 1)).await;
+    let client = TestClient::http1();
+
+    for stream in [true, false] {
+        let mut req = chat(&proxy, chat_body("openai/gpt-4o-mini", stream));
+        req.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
+        let reply = Reply::read(client.send(req).await).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+
+    let seen = mock.requests();
+    let encoding = |i: usize| {
+        seen[i]
+            .headers
+            .get(header::ACCEPT_ENCODING)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // The proxy reads streams event by event, so it needs them unencoded;
+    // a whole body passes through as the client accepts it.
+    assert_eq!(encoding(0).as_deref(), Some("identity"));
+    assert_eq!(encoding(1).as_deref(), Some("gzip, br"));
+}
