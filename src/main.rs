@@ -28,6 +28,15 @@ async fn main() -> ExitCode {
     };
     telemetry::init(cli.log_level.as_deref());
 
+    // Listening for signals before anything is printed: a SIGTERM right
+    // after the banner must still end in a clean exit.
+    let shutdown = match shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(err) => {
+            eprintln!("keyrelay: cannot listen for shutdown signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let bound = match Bound::bind(&settings).await {
         Ok(bound) => bound,
         Err(err) => {
@@ -41,7 +50,7 @@ async fn main() -> ExitCode {
     let _ = stdout.flush();
     drop(stdout);
 
-    match bound.serve(shutdown_signal()).await {
+    match bound.serve(shutdown).await {
         Shutdown::Drained => tracing::info!("all requests finished; bye"),
         Shutdown::GraceExpired => {
             tracing::warn!("grace period over; closing the remaining connections")

@@ -11,7 +11,10 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use keyrelay_layers::BoxError;
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tower::Service;
 
 /// Inbound connection limits.
@@ -64,6 +67,7 @@ where
         .max_header_list_size(options.max_header_bytes as u32);
 
     let graceful = GracefulShutdown::new();
+    let (stopping_tx, stopping_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -80,15 +84,17 @@ where
         };
         let _ = stream.set_nodelay(true);
         let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
-        let first_byte_timeout = options.header_read_timeout;
+        let (head_timeout, mut stopping) = (options.header_read_timeout, stopping_rx.clone());
         tokio::spawn(async move {
-            // hyper-util sniffs the HTTP version with no timeout of its own,
-            // and hyper's header timer starts only after that: a client that
-            // connects and stays silent is cut off here.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            // A connection that never shows its HTTP version is dropped
+            // here, and at once when shutdown begins (it has no request in
+            // flight), so that it cannot hold up the drain.
+            let shown = tokio::select! {
+                shown = tokio::time::timeout(head_timeout, version_shown(&stream)) => shown.unwrap_or(false),
+                _ = stopping.wait_for(|stop| *stop) => false,
+            };
+            if !shown {
+                return;
             }
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
@@ -97,6 +103,7 @@ where
             }
         });
     }
+    let _ = stopping_tx.send(true);
     drop(listener);
     tracing::info!(
         grace_secs = options.shutdown_grace.as_secs(),
@@ -108,30 +115,47 @@ where
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// HTTP/2's connection preface; hyper-util reads this much to tell h2c
+/// from HTTP/1.1, with no timeout of its own.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the connection's first bytes tell its HTTP version: either
+/// the whole h2 preface or a byte that departs from it. `false` when the
+/// peer closes first. Peeking leaves the bytes for hyper.
+async fn version_shown(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == buf.len() || !H2_PREFACE.starts_with(&buf[..n]) => return true,
+            // A prefix of the preface: peek returns at once while those
+            // bytes wait unread, so poll for more at a gentle pace.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
-    };
+    }
+}
+
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called,
+/// so that a signal right after start-up is not missed; the future resolves
+/// on the first of them.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("received SIGINT"),
+                _ = terminate.recv() => tracing::info!("received SIGTERM"),
             }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("received Ctrl-C");
+        })
     }
 }

@@ -70,6 +70,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod classify;
 pub mod error;
 pub mod extensions;
 pub mod log;
