@@ -21,6 +21,10 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Directory for the key pool's state file [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// Log filter, e.g. `info` or `keyrelay=debug` [default: info, or RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod persist;
 pub mod routes;
 pub mod server;
 pub mod stack;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::Settings,
+    persist::StateFile,
     server::{ServerOptions, Shutdown},
     stack::App,
 };
@@ -30,21 +32,19 @@ const MODEL_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the shared state from validated settings.
 pub fn app(settings: &Settings) -> Result<App, BoxError> {
-    let mut pool = KeyPool::builder();
+    let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset);
     for p in &settings.providers {
-        pool = pool.provider(p.provider.clone(), p.selection, p.keys.clone());
+        pool = pool.provider_with(p.provider.clone(), p.options, p.keys.clone());
     }
     let client = build_client(&ClientOptions::default())?;
     Ok(App {
         pool: pool.build()?,
-        catalog: Arc::new(ModelCatalog::new(
-            client.clone(),
-            settings.models_cache_ttl,
-            MODEL_LIST_TIMEOUT,
-        )),
+        catalog: Arc::new(ModelCatalog::new(client.clone(), settings.models_cache_ttl, MODEL_LIST_TIMEOUT)),
         client,
         proxy_key: settings.proxy_key.clone(),
+        admin_key: settings.admin_key.clone(),
         global_timeout: settings.global_timeout,
+        stream_idle_timeout: settings.stream_idle_timeout,
         max_body_bytes: settings.max_body_bytes,
         configured_providers: settings
             .providers
@@ -61,27 +61,31 @@ pub struct Bound {
     listener: TcpListener,
     app: App,
     options: ServerOptions,
+    state: StateFile,
+    state_save_interval: Duration,
+    notes: Vec<String>,
 }
 
 impl Bound {
+    /// Builds the app, restores the pool's saved state, and binds.
     pub async fn bind(settings: &Settings) -> Result<Self, BoxError> {
         let app = app(settings)?;
-        let listener = TcpListener::bind(settings.listen).await.map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot listen on {}: {err}", settings.listen),
-            )
-        })?;
+        let state = StateFile::in_dir(&settings.data_dir);
+        let notes = state.restore(&app.pool).into_iter().collect();
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", settings.listen)))?;
         let options = ServerOptions {
             header_read_timeout: settings.header_read_timeout,
             max_header_bytes: settings.max_header_bytes,
             shutdown_grace: settings.shutdown_grace,
         };
-        Ok(Self {
-            listener,
-            app,
-            options,
-        })
+        Ok(Self { listener, app, options, state, state_save_interval: settings.state_save_interval, notes })
+    }
+
+    /// What binding learned that the operator should hear (restored state).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -92,35 +96,45 @@ impl Bound {
         &self.app
     }
 
-    /// Serves until `shutdown` resolves and in-flight requests drain.
+    /// Serves until `shutdown` resolves and in-flight requests drain, saving
+    /// the pool's state on an interval and once more at the end.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let service = stack::build::<hyper::body::Incoming>(&self.app);
-        server::serve(self.listener, service, &self.options, shutdown).await
+        let saver = tokio::spawn(self.state.clone().save_every(self.app.pool.clone(), self.state_save_interval));
+        let outcome = server::serve(self.listener, service, &self.options, shutdown).await;
+        saver.abort();
+        if let Err(err) = self.state.save(&self.app.pool).await {
+            tracing::warn!(path = %self.state.path().display(), error = %err, "cannot save key state at shutdown");
+        }
+        outcome
     }
 }
 
 /// The start-up banner: where it listens and what it holds, never a secret.
-pub fn banner(addr: SocketAddr, settings: &Settings, app: &App) -> String {
+pub fn banner(addr: SocketAddr, settings: &Settings, bound: &Bound) -> String {
+    let app = bound.app();
     let mut out = format!("keyrelay listening on http://{addr}\n");
     let mut any = false;
     for pool in app.pool.providers().filter(|p| !p.keys().is_empty()) {
         any = true;
         let p = pool.provider();
         out.push_str(&format!(
-            "  {:<12} {} key{} ({}) -> {}\n",
+            "  {:<12} {} key{} ({}{}) -> {}\n",
             p.id().as_str(),
             pool.keys().len(),
             if pool.keys().len() == 1 { "" } else { "s" },
             pool.selection(),
+            match pool.options().max_concurrent_per_key {
+                0 => String::new(),
+                cap => format!(", {cap} in flight per key and model"),
+            },
             p.api_base()
         ));
     }
     if !any {
-        out.push_str(
-            "  no provider keys configured: set e.g. OPENAI_API_KEY_1 (see .env.example)\n",
-        );
+        out.push_str("  no provider keys configured: set e.g. OPENAI_API_KEY_1 (see .env.example)\n");
     }
-    for note in &settings.notes {
+    for note in settings.notes.iter().chain(bound.notes()) {
         out.push_str(&format!("  note: {note}\n"));
     }
     out

@@ -13,10 +13,7 @@ use keyrelay::{
 const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
-#[expect(
-    clippy::print_stderr,
-    reason = "start-up failures happen before logging exists, and must reach the operator"
-)]
+#[expect(clippy::print_stderr, reason = "start-up failures happen before logging exists, and must reach the operator")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match config::load(Sources::from_cli(&cli)) {
@@ -46,7 +43,7 @@ async fn main() -> ExitCode {
     };
     let addr = bound.local_addr().expect("a bound listener has an address");
     let mut stdout = std::io::stdout().lock();
-    let _ = write!(stdout, "{}", banner(addr, &settings, bound.app()));
+    let _ = write!(stdout, "{}", banner(addr, &settings, &bound));
     let _ = stdout.flush();
     drop(stdout);
 

@@ -23,6 +23,8 @@ pub enum Route {
     Models,
     Providers,
     Keys,
+    /// `POST /v1/keys/{id}/{disable|enable|reset}`
+    KeyAction,
 }
 
 impl Route {
@@ -32,15 +34,13 @@ impl Route {
         if path == "/health" {
             return Some((Self::Health, "GET"));
         }
-        let path = path
-            .strip_prefix("/v1")
-            .unwrap_or(path)
-            .trim_end_matches('/');
+        let path = path.strip_prefix("/v1").unwrap_or(path).trim_end_matches('/');
         match path {
             "/chat/completions" | "/embeddings" => Some((Self::Proxy, "POST")),
             "/models" => Some((Self::Models, "GET")),
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),
+            _ if path.starts_with("/keys/") => Some((Self::KeyAction, "POST")),
             _ => None,
         }
     }
@@ -54,6 +54,7 @@ pub struct Router<B> {
     pub models: RouteService<B>,
     pub providers: RouteService<B>,
     pub keys: RouteService<B>,
+    pub key_action: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -64,6 +65,7 @@ impl<B> Clone for Router<B> {
             models: self.models.clone(),
             providers: self.providers.clone(),
             keys: self.keys.clone(),
+            key_action: self.key_action.clone(),
         }
     }
 }
@@ -71,8 +73,7 @@ impl<B> Clone for Router<B> {
 impl<B> Service<Request<B>> for Router<B> {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future =
-        Either<Ready<Result<Response<ProxyBody>, BoxError>>, Oneshot<RouteService<B>, Request<B>>>;
+    type Future = Either<Ready<Result<Response<ProxyBody>, BoxError>>, Oneshot<RouteService<B>, Request<B>>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Which route is busy depends on the request, so readiness is
@@ -85,8 +86,7 @@ impl<B> Service<Request<B>> for Router<B> {
         let Some((route, method)) = Route::recognize(req.uri().path()) else {
             return Either::Left(ready(Err(RouteNotFound::new(req.uri().path()).into())));
         };
-        let allowed =
-            req.method().as_str() == method || (method == "GET" && req.method() == Method::HEAD);
+        let allowed = req.method().as_str() == method || (method == "GET" && req.method() == Method::HEAD);
         if !allowed {
             return Either::Left(ready(Err(MethodNotAllowed::new(method).into())));
         }
@@ -96,6 +96,7 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::Models => &self.models,
             Route::Providers => &self.providers,
             Route::Keys => &self.keys,
+            Route::KeyAction => &self.key_action,
         };
         Either::Right(svc.clone().oneshot(req))
     }
@@ -107,20 +108,12 @@ mod tests {
 
     #[test]
     fn recognizes_routes_with_and_without_v1() {
-        assert_eq!(
-            Route::recognize("/v1/chat/completions"),
-            Some((Route::Proxy, "POST"))
-        );
-        assert_eq!(
-            Route::recognize("/chat/completions"),
-            Some((Route::Proxy, "POST"))
-        );
-        assert_eq!(
-            Route::recognize("/v1/embeddings/"),
-            Some((Route::Proxy, "POST"))
-        );
+        assert_eq!(Route::recognize("/v1/chat/completions"), Some((Route::Proxy, "POST")));
+        assert_eq!(Route::recognize("/chat/completions"), Some((Route::Proxy, "POST")));
+        assert_eq!(Route::recognize("/v1/embeddings/"), Some((Route::Proxy, "POST")));
         assert_eq!(Route::recognize("/v1/models"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
+        assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((Route::KeyAction, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
         assert_eq!(Route::recognize("/v1/completions"), None);
         assert_eq!(Route::recognize("/"), None);

@@ -46,10 +46,7 @@ pub async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
 ) -> Shutdown
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -61,10 +58,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(options.max_header_bytes as u32);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(options.max_header_bytes as u32);
 
     let graceful = GracefulShutdown::new();
     let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -96,8 +90,7 @@ where
             if !shown {
                 return;
             }
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }

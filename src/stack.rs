@@ -10,11 +10,12 @@ use http_body_util::BodyExt;
 use keyrelay_layers::{
     BoxError, ProxyBody,
     auth::AuthLayer,
-    body::LeasedBody,
+    concurrency::KeyConcurrencyLayer,
     log::{LoggedBody, RequestLogLayer},
     parse::ParseLayer,
     pool::{KeyPool, Secret},
     respond::{ErrorResponseLayer, ResponseBody},
+    retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
     timeout::{DeadlineBody, DeadlineLayer},
     upstream::{HttpsClient, ModelCatalog, UpstreamService},
@@ -31,7 +32,9 @@ pub struct App {
     pub client: HttpsClient,
     pub catalog: Arc<ModelCatalog>,
     pub proxy_key: Option<Secret>,
+    pub admin_key: Option<Secret>,
     pub global_timeout: Duration,
+    pub stream_idle_timeout: Duration,
     pub max_body_bytes: usize,
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
@@ -45,10 +48,7 @@ pub type AppBody = LoggedBody<ResponseBody<ProxyBody>>;
 /// `Incoming` in the server; anything in tests).
 pub fn build<B>(
     app: &App,
-) -> impl Service<Request<B>, Response = Response<AppBody>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static
+) -> impl Service<Request<B>, Response = Response<AppBody>, Error = Infallible, Future: Send> + Clone + Send + 'static
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -57,61 +57,72 @@ where
         Some(key) => AuthLayer::require(key.clone()),
         None => AuthLayer::disabled(),
     };
+    // Reading key status is for either key; changing keys wants the admin
+    // key when there is one (the proxy key then gets 403).
+    let (status_auth, admin_auth) = match (&app.admin_key, &app.proxy_key) {
+        (Some(admin), proxy) => (
+            AuthLayer::require_any(proxy.iter().cloned().chain([admin.clone()]).collect()),
+            AuthLayer::admin(admin.clone(), proxy.clone()),
+        ),
+        (None, _) => (auth.clone(), auth.clone()),
+    };
 
     let proxy = ServiceBuilder::new()
         // Route services share one body type.
-        .map_response(|res: Response<DeadlineBody<LeasedBody<ProxyBody>>>| {
-            res.map(|body| body.boxed_unsync())
-        })
+        .map_response(|res: Response<DeadlineBody<ProxyBody>>| res.map(|body| body.boxed_unsync()))
         // Reject strangers before doing any work for them; also strips the
         // client's credentials so they can never be forwarded.
         .layer(auth.clone())
-        // One clock for the whole request: body read, key choice, upstream
-        // call up to the response headers. Inner layers read it as an extension.
+        // One clock for the whole request: body read, key waits, every
+        // attempt and backoff, up to the first byte (the whole body unless
+        // it streams). Inner layers read it as an extension.
         .layer(DeadlineLayer::new(app.global_timeout))
         // Read the body once (bounded) and learn provider, model and stream;
-        // everything inside works on `Request<Bytes>`.
+        // everything inside works on `Request<Bytes>`, so retries resend it.
         .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes))
-        // Choose the key; it counts in flight until the response body ends.
+        // Classify each answer, cool or mark the key, and try another; only
+        // what comes out of here reaches the client (the 200 of a stream
+        // waits for the upstream's success headers).
+        .layer(RetryRotateLayer::new(RetryPolicy::default()))
+        // Choose a key for this attempt (waiting for a slot or a cooldown
+        // inside the deadline); it counts in flight until the body ends.
         .layer(KeySelectLayer::new(app.pool.clone()))
+        // Hold the (key, model) concurrency permit until the body ends.
+        .layer(KeyConcurrencyLayer::new())
         // Rewrite for the provider and send over the pooled client; the
         // response streams back untouched.
-        .service(UpstreamService::new(app.client.clone()));
+        .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
     let router = Router {
-        health: route(service_fn(|_: Request<B>| async {
-            Ok::<_, Infallible>(crate::status::health())
-        })),
+        health: route(service_fn(|_: Request<B>| async { Ok::<_, Infallible>(crate::status::health()) })),
         proxy: BoxCloneSyncService::new(proxy),
         models: {
             let (pool, catalog) = (app.pool.clone(), app.catalog.clone());
-            route(auth.layer(service_fn(move |_: Request<B>| {
-                crate::status::models(pool.clone(), catalog.clone())
-            })))
+            route(auth.layer(service_fn(move |_: Request<B>| crate::status::models(pool.clone(), catalog.clone()))))
         },
         providers: {
             let (pool, configured) = (app.pool.clone(), Arc::new(app.configured_providers.clone()));
             route(auth.layer(service_fn(move |_: Request<B>| {
-                std::future::ready(Ok::<_, Infallible>(crate::status::providers(
-                    &pool,
-                    &configured,
-                )))
+                std::future::ready(Ok::<_, Infallible>(crate::status::providers(&pool, &configured)))
             })))
         },
         keys: {
             let pool = app.pool.clone();
-            route(auth.layer(service_fn(move |_: Request<B>| {
+            route(status_auth.layer(service_fn(move |_: Request<B>| {
                 std::future::ready(Ok::<_, Infallible>(crate::status::keys(&pool)))
+            })))
+        },
+        key_action: {
+            let pool = app.pool.clone();
+            route(admin_auth.layer(service_fn(move |req: Request<B>| {
+                std::future::ready(crate::status::key_action(&pool, req.uri().path()))
             })))
         },
     };
 
     ServiceBuilder::new()
         // Mark credentials sensitive before anything could log a header.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-        ]))
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, HeaderName::from_static("x-api-key")]))
         // Outermost observer: sees every request, including refused ones,
         // and the final status after errors became responses.
         .layer(RequestLogLayer::new())
@@ -122,11 +133,7 @@ where
 
 fn route<S, B, E>(svc: S) -> RouteService<B>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = E>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = E> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     E: Into<BoxError> + 'static,
 {

@@ -5,7 +5,13 @@ use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
-use keyrelay_layers::{ProxyBody, body::full, pool::KeyPool, upstream::ModelCatalog};
+use keyrelay_layers::{
+    BoxError, ProxyBody,
+    body::full,
+    error::{RouteNotFound, UnknownKey},
+    pool::{KeyPool, KeyState},
+    upstream::ModelCatalog,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -14,8 +20,7 @@ pub fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
     let body = serde_json::to_vec(value).expect("status documents always serialize");
     let mut res = Response::new(full(Bytes::from(body)));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -24,32 +29,27 @@ pub fn health() -> Response<ProxyBody> {
 }
 
 /// `GET /v1/models`: OpenAI's model list, ids `provider/model`.
-pub async fn models(
-    pool: Arc<KeyPool>,
-    catalog: Arc<ModelCatalog>,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn models(pool: Arc<KeyPool>, catalog: Arc<ModelCatalog>) -> Result<Response<ProxyBody>, Infallible> {
     let data = catalog.list(&pool).await;
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "object": "list", "data": data }),
-    ))
+    Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
 }
 
 /// `GET /v1/providers`: configured providers, their keys counted by state.
 pub fn providers(pool: &KeyPool, configured: &[String]) -> Response<ProxyBody> {
+    let statuses = pool.key_statuses();
     let data: Vec<_> = pool
         .providers()
-        .filter(|p| {
-            !p.keys().is_empty() || configured.iter().any(|c| c == p.provider().id().as_str())
-        })
+        .filter(|p| !p.keys().is_empty() || configured.iter().any(|c| c == p.provider().id().as_str()))
         .map(|p| {
             let provider = p.provider();
+            let states: Vec<KeyState> =
+                statuses.iter().filter(|k| k.provider == provider.id().as_str()).map(|k| k.state).collect();
             json!({
                 "id": provider.id().as_str(),
                 "api_base": provider.api_base().to_string(),
                 "dialect": provider.dialect().as_str(),
                 "selection": p.selection().as_str(),
-                "keys": { "total": p.keys().len(), "ok": p.keys().len() },
+                "keys": key_counts(&states),
                 "in_flight": p.keys().iter().map(|k| u64::from(k.in_flight())).sum::<u64>(),
                 "models": provider.models(),
             })
@@ -58,10 +58,40 @@ pub fn providers(pool: &KeyPool, configured: &[String]) -> Response<ProxyBody> {
     json(StatusCode::OK, &json!({ "object": "list", "data": data }))
 }
 
+/// `POST /v1/keys/{id}/{disable|enable|reset}`: answers the key's new status.
+pub fn key_action(pool: &KeyPool, path: &str) -> Result<Response<ProxyBody>, BoxError> {
+    let rest = path.strip_prefix("/v1").unwrap_or(path).strip_prefix("/keys/").unwrap_or_default();
+    let Some((id, action)) = rest.rsplit_once('/') else {
+        return Err(RouteNotFound::new(path).into());
+    };
+    let found = match action {
+        "disable" => pool.set_disabled(id, true),
+        "enable" => pool.set_disabled(id, false),
+        "reset" => pool.reset(id),
+        _ => return Err(RouteNotFound::new(path).into()),
+    };
+    match pool.key_status(id).filter(|_| found) {
+        Some(status) => {
+            tracing::info!(key = id, action, "key changed by an operator");
+            Ok(json(StatusCode::OK, &status))
+        }
+        None => Err(UnknownKey::new(id).into()),
+    }
+}
+
 /// `GET /v1/keys`: every key by id, with its state and counters.
 pub fn keys(pool: &KeyPool) -> Response<ProxyBody> {
-    json(
-        StatusCode::OK,
-        &json!({ "object": "list", "data": pool.key_statuses() }),
-    )
+    json(StatusCode::OK, &json!({ "object": "list", "data": pool.key_statuses() }))
+}
+
+fn key_counts(states: &[KeyState]) -> serde_json::Value {
+    let count = |state: KeyState| states.iter().filter(|&&s| s == state).count();
+    json!({
+        "total": states.len(),
+        "ok": count(KeyState::Ok),
+        "cooling": count(KeyState::Cooling),
+        "exhausted": count(KeyState::Exhausted),
+        "invalid": count(KeyState::Invalid),
+        "disabled": count(KeyState::Disabled),
+    })
 }

@@ -7,8 +7,8 @@ mod support;
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
 use support::{
-    Auth, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, SseReader, TestClient, assert_no_secret,
-    chat_body, chat_completion, closed_port, post, stream_events, within,
+    Auth, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, SseReader, TestClient, assert_no_secret, chat_body,
+    chat_completion, closed_port, post, stream_events, within,
 };
 use tempfile::TempDir;
 use tokio::{
@@ -65,10 +65,7 @@ async fn start(mut cmd: Command) -> Running {
     let addr = within("the banner on stdout", async {
         loop {
             let mut line = String::new();
-            let n = lines
-                .read_line(&mut line)
-                .await
-                .expect("read the child's stdout");
+            let n = lines.read_line(&mut line).await.expect("read the child's stdout");
             assert!(n > 0, "stdout closed before the banner:\n{seen}");
             seen.push_str(&line);
             if let Some(addr) = line.trim().strip_prefix(BANNER) {
@@ -78,12 +75,7 @@ async fn start(mut cmd: Command) -> Running {
     })
     .await;
     let stdout = tokio::spawn(read_rest(lines, seen));
-    Running {
-        child,
-        addr,
-        stdout,
-        stderr,
-    }
+    Running { child, addr, stdout, stderr }
 }
 
 async fn read_rest(mut lines: BufReader<ChildStdout>, mut seen: String) -> String {
@@ -99,14 +91,9 @@ impl Running {
     /// SIGTERM, then waits (bounded) for the exit and the output.
     async fn terminate(mut self) -> Exited {
         let pid = self.child.id().expect("the child is running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -TERM {pid} failed");
-        let status = within("the binary to exit after SIGTERM", self.child.wait())
-            .await
-            .expect("wait for the child");
+        let status = within("the binary to exit after SIGTERM", self.child.wait()).await.expect("wait for the child");
         Exited {
             code: status.code(),
             stdout: within("stdout to close", self.stdout).await.unwrap(),
@@ -117,9 +104,7 @@ impl Running {
 
 /// Runs the binary to completion (bounded).
 async fn run_to_exit(mut cmd: Command) -> Exited {
-    let out = within("the binary to exit", cmd.output())
-        .await
-        .expect("run the keyrelay binary");
+    let out = within("the binary to exit", cmd.output()).await.expect("run the keyrelay binary");
     Exited {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -164,12 +149,7 @@ async fn binary_serves_an_env_only_configuration_and_exits_cleanly_on_sigterm() 
         ))
         .await;
     assert_eq!(res.status(), 200);
-    let events: Vec<String> = SseReader::new(res.into_body())
-        .rest()
-        .await
-        .iter()
-        .map(|e| format!("{e}\n\n"))
-        .collect();
+    let events: Vec<String> = SseReader::new(res.into_body()).rest().await.iter().map(|e| format!("{e}\n\n")).collect();
     assert_eq!(events, stream_events("gpt-4o-mini"));
 
     let mut keys = mock.keys_seen();
@@ -226,10 +206,7 @@ async fn binary_process_environment_overrides_dotenv_and_keys_from_both_add_up()
     )
     .unwrap();
     let base = mock.base();
-    let env = [
-        ("OPENAI_API_KEY_2", KEY_TWO),
-        ("OPENAI_API_BASE", base.as_str()),
-    ];
+    let env = [("OPENAI_API_KEY_2", KEY_TWO), ("OPENAI_API_BASE", base.as_str())];
     let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
     let client = TestClient::http1();
 
@@ -251,12 +228,9 @@ async fn binary_process_environment_overrides_dotenv_and_keys_from_both_add_up()
 #[tokio::test]
 async fn binary_refuses_a_non_loopback_host_without_a_proxy_key() {
     let dir = TempDir::new().unwrap();
-    let exited = run_to_exit(keyrelay(
-        dir.path(),
-        &[("OPENAI_API_KEY_1", KEY_ONE)],
-        &["--host", "0.0.0.0", "--port", "0"],
-    ))
-    .await;
+    let exited =
+        run_to_exit(keyrelay(dir.path(), &[("OPENAI_API_KEY_1", KEY_ONE)], &["--host", "0.0.0.0", "--port", "0"]))
+            .await;
     assert_eq!(exited.code, Some(EXIT_CONFIG), "stderr:\n{}", exited.stderr);
     assert!(
         exited.stderr.contains("PROXY_API_KEY") && exited.stderr.contains("0.0.0.0"),
@@ -270,21 +244,11 @@ async fn binary_refuses_a_non_loopback_host_without_a_proxy_key() {
 #[tokio::test]
 async fn binary_names_the_variable_that_holds_a_bad_value() {
     let dir = TempDir::new().unwrap();
-    let exited = run_to_exit(keyrelay(
-        dir.path(),
-        &[
-            ("KEYRELAY_SERVER__PORT", "notaport"),
-            ("OPENAI_API_KEY_1", KEY_ONE),
-        ],
-        &[],
-    ))
-    .await;
+    let exited =
+        run_to_exit(keyrelay(dir.path(), &[("KEYRELAY_SERVER__PORT", "notaport"), ("OPENAI_API_KEY_1", KEY_ONE)], &[]))
+            .await;
     assert_eq!(exited.code, Some(EXIT_CONFIG), "stderr:\n{}", exited.stderr);
-    assert!(
-        exited.stderr.contains("KEYRELAY_SERVER__PORT"),
-        "names the variable:\n{}",
-        exited.stderr
-    );
+    assert!(exited.stderr.contains("KEYRELAY_SERVER__PORT"), "names the variable:\n{}", exited.stderr);
     assert!(!exited.stdout.contains(BANNER), "{}", exited.stdout);
     assert_no_secret("stderr", &exited.stderr);
 }
@@ -292,16 +256,7 @@ async fn binary_names_the_variable_that_holds_a_bad_value() {
 #[tokio::test]
 async fn binary_shows_the_bad_value_of_a_variable_that_is_no_secret() {
     let dir = TempDir::new().unwrap();
-    let exited = run_to_exit(keyrelay(
-        dir.path(),
-        &[("KEYRELAY_SERVER__HOST", "example.com")],
-        &[],
-    ))
-    .await;
+    let exited = run_to_exit(keyrelay(dir.path(), &[("KEYRELAY_SERVER__HOST", "example.com")], &[])).await;
     assert_eq!(exited.code, Some(EXIT_CONFIG), "stderr:\n{}", exited.stderr);
-    assert!(
-        exited.stderr.contains("example.com"),
-        "shows what is wrong:\n{}",
-        exited.stderr
-    );
+    assert!(exited.stderr.contains("example.com"), "shows what is wrong:\n{}", exited.stderr);
 }

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 use support::{
-    Auth, CLIENT_OWN_KEY, Gate, INVALID_REQUEST, KEY_ONE, MockUpstream, PROXY_KEY, Proxy, Script,
-    SseReader, TestClient, Then, assert_no_secret, assert_openai_error, chat_body, chunked,
-    closed_port, get, openai_env, post, request, stream_events, within,
+    Auth, CLIENT_OWN_KEY, Gate, INVALID_REQUEST, KEY_ONE, MockUpstream, PROXY_KEY, Proxy, Script, SseReader,
+    TestClient, Then, assert_no_secret, assert_openai_error, chat_body, chunked, closed_port, get, openai_env, post,
+    request, stream_events, within,
 };
 
 const CHAT: &str = "/v1/chat/completions";
@@ -25,13 +25,7 @@ async fn setup() -> (MockUpstream, Proxy, TestClient) {
 }
 
 async fn post_chat(client: &TestClient, proxy: &Proxy, body: &str) -> support::Reply {
-    client
-        .fetch(post(
-            &proxy.url(CHAT),
-            Auth::Bearer(PROXY_KEY),
-            body.to_owned(),
-        ))
-        .await
+    client.fetch(post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), body.to_owned())).await
 }
 
 // ---- 400: the request body ---------------------------------------------
@@ -40,30 +34,15 @@ async fn post_chat(client: &TestClient, proxy: &Proxy, body: &str) -> support::R
 async fn bad_json_is_400_invalid_json() {
     let (mock, proxy, client) = setup().await;
     let reply = post_chat(&client, &proxy, r#"{"model":"openai/gpt-4o-mini","#).await;
-    assert_openai_error(
-        &reply,
-        400,
-        "invalid_json",
-        "request body must be a JSON object",
-    );
+    assert_openai_error(&reply, 400, "invalid_json", "request body must be a JSON object");
     assert!(mock.requests().is_empty(), "nothing reached the upstream");
 }
 
 #[tokio::test]
 async fn missing_model_is_400_missing_model() {
     let (mock, proxy, client) = setup().await;
-    let reply = post_chat(
-        &client,
-        &proxy,
-        r#"{"messages":[{"role":"user","content":"hi"}]}"#,
-    )
-    .await;
-    assert_openai_error(
-        &reply,
-        400,
-        "missing_model",
-        "request body has no `model`: name one as `provider/model`",
-    );
+    let reply = post_chat(&client, &proxy, r#"{"messages":[{"role":"user","content":"hi"}]}"#).await;
+    assert_openai_error(&reply, 400, "missing_model", "request body has no `model`: name one as `provider/model`");
     assert!(mock.requests().is_empty());
 }
 
@@ -72,14 +51,8 @@ async fn unknown_provider_is_400_naming_the_known_providers() {
     let (mock, proxy, client) = setup().await;
     let reply = post_chat(&client, &proxy, &chat_body("nope/x", false)).await;
     assert_openai_error(&reply, 400, "unknown_provider", "unknown provider `nope`");
-    let message = reply.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        message.contains("openai"),
-        "lists the known ones: {message}"
-    );
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("openai"), "lists the known ones: {message}");
     assert!(mock.requests().is_empty());
 }
 
@@ -88,52 +61,18 @@ async fn bad_request_bodies_are_400_never_500_and_never_reach_the_upstream() {
     let (mock, proxy, client) = setup().await;
     let table = [
         ("", "invalid_json", "request body must be a JSON object"),
-        (
-            "not json",
-            "invalid_json",
-            "request body must be a JSON object",
-        ),
-        (
-            "[1,2]",
-            "invalid_json",
-            "request body must be a JSON object",
-        ),
-        (
-            r#"{"model":"openai/gpt-4o","stream":"yes"}"#,
-            "invalid_json",
-            "request body must be a JSON object",
-        ),
-        (
-            r#"{"model":null}"#,
-            "missing_model",
-            "request body has no `model`",
-        ),
-        (
-            r#"{"model":42}"#,
-            "invalid_model",
-            "`model` must be a string",
-        ),
-        (
-            r#"{"model":"gpt-4o-mini"}"#,
-            "invalid_model",
-            "model `gpt-4o-mini` is not of the form `provider/model`",
-        ),
-        (
-            r#"{"model":"openai/"}"#,
-            "invalid_model",
-            "`provider/model`",
-        ),
-        (
-            r#"{"model":"/gpt-4o"}"#,
-            "invalid_model",
-            "`provider/model`",
-        ),
+        ("not json", "invalid_json", "request body must be a JSON object"),
+        ("[1,2]", "invalid_json", "request body must be a JSON object"),
+        (r#"{"model":"openai/gpt-4o","stream":"yes"}"#, "invalid_json", "request body must be a JSON object"),
+        (r#"{"model":null}"#, "missing_model", "request body has no `model`"),
+        (r#"{"model":42}"#, "invalid_model", "`model` must be a string"),
+        (r#"{"model":"gpt-4o-mini"}"#, "invalid_model", "model `gpt-4o-mini` is not of the form `provider/model`"),
+        (r#"{"model":"openai/"}"#, "invalid_model", "`provider/model`"),
+        (r#"{"model":"/gpt-4o"}"#, "invalid_model", "`provider/model`"),
     ];
     for (body, code, message) in table {
         for path in [CHAT, "/v1/embeddings"] {
-            let reply = client
-                .fetch(post(&proxy.url(path), Auth::Bearer(PROXY_KEY), body))
-                .await;
+            let reply = client.fetch(post(&proxy.url(path), Auth::Bearer(PROXY_KEY), body)).await;
             assert_openai_error(&reply, 400, code, message);
         }
     }
@@ -173,9 +112,7 @@ async fn wrong_proxy_key_is_401_by_bearer_and_by_x_api_key() {
     // the proxy key, and neither may be echoed back.
     for wrong in [CLIENT_OWN_KEY, KEY_ONE, "proxy-SECRET-ke"] {
         for auth in [Auth::Bearer(wrong), Auth::XApiKey(wrong)] {
-            let reply = client
-                .fetch(post(&proxy.url(CHAT), auth, body.clone()))
-                .await;
+            let reply = client.fetch(post(&proxy.url(CHAT), auth, body.clone())).await;
             assert_openai_error(
                 &reply,
                 401,
@@ -200,15 +137,8 @@ async fn unknown_route_is_404_before_auth() {
         (Method::GET, "/"),
         (Method::POST, "/v1/chat/completions/extra"),
     ] {
-        let reply = client
-            .fetch(request(method.clone(), &proxy.url(path), Auth::None))
-            .await;
-        assert_openai_error(
-            &reply,
-            404,
-            "unknown_url",
-            &format!("no route for `{path}`"),
-        );
+        let reply = client.fetch(request(method.clone(), &proxy.url(path), Auth::None)).await;
+        assert_openai_error(&reply, 404, "unknown_url", &format!("no route for `{path}`"));
     }
     assert!(mock.requests().is_empty());
 }
@@ -224,9 +154,7 @@ async fn wrong_method_is_405_with_allow_before_auth() {
         (Method::POST, "/v1/providers", "GET"),
         (Method::POST, "/health", "GET"),
     ] {
-        let reply = client
-            .fetch(request(method.clone(), &proxy.url(path), Auth::None))
-            .await;
+        let reply = client.fetch(request(method.clone(), &proxy.url(path), Auth::None)).await;
         assert_openai_error(
             &reply,
             405,
@@ -279,12 +207,7 @@ async fn chunked_body_over_the_limit_is_413() {
     let req = chunked(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), parts);
     assert!(req.headers().get("content-length").is_none());
     let reply = client.fetch(req).await;
-    assert_openai_error(
-        &reply,
-        413,
-        "request_too_large",
-        &format!("limit of {LIMIT} bytes"),
-    );
+    assert_openai_error(&reply, 413, "request_too_large", &format!("limit of {LIMIT} bytes"));
     assert!(mock.requests().is_empty());
 }
 
@@ -295,13 +218,8 @@ async fn body_exactly_at_the_limit_is_accepted_whole_or_chunked() {
     let reply = post_chat(&client, &proxy, &body).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
-    let parts: Vec<Bytes> = Bytes::from(body)
-        .chunks(100)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    let reply = client
-        .fetch(chunked(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), parts))
-        .await;
+    let parts: Vec<Bytes> = Bytes::from(body).chunks(100).map(Bytes::copy_from_slice).collect();
+    let reply = client.fetch(chunked(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), parts)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(mock.requests().len(), 2);
 }
@@ -313,11 +231,7 @@ async fn provider_without_a_key_is_503_naming_the_variable_to_set() {
     let (mock, proxy, client) = setup().await;
     for path in [CHAT, "/v1/embeddings"] {
         let reply = client
-            .fetch(post(
-                &proxy.url(path),
-                Auth::Bearer(PROXY_KEY),
-                chat_body("groq/llama-3.1-8b-instant", false),
-            ))
+            .fetch(post(&proxy.url(path), Auth::Bearer(PROXY_KEY), chat_body("groq/llama-3.1-8b-instant", false)))
             .await;
         assert_openai_error(
             &reply,
@@ -332,89 +246,67 @@ async fn provider_without_a_key_is_503_naming_the_variable_to_set() {
 // ---- 502: upstream unreachable or broken --------------------------------
 
 #[tokio::test]
-async fn unreachable_upstream_is_502_naming_the_provider() {
-    let env = vec![
-        ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
-        ("OPENAI_API_KEY_1".to_owned(), KEY_ONE.to_owned()),
-        (
-            "OPENAI_API_BASE".to_owned(),
-            format!("http://127.0.0.1:{}/v1", closed_port()),
-        ),
-    ];
-    let proxy = Proxy::start(env).await;
-    let client = TestClient::http1();
+async fn unreachable_upstream_is_502_naming_the_provider_and_the_cause() {
     for stream in [false, true] {
+        let env = vec![
+            ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
+            ("OPENAI_API_KEY_1".to_owned(), KEY_ONE.to_owned()),
+            ("OPENAI_API_BASE".to_owned(), format!("http://127.0.0.1:{}/v1", closed_port())),
+        ];
+        let proxy = Proxy::start(env).await;
+        let client = TestClient::http1();
         let reply = post_chat(&client, &proxy, &chat_body("openai/gpt-4o-mini", stream)).await;
-        assert_openai_error(
-            &reply,
-            502,
-            "upstream_unreachable",
-            "upstream `openai` failed before answering",
-        );
+        assert_openai_error(&reply, 502, "upstream_failed", "upstream `openai` failed before answering");
+        assert!(reply.text().contains("Connection refused"), "{}", reply.text());
     }
 }
 
 #[tokio::test]
-async fn upstream_closing_without_an_answer_is_502() {
-    let (mock, proxy, client) = setup().await;
+async fn upstream_closing_without_an_answer_is_retried_then_502() {
     for stream in [false, true] {
+        let (mock, proxy, client) = setup().await;
+        // The first attempt and its one same-key retry both meet a closed connection.
+        mock.push(Script::Close);
         mock.push(Script::Close);
         let reply = post_chat(&client, &proxy, &chat_body("openai/gpt-4o-mini", stream)).await;
-        assert_openai_error(
-            &reply,
-            502,
-            "upstream_unreachable",
-            "upstream `openai` failed before answering",
-        );
+        assert_openai_error(&reply, 502, "upstream_failed", "upstream `openai` failed before answering");
+        assert_eq!(mock.requests().len(), 2, "one attempt and one same-key retry");
     }
-    assert_eq!(
-        mock.requests().len(),
-        2,
-        "each request reached the upstream once"
-    );
+}
+
+#[tokio::test]
+async fn upstream_closing_once_is_retried_and_succeeds() {
+    let (mock, proxy, client) = setup().await;
+    mock.push(Script::Close);
+    let reply = post_chat(&client, &proxy, &chat_body("openai/gpt-4o-mini", false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(mock.requests().len(), 2);
 }
 
 #[tokio::test]
 async fn stream_broken_after_its_headers_ends_with_one_error_event() {
     let (mock, proxy, client) = setup().await;
     let gate = Gate::new();
-    mock.push(Script::Stream {
-        before: 2,
-        gate: gate.clone(),
-        then: Then::Break,
-    });
+    mock.push(Script::Stream { before: 2, gate: gate.clone(), then: Then::Break });
 
-    let res = client
-        .send(post(
-            &proxy.url(CHAT),
-            Auth::Bearer(PROXY_KEY),
-            chat_body("openai/gpt-4o-mini", true),
-        ))
-        .await;
+    let res = client.send(post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", true))).await;
     assert_eq!(res.status(), 200, "the 200 went out before the break");
     let mut sse = SseReader::new(res.into_body());
     let expected = stream_events("gpt-4o-mini");
     // The client has both events before the upstream breaks the stream.
-    let mut events = vec![
-        sse.next_event().await.expect("a first event"),
-        sse.next_event().await.expect("a second event"),
-    ];
+    let mut events =
+        vec![sse.next_event().await.expect("a first event"), sse.next_event().await.expect("a second event")];
     gate.open();
     events.extend(sse.rest().await);
 
     assert_eq!(events.len(), 3, "{events:#?}");
     assert_eq!(format!("{}\n\n", events[0]), expected[0]);
     assert_eq!(format!("{}\n\n", events[1]), expected[1]);
-    let last: Value = serde_json::from_str(events[2].strip_prefix("data: ").expect("a data event"))
-        .expect("the last event is JSON");
+    let last: Value =
+        serde_json::from_str(events[2].strip_prefix("data: ").expect("a data event")).expect("the last event is JSON");
     assert_eq!(last["error"]["code"], "stream_broken", "{last}");
     assert_eq!(last["error"]["type"], "upstream_error", "{last}");
-    assert!(
-        last["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("upstream stream broke")),
-        "{last}"
-    );
+    assert!(last["error"]["message"].as_str().is_some_and(|m| m.contains("upstream stream broke")), "{last}");
     assert!(!events.iter().any(|e| e == "data: [DONE]"));
     assert_no_secret("a stream's error event", &events.join("\n"));
 }
@@ -440,20 +332,10 @@ async fn upstream_that_never_answers_is_504_at_the_global_deadline() {
             "did not get an answer within the proxy's deadline of 0.3 s",
         );
     }
-    assert_eq!(
-        mock.requests().len(),
-        2,
-        "both reached the upstream, which hung"
-    );
+    assert_eq!(mock.requests().len(), 2, "both reached the upstream, which hung");
 
-    let keys = client
-        .fetch(get(&proxy.url("/v1/keys"), Auth::Bearer(PROXY_KEY)))
-        .await;
-    assert_eq!(
-        keys.json()["data"][0]["in_flight"],
-        0,
-        "a timed-out request no longer holds its key"
-    );
+    let keys = client.fetch(get(&proxy.url("/v1/keys"), Auth::Bearer(PROXY_KEY))).await;
+    assert_eq!(keys.json()["data"][0]["in_flight"], 0, "a timed-out request no longer holds its key");
 }
 
 // ---- upstream client errors pass through ---------------------------------
@@ -476,11 +358,7 @@ async fn upstream_client_error_passes_through_byte_for_byte() {
         assert_eq!(reply.text(), body, "byte for byte (stream: {stream})");
         assert_eq!(reply.header("content-type"), Some("application/json"));
     }
-    assert_eq!(
-        mock.requests().len(),
-        cases.len(),
-        "a client error is not retried"
-    );
+    assert_eq!(mock.requests().len(), cases.len(), "a client error is not retried");
 }
 
 #[tokio::test]
@@ -492,13 +370,8 @@ async fn body_far_over_the_limit_still_gets_its_413() {
     let reply = post_chat(&client, &proxy, &big).await;
     assert_openai_error(&reply, 413, "request_too_large", "limit of 256 bytes");
 
-    let parts: Vec<Bytes> = Bytes::from(big)
-        .chunks(64 << 10)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    let reply = TestClient::http1()
-        .fetch(chunked(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), parts))
-        .await;
+    let parts: Vec<Bytes> = Bytes::from(big).chunks(64 << 10).map(Bytes::copy_from_slice).collect();
+    let reply = TestClient::http1().fetch(chunked(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), parts)).await;
     assert_openai_error(&reply, 413, "request_too_large", "limit of 256 bytes");
     assert!(mock.requests().is_empty());
 }
@@ -511,23 +384,14 @@ async fn non_streaming_body_stalling_after_its_headers_is_cut_at_the_deadline() 
     })
     .await;
     let client = TestClient::http1();
-    mock.push(Script::Stall {
-        prefix: Bytes::from_static(br#"{"id":"chatcmpl-1","object":"chat.completion","#),
-    });
+    mock.push(Script::Stall { prefix: Bytes::from_static(br#"{"id":"chatcmpl-1","object":"chat.completion","#) });
 
-    let res = client
-        .send(post(
-            &proxy.url(CHAT),
-            Auth::Bearer(PROXY_KEY),
-            chat_body("openai/gpt-4o-mini", false),
-        ))
-        .await;
+    let res =
+        client.send(post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await;
     let status = res.status().as_u16();
-    let body = within(
-        "the proxy to end a body stalled past its deadline",
-        http_body_util::BodyExt::collect(res.into_body()),
-    )
-    .await;
+    let body =
+        within("the proxy to end a body stalled past its deadline", http_body_util::BodyExt::collect(res.into_body()))
+            .await;
     // Either the proxy buffered and answered 504, or the 200 went out and
     // the body is cut with an error; a body that "completes" is truncated.
     match (status, body) {

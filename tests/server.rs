@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use keyrelay::server::Shutdown;
 use support::{
-    Auth, Gate, MockUpstream, PROXY_KEY, Proxy, Script, SseReader, TestClient, chat_body,
-    openai_env, post, stream_events, within,
+    Auth, Gate, MockUpstream, PROXY_KEY, Proxy, Script, SseReader, TestClient, chat_body, openai_env, post,
+    stream_events, within,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,11 +21,7 @@ use tokio::{
 
 async fn open_stream(client: &TestClient, proxy: &Proxy) -> SseReader {
     let res = client
-        .send(post(
-            &proxy.url("/v1/chat/completions"),
-            Auth::Bearer(PROXY_KEY),
-            chat_body("openai/gpt-4o-mini", true),
-        ))
+        .send(post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", true)))
         .await;
     assert_eq!(res.status(), 200);
     SseReader::new(res.into_body())
@@ -57,11 +53,7 @@ async fn shutdown_lets_an_in_flight_stream_finish_and_reports_drained() {
     let mut events = vec![first];
     events.extend(sse.rest().await);
     let events: Vec<String> = events.iter().map(|e| format!("{e}\n\n")).collect();
-    assert_eq!(
-        events,
-        stream_events("gpt-4o-mini"),
-        "the stream completes whole"
-    );
+    assert_eq!(events, stream_events("gpt-4o-mini"), "the stream completes whole");
     assert_eq!(proxy.finished().await, Shutdown::Drained);
 }
 
@@ -127,9 +119,7 @@ async fn until_closed(tcp: &mut TcpStream, what: &str) -> Vec<u8> {
 async fn client_stalling_inside_its_request_head_is_cut_off() {
     let (mock, proxy) = impatient_proxy().await;
     let mut tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keyrelay\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: keyrelay\r\n").await.unwrap();
     until_closed(&mut tcp, "the server to cut off a stalled request head").await;
     assert!(mock.requests().is_empty());
 }
@@ -159,11 +149,8 @@ async fn oversized_request_head_is_431() {
     let proxy = Proxy::start(openai_env(&mock, 1)).await;
     let client = TestClient::http1();
 
-    let mut req = post(
-        &proxy.url("/v1/chat/completions"),
-        Auth::Bearer(PROXY_KEY),
-        chat_body("openai/gpt-4o-mini", false),
-    );
+    let mut req =
+        post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false));
     let big = HeaderValue::from_str(&"a".repeat(70 * 1024)).unwrap();
     req.headers_mut().insert("x-padding", big);
     let reply = client.fetch(req).await;

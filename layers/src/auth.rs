@@ -42,22 +42,49 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::{BoxError, error::Unauthorized, pool::Secret};
+use crate::{
+    BoxError,
+    error::{Forbidden, Unauthorized},
+    pool::Secret,
+};
 
 const X_API_KEY: &str = "x-api-key";
+
+/// The digests a request's key is compared with.
+#[derive(Debug)]
+struct Expected {
+    accepted: Vec<[u8; 32]>,
+    /// Valid keys that are not enough here (the proxy key on admin routes).
+    forbidden: Vec<[u8; 32]>,
+}
+
+fn digest(key: &Secret) -> [u8; 32] {
+    Sha256::digest(key.expose().as_bytes()).into()
+}
 
 /// Applies [`Auth`].
 #[derive(Clone)]
 pub struct AuthLayer {
-    expected: Option<Arc<[u8; 32]>>,
+    expected: Option<Arc<Expected>>,
 }
 
 impl AuthLayer {
     /// Every request must carry `key`.
     pub fn require(key: Secret) -> Self {
-        Self {
-            expected: Some(Arc::new(Sha256::digest(key.expose().as_bytes()).into())),
-        }
+        Self::require_any(vec![key])
+    }
+
+    /// Every request must carry one of `keys`.
+    pub fn require_any(keys: Vec<Secret>) -> Self {
+        let accepted = keys.iter().map(digest).collect();
+        Self { expected: Some(Arc::new(Expected { accepted, forbidden: Vec::new() })) }
+    }
+
+    /// Admin routes: the admin key is required; the proxy key is refused
+    /// with 403 (it is valid, just not enough).
+    pub fn admin(admin: Secret, proxy: Option<Secret>) -> Self {
+        let expected = Expected { accepted: vec![digest(&admin)], forbidden: proxy.iter().map(digest).collect() };
+        Self { expected: Some(Arc::new(expected)) }
     }
 
     /// No key is checked (the binary allows this only on loopback binds);
@@ -69,9 +96,7 @@ impl AuthLayer {
 
 impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer")
-            .field("enabled", &self.expected.is_some())
-            .finish()
+        f.debug_struct("AuthLayer").field("enabled", &self.expected.is_some()).finish()
     }
 }
 
@@ -79,10 +104,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            expected: self.expected.clone(),
-        }
+        Auth { inner, expected: self.expected.clone() }
     }
 }
 
@@ -90,15 +112,12 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    expected: Option<Arc<[u8; 32]>>,
+    expected: Option<Arc<Expected>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Auth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth")
-            .field("inner", &self.inner)
-            .field("enabled", &self.expected.is_some())
-            .finish()
+        f.debug_struct("Auth").field("inner", &self.inner).field("enabled", &self.expected.is_some()).finish()
     }
 }
 
@@ -128,35 +147,36 @@ where
         if let Some(expected) = &self.expected
             && let Err(rejection) = check(req.headers(), expected)
         {
-            return Either::Left(ready(Err(rejection.into())));
+            return Either::Left(ready(Err(rejection)));
         }
         strip_client_credentials(req.headers_mut());
         Either::Right(self.inner.call(req).err_into())
     }
 }
 
-fn check(headers: &HeaderMap, expected: &[u8; 32]) -> Result<(), Unauthorized> {
+fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
     let bearer = headers.get_all(AUTHORIZATION).iter().filter_map(|value| {
         let value = value.to_str().ok()?.trim();
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
-    let api_key = headers
-        .get_all(X_API_KEY)
-        .iter()
-        .filter_map(|value| value.to_str().ok().map(str::trim));
-    let mut presented = false;
+    let api_key = headers.get_all(X_API_KEY).iter().filter_map(|value| value.to_str().ok().map(str::trim));
+    let (mut presented, mut forbidden) = (false, false);
     for candidate in bearer.chain(api_key) {
         presented = true;
         let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
+        // Every comparison runs, so timing tells nothing about which matched.
+        let accepted = expected.accepted.iter().fold(0u8, |any, k| any | digest.ct_eq(k).unwrap_u8());
+        let refused = expected.forbidden.iter().fold(0u8, |any, k| any | digest.ct_eq(k).unwrap_u8());
+        if accepted == 1 {
             return Ok(());
         }
+        forbidden |= refused == 1;
     }
-    Err(if presented {
-        Unauthorized::invalid()
-    } else {
-        Unauthorized::missing()
+    Err(match (presented, forbidden) {
+        (_, true) => Forbidden::new().into(),
+        (true, false) => Unauthorized::invalid().into(),
+        (false, false) => Unauthorized::missing().into(),
     })
 }
 
@@ -169,8 +189,8 @@ fn strip_client_credentials(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn expected(key: &str) -> [u8; 32] {
-        Sha256::digest(key.as_bytes()).into()
+    fn expected(key: &str) -> Expected {
+        Expected { accepted: vec![digest(&Secret::new(key))], forbidden: vec![] }
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -187,13 +207,7 @@ mod tests {
         assert!(check(&headers(&[("authorization", "Bearer k1")]), &key).is_ok());
         assert!(check(&headers(&[("authorization", "bearer  k1 ")]), &key).is_ok());
         assert!(check(&headers(&[("x-api-key", "k1")]), &key).is_ok());
-        assert!(
-            check(
-                &headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]),
-                &key
-            )
-            .is_ok()
-        );
+        assert!(check(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), &key).is_ok());
     }
 
     #[test]
@@ -201,13 +215,9 @@ mod tests {
         let key = expected("k1");
         let missing = check(&headers(&[]), &key).unwrap_err().to_string();
         assert!(missing.starts_with("missing"), "{missing}");
-        let invalid = check(&headers(&[("authorization", "Bearer k2")]), &key)
-            .unwrap_err()
-            .to_string();
+        let invalid = check(&headers(&[("authorization", "Bearer k2")]), &key).unwrap_err().to_string();
         assert!(invalid.starts_with("invalid"), "{invalid}");
-        let basic = check(&headers(&[("authorization", "Basic azE=")]), &key)
-            .unwrap_err()
-            .to_string();
+        let basic = check(&headers(&[("authorization", "Basic azE=")]), &key).unwrap_err().to_string();
         assert!(basic.starts_with("missing"), "{basic}");
         let prefix = check(&headers(&[("x-api-key", "k")]), &key);
         assert!(prefix.is_err());

@@ -2,6 +2,7 @@
 //! nothing here buffers.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -15,15 +16,14 @@ use crate::{BoxError, ProxyBody, pool::InFlight};
 
 /// A complete body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 pin_project! {
     /// A response body that keeps its key counted in flight until the body
     /// ends, fails, or is dropped (the client went away). A stream holds its
-    /// key for as long as it runs, not just until its headers.
+    /// key for as long as it runs, not just until its headers. A body that
+    /// fails counts as a transient failure of its key.
     #[derive(Debug)]
     pub struct LeasedBody<B> {
         #[pin]
@@ -34,10 +34,7 @@ pin_project! {
 
 impl<B> LeasedBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            in_flight: Some(in_flight),
-        }
+        Self { inner, in_flight: Some(in_flight) }
     }
 }
 
@@ -49,19 +46,120 @@ where
     type Data = B::Data;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         // Release at the end as soon as it is known: a body whose last frame
         // says end-of-stream may never be polled again.
         match &frame {
             Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            Some(Err(_)) => {
+                if let Some(in_flight) = this.in_flight.take() {
+                    in_flight.stream_broke();
+                }
+            }
             _ => drop(this.in_flight.take()),
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A response body that holds a guard (a concurrency permit) until the
+    /// body ends, fails, or is dropped.
+    #[derive(Debug)]
+    pub struct GuardedBody<B, G> {
+        #[pin]
+        inner: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> GuardedBody<B, G> {
+    pub fn new(inner: B, guard: Option<G>) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl<B, G> Body for GuardedBody<B, G>
+where
+    B: Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if !matches!(&frame, Some(Ok(_))) || this.inner.is_end_stream() {
+            drop(this.guard.take());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A stream that fails after `idle` without a frame: a stalled upstream
+    /// must not hold a key and a client forever.
+    #[derive(Debug)]
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        idle: std::time::Duration,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+/// A stream stayed silent longer than its idle timeout.
+#[derive(Debug)]
+pub struct StreamIdle(std::time::Duration);
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upstream stream sent nothing for {} s (proxy.stream_idle_timeout_secs)", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for StreamIdle {}
+
+impl<B> Body for IdleTimeoutBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            this.sleep.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        Poll::Ready(Some(Err(StreamIdle(*this.idle).into())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -89,11 +187,7 @@ pin_project! {
 
 impl<B> SseErrorTail<B> {
     pub fn new(inner: B) -> Self {
-        Self {
-            inner,
-            failed: false,
-            at_boundary: true,
-        }
+        Self { inner, failed: false, at_boundary: true }
     }
 }
 
@@ -113,10 +207,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         if *this.failed {
             return Poll::Ready(None);
@@ -132,13 +223,8 @@ where
                 *this.failed = true;
                 let err: BoxError = err.into();
                 tracing::warn!(error = %err, "upstream stream broke after its headers");
-                let event =
-                    sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
-                let event = if *this.at_boundary {
-                    event
-                } else {
-                    [&b"\n\n"[..], &event].concat().into()
-                };
+                let event = sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
+                let event = if *this.at_boundary { event } else { [&b"\n\n"[..], &event].concat().into() };
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => Poll::Ready(None),
@@ -166,34 +252,22 @@ mod tests {
         provider::Provider,
     };
 
-    fn frames(
-        items: Vec<Result<&'static str, &'static str>>,
-    ) -> impl Body<Data = Bytes, Error = BoxError> {
-        StreamBody::new(stream::iter(items.into_iter().map(|item| {
-            item.map(|s| Frame::data(Bytes::from(s)))
-                .map_err(BoxError::from)
-        })))
+    fn frames(items: Vec<Result<&'static str, &'static str>>) -> impl Body<Data = Bytes, Error = BoxError> {
+        StreamBody::new(stream::iter(
+            items.into_iter().map(|item| item.map(|s| Frame::data(Bytes::from(s))).map_err(BoxError::from)),
+        ))
     }
 
     #[tokio::test]
     async fn a_broken_stream_ends_with_one_error_event() {
-        let body = SseErrorTail::new(frames(vec![
-            Ok("data: {\"a\":1}\n\n"),
-            Err("connection reset"),
-        ]));
+        let body = SseErrorTail::new(frames(vec![Ok("data: {\"a\":1}\n\n"), Err("connection reset")]));
         let bytes = body.collect().await.unwrap().to_bytes();
         let text = std::str::from_utf8(&bytes).unwrap();
         let events: Vec<_> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 2, "{text}");
-        let error: serde_json::Value =
-            serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        let error: serde_json::Value = serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(error["error"]["code"], "stream_broken");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("connection reset")
-        );
+        assert!(error["error"]["message"].as_str().unwrap().contains("connection reset"));
     }
 
     #[tokio::test]
@@ -206,10 +280,7 @@ mod tests {
     #[tokio::test]
     async fn leased_body_releases_its_key_at_the_end_on_error_and_on_drop() {
         let provider = Provider::openai_compatible("p", "http://127.0.0.1:9/v1").unwrap();
-        let pool = KeyPool::builder()
-            .provider(provider, Default::default(), vec![Secret::new("k")])
-            .build()
-            .unwrap();
+        let pool = KeyPool::builder().provider(provider, Default::default(), vec![Secret::new("k")]).build().unwrap();
         let provider = pool.provider("p").unwrap();
         let in_flight = || provider.keys()[0].in_flight();
 
@@ -235,10 +306,6 @@ mod tests {
         let (_, guard) = provider.lease().unwrap();
         let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"whole")), guard);
         body.frame().await.unwrap().unwrap();
-        assert_eq!(
-            in_flight(),
-            0,
-            "released on the last frame, before any further poll"
-        );
+        assert_eq!(in_flight(), 0, "released on the last frame, before any further poll");
     }
 }

@@ -53,13 +53,7 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    pub const ALL: [Self; 5] = [
-        Self::Client,
-        Self::RateLimit,
-        Self::Quota,
-        Self::Credential,
-        Self::Transient,
-    ];
+    pub const ALL: [Self; 5] = [Self::Client, Self::RateLimit, Self::Quota, Self::Credential, Self::Transient];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,10 +86,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(class: FailureClass) -> Self {
-        Self {
-            class,
-            retry_after: None,
-        }
+        Self { class, retry_after: None }
     }
 }
 
@@ -106,12 +97,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<
 }
 
 /// [`classify`] against a given wall clock, for HTTP-date hints.
-pub fn classify_at(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: SystemTime,
-) -> Option<Failure> {
+pub fn classify_at(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Option<Failure> {
     if !(status.is_client_error() || status.is_server_error()) {
         return None;
     }
@@ -123,10 +109,7 @@ pub fn classify_at(
         }
         FailureClass::Client | FailureClass::Credential => None,
     };
-    Some(Failure {
-        class,
-        retry_after: retry_after.map(|d| d.min(MAX_HINT)),
-    })
+    Some(Failure { class, retry_after: retry_after.map(|d| d.min(MAX_HINT)) })
 }
 
 fn class_of(status: StatusCode, body: &str) -> FailureClass {
@@ -160,43 +143,29 @@ fn class_of(status: StatusCode, body: &str) -> FailureClass {
         408 => FailureClass::Transient,
         // Some providers answer a bad key or an exhausted quota with 400.
         400..=499 if has(CREDENTIAL) => FailureClass::Credential,
-        400..=499 if has(&["insufficient_quota", "credit balance", "quota exceeded"]) => {
-            FailureClass::Quota
-        }
-        400..=499 if has(&["rate limit", "rate_limit", "too many requests"]) => {
-            FailureClass::RateLimit
-        }
+        400..=499 if has(&["insufficient_quota", "credit balance", "quota exceeded"]) => FailureClass::Quota,
+        400..=499 if has(&["rate limit", "rate_limit", "too many requests"]) => FailureClass::RateLimit,
         400..=499 => FailureClass::Client,
         _ => FailureClass::Transient,
     }
 }
 
 fn header_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(hint) = value("retry-after").and_then(|v| parse_retry_after(v, now)) {
         return Some(hint);
     }
     // OpenAI-style: the longer of the request and token windows.
-    [
-        "x-ratelimit-reset-requests",
-        "x-ratelimit-reset-tokens",
-        "x-ratelimit-reset",
-    ]
-    .into_iter()
-    .filter_map(|name| value(name).and_then(parse_duration))
-    .max()
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"]
+        .into_iter()
+        .filter_map(|name| value(name).and_then(parse_duration))
+        .max()
 }
 
 /// `Retry-After` as delay seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(MAX_HINT.as_secs_f64())));
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_HINT.as_secs_f64())));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -210,23 +179,18 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         return None;
     }
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(MAX_HINT.as_secs_f64())));
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_HINT.as_secs_f64())));
     }
     let mut total = 0.0f64;
     let mut rest = value;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let number: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -239,9 +203,7 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    total
-        .is_finite()
-        .then(|| Duration::from_secs_f64(total.min(MAX_HINT.as_secs_f64())))
+    total.is_finite().then(|| Duration::from_secs_f64(total.min(MAX_HINT.as_secs_f64())))
 }
 
 /// Hints in error bodies: Google's `"retryDelay": "30s"` and
@@ -260,10 +222,7 @@ fn body_hint(body: &str) -> Option<Duration> {
     for phrase in ["try again in ", "retry after ", "retry in "] {
         if let Some(at) = body.find(phrase) {
             let rest = &body[at + phrase.len()..];
-            let token: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
-                .collect::<String>();
+            let token: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.').collect::<String>();
             let token = token.trim_end_matches('.');
             if let Some(d) = parse_duration(token) {
                 return Some(d);
@@ -279,9 +238,7 @@ fn body_hint(body: &str) -> Option<Duration> {
                     u if u.starts_with("millisecond") => 0.001,
                     _ => return None,
                 };
-                return Some(Duration::from_secs_f64(
-                    (n * scale).clamp(0.0, MAX_HINT.as_secs_f64()),
-                ));
+                return Some(Duration::from_secs_f64((n * scale).clamp(0.0, MAX_HINT.as_secs_f64())));
             }
         }
     }
@@ -301,12 +258,7 @@ mod tests {
     }
 
     fn class(status: u16, body: &str) -> Option<FailureClass> {
-        classify(
-            StatusCode::from_u16(status).unwrap(),
-            &HeaderMap::new(),
-            body.as_bytes(),
-        )
-        .map(|f| f.class)
+        classify(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes()).map(|f| f.class)
     }
 
     #[test]
@@ -316,35 +268,19 @@ mod tests {
             (200, "", None),
             (204, "", None),
             (304, "", None),
-            (
-                400,
-                r#"{"error":{"message":"context too long","code":"context_length_exceeded"}}"#,
-                Some(Client),
-            ),
-            (
-                404,
-                r#"{"error":{"message":"The model `x` does not exist","code":"model_not_found"}}"#,
-                Some(Client),
-            ),
+            (400, r#"{"error":{"message":"context too long","code":"context_length_exceeded"}}"#, Some(Client)),
+            (404, r#"{"error":{"message":"The model `x` does not exist","code":"model_not_found"}}"#, Some(Client)),
             (409, "", Some(Client)),
             (413, "", Some(Client)),
             (415, "", Some(Client)),
             (422, "", Some(Client)),
-            (
-                429,
-                r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#,
-                Some(RateLimit),
-            ),
+            (429, r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#, Some(RateLimit)),
             (
                 429,
                 r#"{"error":{"message":"Rate limit reached for gpt-4o on tokens per min (TPM). Please try again in 2s. You can increase your rate limit by adding a payment method at https://platform.openai.com/account/billing.","code":"rate_limit_exceeded"}}"#,
                 Some(RateLimit),
             ),
-            (
-                429,
-                r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#,
-                Some(Quota),
-            ),
+            (429, r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#, Some(Quota)),
             (
                 429,
                 r#"{"error":{"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded for metric ... PerDay"}}"#,
@@ -352,26 +288,14 @@ mod tests {
             ),
             (402, "", Some(Quota)),
             (400, "Your credit balance is too low", Some(Quota)),
-            (
-                401,
-                r#"{"error":{"code":"invalid_api_key"}}"#,
-                Some(Credential),
-            ),
+            (401, r#"{"error":{"code":"invalid_api_key"}}"#, Some(Credential)),
             (403, "", Some(Credential)),
-            (
-                400,
-                r#"{"error":{"message":"API key not valid. Please pass a valid API key."}}"#,
-                Some(Credential),
-            ),
+            (400, r#"{"error":{"message":"API key not valid. Please pass a valid API key."}}"#, Some(Credential)),
             (408, "", Some(Transient)),
             (500, "", Some(Transient)),
             (502, "", Some(Transient)),
             (503, "", Some(Transient)),
-            (
-                529,
-                r#"{"type":"error","error":{"type":"overloaded_error"}}"#,
-                Some(Transient),
-            ),
+            (529, r#"{"type":"error","error":{"type":"overloaded_error"}}"#, Some(Transient)),
         ];
         for (status, body, expected) in table {
             assert_eq!(class(*status, body), *expected, "{status} {body}");
@@ -382,10 +306,7 @@ mod tests {
     fn retry_after_in_seconds_and_as_a_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
-        assert_eq!(
-            parse_retry_after("0.5", now),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(parse_retry_after("0.5", now), Some(Duration::from_millis(500)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(90)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
@@ -419,10 +340,7 @@ mod tests {
     fn hints_from_headers_prefer_retry_after_then_the_longest_reset() {
         let f = classify(
             StatusCode::TOO_MANY_REQUESTS,
-            &headers(&[
-                ("x-ratelimit-reset-requests", "1s"),
-                ("x-ratelimit-reset-tokens", "6m0s"),
-            ]),
+            &headers(&[("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "6m0s")]),
             b"",
         )
         .unwrap();
@@ -439,47 +357,26 @@ mod tests {
     #[test]
     fn hints_from_bodies() {
         let hint = |body: &str| {
-            classify(
-                StatusCode::TOO_MANY_REQUESTS,
-                &HeaderMap::new(),
-                body.as_bytes(),
-            )
-            .unwrap()
-            .retry_after
+            classify(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), body.as_bytes()).unwrap().retry_after
         };
         assert_eq!(
-            hint(
-                r#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"34s"}]}}"#
-            ),
+            hint(r#"{"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"34s"}]}}"#),
             Some(Duration::from_secs(34))
         );
         assert_eq!(
-            hint(
-                r#"{"error":{"message":"Rate limit reached for gpt-4o. Please try again in 1.5s. Visit ..."}}"#
-            ),
+            hint(r#"{"error":{"message":"Rate limit reached for gpt-4o. Please try again in 1.5s. Visit ..."}}"#),
             Some(Duration::from_millis(1500))
         );
-        assert_eq!(
-            hint("Please try again in 20 seconds."),
-            Some(Duration::from_secs(20))
-        );
+        assert_eq!(hint("Please try again in 20 seconds."), Some(Duration::from_secs(20)));
         assert_eq!(hint("slow down"), None);
     }
 
     #[test]
     fn credential_failures_carry_no_hint_and_the_peek_is_capped() {
-        let f = classify(
-            StatusCode::UNAUTHORIZED,
-            &headers(&[("retry-after", "5")]),
-            b"",
-        )
-        .unwrap();
+        let f = classify(StatusCode::UNAUTHORIZED, &headers(&[("retry-after", "5")]), b"").unwrap();
         assert_eq!(f.retry_after, None);
         let mut long = vec![b' '; PEEK_LIMIT];
         long.extend_from_slice(b"insufficient_quota");
-        assert_eq!(
-            class(429, std::str::from_utf8(&long).unwrap()),
-            Some(FailureClass::RateLimit)
-        );
+        assert_eq!(class(429, std::str::from_utf8(&long).unwrap()), Some(FailureClass::RateLimit));
     }
 }

@@ -29,14 +29,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self {
-            status,
-            kind,
-            code,
-            message,
-            retry_after: None,
-            allow: None,
-        }
+        Self { status, kind, code, message, retry_after: None, allow: None }
     }
 
     /// Walks the error's source chain for a failure this crate knows; anything
@@ -61,6 +54,13 @@ impl ErrorReply {
                 RouteNotFound,
                 MethodNotAllowed,
                 NoKeyConfigured,
+                AllKeysCooling,
+                NoUsableKey,
+                KeysExhausted,
+                KeyBusy,
+                UpstreamFailed,
+                Forbidden,
+                UnknownKey,
                 DeadlineExceeded,
                 UpstreamUnreachable,
                 MissingExtension,
@@ -87,6 +87,22 @@ impl ErrorReply {
         }))
         .expect("a JSON object of strings always serializes")
     }
+}
+
+/// Removes a secret, and anything shaped like a provider key, from text
+/// that came from upstream (some providers echo part of the key).
+pub fn redact(text: &str, secret: &str) -> String {
+    let text = if secret.len() >= 4 { text.replace(secret, "[redacted]") } else { text.to_owned() };
+    text.split_inclusive(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '(' | ')'))
+        .map(|word| {
+            let token =
+                word.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '(' | ')' | '.'));
+            let looks_like_key = ["sk-", "gsk_", "AIza", "xai-", "nvapi-", "fw_", "csk-"]
+                .iter()
+                .any(|prefix| token.starts_with(prefix) && token.len() >= prefix.len() + 8);
+            if looks_like_key { word.replacen(token, "[redacted]", 1) } else { word.to_owned() }
+        })
+        .collect()
 }
 
 trait Reply {
@@ -127,7 +143,9 @@ impl Unauthorized {
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.missing {
-            f.write_str("missing proxy API key: send `Authorization: Bearer <PROXY_API_KEY>` or `x-api-key: <PROXY_API_KEY>`")
+            f.write_str(
+                "missing proxy API key: send `Authorization: Bearer <PROXY_API_KEY>` or `x-api-key: <PROXY_API_KEY>`",
+            )
         } else {
             f.write_str("invalid proxy API key: the key sent does not match PROXY_API_KEY")
         }
@@ -136,12 +154,7 @@ impl fmt::Display for Unauthorized {
 impl_error!(Unauthorized);
 impl Reply for Unauthorized {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", self.to_string())
     }
 }
 
@@ -159,22 +172,13 @@ impl BodyTooLarge {
 
 impl fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request body is larger than the proxy's limit of {} bytes (server.max_body_bytes)",
-            self.limit
-        )
+        write!(f, "request body is larger than the proxy's limit of {} bytes (server.max_body_bytes)", self.limit)
     }
 }
 impl_error!(BodyTooLarge);
 impl Reply for BodyTooLarge {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", self.to_string())
     }
 }
 
@@ -186,9 +190,7 @@ pub struct InvalidBody {
 
 impl InvalidBody {
     pub fn new(reason: impl fmt::Display) -> Self {
-        Self {
-            reason: reason.to_string(),
-        }
+        Self { reason: reason.to_string() }
     }
 }
 
@@ -200,12 +202,7 @@ impl fmt::Display for InvalidBody {
 impl_error!(InvalidBody);
 impl Reply for InvalidBody {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_json",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", self.to_string())
     }
 }
 
@@ -223,20 +220,13 @@ impl MissingModel {
 
 impl fmt::Display for MissingModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "request body has no `model`: name one as `provider/model`, e.g. `openai/gpt-4o-mini`",
-        )
+        f.write_str("request body has no `model`: name one as `provider/model`, e.g. `openai/gpt-4o-mini`")
     }
 }
 impl_error!(MissingModel);
 impl Reply for MissingModel {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "missing_model",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "missing_model", self.to_string())
     }
 }
 
@@ -249,9 +239,7 @@ pub struct InvalidModel {
 impl InvalidModel {
     /// `model` was a string but not of the form `provider/model`.
     pub fn new(model: &str) -> Self {
-        Self {
-            model: Some(echo(model)),
-        }
+        Self { model: Some(echo(model)) }
     }
     /// `model` was not a string at all.
     pub fn not_a_string() -> Self {
@@ -273,12 +261,7 @@ impl fmt::Display for InvalidModel {
 impl_error!(InvalidModel);
 impl Reply for InvalidModel {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_model",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_model", self.to_string())
     }
 }
 
@@ -292,31 +275,19 @@ pub struct UnknownProvider {
 impl UnknownProvider {
     pub fn new<'a>(provider: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
         let known = known.into_iter().collect::<Vec<_>>().join(", ");
-        Self {
-            provider: echo(provider),
-            known,
-        }
+        Self { provider: echo(provider), known }
     }
 }
 
 impl fmt::Display for UnknownProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown provider `{}`; known providers: {}",
-            self.provider, self.known
-        )
+        write!(f, "unknown provider `{}`; known providers: {}", self.provider, self.known)
     }
 }
 impl_error!(UnknownProvider);
 impl Reply for UnknownProvider {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "unknown_provider",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unknown_provider", self.to_string())
     }
 }
 
@@ -334,22 +305,13 @@ impl RouteNotFound {
 
 impl fmt::Display for RouteNotFound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no route for `{}`; see GET /v1/models and POST /v1/chat/completions",
-            self.path
-        )
+        write!(f, "no route for `{}`; see GET /v1/models and POST /v1/chat/completions", self.path)
     }
 }
 impl_error!(RouteNotFound);
 impl Reply for RouteNotFound {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_url",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", self.to_string())
     }
 }
 
@@ -393,31 +355,257 @@ pub struct NoKeyConfigured {
 
 impl NoKeyConfigured {
     pub fn new(provider: &str) -> Self {
-        Self {
-            provider: provider.to_owned(),
-        }
+        Self { provider: provider.to_owned() }
     }
 }
 
 impl fmt::Display for NoKeyConfigured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let env = self.provider.to_ascii_uppercase();
-        write!(
-            f,
-            "no API key configured for provider `{}`: set {env}_API_KEY (or {env}_API_KEY_1, ...)",
-            self.provider
-        )
+        write!(f, "no API key configured for provider `{}`: set {env}_API_KEY (or {env}_API_KEY_1, ...)", self.provider)
     }
 }
 impl_error!(NoKeyConfigured);
 impl Reply for NoKeyConfigured {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "no_usable_key",
-            self.to_string(),
+        ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_usable_key", self.to_string())
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Every key of the provider is cooling for this model (rate limit or
+/// quota) past the request's deadline (429 with `Retry-After`).
+#[derive(Debug)]
+pub struct AllKeysCooling {
+    provider: String,
+    model: String,
+    retry_after: Duration,
+}
+
+impl AllKeysCooling {
+    pub fn new(provider: &str, model: &str, retry_after: Duration) -> Self {
+        Self { provider: provider.to_owned(), model: echo(model), retry_after }
+    }
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for AllKeysCooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "every key of provider `{}` is rate limited or out of quota for model `{}`; the first is usable again in {} s",
+            self.provider,
+            self.model,
+            ceil_secs(self.retry_after)
         )
+    }
+}
+impl_error!(AllKeysCooling);
+impl Reply for AllKeysCooling {
+    fn reply(&self) -> ErrorReply {
+        let mut reply =
+            ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded", self.to_string());
+        reply.retry_after = Some(ceil_secs(self.retry_after).max(1));
+        reply
+    }
+}
+
+/// Every key of the provider is invalid or disabled (503).
+#[derive(Debug)]
+pub struct NoUsableKey {
+    provider: String,
+    retry_after: Option<Duration>,
+}
+
+impl NoUsableKey {
+    /// `retry_after`: when the first invalid key may be probed again.
+    pub fn new(provider: &str, retry_after: Option<Duration>) -> Self {
+        Self { provider: provider.to_owned(), retry_after }
+    }
+}
+
+impl fmt::Display for NoUsableKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no usable key for provider `{}`: every key is invalid or disabled (see GET /v1/keys)", self.provider)
+    }
+}
+impl_error!(NoUsableKey);
+impl Reply for NoUsableKey {
+    fn reply(&self) -> ErrorReply {
+        let mut reply =
+            ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "no_usable_key", self.to_string());
+        reply.retry_after = self.retry_after.map(|d| ceil_secs(d).max(1));
+        reply
+    }
+}
+
+/// Every key the request could use was tried and failed (502): what
+/// [`crate::retry`] turns into [`UpstreamFailed`] with the last error.
+#[derive(Debug)]
+pub struct KeysExhausted {
+    provider: String,
+}
+
+impl KeysExhausted {
+    pub fn new(provider: &str) -> Self {
+        Self { provider: provider.to_owned() }
+    }
+}
+
+impl fmt::Display for KeysExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "every usable key of provider `{}` was tried for this request and failed", self.provider)
+    }
+}
+impl_error!(KeysExhausted);
+impl Reply for KeysExhausted {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_failed", self.to_string())
+    }
+}
+
+/// The chosen key had no free concurrency slot after all (a race with
+/// another request): rotate without penalty (503 if it surfaces).
+#[derive(Debug)]
+pub struct KeyBusy {
+    key: String,
+}
+
+impl KeyBusy {
+    pub fn new(key: &str) -> Self {
+        Self { key: key.to_owned() }
+    }
+}
+
+impl fmt::Display for KeyBusy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key {} has no free concurrency slot", self.key)
+    }
+}
+impl_error!(KeyBusy);
+impl Reply for KeyBusy {
+    fn reply(&self) -> ErrorReply {
+        let mut reply =
+            ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "key_busy", self.to_string());
+        reply.retry_after = Some(1);
+        reply
+    }
+}
+
+/// Every attempt failed; carries the last upstream error, redacted (502).
+#[derive(Debug)]
+pub struct UpstreamFailed {
+    provider: String,
+    attempts: u32,
+    last: String,
+}
+
+impl UpstreamFailed {
+    /// `last` must already be free of secrets.
+    pub fn new(provider: &str, attempts: u32, last: String) -> Self {
+        Self { provider: provider.to_owned(), attempts, last }
+    }
+}
+
+impl fmt::Display for UpstreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upstream `{}` failed on every attempt ({} in all); last error: {}",
+            self.provider, self.attempts, self.last
+        )
+    }
+}
+impl_error!(UpstreamFailed);
+impl Reply for UpstreamFailed {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_failed", self.to_string())
+    }
+}
+
+/// The key is valid but not allowed here: the admin routes want the admin
+/// key (403).
+#[derive(Debug, Default)]
+pub struct Forbidden {
+    _private: (),
+}
+
+impl Forbidden {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Display for Forbidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("this route needs the admin key (ADMIN_API_KEY), not the proxy key")
+    }
+}
+impl_error!(Forbidden);
+impl Reply for Forbidden {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::FORBIDDEN, "invalid_request_error", "admin_key_required", self.to_string())
+    }
+}
+
+/// No key has this id (404 on the admin routes).
+#[derive(Debug)]
+pub struct UnknownKey {
+    id: String,
+}
+
+impl UnknownKey {
+    pub fn new(id: &str) -> Self {
+        Self { id: echo(id) }
+    }
+}
+
+impl fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no key with id `{}`; GET /v1/keys lists them", self.id)
+    }
+}
+impl_error!(UnknownKey);
+impl Reply for UnknownKey {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::NOT_FOUND, "invalid_request_error", "key_not_found", self.to_string())
+    }
+}
+
+/// An error of an attempt made with a known key, so that retries can blame
+/// it. Displays as its cause; the status is its cause's.
+#[derive(Debug)]
+pub struct LeasedError {
+    lease: crate::pool::KeyLease,
+    source: BoxError,
+}
+
+impl LeasedError {
+    pub fn new(lease: crate::pool::KeyLease, source: BoxError) -> Self {
+        Self { lease, source }
+    }
+    pub fn lease(&self) -> &crate::pool::KeyLease {
+        &self.lease
+    }
+    pub fn cause(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl fmt::Display for LeasedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl Error for LeasedError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
     }
 }
 
@@ -445,12 +633,7 @@ impl fmt::Display for DeadlineExceeded {
 impl_error!(DeadlineExceeded);
 impl Reply for DeadlineExceeded {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout_error",
-            "deadline_exceeded",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", self.to_string())
     }
 }
 
@@ -463,10 +646,7 @@ pub struct UpstreamUnreachable {
 
 impl UpstreamUnreachable {
     pub fn new(provider: &str, source: impl Into<BoxError>) -> Self {
-        Self {
-            provider: provider.to_owned(),
-            source: source.into(),
-        }
+        Self { provider: provider.to_owned(), source: source.into() }
     }
 }
 
@@ -486,12 +666,7 @@ impl fmt::Display for UpstreamUnreachable {
 impl_error!(UpstreamUnreachable);
 impl Reply for UpstreamUnreachable {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            "upstream_unreachable",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unreachable", self.to_string())
     }
 }
 
@@ -508,22 +683,13 @@ impl MissingExtension {
 
 impl fmt::Display for MissingExtension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request extension `{}` is missing: a layer is out of order in the stack",
-            self.0
-        )
+        write!(f, "request extension `{}` is missing: a layer is out of order in the stack", self.0)
     }
 }
 impl_error!(MissingExtension);
 impl Reply for MissingExtension {
     fn reply(&self) -> ErrorReply {
-        ErrorReply::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal_error",
-            self.to_string(),
-        )
+        ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", self.to_string())
     }
 }
 
@@ -544,33 +710,13 @@ mod tests {
             (InvalidBody::new("eof").into(), 400, "invalid_json"),
             (MissingModel::new().into(), 400, "missing_model"),
             (InvalidModel::new("gpt-4o").into(), 400, "invalid_model"),
-            (
-                UnknownProvider::new("x", ["openai"]).into(),
-                400,
-                "unknown_provider",
-            ),
+            (UnknownProvider::new("x", ["openai"]).into(), 400, "unknown_provider"),
             (RouteNotFound::new("/nope").into(), 404, "unknown_url"),
-            (
-                MethodNotAllowed::new("POST").into(),
-                405,
-                "method_not_allowed",
-            ),
+            (MethodNotAllowed::new("POST").into(), 405, "method_not_allowed"),
             (NoKeyConfigured::new("groq").into(), 503, "no_usable_key"),
-            (
-                DeadlineExceeded::new(Duration::from_secs(1)).into(),
-                504,
-                "deadline_exceeded",
-            ),
-            (
-                UpstreamUnreachable::new("openai", "connection refused").into(),
-                502,
-                "upstream_unreachable",
-            ),
-            (
-                MissingExtension::new("RouteTarget").into(),
-                500,
-                "internal_error",
-            ),
+            (DeadlineExceeded::new(Duration::from_secs(1)).into(), 504, "deadline_exceeded"),
+            (UpstreamUnreachable::new("openai", "connection refused").into(), 502, "upstream_unreachable"),
+            (MissingExtension::new("RouteTarget").into(), 500, "internal_error"),
             ("something else".into(), 500, "internal_error"),
         ];
         for (err, status, code) in table {
@@ -602,26 +748,29 @@ mod tests {
         let long = "x".repeat(10_000);
         let r = reply(InvalidModel::new(&long));
         assert!(r.message.len() < 400, "{}", r.message.len());
-        assert!(
-            reply(NoKeyConfigured::new("nvidia_nim"))
-                .message
-                .contains("NVIDIA_NIM_API_KEY")
-        );
+        assert!(reply(NoKeyConfigured::new("nvidia_nim")).message.contains("NVIDIA_NIM_API_KEY"));
         let allow = reply(MethodNotAllowed::new("GET")).allow;
         assert_eq!(allow, Some("GET"));
+        let cooling = reply(AllKeysCooling::new("openai", "gpt-4o", Duration::from_millis(1500)));
+        assert_eq!(cooling.retry_after, Some(2), "rounded up");
+    }
+
+    #[test]
+    fn redaction_removes_the_secret_and_key_shaped_tokens() {
+        let text = "Incorrect API key provided: sk-abcdefgh1234****wxyz. You passed my-own-secret-value (gsk_0123456789abcdef).";
+        let out = redact(text, "my-own-secret-value");
+        assert!(
+            !out.contains("my-own-secret-value") && !out.contains("sk-abcdefgh") && !out.contains("gsk_0123"),
+            "{out}"
+        );
+        assert!(out.starts_with("Incorrect API key provided: [redacted]"), "{out}");
     }
 
     #[test]
     fn json_is_openai_shaped() {
-        let body: serde_json::Value =
-            serde_json::from_slice(&reply(MissingModel::new()).to_json()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&reply(MissingModel::new()).to_json()).unwrap();
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["code"], "missing_model");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("provider/model")
-        );
+        assert!(body["error"]["message"].as_str().unwrap().contains("provider/model"));
     }
 }

@@ -7,9 +7,10 @@
 //! |---|---|---|
 //! | [`RequestId`] | RequestLog (from `x-request-id` or generated) | anyone logging |
 //! | [`Deadline`] | Deadline | anyone who waits (key selection, retries) |
-//! | [`RouteTarget`] | Parse | KeySelect, Upstream |
-//! | [`KeyLease`](crate::pool::KeyLease) | KeySelect | Upstream |
-//! | *response* [`KeyLease`](crate::pool::KeyLease) | Upstream (copied from the request) | RequestLog |
+//! | [`RouteTarget`] | Parse | RetryRotate, KeySelect, KeyConcurrency, Upstream |
+//! | [`ExcludedKeys`], [`PinnedKey`], [`Attempt`] | RetryRotate (each attempt) | KeySelect |
+//! | [`KeyLease`](crate::pool::KeyLease) | KeySelect | KeyConcurrency, Upstream |
+//! | *response* [`KeyLease`](crate::pool::KeyLease) | Upstream (copied from the request) | RetryRotate (which key to blame) |
 //! | *response* [`ErrorCode`] | ErrorResponse | RequestLog |
 //!
 //! A layer that misses one it needs fails with
@@ -20,7 +21,7 @@ use std::{fmt, ops::Range, sync::Arc};
 
 use tokio::time::Instant;
 
-use crate::provider::ProviderId;
+use crate::{pool::KeyId, provider::ProviderId};
 
 /// The id of one client request, for logs and the `x-request-id` header.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,13 +94,7 @@ pub struct RouteTarget {
 
 impl RouteTarget {
     pub fn new(provider: ProviderId, model: &str, endpoint: Endpoint, stream: bool) -> Self {
-        Self {
-            provider,
-            model: model.into(),
-            endpoint,
-            stream,
-            model_span: None,
-        }
+        Self { provider, model: model.into(), endpoint, stream, model_span: None }
     }
 
     /// Records where the `model` JSON string token (quotes included) sits in
@@ -127,6 +122,19 @@ impl RouteTarget {
         self.model_span.clone()
     }
 }
+
+/// Keys this request already tried and must not try again (RetryRotate
+/// writes it per attempt; KeySelect reads it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExcludedKeys(pub Vec<KeyId>);
+
+/// The key to use when it is available: a same-key retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedKey(pub KeyId);
+
+/// Which attempt of the request this is, from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt(pub u32);
 
 /// The few-valued code of the error a response carries, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

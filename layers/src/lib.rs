@@ -71,6 +71,7 @@
 pub mod auth;
 pub mod body;
 pub mod classify;
+pub mod concurrency;
 pub mod error;
 pub mod extensions;
 pub mod log;
@@ -78,6 +79,7 @@ pub mod parse;
 pub mod pool;
 pub mod provider;
 pub mod respond;
+pub mod retry;
 pub mod select;
 pub mod timeout;
 #[cfg(feature = "upstream")]

@@ -108,14 +108,7 @@ where
         );
         req.extensions_mut().insert(id.clone());
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture {
-            inner,
-            log: Some(Log {
-                span,
-                id,
-                start: Instant::now(),
-            }),
-        }
+        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now() }) }
     }
 }
 
@@ -124,11 +117,7 @@ fn request_id(headers: &HeaderMap) -> RequestId {
     let given = headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_LEN
-                && v.bytes().all(|b| b.is_ascii_graphic())
-        });
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(id) => RequestId::new(id),
         None => RequestId::new(&format!("{:032x}", fastrand::u128(..))),
@@ -195,13 +184,8 @@ where
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         let headers_after_ms = start.elapsed().as_millis() as u64;
-        let mut finish = Some(Finish {
-            span,
-            start,
-            headers_after_ms: Some(headers_after_ms),
-            status: Some(status),
-            code,
-        });
+        let mut finish =
+            Some(Finish { span, start, headers_after_ms: Some(headers_after_ms), status: Some(status), code });
         if res.body().is_end_stream() {
             // An empty body may never be polled; it is complete already.
             finish.take().expect("just set").report("completed");
@@ -264,10 +248,7 @@ where
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = {
             let _entered = this.finish.as_ref().map(|finish| finish.span.enter());

@@ -53,9 +53,7 @@ use tower::{Layer, Service};
 
 use crate::{
     BoxError,
-    error::{
-        BodyTooLarge, InvalidBody, InvalidModel, MissingModel, RouteNotFound, UnknownProvider,
-    },
+    error::{BodyTooLarge, InvalidBody, InvalidModel, MissingModel, RouteNotFound, UnknownProvider},
     extensions::{Endpoint, RouteTarget},
     pool::KeyPool,
 };
@@ -71,10 +69,7 @@ impl ParseLayer {
     /// `pool` says which providers exist; bodies above `max_body_bytes` are
     /// refused with 413.
     pub fn new(pool: Arc<KeyPool>, max_body_bytes: usize) -> Self {
-        Self {
-            pool,
-            max_body_bytes,
-        }
+        Self { pool, max_body_bytes }
     }
 }
 
@@ -82,11 +77,7 @@ impl<S> Layer<S> for ParseLayer {
     type Service = Parse<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Parse {
-            inner,
-            pool: self.pool.clone(),
-            max_body_bytes: self.max_body_bytes,
-        }
+        Parse { inner, pool: self.pool.clone(), max_body_bytes: self.max_body_bytes }
     }
 }
 
@@ -100,10 +91,7 @@ pub struct Parse<S> {
 
 impl<S: fmt::Debug> fmt::Debug for Parse<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Parse")
-            .field("inner", &self.inner)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .finish()
+        f.debug_struct("Parse").field("inner", &self.inner).field("max_body_bytes", &self.max_body_bytes).finish()
     }
 }
 
@@ -142,12 +130,8 @@ where
         let limit = self.max_body_bytes;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let endpoint = Endpoint::from_path(parts.uri.path())
-                .ok_or_else(|| RouteNotFound::new(parts.uri.path()))?;
-            let declared = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let endpoint = Endpoint::from_path(parts.uri.path()).ok_or_else(|| RouteNotFound::new(parts.uri.path()))?;
+            let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > limit as u64) {
                 return Err(BodyTooLarge::new(limit as u64).into());
             }
@@ -157,10 +141,7 @@ where
             span.record("provider", target.provider().as_str());
             span.record("model", target.model());
             parts.extensions.insert(target);
-            inner
-                .call(Request::from_parts(parts, bytes))
-                .await
-                .map_err(Into::into)
+            inner.call(Request::from_parts(parts, bytes)).await.map_err(Into::into)
         })
     }
 }
@@ -187,15 +168,10 @@ struct Probe<'a> {
 }
 
 /// Finds provider, model and stream flag in a JSON request body.
-pub fn route_target(
-    body: &[u8],
-    endpoint: Endpoint,
-    pool: &KeyPool,
-) -> Result<RouteTarget, BoxError> {
+pub fn route_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool) -> Result<RouteTarget, BoxError> {
     let probe: Probe<'_> = serde_json::from_slice(body).map_err(InvalidBody::new)?;
     let raw = probe.model.ok_or_else(MissingModel::new)?;
-    let model: Cow<'_, str> =
-        serde_json::from_str(raw.get()).map_err(|_| InvalidModel::not_a_string())?;
+    let model: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| InvalidModel::not_a_string())?;
     let (provider, upstream_model) = match model.split_once('/') {
         Some((provider, upstream_model)) if !provider.is_empty() && !upstream_model.is_empty() => {
             (provider, upstream_model)
@@ -204,12 +180,7 @@ pub fn route_target(
     };
     let provider = pool
         .provider(provider)
-        .ok_or_else(|| {
-            UnknownProvider::new(
-                provider,
-                pool.providers().map(|p| p.provider().id().as_str()),
-            )
-        })?
+        .ok_or_else(|| UnknownProvider::new(provider, pool.providers().map(|p| p.provider().id().as_str())))?
         .provider()
         .id()
         .clone();
@@ -217,13 +188,7 @@ pub fn route_target(
     // the upstream can swap the model token without re-serialising the body.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
     let span = start..start + raw.get().len();
-    Ok(RouteTarget::new(
-        provider,
-        upstream_model,
-        endpoint,
-        probe.stream.unwrap_or(false),
-    )
-    .with_model_span(span))
+    Ok(RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false)).with_model_span(span))
 }
 
 #[cfg(test)]
@@ -248,10 +213,7 @@ mod tests {
     #[test]
     fn splits_model_at_the_first_slash() {
         let t = parse(r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#).unwrap();
-        assert_eq!(
-            (t.provider().as_str(), t.model()),
-            ("openrouter", "meta-llama/llama-3-70b")
-        );
+        assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "meta-llama/llama-3-70b"));
         assert!(!t.stream());
     }
 
@@ -294,12 +256,8 @@ mod tests {
 
     #[test]
     fn unknown_provider_names_the_known_ones() {
-        let err =
-            route_target(br#"{"model":"nope/x"}"#, Endpoint::ChatCompletions, &pool()).unwrap_err();
+        let err = route_target(br#"{"model":"nope/x"}"#, Endpoint::ChatCompletions, &pool()).unwrap_err();
         let message = ErrorReply::from_error(&*err).message;
-        assert!(
-            message.contains("`nope`") && message.contains("openai, openrouter"),
-            "{message}"
-        );
+        assert!(message.contains("`nope`") && message.contains("openai, openrouter"), "{message}");
     }
 }

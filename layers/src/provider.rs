@@ -91,13 +91,8 @@ impl std::error::Error for InvalidApiBase {}
 
 impl ApiBase {
     pub fn parse(s: &str) -> Result<Self, InvalidApiBase> {
-        let invalid = |reason: &str| InvalidApiBase {
-            reason: reason.to_owned(),
-        };
-        let uri: Uri = s
-            .trim()
-            .parse()
-            .map_err(|_| invalid("not a URL, expected e.g. https://api.openai.com/v1"))?;
+        let invalid = |reason: &str| InvalidApiBase { reason: reason.to_owned() };
+        let uri: Uri = s.trim().parse().map_err(|_| invalid("not a URL, expected e.g. https://api.openai.com/v1"))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
             _ => return Err(invalid("must start with http:// or https://")),
@@ -116,8 +111,7 @@ impl ApiBase {
     pub fn join(&self, suffix: &str) -> Uri {
         let path = format!("{}/{}", self.path, suffix.trim_start_matches('/'));
         let mut parts = self.uri.clone().into_parts();
-        parts.path_and_query =
-            Some(PathAndQuery::try_from(path).expect("a valid path plus a valid suffix is valid"));
+        parts.path_and_query = Some(PathAndQuery::try_from(path).expect("a valid path plus a valid suffix is valid"));
         Uri::from_parts(parts).expect("parts of a valid absolute URI")
     }
 }
@@ -126,9 +120,7 @@ impl fmt::Display for ApiBase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = self.uri.scheme_str().unwrap_or("http");
         let authority = self.uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
         write!(f, "{scheme}://{host}{}", self.path)
     }
 }
@@ -206,10 +198,7 @@ mod tests {
     fn joins_paths_with_exactly_one_slash() {
         for base in ["https://api.openai.com/v1", "https://api.openai.com/v1/"] {
             let base = ApiBase::parse(base).unwrap();
-            assert_eq!(
-                base.join("chat/completions"),
-                "https://api.openai.com/v1/chat/completions"
-            );
+            assert_eq!(base.join("chat/completions"), "https://api.openai.com/v1/chat/completions");
             assert_eq!(base.join("/models"), "https://api.openai.com/v1/models");
         }
         let bare = ApiBase::parse("http://127.0.0.1:11434").unwrap();
@@ -218,13 +207,7 @@ mod tests {
 
     #[test]
     fn rejects_what_cannot_be_a_base() {
-        for bad in [
-            "api.openai.com/v1",
-            "ftp://x/v1",
-            "https://x/v1?key=1",
-            "",
-            "not a url",
-        ] {
+        for bad in ["api.openai.com/v1", "ftp://x/v1", "https://x/v1?key=1", "", "not a url"] {
             assert!(ApiBase::parse(bad).is_err(), "{bad}");
         }
     }

@@ -53,10 +53,7 @@ impl<S> Layer<S> for ErrorResponseLayer {
     type Service = ErrorResponse<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorResponse {
-            inner,
-            ready_error: None,
-        }
+        ErrorResponse { inner, ready_error: None }
     }
 }
 
@@ -71,10 +68,7 @@ pub struct ErrorResponse<S> {
 
 impl<S: Clone> Clone for ErrorResponse<S> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            ready_error: None,
-        }
+        Self { inner: self.inner.clone(), ready_error: None }
     }
 }
 
@@ -110,14 +104,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.ready_error.take() {
-            Some(err) => ResponseFuture {
-                state: State::Failed { err: Some(err) },
-            },
-            None => ResponseFuture {
-                state: State::Called {
-                    inner: self.inner.call(req),
-                },
-            },
+            Some(err) => ResponseFuture { state: State::Failed { err: Some(err) } },
+            None => ResponseFuture { state: State::Called { inner: self.inner.call(req) } },
         }
     }
 }
@@ -165,24 +153,12 @@ where
 
 /// Builds the response for an error; public so that handlers outside a
 /// stack answer the same way.
-pub fn error_response<B>(
-    err: &(dyn std::error::Error + 'static),
-) -> Response<Either<B, Full<Bytes>>> {
+pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Either<B, Full<Bytes>>> {
     let reply = ErrorReply::from_error(err);
     if reply.status.is_server_error() {
-        tracing::warn!(
-            code = reply.code,
-            status = reply.status.as_u16(),
-            "{}",
-            reply.message
-        );
+        tracing::warn!(code = reply.code, status = reply.status.as_u16(), "{}", reply.message);
     } else {
-        tracing::debug!(
-            code = reply.code,
-            status = reply.status.as_u16(),
-            "{}",
-            reply.message
-        );
+        tracing::debug!(code = reply.code, status = reply.status.as_u16(), "{}", reply.message);
     }
     let mut res = Response::new(Either::Right(Full::new(Bytes::from(reply.to_json()))));
     *res.status_mut() = reply.status;

@@ -1,12 +1,22 @@
 //! `KeySelectLayer`: picks the key for a request.
 //!
-//! The provider's strategy (`least_used` by default) chooses among its keys;
-//! the chosen key is counted in flight from that moment, so concurrent
+//! The provider's strategy (`least_used` by default) chooses among the keys
+//! that are not excluded, disabled, invalid (unless due for their single
+//! probe), cooling for the request's model, or without a free concurrency
+//! slot. The chosen key counts in flight from that moment, so concurrent
 //! selections see each other, until the response body ends or is dropped.
 //!
-//! Reads [`RouteTarget`]; writes [`KeyLease`]. Records `key` in the current
-//! tracing span. Fails with [`NoKeyConfigured`] (503) when the provider has
-//! no key, [`UnknownProvider`] (400) or [`MissingExtension`] (500).
+//! When every usable key is full, the request waits for a slot; when every
+//! key is cooling, it waits for the earliest if that comes before the
+//! request's [`Deadline`], else fails at once with [`AllKeysCooling`] (429
+//! with `Retry-After`). Other failures: [`NoKeyConfigured`] (503, the
+//! provider has no key), [`NoUsableKey`] (503, all invalid or disabled),
+//! [`KeysExhausted`] (every remaining key was excluded), [`UnknownProvider`]
+//! (400), [`MissingExtension`] (500). Errors of the inner service come back
+//! wrapped in [`LeasedError`], so that retries know which key to blame.
+//!
+//! Reads [`RouteTarget`], [`ExcludedKeys`], [`PinnedKey`], [`Deadline`];
+//! writes [`KeyLease`]. Records `key` in the current tracing span.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -40,19 +50,21 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
+use tokio::time::{Instant, sleep_until};
 use tower::{Layer, Service};
 
 use crate::{
     BoxError,
     body::LeasedBody,
-    error::{MissingExtension, NoKeyConfigured, UnknownProvider},
-    extensions::RouteTarget,
-    pool::{InFlight, KeyLease, KeyPool},
+    error::{
+        AllKeysCooling, KeysExhausted, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey, UnknownProvider,
+    },
+    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
+    pool::{Choice, InFlight, KeyLease, KeyPool},
 };
 
 /// Applies [`KeySelect`].
@@ -71,10 +83,7 @@ impl<S> Layer<S> for KeySelectLayer {
     type Service = KeySelect<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeySelect {
-            inner,
-            pool: self.pool.clone(),
-        }
+        KeySelect { inner, pool: self.pool.clone() }
     }
 }
 
@@ -87,9 +96,7 @@ pub struct KeySelect<S> {
 
 impl<S: fmt::Debug> fmt::Debug for KeySelect<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeySelect")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        f.debug_struct("KeySelect").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
@@ -104,95 +111,91 @@ impl<S> KeySelect<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for KeySelect<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+    ResBody: Send + 'static,
 {
     type Response = Response<LeasedBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let leased = match self.lease(&req) {
-            Ok(leased) => leased,
-            Err(err) => {
-                return ResponseFuture {
-                    state: State::Failed { err: Some(err) },
-                };
+        // The service that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let target =
+                req.extensions().get::<RouteTarget>().cloned().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+            let wants = Wants {
+                excluded: req.extensions_mut().remove::<ExcludedKeys>().unwrap_or_default(),
+                pinned: req.extensions_mut().remove::<PinnedKey>(),
+                deadline: req.extensions().get::<Deadline>().copied(),
+            };
+            let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
+            tracing::Span::current().record("key", lease.key_id().as_str());
+            req.extensions_mut().insert(lease.clone());
+            match inner.call(req).await {
+                Ok(res) => Ok(res.map(|body| LeasedBody::new(body, in_flight))),
+                Err(err) => Err(LeasedError::new(lease, err.into()).into()),
             }
+        })
+    }
+}
+
+/// What the request asks of the choice.
+struct Wants {
+    excluded: ExcludedKeys,
+    pinned: Option<PinnedKey>,
+    deadline: Option<Deadline>,
+}
+
+/// Chooses a key, waiting for a free slot, or for a cooldown that ends
+/// before the request's deadline.
+async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result<(KeyLease, InFlight), BoxError> {
+    let id = target.provider().as_str();
+    let provider = pool
+        .provider(id)
+        .ok_or_else(|| UnknownProvider::new(id, pool.providers().map(|p| p.provider().id().as_str())))?;
+    let excluded = &wants.excluded.0[..];
+    let pinned = wants.pinned.as_ref().map(|p| &p.0);
+    let deadline = wants.deadline.map(|d| d.0);
+    loop {
+        // Registered before looking, so that a slot freed in between is not missed.
+        let freed = provider.slot_freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let why = match provider.choose(target.model(), excluded, pinned) {
+            Choice::Leased(lease, in_flight) => return Ok((lease, in_flight)),
+            Choice::Unavailable(why) => why,
         };
-        let (lease, in_flight) = leased;
-        tracing::Span::current().record("key", lease.key_id().as_str());
-        req.extensions_mut().insert(lease);
-        ResponseFuture {
-            state: State::Called {
-                inner: self.inner.call(req),
-                in_flight: Some(in_flight),
-            },
+        if why.no_keys {
+            return Err(NoKeyConfigured::new(id).into());
         }
-    }
-}
-
-impl<S> KeySelect<S> {
-    fn lease<B>(&self, req: &Request<B>) -> Result<(KeyLease, InFlight), BoxError> {
-        let target = req
-            .extensions()
-            .get::<RouteTarget>()
-            .ok_or_else(|| MissingExtension::new("RouteTarget"))?;
-        let provider = target.provider().as_str();
-        let pool = self.pool.provider(provider).ok_or_else(|| {
-            UnknownProvider::new(
-                provider,
-                self.pool.providers().map(|p| p.provider().id().as_str()),
-            )
-        })?;
-        pool.lease()
-            .ok_or_else(|| NoKeyConfigured::new(provider).into())
-    }
-}
-
-pin_project! {
-    /// The [`KeySelect`] future: moves the in-flight guard into the body.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        state: State<F>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Called { #[pin] inner: F, in_flight: Option<InFlight> },
-        Failed { err: Option<BoxError> },
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<LeasedBody<ResBody>>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { inner, in_flight } => {
-                let res = ready!(inner.poll(cx)).map_err(Into::into)?;
-                let in_flight = in_flight.take().expect("polled after completion");
-                Poll::Ready(Ok(res.map(|body| LeasedBody::new(body, in_flight))))
+        let now = Instant::now();
+        let cooling = why.cooling_until.filter(|&until| deadline.is_none_or(|d| until <= d));
+        if why.full || cooling.is_some() {
+            // A slot frees, a key comes back, or the cooldown ends; the
+            // deadline layer outside bounds the wait.
+            let wake = cooling.unwrap_or_else(|| deadline.unwrap_or(now + std::time::Duration::from_secs(3600)));
+            tokio::select! {
+                () = &mut freed => {}
+                () = sleep_until(wake) => {}
             }
-            StateProj::Failed { err } => {
-                Poll::Ready(Err(err.take().expect("polled after completion")))
-            }
+            continue;
         }
+        if let Some(until) = why.cooling_until {
+            return Err(AllKeysCooling::new(id, target.model(), until - now).into());
+        }
+        if why.excluded {
+            return Err(KeysExhausted::new(id).into());
+        }
+        return Err(NoUsableKey::new(id, why.invalid_until.map(|t| t - now)).into());
     }
 }

@@ -55,10 +55,7 @@ impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            inner,
-            timeout: self.timeout,
-        }
+        DeadlineService { inner, timeout: self.timeout }
     }
 }
 
@@ -98,11 +95,7 @@ where
             deadline = deadline.min(*outer);
         }
         req.extensions_mut().insert(Deadline(deadline));
-        ResponseFuture {
-            inner: timeout_at(deadline, self.inner.call(req)),
-            deadline,
-            after: deadline - start,
-        }
+        ResponseFuture { inner: timeout_at(deadline, self.inner.call(req)), deadline, after: deadline - start }
     }
 }
 
@@ -174,10 +167,7 @@ where
     type Data = B::Data;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));

@@ -47,10 +47,7 @@ async fn through(layer: AuthLayer, req: Req) -> Result<HeaderMap, (u16, &'static
             Ok(seen.expect("an accepted request reaches the inner service"))
         }
         Err(err) => {
-            assert!(
-                seen.is_none(),
-                "a rejected request must not reach the inner service"
-            );
+            assert!(seen.is_none(), "a rejected request must not reach the inner service");
             let reply = reply(&err);
             Err((reply.status.as_u16(), reply.code, reply.message))
         }
@@ -64,9 +61,7 @@ fn assert_no_credentials(headers: &HeaderMap) {
 
 #[tokio::test]
 async fn bearer_token_is_accepted_and_stripped_before_the_inner_service() {
-    let seen = through(require(), request(&[("authorization", "Bearer proxy-key")]))
-        .await
-        .unwrap();
+    let seen = through(require(), request(&[("authorization", "Bearer proxy-key")])).await.unwrap();
     assert_no_credentials(&seen);
     assert_eq!(seen["x-request-id"], "r-1", "other headers pass");
     assert_eq!(seen["content-type"], "application/json");
@@ -74,11 +69,7 @@ async fn bearer_token_is_accepted_and_stripped_before_the_inner_service() {
 
 #[tokio::test]
 async fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
-    for value in [
-        "bearer proxy-key",
-        "BEARER proxy-key",
-        "Bearer   proxy-key  ",
-    ] {
+    for value in ["bearer proxy-key", "BEARER proxy-key", "Bearer   proxy-key  "] {
         let seen = through(require(), request(&[("authorization", value)])).await;
         assert_no_credentials(&seen.unwrap_or_else(|e| panic!("{value:?}: {e:?}")));
     }
@@ -86,23 +77,16 @@ async fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
 
 #[tokio::test]
 async fn x_api_key_is_accepted_and_stripped_before_the_inner_service() {
-    let seen = through(require(), request(&[("x-api-key", "proxy-key")]))
-        .await
-        .unwrap();
+    let seen = through(require(), request(&[("x-api-key", "proxy-key")])).await.unwrap();
     assert_no_credentials(&seen);
 }
 
 #[tokio::test]
 async fn both_credential_headers_are_stripped_when_one_of_them_matches() {
-    let seen = through(
-        require(),
-        request(&[
-            ("authorization", "Bearer sk-meant-for-openai"),
-            ("x-api-key", "proxy-key"),
-        ]),
-    )
-    .await
-    .unwrap();
+    let seen =
+        through(require(), request(&[("authorization", "Bearer sk-meant-for-openai"), ("x-api-key", "proxy-key")]))
+            .await
+            .unwrap();
     assert_no_credentials(&seen);
 }
 
@@ -122,17 +106,10 @@ async fn wrong_key_is_401_invalid_api_key_and_never_reaches_the_inner_service() 
 
 #[tokio::test]
 async fn missing_key_is_401_invalid_api_key_saying_how_to_send_one() {
-    for headers in [
-        &[][..],
-        &[("authorization", "Basic cHJveHkta2V5")][..],
-        &[("authorization", "Bearer")][..],
-    ] {
+    for headers in [&[][..], &[("authorization", "Basic cHJveHkta2V5")][..], &[("authorization", "Bearer")][..]] {
         let (status, code, message) = through(require(), request(headers)).await.unwrap_err();
         assert_eq!((status, code), (401, "invalid_api_key"), "{headers:?}");
-        assert!(
-            message.contains("Authorization: Bearer") && message.contains("x-api-key"),
-            "{message}"
-        );
+        assert!(message.contains("Authorization: Bearer") && message.contains("x-api-key"), "{message}");
     }
 }
 
@@ -143,9 +120,8 @@ async fn disabled_passes_every_request_but_still_strips_credentials() {
         &[("authorization", "Bearer anything")][..],
         &[("x-api-key", "anything"), ("authorization", "Basic eDp5")][..],
     ] {
-        let seen = through(AuthLayer::disabled(), request(headers))
-            .await
-            .unwrap_or_else(|e| panic!("{headers:?}: {e:?}"));
+        let seen =
+            through(AuthLayer::disabled(), request(headers)).await.unwrap_or_else(|e| panic!("{headers:?}: {e:?}"));
         assert_no_credentials(&seen);
         assert_eq!(seen["x-request-id"], "r-1");
     }

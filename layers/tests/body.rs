@@ -28,11 +28,7 @@ async fn leased_body_forwards_frames_size_hint_and_end_of_stream() {
     let frame = within(body.frame()).await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "hello");
     assert!(body.is_end_stream());
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [0],
-        "released with the last frame"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [0], "released with the last frame");
     assert!(within(body.frame()).await.is_none());
     assert_eq!(in_flight(&pool, "openai"), [0]);
 }
@@ -56,11 +52,7 @@ async fn leased_body_holds_the_key_across_pending_polls_and_trailers() {
     tx.trailers(trailers);
     let frame = within(body.frame()).await.unwrap().unwrap();
     assert_eq!(frame.into_trailers().unwrap()["x-usage"], "12");
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [1],
-        "the channel has not ended yet"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [1], "the channel has not ended yet");
     tx.end();
     assert!(within(body.frame()).await.is_none());
     assert_eq!(in_flight(&pool, "openai"), [0]);
@@ -77,15 +69,8 @@ where
 
 #[tokio::test]
 async fn sse_error_tail_passes_a_clean_stream_through_unchanged() {
-    let inner = MockBody::script(vec![
-        Ok("data: {\"n\":1}\n\n"),
-        Ok("data: {\"n\":"),
-        Ok("2}\n\ndata: [DONE]\n\n"),
-    ]);
-    assert_eq!(
-        collect_text(SseErrorTail::new(inner)).await,
-        "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: [DONE]\n\n"
-    );
+    let inner = MockBody::script(vec![Ok("data: {\"n\":1}\n\n"), Ok("data: {\"n\":"), Ok("2}\n\ndata: [DONE]\n\n")]);
+    assert_eq!(collect_text(SseErrorTail::new(inner)).await, "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: [DONE]\n\n");
 }
 
 #[tokio::test]
@@ -100,20 +85,11 @@ async fn sse_error_tail_ends_a_broken_stream_with_one_event_and_nothing_after() 
     assert_eq!(first.into_data().unwrap(), "data: {\"n\":1}\n\n");
     assert!(!body.is_end_stream());
 
-    let tail = within(body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
+    let tail = within(body.frame()).await.unwrap().unwrap().into_data().unwrap();
     assert!(body.is_end_stream(), "the error event is the last frame");
     let text = std::str::from_utf8(&tail).unwrap();
-    let json: Value = serde_json::from_str(
-        text.strip_prefix("data: ")
-            .and_then(|t| t.strip_suffix("\n\n"))
-            .unwrap(),
-    )
-    .unwrap();
+    let json: Value =
+        serde_json::from_str(text.strip_prefix("data: ").and_then(|t| t.strip_suffix("\n\n")).unwrap()).unwrap();
     assert_eq!(
         json["error"],
         json!({
@@ -123,10 +99,7 @@ async fn sse_error_tail_ends_a_broken_stream_with_one_event_and_nothing_after() 
             "code": "stream_broken",
         })
     );
-    assert!(
-        within(body.frame()).await.is_none(),
-        "what the upstream sent after breaking is not forwarded"
-    );
+    assert!(within(body.frame()).await.is_none(), "what the upstream sent after breaking is not forwarded");
 }
 
 #[tokio::test]
@@ -134,10 +107,7 @@ async fn sse_error_tail_closes_a_partial_event_before_its_error_event() {
     for (sent, expected_prefix) in [
         ("data: {\"n\":", "data: {\"n\":\n\ndata: {\"error\""),
         ("data: {\"n\":1}\n", "data: {\"n\":1}\n\n\ndata: {\"error\""),
-        (
-            "data: {\"n\":1}\r\n\r\n",
-            "data: {\"n\":1}\r\n\r\ndata: {\"error\"",
-        ),
+        ("data: {\"n\":1}\r\n\r\n", "data: {\"n\":1}\r\n\r\ndata: {\"error\""),
     ] {
         let inner = MockBody::script(vec![Ok(sent), Err("reset")]);
         let text = collect_text(SseErrorTail::new(inner)).await;
@@ -158,12 +128,7 @@ async fn sse_error_tail_reports_a_break_before_any_byte() {
 fn sse_error_event_is_one_openai_shaped_event() {
     let event = sse_error_event("upstream said \"no\"\nand left", "stream_broken");
     let text = std::str::from_utf8(&event).unwrap();
-    assert_eq!(
-        text.matches("\n\n").count(),
-        1,
-        "a message with a newline stays one event"
-    );
-    let json: Value =
-        serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+    assert_eq!(text.matches("\n\n").count(), 1, "a message with a newline stays one event");
+    let json: Value = serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap();
     assert_eq!(json["error"]["message"], "upstream said \"no\"\nand left");
 }

@@ -56,10 +56,7 @@ async fn the_deadline_is_inserted_for_inner_layers() {
     assert_ready_ok!(svc.poll_ready());
     let _fut = svc.call(Request::new(()));
     let (req, _responder) = handle.next_request().await.unwrap();
-    assert_eq!(
-        req.extensions().get::<Deadline>(),
-        Some(&Deadline(start + TIMEOUT))
-    );
+    assert_eq!(req.extensions().get::<Deadline>(), Some(&Deadline(start + TIMEOUT)));
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -87,20 +84,13 @@ async fn a_later_outer_deadline_does_not_extend_this_one() {
     let (mut svc, mut handle) = spawn();
     let start = Instant::now();
     let mut req = Request::new(());
-    req.extensions_mut()
-        .insert(Deadline(start + Duration::from_secs(600)));
+    req.extensions_mut().insert(Deadline(start + Duration::from_secs(600)));
     assert_ready_ok!(svc.poll_ready());
     let mut fut = task::spawn(svc.call(req));
     let (req, _responder) = handle.next_request().await.unwrap();
-    assert_eq!(
-        req.extensions().get::<Deadline>(),
-        Some(&Deadline(start + TIMEOUT))
-    );
+    assert_eq!(req.extensions().get::<Deadline>(), Some(&Deadline(start + TIMEOUT)));
     sleep(TIMEOUT).await;
-    assert_eq!(
-        reply(&assert_ready_err!(fut.poll())).code,
-        "deadline_exceeded"
-    );
+    assert_eq!(reply(&assert_ready_err!(fut.poll())).code, "deadline_exceeded");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -108,17 +98,13 @@ async fn an_outer_deadline_already_past_fails_at_once() {
     let (mut svc, mut handle) = spawn();
     sleep(Duration::from_secs(1)).await;
     let mut req = Request::new(());
-    req.extensions_mut()
-        .insert(Deadline(Instant::now() - Duration::from_millis(500)));
+    req.extensions_mut().insert(Deadline(Instant::now() - Duration::from_millis(500)));
     assert_ready_ok!(svc.poll_ready());
     let mut fut = task::spawn(svc.call(req));
     let (_req, _responder) = handle.next_request().await.unwrap();
     // The timer fires on the driver's next turn, with no time passing.
     tokio::task::yield_now().await;
-    assert_eq!(
-        reply(&assert_ready_err!(fut.poll())).code,
-        "deadline_exceeded"
-    );
+    assert_eq!(reply(&assert_ready_err!(fut.poll())).code, "deadline_exceeded");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -128,11 +114,7 @@ async fn a_fast_inner_passes_through_untouched() {
     let mut fut = task::spawn(svc.call(Request::new(())));
     let (_req, responder) = handle.next_request().await.unwrap();
     sleep(TIMEOUT - TICK).await;
-    let res = Response::builder()
-        .status(StatusCode::CREATED)
-        .header("x-upstream", "1")
-        .body("answer")
-        .unwrap();
+    let res = Response::builder().status(StatusCode::CREATED).header("x-upstream", "1").body("answer").unwrap();
     responder.send_response(res);
     let res = assert_ready_ok!(fut.poll());
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -164,10 +146,7 @@ async fn poll_ready_waits_for_the_inner_service_and_does_not_start_the_clock() {
     let start = Instant::now();
     let _fut = svc.call(Request::new(()));
     let (req, _responder) = handle.next_request().await.unwrap();
-    assert_eq!(
-        req.extensions().get::<Deadline>(),
-        Some(&Deadline(start + TIMEOUT))
-    );
+    assert_eq!(req.extensions().get::<Deadline>(), Some(&Deadline(start + TIMEOUT)));
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -175,8 +154,7 @@ async fn a_stream_is_not_cut_once_its_headers_are_out() {
     use http_body_util::BodyExt;
     use support::MockBody;
 
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Req, Response<MockBody>, _>(DeadlineLayer::new(TIMEOUT));
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<MockBody>, _>(DeadlineLayer::new(TIMEOUT));
     assert_ready_ok!(svc.poll_ready());
     let fut = svc.call(Request::new(()));
     let (_req, responder) = handle.next_request().await.unwrap();

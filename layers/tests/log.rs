@@ -26,11 +26,7 @@ type Req = Request<()>;
 async fn ids(header: Option<HeaderValue>) -> (String, String) {
     trace_init();
     let svc = RequestLogLayer::new().layer(service_fn(|req: Req| async move {
-        let id = req
-            .extensions()
-            .get::<RequestId>()
-            .expect("RequestId")
-            .clone();
+        let id = req.extensions().get::<RequestId>().expect("RequestId").clone();
         Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(id.to_string()))))
     }));
     let mut req = Request::new(());
@@ -44,10 +40,7 @@ async fn ids(header: Option<HeaderValue>) -> (String, String) {
 }
 
 fn is_generated(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[tokio::test]
@@ -62,10 +55,7 @@ async fn a_sane_client_request_id_is_used_and_echoed() {
 async fn a_missing_request_id_is_replaced_by_a_generated_32_hex_one() {
     let (seen, echoed) = ids(None).await;
     assert!(is_generated(&seen), "{seen}");
-    assert_eq!(
-        seen, echoed,
-        "the inner layers and the client see the same id"
-    );
+    assert_eq!(seen, echoed, "the inner layers and the client see the same id");
     let (again, _) = ids(None).await;
     assert_ne!(seen, again, "each request gets its own");
 }
@@ -102,12 +92,7 @@ where
     trace_init();
     let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<B>, _>(RequestLogLayer::new());
     assert_ready_ok!(svc.poll_ready());
-    let fut = svc.call(
-        Request::post("/v1/chat/completions")
-            .header("x-request-id", "r-1")
-            .body(())
-            .unwrap(),
-    );
+    let fut = svc.call(Request::post("/v1/chat/completions").header("x-request-id", "r-1").body(()).unwrap());
     let (_, responder) = within(handle.next_request()).await.unwrap();
     responder.send_response(res);
     within(fut).await.unwrap()
@@ -122,10 +107,7 @@ async fn finished_fires_once_as_completed_at_the_end_of_the_body() {
     let (captured, _guard) = capture();
     let (tx, body) = MockBody::channel();
     let res = respond(Response::new(body)).await;
-    assert!(
-        finished(&captured).is_empty(),
-        "not at headers: the body is still to come"
-    );
+    assert!(finished(&captured).is_empty(), "not at headers: the body is still to come");
 
     let mut body = res.into_body();
     tx.data("data: one\n\n");
@@ -141,11 +123,7 @@ async fn finished_fires_once_as_completed_at_the_end_of_the_body() {
     assert_eq!(event.field("outcome"), Some("completed"));
     assert_eq!(event.field("status"), Some("200"));
     assert!(event.field("duration_ms").is_some() && event.field("headers_after_ms").is_some());
-    assert_eq!(
-        event.spans.get("id"),
-        Some("r-1"),
-        "inside the request span"
-    );
+    assert_eq!(event.spans.get("id"), Some("r-1"), "inside the request span");
     assert_eq!(event.spans.get("method"), Some("POST"));
     assert_eq!(event.spans.get("path"), Some("/v1/chat/completions"));
     assert_eq!(event.spans.get("status"), Some("200"));
@@ -190,11 +168,7 @@ async fn finished_fires_once_as_errored_on_a_body_error() {
     assert_eq!(warned[0].field("error"), Some("upstream reset"));
 
     drop(body);
-    assert_eq!(
-        finished(&captured).len(),
-        1,
-        "the drop after an error adds nothing"
-    );
+    assert_eq!(finished(&captured).len(), 1, "the drop after an error adds nothing");
 }
 
 #[tokio::test]

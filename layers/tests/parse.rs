@@ -54,19 +54,14 @@ where
     match result {
         Ok(_) => Ok(seen.expect("Ok means the inner service was called")),
         Err(err) => {
-            assert!(
-                seen.is_none(),
-                "a refused request must not reach the inner service"
-            );
+            assert!(seen.is_none(), "a refused request must not reach the inner service");
             Err(reply(&err))
         }
     }
 }
 
 fn post(path: &str, body: &'static str) -> Request<Full<Bytes>> {
-    Request::post(path)
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
+    Request::post(path).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
 }
 
 fn target(req: &Request<Bytes>) -> &RouteTarget {
@@ -75,12 +70,8 @@ fn target(req: &Request<Bytes>) -> &RouteTarget {
 
 #[tokio::test]
 async fn inserts_the_route_target_from_the_body() {
-    let req = parse(post(
-        "/v1/chat/completions",
-        r#"{"model":"openai/gpt-4o","stream":true,"messages":[]}"#,
-    ))
-    .await
-    .unwrap();
+    let req =
+        parse(post("/v1/chat/completions", r#"{"model":"openai/gpt-4o","stream":true,"messages":[]}"#)).await.unwrap();
     let t = target(&req);
     assert_eq!(t.provider().as_str(), "openai");
     assert_eq!(t.model(), "gpt-4o");
@@ -90,17 +81,9 @@ async fn inserts_the_route_target_from_the_body() {
 
 #[tokio::test]
 async fn splits_model_at_the_first_slash_only() {
-    let req = parse(post(
-        "/v1/chat/completions",
-        r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#,
-    ))
-    .await
-    .unwrap();
+    let req = parse(post("/v1/chat/completions", r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#)).await.unwrap();
     let t = target(&req);
-    assert_eq!(
-        (t.provider().as_str(), t.model()),
-        ("openrouter", "meta-llama/llama-3-70b")
-    );
+    assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "meta-llama/llama-3-70b"));
 }
 
 #[tokio::test]
@@ -146,45 +129,27 @@ async fn the_inner_service_gets_the_exact_body_bytes_and_the_request_parts() {
     assert_eq!(seen.uri(), "/v1/chat/completions?trace=1");
     assert_eq!(seen.headers()["x-request-id"], "r-9");
     assert_eq!(seen.headers()["content-type"], "application/json");
-    let span = target(&seen)
-        .model_span()
-        .expect("the model token's position");
+    let span = target(&seen).model_span().expect("the model token's position");
     assert_eq!(&body[span], "\"openai/gpt-4o\"");
 }
 
 #[tokio::test]
 async fn a_body_streamed_in_many_frames_is_joined_exactly() {
-    let body = MockBody::script(vec![
-        Ok(r#"{"model":"#),
-        Ok(r#""openai/gpt-4o","#),
-        Ok(""),
-        Ok(r#""messages":[]}"#),
-    ]);
-    let seen = parse(Request::post("/v1/chat/completions").body(body).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        seen.body(),
-        &br#"{"model":"openai/gpt-4o","messages":[]}"#[..]
-    );
+    let body = MockBody::script(vec![Ok(r#"{"model":"#), Ok(r#""openai/gpt-4o","#), Ok(""), Ok(r#""messages":[]}"#)]);
+    let seen = parse(Request::post("/v1/chat/completions").body(body).unwrap()).await.unwrap();
+    assert_eq!(seen.body(), &br#"{"model":"openai/gpt-4o","messages":[]}"#[..]);
 }
 
 #[tokio::test]
 async fn content_length_above_the_limit_is_413_without_reading_the_body() {
     let (_tx, body) = MockBody::channel();
     let polls = body.polls();
-    let req = Request::post("/v1/chat/completions")
-        .header("content-length", (LIMIT + 1).to_string())
-        .body(body)
-        .unwrap();
+    let req =
+        Request::post("/v1/chat/completions").header("content-length", (LIMIT + 1).to_string()).body(body).unwrap();
     let reply = parse(req).await.unwrap_err();
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.code, "request_too_large");
-    assert!(
-        reply.message.contains(&format!("{LIMIT} bytes")),
-        "{}",
-        reply.message
-    );
+    assert!(reply.message.contains(&format!("{LIMIT} bytes")), "{}", reply.message);
     assert_eq!(polled(&polls), 0, "the body was never read");
 }
 
@@ -195,13 +160,8 @@ async fn a_streamed_body_without_length_over_the_limit_is_413() {
     tx.data(vec![b' '; LIMIT / 2]);
     tx.data(vec![b' '; 1]);
     // The sender stays alive: Parse must stop at the limit, not at the end.
-    let reply = parse(Request::post("/v1/chat/completions").body(body).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (reply.status, reply.code),
-        (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large")
-    );
+    let reply = parse(Request::post("/v1/chat/completions").body(body).unwrap()).await.unwrap_err();
+    assert_eq!((reply.status, reply.code), (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"));
     drop(tx);
 }
 
@@ -223,10 +183,7 @@ async fn bad_bodies_are_400_with_a_code_naming_the_problem() {
         ("not json", "invalid_json"),
         ("[1,2]", "invalid_json"),
         (r#"{"model":"openai/gpt-4o""#, "invalid_json"),
-        (
-            r#"{"model":"openai/gpt-4o","stream":"yes"}"#,
-            "invalid_json",
-        ),
+        (r#"{"model":"openai/gpt-4o","stream":"yes"}"#, "invalid_json"),
         (r#"{"messages":[]}"#, "missing_model"),
         (r#"{"model":null}"#, "missing_model"),
         (r#"{"model":42}"#, "invalid_model"),
@@ -238,69 +195,33 @@ async fn bad_bodies_are_400_with_a_code_naming_the_problem() {
         (r#"{"model":"OpenAI/gpt-4o"}"#, "unknown_provider"),
     ] {
         let reply = parse(post("/v1/chat/completions", body)).await.unwrap_err();
-        assert_eq!(
-            (reply.status, reply.code),
-            (StatusCode::BAD_REQUEST, code),
-            "{body}: {}",
-            reply.message
-        );
+        assert_eq!((reply.status, reply.code), (StatusCode::BAD_REQUEST, code), "{body}: {}", reply.message);
     }
 }
 
 #[tokio::test]
 async fn unknown_provider_names_the_configured_ones() {
-    let reply = parse(post("/v1/chat/completions", r#"{"model":"nope/x"}"#))
-        .await
-        .unwrap_err();
-    assert!(
-        reply.message.contains("`nope`") && reply.message.contains("openai, openrouter"),
-        "{}",
-        reply.message
-    );
+    let reply = parse(post("/v1/chat/completions", r#"{"model":"nope/x"}"#)).await.unwrap_err();
+    assert!(reply.message.contains("`nope`") && reply.message.contains("openai, openrouter"), "{}", reply.message);
 }
 
 #[tokio::test]
 async fn a_path_that_is_not_chat_or_embeddings_is_404_without_reading_the_body() {
-    for path in [
-        "/v1/models",
-        "/v1/completions",
-        "/v1/chat/completions/extra",
-        "/v2/chat/completions",
-        "/",
-    ] {
+    for path in ["/v1/models", "/v1/completions", "/v1/chat/completions/extra", "/v2/chat/completions", "/"] {
         let body = MockBody::script(vec![Ok(r#"{"model":"openai/gpt-4o"}"#)]);
         let polls = body.polls();
-        let reply = parse(Request::post(path).body(body).unwrap())
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (reply.status, reply.code),
-            (StatusCode::NOT_FOUND, "unknown_url"),
-            "{path}"
-        );
-        assert_eq!(
-            polled(&polls),
-            0,
-            "{path}: body read for a route that does not exist"
-        );
+        let reply = parse(Request::post(path).body(body).unwrap()).await.unwrap_err();
+        assert_eq!((reply.status, reply.code), (StatusCode::NOT_FOUND, "unknown_url"), "{path}");
+        assert_eq!(polled(&polls), 0, "{path}: body read for a route that does not exist");
     }
 }
 
 #[tokio::test]
 async fn a_body_read_error_is_400() {
     let body = MockBody::script(vec![Ok(r#"{"model":"#), Err("connection reset by peer")]);
-    let reply = parse(Request::post("/v1/chat/completions").body(body).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (reply.status, reply.code),
-        (StatusCode::BAD_REQUEST, "invalid_json")
-    );
-    assert!(
-        reply.message.contains("could not read"),
-        "{}",
-        reply.message
-    );
+    let reply = parse(Request::post("/v1/chat/completions").body(body).unwrap()).await.unwrap_err();
+    assert_eq!((reply.status, reply.code), (StatusCode::BAD_REQUEST, "invalid_json"));
+    assert!(reply.message.contains("could not read"), "{}", reply.message);
 }
 
 #[tokio::test]
@@ -321,8 +242,7 @@ async fn calls_the_inner_service_that_was_polled_ready() {
     // tower-test's mock panics when a clone that was not polled ready is
     // called, so this checks the ready service is the one that is moved into
     // the future.
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Request<Bytes>, Response<()>, _>(ParseLayer::new(pool(), LIMIT));
+    let (mut svc, mut handle) = mock::spawn_layer::<Request<Bytes>, Response<()>, _>(ParseLayer::new(pool(), LIMIT));
     handle.allow(0);
     assert_pending!(svc.poll_ready::<Request<Full<Bytes>>>());
     handle.allow(1);
@@ -348,10 +268,7 @@ async fn records_provider_and_model_in_the_current_span() {
     let span = tracing::info_span!("request", provider = Empty, model = Empty);
     ParseLayer::new(pool(), LIMIT)
         .layer(inner)
-        .oneshot(post(
-            "/v1/chat/completions",
-            r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#,
-        ))
+        .oneshot(post("/v1/chat/completions", r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#))
         .instrument(span)
         .await
         .unwrap();

@@ -20,25 +20,19 @@ use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_test::mock;
 
-use support::{
-    MockBody, NOWHERE, in_flight, key_id, pool, reply, requests, routed, secrets, within,
-};
+use support::{MockBody, NOWHERE, in_flight, key_id, pool, reply, requests, routed, secrets, within};
 
 type Req = Request<()>;
 
 /// Runs one request whose inner answers at once with `body`; returns the
 /// lease the inner service saw and the response.
-async fn lease_with<B>(
-    pool: &Arc<KeyPool>,
-    req: Req,
-    body: B,
-) -> Result<(KeyLease, Response<LeasedBody<B>>), BoxError>
+async fn lease_with<B>(pool: &Arc<KeyPool>, req: Req, body: B) -> Result<(KeyLease, Response<LeasedBody<B>>), BoxError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let seen = Arc::new(Mutex::new(None));
-    let body = Mutex::new(Some(body));
+    let body = Arc::new(Mutex::new(Some(body)));
     let inner = service_fn({
         let seen = seen.clone();
         move |req: Req| {
@@ -48,18 +42,12 @@ where
         }
     });
     let res = within(KeySelectLayer::new(pool.clone()).layer(inner).oneshot(req)).await?;
-    let lease = seen
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the inner saw a KeyLease");
+    let lease = seen.lock().unwrap().take().expect("the inner saw a KeyLease");
     Ok((lease, res))
 }
 
 async fn lease(pool: &Arc<KeyPool>) -> (KeyLease, Response<LeasedBody<Empty<Bytes>>>) {
-    lease_with(pool, routed(()), Empty::<Bytes>::new())
-        .await
-        .unwrap()
+    lease_with(pool, routed(()), Empty::<Bytes>::new()).await.unwrap()
 }
 
 fn two_providers() -> Arc<KeyPool> {
@@ -74,81 +62,50 @@ fn two_providers() -> Arc<KeyPool> {
 
 fn to(provider: &str) -> Req {
     let mut req = Request::new(());
-    req.extensions_mut().insert(RouteTarget::new(
-        ProviderId::new(provider),
-        "m",
-        Endpoint::ChatCompletions,
-        false,
-    ));
+    req.extensions_mut().insert(RouteTarget::new(ProviderId::new(provider), "m", Endpoint::ChatCompletions, false));
     req
 }
 
 #[tokio::test]
 async fn leases_a_key_of_the_target_provider() {
     let pool = two_providers();
-    let (lease, _res) = lease_with(&pool, to("groq"), Empty::<Bytes>::new())
-        .await
-        .unwrap();
+    let (lease, _res) = lease_with(&pool, to("groq"), Empty::<Bytes>::new()).await.unwrap();
     assert_eq!(lease.provider_id().as_str(), "groq");
     assert_eq!(lease.key_id(), &key_id("groq", "g1"));
     let (name, value) = lease.auth_header();
-    assert_eq!(
-        (name.as_str(), value.to_str().unwrap()),
-        ("authorization", "Bearer g1")
-    );
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [0],
-        "other providers are untouched"
-    );
+    assert_eq!((name.as_str(), value.to_str().unwrap()), ("authorization", "Bearer g1"));
+    assert_eq!(in_flight(&pool, "openai"), [0], "other providers are untouched");
 }
 
 #[tokio::test]
 async fn a_provider_without_keys_is_503_no_usable_key() {
     let pool = two_providers();
-    let err = lease_with(&pool, to("empty"), Empty::<Bytes>::new())
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let err = lease_with(&pool, to("empty"), Empty::<Bytes>::new()).await.map(|_| ()).unwrap_err();
     let reply = reply(&err);
-    assert_eq!(
-        (reply.status, reply.code),
-        (StatusCode::SERVICE_UNAVAILABLE, "no_usable_key")
-    );
+    assert_eq!((reply.status, reply.code), (StatusCode::SERVICE_UNAVAILABLE, "no_usable_key"));
     assert!(reply.message.contains("EMPTY_API_KEY"), "{}", reply.message);
 }
 
 #[tokio::test]
 async fn a_missing_route_target_is_a_500_naming_it() {
-    let err = lease_with(
-        &pool(Selection::LeastUsed, &["k1"]),
-        Request::new(()),
-        Empty::<Bytes>::new(),
-    )
-    .await
-    .map(|_| ())
-    .unwrap_err();
+    let err = lease_with(&pool(Selection::LeastUsed, &["k1"]), Request::new(()), Empty::<Bytes>::new())
+        .await
+        .map(|_| ())
+        .unwrap_err();
     let reply = reply(&err);
-    assert_eq!(
-        (reply.status, reply.code),
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-    );
+    assert_eq!((reply.status, reply.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"));
     assert!(reply.message.contains("RouteTarget"), "{}", reply.message);
 }
 
 #[tokio::test]
 async fn an_unknown_provider_is_400() {
-    let err = lease_with(&two_providers(), to("nope"), Empty::<Bytes>::new())
-        .await
-        .map(|_| ())
-        .unwrap_err();
+    let err = lease_with(&two_providers(), to("nope"), Empty::<Bytes>::new()).await.map(|_| ()).unwrap_err();
     assert_eq!(reply(&err).code, "unknown_provider");
 }
 
 #[tokio::test]
 async fn a_refused_request_never_reaches_the_inner_service() {
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(two_providers()));
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(two_providers()));
     assert_ready_ok!(svc.poll_ready());
     let err = within(svc.call(to("empty"))).await.unwrap_err();
     assert_eq!(reply(&err).code, "no_usable_key");
@@ -160,11 +117,7 @@ async fn the_key_stays_in_flight_while_the_body_streams_and_is_released_at_its_e
     let pool = pool(Selection::LeastUsed, &["k1"]);
     let (tx, body) = MockBody::channel();
     let (_, res) = lease_with(&pool, routed(()), body).await.unwrap();
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [1],
-        "headers are out, the body is not"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [1], "headers are out, the body is not");
 
     let mut body = res.into_body();
     tx.data("data: one\n\n");
@@ -174,19 +127,11 @@ async fn the_key_stays_in_flight_while_the_body_streams_and_is_released_at_its_e
 
     let mut next = task::spawn(body.frame());
     assert_pending!(next.poll());
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [1],
-        "waiting for the next chunk"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [1], "waiting for the next chunk");
     tx.end();
     assert!(next.is_woken());
     assert!(next.await.is_none());
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [0],
-        "released at the end of the stream"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [0], "released at the end of the stream");
     drop(body);
     assert_eq!(in_flight(&pool, "openai"), [0], "and not released twice");
     assert_eq!(requests(&pool, "openai"), [1]);
@@ -203,11 +148,7 @@ async fn the_key_is_released_when_the_body_fails() {
     tx.error("upstream reset");
     let err = within(body.frame()).await.unwrap().unwrap_err();
     assert_eq!(err.to_string(), "upstream reset");
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [0],
-        "released on the error, while the body still exists"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [0], "released on the error, while the body still exists");
     drop(body);
     assert_eq!(in_flight(&pool, "openai"), [0]);
 }
@@ -226,29 +167,17 @@ async fn the_key_is_released_when_the_body_is_dropped_early() {
 #[tokio::test]
 async fn the_key_is_released_on_the_last_frame_of_a_known_length_body() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let (_, res) = lease_with(&pool, routed(()), Full::new(Bytes::from_static(b"{}")))
-        .await
-        .unwrap();
+    let (_, res) = lease_with(&pool, routed(()), Full::new(Bytes::from_static(b"{}"))).await.unwrap();
     let mut body = res.into_body();
     within(body.frame()).await.unwrap().unwrap();
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [0],
-        "a body that says it is done may never be polled again"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [0], "a body that says it is done may never be polled again");
 }
 
 #[tokio::test]
 async fn the_key_is_released_when_the_inner_service_fails() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let inner = service_fn(|_: Req| async {
-        Err::<Response<Empty<Bytes>>, BoxError>("upstream unreachable".into())
-    });
-    let err = KeySelectLayer::new(pool.clone())
-        .layer(inner)
-        .oneshot(routed(()))
-        .await
-        .unwrap_err();
+    let inner = service_fn(|_: Req| async { Err::<Response<Empty<Bytes>>, BoxError>("upstream unreachable".into()) });
+    let err = KeySelectLayer::new(pool.clone()).layer(inner).oneshot(routed(())).await.unwrap_err();
     assert_eq!(err.to_string(), "upstream unreachable");
     assert_eq!(in_flight(&pool, "openai"), [0]);
 }
@@ -256,17 +185,14 @@ async fn the_key_is_released_when_the_inner_service_fails() {
 #[tokio::test]
 async fn the_key_is_released_when_the_request_is_dropped_before_its_headers() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Req, Response<Empty<Bytes>>, _>(KeySelectLayer::new(pool.clone()));
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Empty<Bytes>>, _>(KeySelectLayer::new(pool.clone()));
     assert_ready_ok!(svc.poll_ready());
     let mut fut = task::spawn(svc.call(routed(())));
+    // The key is chosen when the future first runs.
+    assert_pending!(fut.poll());
     let (_req, _responder) = within(handle.next_request()).await.unwrap();
     assert_pending!(fut.poll());
-    assert_eq!(
-        in_flight(&pool, "openai"),
-        [1],
-        "counted from the moment it is chosen"
-    );
+    assert_eq!(in_flight(&pool, "openai"), [1], "counted from the moment it is chosen");
     drop(fut);
     assert_eq!(in_flight(&pool, "openai"), [0]);
 }
@@ -303,8 +229,7 @@ async fn least_used_puts_concurrent_requests_on_distinct_keys() {
 #[tokio::test]
 async fn least_used_spreads_requests_still_waiting_for_their_headers() {
     let pool = pool(Selection::LeastUsed, &["k1", "k2", "k3"]);
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Req, Response<Empty<Bytes>>, _>(KeySelectLayer::new(pool.clone()));
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<Empty<Bytes>>, _>(KeySelectLayer::new(pool.clone()));
     let mut waiting = Vec::new();
     let mut responders = Vec::new();
     let mut keys = Vec::new();
@@ -358,9 +283,8 @@ async fn round_robin_cycles_through_the_keys_in_order() {
 
 #[tokio::test]
 async fn poll_ready_waits_for_the_inner_service() {
-    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(
-        pool(Selection::LeastUsed, &["k1"]),
-    ));
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(pool(Selection::LeastUsed, &["k1"])));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     handle.allow(1);
@@ -379,19 +303,11 @@ async fn records_the_chosen_key_in_the_current_span() {
         Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
     });
     let span = tracing::info_span!("request", key = tracing::field::Empty);
-    let res = KeySelectLayer::new(pool.clone())
-        .layer(inner)
-        .oneshot(routed(()))
-        .instrument(span)
-        .await
-        .unwrap();
+    let res = KeySelectLayer::new(pool.clone()).layer(inner).oneshot(routed(())).instrument(span).await.unwrap();
     drop(res);
     let events = captured.named("inner called");
     assert_eq!(events.len(), 1);
     let expected = key_id("openai", "k1");
     assert_eq!(events[0].spans.get("key"), Some(expected.as_str()));
-    assert!(
-        !format!("{:?}", captured.all()).contains("\"k1\""),
-        "the secret itself is never logged"
-    );
+    assert!(!format!("{:?}", captured.all()).contains("\"k1\""), "the secret itself is never logged");
 }

@@ -1,9 +1,6 @@
 //! The upstream leaf: `prepare` (pure), then `UpstreamService` and
 //! `ModelCatalog` against a scripted hyper server on 127.0.0.1:0.
-#![allow(
-    clippy::disallowed_methods,
-    reason = "the mock server runs as tasks; the no-spawn rule is the library's"
-)]
+#![allow(clippy::disallowed_methods, reason = "the mock server runs as tasks; the no-spawn rule is the library's")]
 
 mod support;
 
@@ -51,26 +48,14 @@ fn leased(pool: &KeyPool, mut req: Request<Bytes>, target: RouteTarget) -> Reque
 fn parsed(pool: &KeyPool, body: &'static str) -> Request<Bytes> {
     let bytes = Bytes::from_static(body.as_bytes());
     let target = route_target(&bytes, Endpoint::ChatCompletions, pool).unwrap();
-    leased(
-        pool,
-        Request::post("/v1/chat/completions").body(bytes).unwrap(),
-        target,
-    )
+    leased(pool, Request::post("/v1/chat/completions").body(bytes).unwrap(), target)
 }
 
 #[test]
 fn prepare_builds_the_uri_from_the_api_base_and_the_endpoint() {
     for (base, endpoint, expected) in [
-        (
-            "http://127.0.0.1:9/v1",
-            Endpoint::ChatCompletions,
-            "http://127.0.0.1:9/v1/chat/completions",
-        ),
-        (
-            "http://127.0.0.1:9/v1/",
-            Endpoint::Embeddings,
-            "http://127.0.0.1:9/v1/embeddings",
-        ),
+        ("http://127.0.0.1:9/v1", Endpoint::ChatCompletions, "http://127.0.0.1:9/v1/chat/completions"),
+        ("http://127.0.0.1:9/v1/", Endpoint::Embeddings, "http://127.0.0.1:9/v1/embeddings"),
         (
             "https://api.groq.com/openai/v1",
             Endpoint::ChatCompletions,
@@ -80,9 +65,7 @@ fn prepare_builds_the_uri_from_the_api_base_and_the_endpoint() {
         let pool = pool_at(base, Selection::LeastUsed, &["k1"]);
         let target = RouteTarget::new(ProviderId::new("openai"), "m", endpoint, false);
         // The client's own path and query never reach the provider.
-        let req = Request::post("/embeddings?debug=1")
-            .body(Bytes::new())
-            .unwrap();
+        let req = Request::post("/embeddings?debug=1").body(Bytes::new()).unwrap();
         let (up, _, _) = prepare(leased(&pool, req, target)).unwrap();
         assert_eq!(up.uri(), expected);
         assert_eq!(up.method(), Method::POST);
@@ -101,20 +84,14 @@ fn prepare_sends_the_leased_key_as_a_sensitive_bearer_token() {
     let (up, lease, _) = prepare(leased(&pool, req, target(false))).unwrap();
     assert_eq!(lease.key_id(), &key_id("openai", "k2"));
     let auth = up.headers().get_all(header::AUTHORIZATION);
-    assert_eq!(
-        auth.iter().collect::<Vec<_>>(),
-        ["Bearer k2"],
-        "exactly one, the leased key"
-    );
+    assert_eq!(auth.iter().collect::<Vec<_>>(), ["Bearer k2"], "exactly one, the leased key");
     assert!(up.headers()[header::AUTHORIZATION].is_sensitive());
 }
 
 #[test]
 fn prepare_drops_client_credentials_hop_by_hop_host_and_content_length() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let mut req = Request::post("/v1/chat/completions")
-        .body(Bytes::new())
-        .unwrap();
+    let mut req = Request::post("/v1/chat/completions").body(Bytes::new()).unwrap();
     for (name, value) in [
         ("authorization", "Bearer client-key"),
         ("x-api-key", "client-key"),
@@ -141,30 +118,15 @@ fn prepare_drops_client_credentials_hop_by_hop_host_and_content_length() {
     let (up, _, _) = prepare(leased(&pool, req, target(false))).unwrap();
     let mut left: Vec<_> = up.headers().keys().map(|k| k.as_str()).collect();
     left.sort_unstable();
-    assert_eq!(
-        left,
-        [
-            "accept",
-            "authorization",
-            "content-type",
-            "openai-organization",
-            "x-request-id"
-        ]
-    );
+    assert_eq!(left, ["accept", "authorization", "content-type", "openai-organization", "x-request-id"]);
     assert_eq!(up.headers()["authorization"], "Bearer k1");
-    assert_eq!(
-        up.headers()["content-type"],
-        "application/json; charset=utf-8",
-        "the client's content type is kept"
-    );
+    assert_eq!(up.headers()["content-type"], "application/json; charset=utf-8", "the client's content type is kept");
 }
 
 #[test]
 fn prepare_defaults_the_content_type_to_json() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let req = Request::post("/v1/chat/completions")
-        .body(Bytes::new())
-        .unwrap();
+    let req = Request::post("/v1/chat/completions").body(Bytes::new()).unwrap();
     let (up, _, _) = prepare(leased(&pool, req, target(false))).unwrap();
     assert_eq!(up.headers()[header::CONTENT_TYPE], "application/json");
 }
@@ -189,9 +151,7 @@ async fn prepare_rewrites_only_the_model_token() {
 async fn prepare_leaves_the_body_alone_without_a_model_span() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
     let body = r#"{"model":"openai/gpt-4o"}"#;
-    let req = Request::post("/v1/chat/completions")
-        .body(Bytes::from_static(body.as_bytes()))
-        .unwrap();
+    let req = Request::post("/v1/chat/completions").body(Bytes::from_static(body.as_bytes())).unwrap();
     let (up, _, stream) = prepare(leased(&pool, req, target(false))).unwrap();
     assert!(!stream);
     let sent = within(up.into_body().collect()).await.unwrap().to_bytes();
@@ -203,9 +163,7 @@ fn prepare_keeps_per_request_state_in_the_proxy() {
     #[derive(Clone, Debug)]
     struct Private;
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let mut req = Request::post("/v1/chat/completions")
-        .body(Bytes::new())
-        .unwrap();
+    let mut req = Request::post("/v1/chat/completions").body(Bytes::new()).unwrap();
     req.extensions_mut().insert(Private);
     let (up, _, _) = prepare(leased(&pool, req, target(false))).unwrap();
     assert!(up.extensions().get::<Private>().is_none());
@@ -278,8 +236,8 @@ impl MockUpstream {
                         }
                     });
                     tokio::spawn(async move {
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc);
+                        let conn =
+                            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                         // A scripted body error aborts the connection on purpose.
                         let _ = conn.await;
                     });
@@ -312,11 +270,7 @@ fn full(status: StatusCode, content_type: &str, body: &'static str) -> MockRespo
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
-        .body(
-            Full::new(Bytes::from_static(body.as_bytes()))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed_unsync())
         .unwrap()
 }
 
@@ -327,13 +281,7 @@ fn streaming(body: MockBody) -> impl Fn(&Seen) -> MockResponse + Send + Sync + '
         Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::SET_COOKIE, "__cf_bm=tracking")
-            .body(
-                body.lock()
-                    .unwrap()
-                    .take()
-                    .expect("one request")
-                    .boxed_unsync(),
-            )
+            .body(body.lock().unwrap().take().expect("one request").boxed_unsync())
             .unwrap()
     }
 }
@@ -365,6 +313,14 @@ async fn send(req: Request<Bytes>) -> Result<Response<keyrelay_layers::ProxyBody
     within(svc.call(req)).await
 }
 
+/// Through RetryRotate too, which is what ends a broken stream with an
+/// error event.
+async fn send_retrying(req: Request<Bytes>) -> Result<Response<keyrelay_layers::ProxyBody>, BoxError> {
+    use keyrelay_layers::retry::RetryRotateLayer;
+    let svc = tower::Layer::layer(&RetryRotateLayer::default(), UpstreamService::new(client()));
+    within(tower::ServiceExt::oneshot(svc, req)).await
+}
+
 const CHAT_BODY: &str = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
 
 #[tokio::test]
@@ -374,20 +330,10 @@ async fn the_response_streams_frame_by_frame() {
     let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
 
     let res = send(chat(&pool, CHAT_BODY, true)).await.unwrap();
-    assert_eq!(
-        res.status(),
-        StatusCode::OK,
-        "headers arrive before any body frame"
-    );
+    assert_eq!(res.status(), StatusCode::OK, "headers arrive before any body frame");
     assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
-    assert!(
-        res.headers().get(header::SET_COOKIE).is_none(),
-        "provider cookies stay out"
-    );
-    assert!(
-        res.headers().get(header::TRANSFER_ENCODING).is_none(),
-        "hop-by-hop stays out"
-    );
+    assert!(res.headers().get(header::SET_COOKIE).is_none(), "provider cookies stay out");
+    assert!(res.headers().get(header::TRANSFER_ENCODING).is_none(), "hop-by-hop stays out");
     let mut body = res.into_body();
 
     tx.data("data: {\"n\":1}\n\n");
@@ -402,10 +348,7 @@ async fn the_response_streams_frame_by_frame() {
     assert_eq!(second.into_data().unwrap(), "data: [DONE]\n\n");
 
     tx.end();
-    assert!(
-        within(body.frame()).await.is_none(),
-        "a clean end adds nothing"
-    );
+    assert!(within(body.frame()).await.is_none(), "a clean end adds nothing");
 }
 
 #[tokio::test]
@@ -426,11 +369,7 @@ async fn the_provider_sees_the_leased_key_and_the_clients_body() {
     assert_eq!(seen.headers["host"], mock.addr.to_string());
     let expected = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     assert_eq!(seen.body, expected);
-    assert_eq!(
-        seen.headers["content-length"],
-        expected.len().to_string(),
-        "framed for the rewritten body"
-    );
+    assert_eq!(seen.headers["content-length"], expected.len().to_string(), "framed for the rewritten body");
 }
 
 #[tokio::test]
@@ -439,10 +378,7 @@ async fn the_key_lease_is_copied_onto_the_response() {
     let pool = pool_at(&mock.api_base(), Selection::RoundRobin, &["k1", "k2"]);
     let _first = pool.provider("openai").unwrap().lease();
     let res = send(chat(&pool, CHAT_BODY, false)).await.unwrap();
-    let lease = res
-        .extensions()
-        .get::<KeyLease>()
-        .expect("KeyLease on the response");
+    let lease = res.extensions().get::<KeyLease>().expect("KeyLease on the response");
     assert_eq!(lease.key_id(), &key_id("openai", "k2"));
     assert_eq!(mock.seen()[0].headers["authorization"], "Bearer k2");
 }
@@ -455,8 +391,7 @@ async fn an_upstream_error_status_is_a_response_not_an_error() {
             "application/json",
             r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
         );
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, "20".parse().unwrap());
+        res.headers_mut().insert(header::RETRY_AFTER, "20".parse().unwrap());
         res
     })
     .await;
@@ -466,10 +401,7 @@ async fn an_upstream_error_status_is_a_response_not_an_error() {
     assert_eq!(res.headers()[header::RETRY_AFTER], "20");
     let body = within(res.into_body().collect()).await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        body["error"]["code"], "rate_limit_exceeded",
-        "passed through as is"
-    );
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "passed through as is");
 }
 
 #[tokio::test]
@@ -477,10 +409,7 @@ async fn a_refused_connection_is_502_upstream_unreachable() {
     let pool = pool_at(&refused_base(), Selection::LeastUsed, &["k1"]);
     let err = send(chat(&pool, CHAT_BODY, false)).await.unwrap_err();
     let reply = reply(&err);
-    assert_eq!(
-        (reply.status, reply.code),
-        (StatusCode::BAD_GATEWAY, "upstream_unreachable")
-    );
+    assert_eq!((reply.status, reply.code), (StatusCode::BAD_GATEWAY, "upstream_unreachable"));
     assert!(reply.message.contains("`openai`"), "{}", reply.message);
     assert!(!reply.message.contains("k1"), "{}", reply.message);
 }
@@ -497,11 +426,7 @@ async fn a_request_without_a_lease_fails_before_any_io() {
 fn sse_data(text: &str) -> Vec<&str> {
     text.split("\n\n")
         .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            e.trim_start_matches('\n')
-                .strip_prefix("data: ")
-                .unwrap_or(e)
-        })
+        .map(|e| e.trim_start_matches('\n').strip_prefix("data: ").unwrap_or(e))
         .collect()
 }
 
@@ -510,15 +435,13 @@ async fn a_stream_that_breaks_midway_ends_with_one_stream_broken_event() {
     let (tx, body) = MockBody::channel();
     let mock = MockUpstream::start(streaming(body)).await;
     let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
-    let res = send(chat(&pool, CHAT_BODY, true)).await.unwrap();
+    let res = send_retrying(chat(&pool, CHAT_BODY, true)).await.unwrap();
     let mut body = res.into_body();
     tx.data("data: {\"n\":1}\n\n");
     within(body.frame()).await.unwrap().unwrap();
     tx.error("upstream process died");
 
-    let rest = within(body.collect())
-        .await
-        .expect("the break is an event, not an error");
+    let rest = within(body.collect()).await.expect("the break is an event, not an error");
     let rest = rest.to_bytes();
     let text = std::str::from_utf8(&rest).unwrap();
     let events = sse_data(text);
@@ -535,7 +458,7 @@ async fn a_stream_broken_inside_an_event_closes_that_event_first() {
     let (tx, body) = MockBody::channel();
     let mock = MockUpstream::start(streaming(body)).await;
     let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
-    let res = send(chat(&pool, CHAT_BODY, true)).await.unwrap();
+    let res = send_retrying(chat(&pool, CHAT_BODY, true)).await.unwrap();
     let mut body = res.into_body();
     tx.data("data: {\"n\":");
     within(body.frame()).await.unwrap().unwrap();
@@ -586,11 +509,7 @@ fn catalog() -> ModelCatalog {
 }
 
 async fn ids(catalog: &ModelCatalog, pool: &KeyPool) -> Vec<String> {
-    within(catalog.list(pool))
-        .await
-        .into_iter()
-        .map(|m| m.id)
-        .collect()
+    within(catalog.list(pool)).await.into_iter().map(|m| m.id).collect()
 }
 
 /// Moves tokio's clock forward while no request is in flight, then lets it
@@ -608,34 +527,20 @@ async fn the_catalog_lists_provider_slash_model_ids_from_the_providers_models() 
     let models = within(catalog().list(&pool)).await;
     let ids: Vec<_> = models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["openai/gpt-4o", "openai/gpt-4o-mini"]);
-    assert!(
-        models
-            .iter()
-            .all(|m| m.object == "model" && m.owned_by == "openai")
-    );
+    assert!(models.iter().all(|m| m.object == "model" && m.owned_by == "openai"));
 
     let seen = mock.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(
-        (seen[0].method.as_str(), seen[0].path.as_str()),
-        ("GET", "/v1/models")
-    );
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/v1/models"));
     assert_eq!(seen[0].headers["authorization"], "Bearer k1");
 }
 
 #[tokio::test]
 async fn the_catalog_lists_configured_models_first_and_once() {
     let mock = MockUpstream::start(models_or_404).await;
-    let provider =
-        openai(&mock.api_base()).with_models(vec!["my-finetune".to_owned(), "gpt-4o".to_owned()]);
-    let pool = KeyPool::builder()
-        .provider(provider, Selection::LeastUsed, secrets(&["k1"]))
-        .build()
-        .unwrap();
-    assert_eq!(
-        ids(&catalog(), &pool).await,
-        ["openai/my-finetune", "openai/gpt-4o", "openai/gpt-4o-mini"]
-    );
+    let provider = openai(&mock.api_base()).with_models(vec!["my-finetune".to_owned(), "gpt-4o".to_owned()]);
+    let pool = KeyPool::builder().provider(provider, Selection::LeastUsed, secrets(&["k1"])).build().unwrap();
+    assert_eq!(ids(&catalog(), &pool).await, ["openai/my-finetune", "openai/gpt-4o", "openai/gpt-4o-mini"]);
 }
 
 #[tokio::test]
@@ -669,11 +574,7 @@ async fn the_catalog_survives_an_unreachable_provider() {
             Selection::LeastUsed,
             vec![Secret::new("d1")],
         )
-        .provider(
-            p("openai", &mock.api_base()),
-            Selection::LeastUsed,
-            secrets(&["k1"]),
-        )
+        .provider(p("openai", &mock.api_base()), Selection::LeastUsed, secrets(&["k1"]))
         .provider(p("idle", NOWHERE), Selection::LeastUsed, vec![])
         .build()
         .unwrap();
@@ -711,24 +612,19 @@ async fn a_broken_stream_never_gets_a_plain_text_tail_inside_a_compressed_body()
     let body = Mutex::new(Some(body));
     // Like real providers: compress only when the request allows it.
     let mock = MockUpstream::start(move |seen| {
-        let gzip = seen
-            .headers
-            .get(header::ACCEPT_ENCODING)
-            .is_some_and(|v| v.to_str().unwrap().contains("gzip"));
+        let gzip = seen.headers.get(header::ACCEPT_ENCODING).is_some_and(|v| v.to_str().unwrap().contains("gzip"));
         let mut res = Response::builder().header(header::CONTENT_TYPE, "text/event-stream");
         if gzip {
             res = res.header(header::CONTENT_ENCODING, "gzip");
         }
-        res.body(body.lock().unwrap().take().unwrap().boxed_unsync())
-            .unwrap()
+        res.body(body.lock().unwrap().take().unwrap().boxed_unsync()).unwrap()
     })
     .await;
     let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
     let mut req = chat(&pool, CHAT_BODY, true);
     // What the OpenAI Python SDK (httpx) sends by default.
-    req.headers_mut()
-        .insert(header::ACCEPT_ENCODING, "gzip, deflate".parse().unwrap());
-    let res = send(req).await.unwrap();
+    req.headers_mut().insert(header::ACCEPT_ENCODING, "gzip, deflate".parse().unwrap());
+    let res = send_retrying(req).await.unwrap();
     let encoded = res.headers().contains_key(header::CONTENT_ENCODING);
     let mut body = res.into_body();
     // Stands for compressed bytes when `encoded`, for an event otherwise.
@@ -748,13 +644,9 @@ async fn a_broken_stream_never_gets_a_plain_text_tail_inside_a_compressed_body()
 
 #[test]
 fn prepare_uses_the_providers_own_auth_header() {
-    let provider = openai(NOWHERE).with_auth(keyrelay_layers::provider::AuthStyle::Header(
-        header::HeaderName::from_static("api-key"),
-    ));
-    let pool = KeyPool::builder()
-        .provider(provider, Selection::LeastUsed, secrets(&["k1"]))
-        .build()
-        .unwrap();
+    let provider = openai(NOWHERE)
+        .with_auth(keyrelay_layers::provider::AuthStyle::Header(header::HeaderName::from_static("api-key")));
+    let pool = KeyPool::builder().provider(provider, Selection::LeastUsed, secrets(&["k1"])).build().unwrap();
     let req = Request::post("/v1/chat/completions")
         .header("authorization", "Bearer client-proxy-key")
         .header("api-key", "client-guess")
@@ -787,10 +679,7 @@ async fn the_catalog_gives_up_on_a_hanging_provider_and_retries_after_a_backoff(
     })
     .await;
     let provider = openai(&mock.api_base()).with_models(vec!["configured".to_owned()]);
-    let pool = KeyPool::builder()
-        .provider(provider, Selection::LeastUsed, secrets(&["k1"]))
-        .build()
-        .unwrap();
+    let pool = KeyPool::builder().provider(provider, Selection::LeastUsed, secrets(&["k1"])).build().unwrap();
     let catalog = Arc::new(ModelCatalog::new(client(), TTL, FETCH_TIMEOUT));
 
     let listing = tokio::spawn({
@@ -800,24 +689,11 @@ async fn the_catalog_gives_up_on_a_hanging_provider_and_retries_after_a_backoff(
     within(asked.notified()).await;
     // The provider has the request; let its time run out without waiting.
     skip(FETCH_TIMEOUT).await;
-    let listed: Vec<_> = within(listing)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
-    assert_eq!(
-        listed,
-        ["openai/configured"],
-        "configured models still listed"
-    );
+    let listed: Vec<_> = within(listing).await.unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(listed, ["openai/configured"], "configured models still listed");
 
     assert_eq!(ids(&catalog, &pool).await, ["openai/configured"]);
-    assert_eq!(
-        mock.hits(),
-        1,
-        "a failed provider is not asked again at once"
-    );
+    assert_eq!(mock.hits(), 1, "a failed provider is not asked again at once");
 
     skip(TTL).await;
     assert_eq!(

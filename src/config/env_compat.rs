@@ -51,14 +51,7 @@ pub fn combine(dotenv: Vec<(String, String)>, process: Vec<(String, String)>) ->
     let mut vars: BTreeMap<String, Var> = BTreeMap::new();
     for (origin, list) in [(Origin::DotEnv, dotenv), (Origin::Process, process)] {
         for (name, value) in list {
-            vars.insert(
-                name.clone(),
-                Var {
-                    name,
-                    value,
-                    origin,
-                },
-            );
+            vars.insert(name.clone(), Var { name, value, origin });
         }
     }
     vars.into_values().collect()
@@ -71,13 +64,13 @@ enum Compat {
     GlobalTimeout,
     ProviderKey(String),
     ProviderBase(String),
+    AdminKey,
+    MaxConcurrentPerKey(String),
 }
 
 fn provider_id(prefix: &str) -> Option<String> {
     let valid = !prefix.is_empty()
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && prefix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         && !prefix.starts_with('_')
         && !prefix.ends_with('_')
         && !matches!(prefix, "PROXY" | "ADMIN")
@@ -89,7 +82,11 @@ fn classify(name: &str) -> Option<Compat> {
     match name {
         "PROXY_API_KEY" => return Some(Compat::ProxyKey),
         "GLOBAL_TIMEOUT" => return Some(Compat::GlobalTimeout),
+        "ADMIN_API_KEY" => return Some(Compat::AdminKey),
         _ => {}
+    }
+    if let Some(provider) = name.strip_prefix("MAX_CONCURRENT_REQUESTS_PER_KEY_") {
+        return provider_id(provider).map(Compat::MaxConcurrentPerKey);
     }
     if let Some(prefix) = name.strip_suffix("_API_BASE") {
         return provider_id(prefix).map(Compat::ProviderBase);
@@ -106,14 +103,12 @@ fn classify(name: &str) -> Option<Compat> {
 fn key_order(a: &str, b: &str) -> Ordering {
     let number = |s: &str| s.rsplit('_').next().and_then(|n| n.parse::<u64>().ok());
     let bare = |s: &str| s.ends_with("_API_KEY");
-    bare(b)
-        .cmp(&bare(a))
-        .then_with(|| match (number(a), number(b)) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => a.cmp(b),
-        })
+    bare(b).cmp(&bare(a)).then_with(|| match (number(a), number(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    })
 }
 
 /// A figment provider over a set of variables, which interpolates key paths
@@ -146,9 +141,7 @@ fn insert(dict: &mut Dict, path: &[String], value: Value) {
             dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(Dict::new()));
+            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
             if entry.as_dict().is_none() {
                 *entry = Value::from(Dict::new());
             }
@@ -171,17 +164,20 @@ pub fn compat(vars: &[Var], origin: Origin) -> VarsProvider {
             continue;
         }
         let (path, value) = match classify(&var.name) {
-            Some(Compat::ProxyKey) => (
-                vec!["proxy".to_owned(), "api_key".to_owned()],
-                Value::from(value.to_owned()),
-            ),
+            Some(Compat::ProxyKey) => (vec!["proxy".to_owned(), "api_key".to_owned()], Value::from(value.to_owned())),
             Some(Compat::GlobalTimeout) => (
                 vec!["proxy".to_owned(), "global_timeout_secs".to_owned()],
                 value.parse::<Value>().expect("infallible"),
             ),
-            Some(Compat::ProviderBase(p)) => (
-                vec!["providers".to_owned(), p, "api_base".to_owned()],
-                Value::from(value.to_owned()),
+            Some(Compat::ProviderBase(p)) => {
+                (vec!["providers".to_owned(), p, "api_base".to_owned()], Value::from(value.to_owned()))
+            }
+            Some(Compat::AdminKey) => {
+                (vec!["proxy".to_owned(), "admin_api_key".to_owned()], Value::from(value.to_owned()))
+            }
+            Some(Compat::MaxConcurrentPerKey(p)) => (
+                vec!["providers".to_owned(), p, "max_concurrent_per_key".to_owned()],
+                value.parse::<Value>().expect("infallible"),
             ),
             Some(Compat::ProviderKey(p)) => {
                 keys.entry(p).or_default().push(var);
@@ -194,26 +190,12 @@ pub fn compat(vars: &[Var], origin: Origin) -> VarsProvider {
     }
     for (provider, mut vars) in keys {
         vars.sort_by(|a, b| key_order(&a.name, &b.name));
-        let path = vec![
-            "providers".to_owned(),
-            provider.clone(),
-            "api_keys".to_owned(),
-        ];
-        var_names.insert(
-            path.join("."),
-            format!("{}_API_KEY*", provider.to_ascii_uppercase()),
-        );
-        let list: Vec<Value> = vars
-            .iter()
-            .map(|v| Value::from(v.value.trim().to_owned()))
-            .collect();
+        let path = vec!["providers".to_owned(), provider.clone(), "api_keys".to_owned()];
+        var_names.insert(path.join("."), format!("{}_API_KEY*", provider.to_ascii_uppercase()));
+        let list: Vec<Value> = vars.iter().map(|v| Value::from(v.value.trim().to_owned())).collect();
         insert(&mut dict, &path, Value::from(list));
     }
-    VarsProvider {
-        name: format!("{} (compatibility variables)", origin.name()),
-        dict,
-        var_names: Arc::new(var_names),
-    }
+    VarsProvider { name: format!("{} (compatibility variables)", origin.name()), dict, var_names: Arc::new(var_names) }
 }
 
 /// `KEYRELAY_<SECTION>__<KEY>` variables of one origin; merge with `merge`.
@@ -228,9 +210,7 @@ pub fn prefixed(vars: &[Var], origin: Origin) -> VarsProvider {
         if path.iter().any(String::is_empty) {
             continue;
         }
-        let is_secret = path
-            .last()
-            .is_some_and(|k| k == "api_key" || k == "api_keys");
+        let is_secret = path.last().is_some_and(|k| k == "api_key" || k == "api_keys");
         // Secrets stay strings even when they look like numbers or booleans.
         let value = match var.value.parse::<Value>().expect("infallible") {
             list @ Value::Array(..) if is_secret => list,
@@ -240,11 +220,7 @@ pub fn prefixed(vars: &[Var], origin: Origin) -> VarsProvider {
         var_names.insert(path.join("."), var.name.clone());
         insert(&mut dict, &path, value);
     }
-    VarsProvider {
-        name: format!("{} variable", origin.name()),
-        dict,
-        var_names: Arc::new(var_names),
-    }
+    VarsProvider { name: format!("{} variable", origin.name()), dict, var_names: Arc::new(var_names) }
 }
 
 /// Providers named only by `<P>_API_KEY*` variables: if such a provider is
@@ -281,57 +257,26 @@ mod tests {
         let p = |s: &str| Some(s.to_owned());
         assert_eq!(classify("PROXY_API_KEY"), Some(Compat::ProxyKey));
         assert_eq!(classify("GLOBAL_TIMEOUT"), Some(Compat::GlobalTimeout));
+        assert_eq!(classify("OPENAI_API_KEY"), p("openai").map(Compat::ProviderKey));
+        assert_eq!(classify("OPENAI_API_KEY_1"), p("openai").map(Compat::ProviderKey));
+        assert_eq!(classify("NVIDIA_NIM_API_KEY_backup"), p("nvidia_nim").map(Compat::ProviderKey));
+        assert_eq!(classify("LOCAL_API_BASE"), p("local").map(Compat::ProviderBase));
+        assert_eq!(classify("ADMIN_API_KEY"), Some(Compat::AdminKey));
         assert_eq!(
-            classify("OPENAI_API_KEY"),
-            p("openai").map(Compat::ProviderKey)
+            classify("MAX_CONCURRENT_REQUESTS_PER_KEY_NVIDIA_NIM"),
+            p("nvidia_nim").map(Compat::MaxConcurrentPerKey)
         );
-        assert_eq!(
-            classify("OPENAI_API_KEY_1"),
-            p("openai").map(Compat::ProviderKey)
-        );
-        assert_eq!(
-            classify("NVIDIA_NIM_API_KEY_backup"),
-            p("nvidia_nim").map(Compat::ProviderKey)
-        );
-        assert_eq!(
-            classify("LOCAL_API_BASE"),
-            p("local").map(Compat::ProviderBase)
-        );
-        for other in [
-            "ADMIN_API_KEY",
-            "OPENAI_API_KEYS",
-            "OPENAI_API_KEY_",
-            "_API_KEY",
-            "HOME",
-            "KEYRELAY_X_API_KEY",
-            "open-ai_API_KEY",
-        ] {
+        for other in ["OPENAI_API_KEYS", "OPENAI_API_KEY_", "_API_KEY", "HOME", "KEYRELAY_X_API_KEY", "open-ai_API_KEY"]
+        {
             assert_eq!(classify(other), None, "{other}");
         }
     }
 
     #[test]
     fn orders_keys_naturally() {
-        let mut names = vec![
-            "X_API_KEY_10",
-            "X_API_KEY_b",
-            "X_API_KEY_2",
-            "X_API_KEY",
-            "X_API_KEY_1",
-            "X_API_KEY_a",
-        ];
+        let mut names = vec!["X_API_KEY_10", "X_API_KEY_b", "X_API_KEY_2", "X_API_KEY", "X_API_KEY_1", "X_API_KEY_a"];
         names.sort_by(|a, b| key_order(a, b));
-        assert_eq!(
-            names,
-            [
-                "X_API_KEY",
-                "X_API_KEY_1",
-                "X_API_KEY_2",
-                "X_API_KEY_10",
-                "X_API_KEY_a",
-                "X_API_KEY_b"
-            ]
-        );
+        assert_eq!(names, ["X_API_KEY", "X_API_KEY_1", "X_API_KEY_2", "X_API_KEY_10", "X_API_KEY_a", "X_API_KEY_b"]);
     }
 
     #[test]
@@ -342,10 +287,7 @@ mod tests {
         );
         let a = vars.iter().find(|v| v.name == "A").unwrap();
         assert_eq!((a.value.as_str(), a.origin), ("process", Origin::Process));
-        assert_eq!(
-            vars.iter().find(|v| v.name == "B").unwrap().origin,
-            Origin::DotEnv
-        );
+        assert_eq!(vars.iter().find(|v| v.name == "B").unwrap().origin, Origin::DotEnv);
     }
 
     #[test]
@@ -358,9 +300,6 @@ mod tests {
                 ("LOCAL_API_BASE".into(), "http://127.0.0.1:1/v1".into()),
             ],
         );
-        assert_eq!(
-            key_only_providers(&vars).into_iter().collect::<Vec<_>>(),
-            ["wandb"]
-        );
+        assert_eq!(key_only_providers(&vars).into_iter().collect::<Vec<_>>(), ["wandb"]);
     }
 }

@@ -21,7 +21,7 @@ use figment::{
     providers::{Format, Serialized, Toml},
 };
 use keyrelay_layers::{
-    pool::{Secret, Selection},
+    pool::{ProviderOptions, Secret, Selection},
     provider::Provider,
 };
 use serde::{Deserialize, Deserializer, de};
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub header_read_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub data_dir: String,
+    pub state_save_interval_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,8 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 30,
+            data_dir: "data".to_owned(),
+            state_save_interval_secs: 30,
         }
     }
 }
@@ -65,16 +69,22 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub api_key: Option<ConfigSecret>,
+    pub admin_api_key: Option<ConfigSecret>,
     pub global_timeout_secs: u64,
+    pub stream_idle_timeout_secs: u64,
     pub models_cache_ttl_secs: u64,
+    pub daily_reset_utc: String,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             api_key: None,
+            admin_api_key: None,
             global_timeout_secs: 60,
+            stream_idle_timeout_secs: 120,
             models_cache_ttl_secs: 600,
+            daily_reset_utc: "00:00".to_owned(),
         }
     }
 }
@@ -85,6 +95,7 @@ pub struct ProviderConfig {
     pub api_base: Option<String>,
     pub api_keys: ConfigSecrets,
     pub selection: Option<String>,
+    pub max_concurrent_per_key: usize,
     pub models: Vec<String>,
 }
 
@@ -125,8 +136,7 @@ impl de::Visitor<'_> for ScalarVisitor {
 
 impl<'de> Deserialize<'de> for ConfigSecret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
-            .map(|s| Self(s.trim().to_owned()))
+        d.deserialize_any(ScalarVisitor).map(|s| Self(s.trim().to_owned()))
     }
 }
 
@@ -144,12 +154,9 @@ impl<'de> Deserialize<'de> for ConfigSecrets {
         }
         Ok(match OneOrMany::deserialize(d)? {
             OneOrMany::Many(list) => Self(list),
-            OneOrMany::One(ConfigSecret(joined)) => Self(
-                joined
-                    .split(',')
-                    .map(|k| ConfigSecret(k.trim().to_owned()))
-                    .collect(),
-            ),
+            OneOrMany::One(ConfigSecret(joined)) => {
+                Self(joined.split(',').map(|k| ConfigSecret(k.trim().to_owned())).collect())
+            }
         })
     }
 }
@@ -161,6 +168,8 @@ struct CliOverrides {
     host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<String>,
 }
 
 /// Where configuration comes from; tests pass their own.
@@ -174,6 +183,7 @@ pub struct Sources {
     pub env: Vec<(String, String)>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Sources {
@@ -186,6 +196,7 @@ impl Sources {
                 .collect(),
             host: cli.host.clone(),
             port: cli.port,
+            data_dir: cli.data_dir.clone(),
         }
     }
 }
@@ -194,7 +205,7 @@ impl Sources {
 #[derive(Debug)]
 pub struct ProviderSettings {
     pub provider: Provider,
-    pub selection: Selection,
+    pub options: ProviderOptions,
     pub keys: Vec<Secret>,
     /// Named in config or the environment, not merely built in.
     pub configured: bool,
@@ -211,6 +222,13 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub admin_key: Option<Secret>,
+    pub stream_idle_timeout: Duration,
+    /// Time after 00:00 UTC at which daily counters and cooldowns reset.
+    pub daily_reset: Duration,
+    /// Where the pool's state is kept across restarts.
+    pub data_dir: PathBuf,
+    pub state_save_interval: Duration,
     pub providers: Vec<ProviderSettings>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
@@ -236,23 +254,14 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
     // Whatever goes wrong, the message must not echo a secret.
     let secrets: Vec<&str> = vars
         .iter()
-        .filter(|v| {
-            v.name.trim_start_matches("KEYRELAY_").contains("KEY") && v.value.trim().len() >= 4
-        })
+        .filter(|v| v.name.trim_start_matches("KEYRELAY_").contains("KEY") && v.value.trim().len() >= 4)
         .map(|v| v.value.trim())
         .collect();
-    let redact = |message: String| {
-        secrets
-            .iter()
-            .fold(message, |m, s| m.replace(s, "<redacted>"))
-    };
+    let redact = |message: String| secrets.iter().fold(message, |m, s| m.replace(s, "<redacted>"));
 
     let config_file = match &sources.config_path {
         Some(path) if !path.exists() => {
-            return Err(ConfigError(format!(
-                "config file {} does not exist (--config)",
-                path.display()
-            )));
+            return Err(ConfigError(format!("config file {} does not exist (--config)", path.display())));
         }
         Some(path) => Some(path.clone()),
         None => Some(sources.working_dir.join("config.toml")).filter(|p| p.exists()),
@@ -265,6 +274,7 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
     let overrides = CliOverrides {
         host: sources.host,
         port: sources.port,
+        data_dir: sources.data_dir.map(|d| d.to_string_lossy().into_owned()),
     };
     let figment = figment
         .admerge(compat(&vars, Origin::DotEnv))
@@ -276,7 +286,7 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
         let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         ConfigError(redact(format!("invalid configuration: {}", all.join("; "))))
     })?;
-    validate(config, &env_compat::key_only_providers(&vars))
+    validate(config, &env_compat::key_only_providers(&vars), &sources.working_dir)
         .map_err(|ConfigError(m)| ConfigError(redact(m)))
 }
 
@@ -284,56 +294,41 @@ fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let iter = dotenvy::from_path_iter(path)
-        .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
+    let iter =
+        dotenvy::from_path_iter(path).map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
     iter.enumerate()
         .map(|(i, item)| {
             // dotenvy's parse errors quote the offending line, which may
             // hold a key: name the entry instead.
             item.map_err(|_| {
-                ConfigError(format!(
-                    "{}: entry #{} cannot be parsed as NAME=value",
-                    path.display(),
-                    i + 1
-                ))
+                ConfigError(format!("{}: entry #{} cannot be parsed as NAME=value", path.display(), i + 1))
             })
         })
         .collect()
 }
 
-fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, ConfigError> {
+fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> Result<Settings, ConfigError> {
     let server = &config.server;
     let host = match server.host.trim() {
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         host => host.trim_matches(['[', ']']).parse().map_err(|_| {
-            ConfigError(format!(
-                "server.host: `{host}` is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"
-            ))
+            ConfigError(format!("server.host: `{host}` is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)"))
         })?,
     };
-    positive(
-        "proxy.global_timeout_secs (GLOBAL_TIMEOUT)",
-        config.proxy.global_timeout_secs,
-    )?;
-    positive(
-        "server.header_read_timeout_secs",
-        server.header_read_timeout_secs,
-    )?;
+    positive("proxy.global_timeout_secs (GLOBAL_TIMEOUT)", config.proxy.global_timeout_secs)?;
+    positive("server.header_read_timeout_secs", server.header_read_timeout_secs)?;
+    positive("proxy.stream_idle_timeout_secs", config.proxy.stream_idle_timeout_secs)?;
+    positive("server.state_save_interval_secs", server.state_save_interval_secs)?;
     positive("server.max_body_bytes", server.max_body_bytes as u64)?;
     if server.max_header_bytes < 8192 {
-        return Err(ConfigError(
-            "server.max_header_bytes: must be at least 8192".to_owned(),
-        ));
+        return Err(ConfigError("server.max_header_bytes: must be at least 8192".to_owned()));
     }
 
     let mut notes = Vec::new();
     let mut providers = Vec::new();
     let mut named: BTreeMap<String, ProviderConfig> = config.providers;
     for id in named.keys() {
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         {
             return Err(ConfigError(format!(
                 "providers.{id}: a provider id is lowercase letters, digits, `_` and `-`"
@@ -354,9 +349,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, Con
         let Some(api_base) = config.api_base.clone() else {
             let upper = id.to_ascii_uppercase();
             if providers::NOT_YET_SUPPORTED.contains(&id.as_str()) {
-                notes.push(format!(
-                    "ignoring {upper}_API_KEY*: the {id} dialect is not supported yet"
-                ));
+                notes.push(format!("ignoring {upper}_API_KEY*: the {id} dialect is not supported yet"));
                 continue;
             }
             if key_only.contains(&id) {
@@ -374,11 +367,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, Con
         providers.push(provider_settings(&id, provider, config, true)?);
     }
 
-    let proxy_key = config
-        .proxy
-        .api_key
-        .filter(|k| !k.0.is_empty())
-        .map(|k| Secret::new(k.0));
+    let proxy_key = config.proxy.api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0));
     if proxy_key.is_none() && !host.is_loopback() {
         return Err(ConfigError(format!(
             "refusing to listen on {host} without a proxy key: anyone who can reach it could spend your provider keys. \
@@ -386,7 +375,9 @@ fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, Con
         )));
     }
     if proxy_key.is_none() {
-        notes.push(format!("no PROXY_API_KEY set: clients on this machine need no key (allowed on loopback {host} only)"));
+        notes.push(format!(
+            "no PROXY_API_KEY set: clients on this machine need no key (allowed on loopback {host} only)"
+        ));
     }
 
     Ok(Settings {
@@ -398,17 +389,30 @@ fn validate(config: Config, key_only: &BTreeSet<String>) -> Result<Settings, Con
         max_header_bytes: server.max_header_bytes,
         header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
         shutdown_grace: Duration::from_secs(server.shutdown_grace_secs),
+        admin_key: config.proxy.admin_api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)),
+        stream_idle_timeout: Duration::from_secs(config.proxy.stream_idle_timeout_secs),
+        daily_reset: parse_time_of_day(&config.proxy.daily_reset_utc)?,
+        // Relative to the working directory, like `.env` and `config.toml`.
+        data_dir: working_dir.join(&server.data_dir),
+        state_save_interval: Duration::from_secs(server.state_save_interval_secs),
         providers,
         notes,
     })
 }
 
+/// `HH:MM` (UTC) as the time since midnight.
+fn parse_time_of_day(value: &str) -> Result<Duration, ConfigError> {
+    let parsed = value.trim().split_once(':').and_then(|(h, m)| {
+        let (h, m) = (h.parse::<u64>().ok()?, m.parse::<u64>().ok()?);
+        (h < 24 && m < 60).then(|| Duration::from_secs(h * 3600 + m * 60))
+    });
+    parsed.ok_or_else(|| {
+        ConfigError(format!("proxy.daily_reset_utc: `{value}` is not a time of day like 00:00 or 07:30"))
+    })
+}
+
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(ConfigError(format!("{key}: must be greater than 0")))
-    } else {
-        Ok(())
-    }
+    if value == 0 { Err(ConfigError(format!("{key}: must be greater than 0"))) } else { Ok(()) }
 }
 
 fn provider_settings(
@@ -419,23 +423,11 @@ fn provider_settings(
 ) -> Result<ProviderSettings, ConfigError> {
     let selection = match config.selection.as_deref() {
         None => Selection::default(),
-        Some(name) => name
-            .parse()
-            .map_err(|err| ConfigError(format!("providers.{id}.selection: {err}")))?,
+        Some(name) => name.parse().map_err(|err| ConfigError(format!("providers.{id}.selection: {err}")))?,
     };
-    let keys = config
-        .api_keys
-        .0
-        .into_iter()
-        .filter(|k| !k.0.is_empty())
-        .map(|k| Secret::new(k.0))
-        .collect();
-    Ok(ProviderSettings {
-        provider: provider.with_models(config.models),
-        selection,
-        keys,
-        configured,
-    })
+    let options = ProviderOptions::new(selection).max_concurrent_per_key(config.max_concurrent_per_key);
+    let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
+    Ok(ProviderSettings { provider: provider.with_models(config.models), options, keys, configured })
 }
 
 #[cfg(test)]

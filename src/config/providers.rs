@@ -15,12 +15,7 @@ pub struct Builtin {
 }
 
 const fn openai_compatible(id: &'static str, api_base: &'static str) -> Builtin {
-    Builtin {
-        id,
-        api_base,
-        dialect: Dialect::OpenAi,
-        auth: || AuthStyle::Bearer,
-    }
+    Builtin { id, api_base, dialect: Dialect::OpenAi, auth: || AuthStyle::Bearer }
 }
 
 /// Anthropic and Gemini join with their own dialects.
@@ -56,16 +51,8 @@ mod tests {
     fn every_builtin_base_parses_and_ids_are_unique() {
         for (i, b) in BUILTINS.iter().enumerate() {
             Provider::openai_compatible(b.id, b.api_base).unwrap();
-            assert!(
-                BUILTINS[..i].iter().all(|other| other.id != b.id),
-                "{} twice",
-                b.id
-            );
-            assert!(
-                b.id.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'),
-                "{}",
-                b.id
-            );
+            assert!(BUILTINS[..i].iter().all(|other| other.id != b.id), "{} twice", b.id);
+            assert!(b.id.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'), "{}", b.id);
         }
     }
 }

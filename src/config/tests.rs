@@ -6,21 +6,15 @@ fn sources(dir: &Path, env: &[(&str, &str)]) -> Sources {
     Sources {
         config_path: None,
         working_dir: dir.to_path_buf(),
-        env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         host: None,
         port: None,
+        data_dir: None,
     }
 }
 
 fn keys_of(settings: &Settings, id: &str) -> Vec<String> {
-    let p = settings
-        .providers
-        .iter()
-        .find(|p| p.provider.id().as_str() == id)
-        .unwrap();
+    let p = settings.providers.iter().find(|p| p.provider.id().as_str() == id).unwrap();
     p.keys.iter().map(|k| k.expose().to_owned()).collect()
 }
 
@@ -37,11 +31,7 @@ fn defaults_need_nothing() {
     assert_eq!(s.max_body_bytes, 16 * 1024 * 1024);
     assert!(s.proxy_key.is_none());
     assert!(s.notes.iter().any(|n| n.contains("no PROXY_API_KEY")));
-    assert!(
-        s.providers
-            .iter()
-            .all(|p| p.keys.is_empty() && !p.configured)
-    );
+    assert!(s.providers.iter().all(|p| p.keys.is_empty() && !p.configured));
 }
 
 #[test]
@@ -63,15 +53,8 @@ fn env_conventions_of_key_rotating_proxies() {
     assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("pk"));
     assert_eq!(keys_of(&s, "openai"), ["sk-0", "sk-1", "sk-2"]);
     assert_eq!(keys_of(&s, "nvidia_nim"), ["nv"]);
-    let openai = s
-        .providers
-        .iter()
-        .find(|p| p.provider.id().as_str() == "openai")
-        .unwrap();
-    assert_eq!(
-        openai.provider.api_base().to_string(),
-        "http://127.0.0.1:11434/v1"
-    );
+    let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
+    assert_eq!(openai.provider.api_base().to_string(), "http://127.0.0.1:11434/v1");
     assert!(openai.configured);
     assert_eq!(s.global_timeout, Duration::from_secs(90));
 }
@@ -79,38 +62,18 @@ fn env_conventions_of_key_rotating_proxies() {
 #[test]
 fn an_unknown_provider_with_a_base_is_a_custom_openai_compatible_one() {
     let dir = tempfile::tempdir().unwrap();
-    let s = load(sources(
-        dir.path(),
-        &[
-            ("LOCAL_API_BASE", "http://127.0.0.1:8080/v1"),
-            ("LOCAL_API_KEY", "x"),
-        ],
-    ))
-    .unwrap();
+    let s =
+        load(sources(dir.path(), &[("LOCAL_API_BASE", "http://127.0.0.1:8080/v1"), ("LOCAL_API_KEY", "x")])).unwrap();
     assert_eq!(keys_of(&s, "local"), ["x"]);
 }
 
 #[test]
 fn stray_key_variables_are_ignored_with_a_note() {
     let dir = tempfile::tempdir().unwrap();
-    let s = load(sources(
-        dir.path(),
-        &[
-            ("WANDB_API_KEY", "w-secret"),
-            ("ANTHROPIC_API_KEY", "a-secret"),
-        ],
-    ))
-    .unwrap();
-    assert!(
-        s.providers
-            .iter()
-            .all(|p| p.provider.id().as_str() != "wandb")
-    );
+    let s = load(sources(dir.path(), &[("WANDB_API_KEY", "w-secret"), ("ANTHROPIC_API_KEY", "a-secret")])).unwrap();
+    assert!(s.providers.iter().all(|p| p.provider.id().as_str() != "wandb"));
     let notes = s.notes.join("\n");
-    assert!(
-        notes.contains("WANDB_API_KEY") && notes.contains("ANTHROPIC_API_KEY"),
-        "{notes}"
-    );
+    assert!(notes.contains("WANDB_API_KEY") && notes.contains("ANTHROPIC_API_KEY"), "{notes}");
     assert!(!notes.contains("w-secret") && !notes.contains("a-secret"));
 }
 
@@ -128,29 +91,14 @@ fn precedence_file_then_dotenv_then_environment_then_cli() {
         "KEYRELAY_SERVER__PORT=9002\nGLOBAL_TIMEOUT=20\nOPENAI_API_KEY_1=dotenv-key\nOPENAI_API_KEY_2=shared-key\nKEYRELAY_PROXY__MODELS_CACHE_TTL_SECS=7\n",
     )
     .unwrap();
-    let mut src = sources(
-        dir.path(),
-        &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")],
-    );
-    let s = load(sources(
-        dir.path(),
-        &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")],
-    ))
-    .unwrap();
+    let mut src = sources(dir.path(), &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")]);
+    let s = load(sources(dir.path(), &[("GLOBAL_TIMEOUT", "30"), ("OPENAI_API_KEY_3", "env-key")])).unwrap();
     assert_eq!(s.listen.port(), 9002, ".env beats the file");
-    assert_eq!(
-        s.global_timeout,
-        Duration::from_secs(30),
-        "the environment beats .env"
-    );
+    assert_eq!(s.global_timeout, Duration::from_secs(30), "the environment beats .env");
     assert_eq!(s.models_cache_ttl, Duration::from_secs(7));
     // Keys from every source add up; the same secret twice counts once in the pool.
-    let openai = s
-        .providers
-        .iter()
-        .find(|p| p.provider.id().as_str() == "openai")
-        .unwrap();
-    assert_eq!(openai.selection, Selection::RoundRobin);
+    let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
+    assert_eq!(openai.options.selection, Selection::RoundRobin);
     let mut keys = keys_of(&s, "openai");
     keys.sort();
     keys.dedup();
@@ -159,11 +107,7 @@ fn precedence_file_then_dotenv_then_environment_then_cli() {
     src.port = Some(9003);
     src.host = Some("::1".to_owned());
     let s = load(src).unwrap();
-    assert_eq!(
-        s.listen.to_string(),
-        "[::1]:9003",
-        "CLI flags beat everything"
-    );
+    assert_eq!(s.listen.to_string(), "[::1]:9003", "CLI flags beat everything");
 }
 
 #[test]
@@ -179,37 +123,22 @@ fn unknown_keys_are_rejected_naming_key_and_source() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("config.toml"), "[server]\nprot = 1\n").unwrap();
     let message = err(sources(dir.path(), &[]));
-    assert!(
-        message.contains("prot") && message.contains("config.toml"),
-        "{message}"
-    );
+    assert!(message.contains("prot") && message.contains("config.toml"), "{message}");
 
     let dir = tempfile::tempdir().unwrap();
     let message = err(sources(dir.path(), &[("KEYRELAY_PROXY__NOPE", "1")]));
-    assert!(
-        message.contains("nope") && message.contains("environment"),
-        "{message}"
-    );
+    assert!(message.contains("nope") && message.contains("environment"), "{message}");
 }
 
 #[test]
 fn bad_values_name_the_variable_and_where_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
-    let message = err(sources(
-        dir.path(),
-        &[("KEYRELAY_SERVER__PORT", "notaport")],
-    ));
-    assert!(
-        message.contains("KEYRELAY_SERVER__PORT") && message.contains("process environment"),
-        "{message}"
-    );
+    let message = err(sources(dir.path(), &[("KEYRELAY_SERVER__PORT", "notaport")]));
+    assert!(message.contains("KEYRELAY_SERVER__PORT") && message.contains("process environment"), "{message}");
 
     fs::write(dir.path().join(".env"), "GLOBAL_TIMEOUT=soon\n").unwrap();
     let message = err(sources(dir.path(), &[]));
-    assert!(
-        message.contains("GLOBAL_TIMEOUT") && message.contains(".env"),
-        "{message}"
-    );
+    assert!(message.contains("GLOBAL_TIMEOUT") && message.contains(".env"), "{message}");
 
     let message = err(sources(dir.path(), &[("GLOBAL_TIMEOUT", "0")]));
     assert!(message.contains("global_timeout_secs"), "{message}");
@@ -219,19 +148,10 @@ fn bad_values_name_the_variable_and_where_it_came_from() {
 fn validation_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (env, needle) in [
-        (
-            ("OPENAI_API_BASE", "api.openai.com/v1"),
-            "providers.openai.api_base",
-        ),
-        (
-            ("KEYRELAY_PROVIDERS__OPENAI__SELECTION", "fastest"),
-            "providers.openai.selection",
-        ),
+        (("OPENAI_API_BASE", "api.openai.com/v1"), "providers.openai.api_base"),
+        (("KEYRELAY_PROVIDERS__OPENAI__SELECTION", "fastest"), "providers.openai.selection"),
         (("KEYRELAY_SERVER__HOST", "my-host"), "server.host"),
-        (
-            ("KEYRELAY_PROVIDERS__MYSTERY__MODELS", "[\"a\"]"),
-            "providers.mystery",
-        ),
+        (("KEYRELAY_PROVIDERS__MYSTERY__MODELS", "[\"a\"]"), "providers.mystery"),
     ] {
         let message = err(sources(dir.path(), &[env]));
         assert!(message.contains(needle), "{needle}: {message}");
@@ -255,17 +175,10 @@ fn secrets_are_never_echoed_in_errors() {
     // A key list given where a table is expected must not be quoted back.
     let message = err(sources(
         dir.path(),
-        &[
-            ("OPENAI_API_KEY_1", "sk-SECRET-abc"),
-            ("KEYRELAY_PROVIDERS__OPENAI", "sk-SECRET-abc"),
-        ],
+        &[("OPENAI_API_KEY_1", "sk-SECRET-abc"), ("KEYRELAY_PROVIDERS__OPENAI", "sk-SECRET-abc")],
     ));
     assert!(!message.contains("sk-SECRET-abc"), "{message}");
-    fs::write(
-        dir.path().join(".env"),
-        "OPENAI_API_KEY_1='sk-SECRET-unterminated\n",
-    )
-    .unwrap();
+    fs::write(dir.path().join(".env"), "OPENAI_API_KEY_1='sk-SECRET-unterminated\n").unwrap();
     let message = err(sources(dir.path(), &[]));
     assert!(!message.contains("sk-SECRET"), "{message}");
 }
@@ -273,14 +186,7 @@ fn secrets_are_never_echoed_in_errors() {
 #[test]
 fn numeric_looking_secrets_stay_strings() {
     let dir = tempfile::tempdir().unwrap();
-    let s = load(sources(
-        dir.path(),
-        &[
-            ("KEYRELAY_PROXY__API_KEY", "12345"),
-            ("OPENAI_API_KEY", "true"),
-        ],
-    ))
-    .unwrap();
+    let s = load(sources(dir.path(), &[("KEYRELAY_PROXY__API_KEY", "12345"), ("OPENAI_API_KEY", "true")])).unwrap();
     assert_eq!(s.proxy_key.as_ref().map(Secret::expose), Some("12345"));
     assert_eq!(keys_of(&s, "openai"), ["true"]);
 }
@@ -288,11 +194,7 @@ fn numeric_looking_secrets_stay_strings() {
 #[test]
 fn the_shipped_examples_load() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(
-        dir.path().join("config.toml"),
-        include_str!("../../config.toml.example"),
-    )
-    .unwrap();
+    fs::write(dir.path().join("config.toml"), include_str!("../../config.toml.example")).unwrap();
     fs::write(dir.path().join(".env"), include_str!("../../.env.example")).unwrap();
     let s = load(sources(dir.path(), &[])).unwrap();
     assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
@@ -318,9 +220,6 @@ fn the_example_config_documents_every_key() {
         "selection",
         "models",
     ] {
-        assert!(
-            example.contains(&format!("{key} =")),
-            "config.toml.example lacks `{key}`"
-        );
+        assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }
 }

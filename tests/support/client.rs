@@ -40,11 +40,7 @@ fn builder(method: Method, url: &str, auth: Auth<'_>) -> http::request::Builder 
 pub fn post(url: &str, auth: Auth<'_>, body: impl Into<Bytes>) -> Request<ReqBody> {
     builder(Method::POST, url, auth)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(
-            Full::new(body.into())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync())
         .expect("a valid request")
 }
 
@@ -65,11 +61,7 @@ pub fn get(url: &str, auth: Auth<'_>) -> Request<ReqBody> {
 
 pub fn request(method: Method, url: &str, auth: Auth<'_>) -> Request<ReqBody> {
     builder(method, url, auth)
-        .body(
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync())
         .expect("a valid request")
 }
 
@@ -85,19 +77,13 @@ impl TestClient {
 
     /// HTTP/2 over cleartext with prior knowledge (h2c).
     pub fn h2c() -> Self {
-        Self(
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http(),
-        )
+        Self(Client::builder(TokioExecutor::new()).http2_only(true).build_http())
     }
 
     /// Sends and waits (bounded) for the response head.
     pub async fn send(&self, req: Request<ReqBody>) -> Response<Incoming> {
         let what = format!("the response to {} {}", req.method(), req.uri());
-        within(&what, self.0.request(req))
-            .await
-            .unwrap_or_else(|err| panic!("request failed: {err:?}"))
+        within(&what, self.0.request(req)).await.unwrap_or_else(|err| panic!("request failed: {err:?}"))
     }
 
     /// Sends and reads the whole response.
@@ -117,15 +103,9 @@ pub struct Reply {
 impl Reply {
     pub async fn read(res: Response<Incoming>) -> Self {
         let (parts, body) = res.into_parts();
-        let body = within("the response body", body.collect())
-            .await
-            .expect("the response body arrives whole")
-            .to_bytes();
-        Self {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        let body =
+            within("the response body", body.collect()).await.expect("the response body arrives whole").to_bytes();
+        Self { status: parts.status, headers: parts.headers, body }
     }
 
     pub fn text(&self) -> &str {
@@ -147,40 +127,16 @@ impl Reply {
 /// message containing `message_part`, and no secret anywhere.
 #[track_caller]
 pub fn assert_openai_error(reply: &Reply, status: u16, code: &str, message_part: &str) {
-    assert_eq!(
-        reply.status.as_u16(),
-        status,
-        "status; body: {}",
-        reply.text()
-    );
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/json"),
-        "error bodies are JSON"
-    );
+    assert_eq!(reply.status.as_u16(), status, "status; body: {}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"), "error bodies are JSON");
     let body = reply.json();
-    let error = body
-        .get("error")
-        .and_then(Value::as_object)
-        .unwrap_or_else(|| panic!("no `error` object: {body}"));
-    assert_eq!(
-        error.get("code").and_then(Value::as_str),
-        Some(code),
-        "{body}"
-    );
-    assert!(
-        error.get("type").is_some_and(Value::is_string),
-        "`type` is a string: {body}"
-    );
+    let error = body.get("error").and_then(Value::as_object).unwrap_or_else(|| panic!("no `error` object: {body}"));
+    assert_eq!(error.get("code").and_then(Value::as_str), Some(code), "{body}");
+    assert!(error.get("type").is_some_and(Value::is_string), "`type` is a string: {body}");
     assert!(error.contains_key("param"), "`param` is present: {body}");
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("`message` is a string: {body}"));
-    assert!(
-        message.contains(message_part),
-        "message {message:?} should mention {message_part:?}"
-    );
+    let message =
+        error.get("message").and_then(Value::as_str).unwrap_or_else(|| panic!("`message` is a string: {body}"));
+    assert!(message.contains(message_part), "message {message:?} should mention {message_part:?}");
     assert_no_secret("an error body", reply.text());
 }
 
@@ -194,11 +150,7 @@ pub struct SseReader {
 
 impl SseReader {
     pub fn new(body: Incoming) -> Self {
-        Self {
-            body,
-            buf: BytesMut::new(),
-            ended: false,
-        }
+        Self { body, buf: BytesMut::new(), ended: false }
     }
 
     /// The next whole event (`data: ...`, without its blank line), reading

@@ -63,11 +63,7 @@ pub struct Recorded {
 impl Recorded {
     /// The bearer token of `Authorization`, i.e. the pool key that was used.
     pub fn bearer(&self) -> Option<&str> {
-        self.headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")
+        self.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
     }
 
     pub fn body_str(&self) -> &str {
@@ -139,28 +135,17 @@ pub enum Script {
     Close,
     /// Stream the chat fixture: `before` events at once, then wait for
     /// `gate`, then [`Then`].
-    Stream {
-        before: usize,
-        gate: Gate,
-        then: Then,
-    },
+    Stream { before: usize, gate: Gate, then: Then },
 }
 
 impl Script {
     pub fn respond(status: u16, body: impl Into<Bytes>) -> Self {
-        Self::Respond {
-            status,
-            body: body.into(),
-        }
+        Self::Respond { status, body: body.into() }
     }
 
     /// One event, then wait for `gate`, then the rest.
     pub fn gated_stream(gate: &Gate) -> Self {
-        Self::Stream {
-            before: 1,
-            gate: gate.clone(),
-            then: Then::Finish,
-        }
+        Self::Stream { before: 1, gate: gate.clone(), then: Then::Finish }
     }
 }
 
@@ -182,9 +167,7 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Binds `127.0.0.1:0` and serves on the current runtime.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the mock upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the mock upstream");
         let addr = listener.local_addr().expect("mock upstream address");
         let state = Arc::new(State::default());
         let accept_state = state.clone();
@@ -197,9 +180,7 @@ impl MockUpstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(state.clone(), req));
                     // Errors here are the scripted closes and breaks.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -227,18 +208,12 @@ impl MockUpstream {
 
     /// Requests to paths ending with `suffix`, e.g. `/chat/completions`.
     pub fn requests_to(&self, suffix: &str) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path.ends_with(suffix))
-            .collect()
+        self.requests().into_iter().filter(|r| r.path.ends_with(suffix)).collect()
     }
 
     /// The pool key each request carried, in arrival order.
     pub fn keys_seen(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .map(|r| r.bearer().unwrap_or("<no bearer>").to_owned())
-            .collect()
+        self.requests().iter().map(|r| r.bearer().unwrap_or("<no bearer>").to_owned()).collect()
     }
 
     /// How many streams have sent their final `data: [DONE]`.
@@ -252,18 +227,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let body = body.collect().await?.to_bytes();
     let recorded = Recorded {
         method: parts.method,
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        path: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: parts.headers,
         body,
     };
     state.requests.lock().unwrap().push(recorded.clone());
     let script = state.scripts.lock().unwrap().pop_front();
-    let model = serde_json::from_slice::<Value>(&recorded.body)
-        .ok()
-        .and_then(|v| v.get("model")?.as_str().map(str::to_owned));
+    let model =
+        serde_json::from_slice::<Value>(&recorded.body).ok().and_then(|v| v.get("model")?.as_str().map(str::to_owned));
     match script {
         Some(Script::Respond { status, body }) => Ok(json_response(status, body)),
         Some(Script::Hang) => std::future::pending().await,
@@ -271,19 +242,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             let frames = futures_util::stream::once(async move { Ok(Frame::data(prefix)) })
                 .chain(futures_util::stream::pending());
             let mut res = Response::new(StreamBody::new(frames).boxed_unsync());
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(res)
         }
         Some(Script::Close) => Err("scripted: close without answering".into()),
-        Some(Script::Stream { before, gate, then }) => Ok(stream_response(
-            state,
-            model.as_deref().unwrap_or("unknown"),
-            before,
-            Some((gate, then)),
-        )),
+        Some(Script::Stream { before, gate, then }) => {
+            Ok(stream_response(state, model.as_deref().unwrap_or("unknown"), before, Some((gate, then))))
+        }
         None => Ok(default_response(state, &recorded, model.as_deref())),
     }
 }
@@ -315,16 +280,9 @@ fn default_response(state: Arc<State>, req: &Recorded, model: Option<&str>) -> R
 }
 
 fn json_response(status: u16, body: impl Into<Bytes>) -> Response<MockBody> {
-    let mut res = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut res = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
     *res.status_mut() = StatusCode::from_u16(status).expect("a valid status");
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -347,9 +305,7 @@ pub fn stream_events(model: &str) -> Vec<String> {
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(|event| {
-            let data = event
-                .strip_prefix("data: ")
-                .expect("fixture events are data:");
+            let data = event.strip_prefix("data: ").expect("fixture events are data:");
             if data == "[DONE]" {
                 "data: [DONE]\n\n".to_owned()
             } else {
@@ -359,12 +315,7 @@ pub fn stream_events(model: &str) -> Vec<String> {
         .collect()
 }
 
-fn stream_response(
-    state: Arc<State>,
-    model: &str,
-    before: usize,
-    gate: Option<(Gate, Then)>,
-) -> Response<MockBody> {
+fn stream_response(state: Arc<State>, model: &str, before: usize, gate: Option<(Gate, Then)>) -> Response<MockBody> {
     let events = stream_events(model);
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(events.len() + 1);
     tokio::spawn(async move {
@@ -392,9 +343,6 @@ fn stream_response(
         Some((item, rx))
     });
     let mut res = Response::new(StreamBody::new(frames).boxed_unsync());
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     res
 }

@@ -23,12 +23,8 @@ pub mod proxy;
 use std::{future::Future, time::Duration};
 
 pub use self::{
-    client::{
-        Auth, Reply, SseReader, TestClient, assert_openai_error, chunked, get, post, request,
-    },
-    mock_upstream::{
-        Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, chat_completion, stream_events,
-    },
+    client::{Auth, Reply, SseReader, TestClient, assert_openai_error, chunked, get, post, request},
+    mock_upstream::{Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, chat_completion, stream_events},
     proxy::{Proxy, openai_env},
 };
 
@@ -53,28 +49,15 @@ pub const CLIENT_OWN_KEY: &str = "sk-client-own-SECRET-5555";
 /// Every secret the tests configure. None of them may ever appear in a
 /// response body, a status route or the binary's output; all contain
 /// `SECRET`, which no legitimate output does.
-pub const SECRETS: &[&str] = &[
-    PROXY_KEY,
-    KEY_ONE,
-    KEY_TWO,
-    KEY_THREE,
-    LOCAL_KEY,
-    CLIENT_OWN_KEY,
-];
+pub const SECRETS: &[&str] = &[PROXY_KEY, KEY_ONE, KEY_TWO, KEY_THREE, LOCAL_KEY, CLIENT_OWN_KEY];
 
 /// Fails if `text` shows any configured secret.
 #[track_caller]
 pub fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS {
-        assert!(
-            !text.contains(secret),
-            "{what} shows the secret {secret:?}:\n{text}"
-        );
+        assert!(!text.contains(secret), "{what} shows the secret {secret:?}:\n{text}");
     }
-    assert!(
-        !text.contains("SECRET"),
-        "{what} shows part of a secret:\n{text}"
-    );
+    assert!(!text.contains("SECRET"), "{what} shows part of a secret:\n{text}");
 }
 
 /// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
@@ -95,7 +78,5 @@ pub fn closed_port() -> u16 {
 
 /// A chat request body for `model`, formatted like an SDK would send it.
 pub fn chat_body(model: &str, stream: bool) -> String {
-    format!(
-        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}],"stream":{stream}}}"#
-    )
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}],"stream":{stream}}}"#)
 }

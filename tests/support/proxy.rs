@@ -20,10 +20,7 @@ use super::{KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, within};
 pub fn openai_env(mock: &MockUpstream, keys: usize) -> Vec<(String, String)> {
     let pool = [KEY_ONE, KEY_TWO, KEY_THREE];
     assert!(keys <= pool.len(), "at most {} test keys", pool.len());
-    let mut env = vec![
-        ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
-        ("OPENAI_API_BASE".to_owned(), mock.base()),
-    ];
+    let mut env = vec![("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()), ("OPENAI_API_BASE".to_owned(), mock.base())];
     for (i, key) in pool[..keys].iter().enumerate() {
         env.push((format!("OPENAI_API_KEY_{}", i + 1), (*key).to_owned()));
     }
@@ -54,12 +51,11 @@ impl Proxy {
             env,
             host: None,
             port: Some(0),
+            data_dir: None,
         })
         .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
         tweak(&mut settings);
-        let bound = Bound::bind(&settings)
-            .await
-            .unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
+        let bound = Bound::bind(&settings).await.unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
         let addr = bound.local_addr().expect("bound address");
         assert!(addr.ip().is_loopback(), "tests listen on loopback: {addr}");
         let (tx, rx) = oneshot::channel::<()>();
@@ -67,12 +63,7 @@ impl Proxy {
             // A dropped sender (the test ended) also stops the server.
             let _ = rx.await;
         }));
-        Self {
-            addr,
-            shutdown: Some(tx),
-            served,
-            _dir: dir,
-        }
+        Self { addr, shutdown: Some(tx), served, _dir: dir }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -98,8 +89,6 @@ impl Proxy {
 
     /// Waits (bounded) for `serve` to return and says how it went.
     pub async fn finished(self) -> Shutdown {
-        within("keyrelay's serve() to return", self.served)
-            .await
-            .expect("serve() did not panic")
+        within("keyrelay's serve() to return", self.served).await.expect("serve() did not panic")
     }
 }

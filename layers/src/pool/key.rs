@@ -3,15 +3,15 @@
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use http::{HeaderName, HeaderValue, header::AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
+use super::health::Health;
 use crate::provider::{AuthStyle, Provider, ProviderId};
 
 /// A secret string (an upstream key or the proxy key). It has no `Display`,
@@ -90,29 +90,23 @@ impl fmt::Display for InvalidKey {
 
 impl std::error::Error for InvalidKey {}
 
-/// One key and what the pool knows about it. Counters are atomics so that
-/// selection never locks.
+/// One key and what the pool knows about it. Hot counters are atomics;
+/// health (cooldowns, marks, per-model state) sits behind a small mutex.
 pub struct KeyEntry {
     id: KeyId,
     secret: Secret,
     auth_name: HeaderName,
     /// Built once, marked sensitive, so requests only clone it.
     auth_value: HeaderValue,
-    in_flight: AtomicU32,
-    requests: AtomicU64,
-    last_used_unix_ms: AtomicU64,
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) requests: AtomicU64,
+    pub(crate) last_used_unix_ms: AtomicU64,
+    pub(crate) health: Mutex<Health>,
 }
 
 impl KeyEntry {
-    pub(crate) fn new(
-        provider: &Provider,
-        secret: Secret,
-        position: usize,
-    ) -> Result<Self, InvalidKey> {
-        let invalid = || InvalidKey {
-            provider: provider.id().clone(),
-            position,
-        };
+    pub(crate) fn new(provider: &Provider, secret: Secret, position: usize) -> Result<Self, InvalidKey> {
+        let invalid = || InvalidKey { provider: provider.id().clone(), position };
         let (auth_name, value) = match provider.auth() {
             AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {}", secret.expose())),
             AuthStyle::Header(name) => (name.clone(), secret.expose().to_owned()),
@@ -127,6 +121,7 @@ impl KeyEntry {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             last_used_unix_ms: AtomicU64::new(0),
+            health: Mutex::default(),
         })
     }
 
@@ -143,6 +138,7 @@ impl KeyEntry {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
     }
+    /// Requests sent with this key since start (or since the state file).
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
     }
@@ -152,15 +148,10 @@ impl KeyEntry {
         self.last_used_unix_ms.load(Relaxed)
     }
 
-    /// Counts the key as chosen; the guard counts it out of flight on drop.
-    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last_used_unix_ms.store(now, Relaxed);
-        InFlight(self.clone())
+    pub(crate) fn health(&self) -> MutexGuard<'_, Health> {
+        // A panic while holding it cannot leave the plain data inconsistent
+        // in a way worse than losing the key: keep serving.
+        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -174,17 +165,6 @@ impl fmt::Debug for KeyEntry {
     }
 }
 
-/// Holds one request in a key's in-flight count until dropped. It lives in
-/// the response body, so a stream counts until its last byte.
-#[derive(Debug)]
-pub struct InFlight(Arc<KeyEntry>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,10 +173,7 @@ mod tests {
     fn key_ids_are_provider_and_eight_hex_digits_of_sha256() {
         // sha256("sk-test") = 0e1ec0f0...
         let id = KeyId::new(&ProviderId::new("openai"), &Secret::new("sk-test"));
-        let expected: String = Sha256::digest(b"sk-test")[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let expected: String = Sha256::digest(b"sk-test")[..4].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(id.as_str(), format!("openai:{expected}"));
         assert_eq!(id.as_str().len(), "openai:".len() + 8);
     }
@@ -214,22 +191,7 @@ mod tests {
     #[test]
     fn rejects_keys_that_cannot_be_headers() {
         let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
-        let err = KeyEntry::new(&provider, Secret::new("sk-a\nb"), 2)
-            .unwrap_err()
-            .to_string();
+        let err = KeyEntry::new(&provider, Secret::new("sk-a\nb"), 2).unwrap_err().to_string();
         assert!(err.contains("key #2") && !err.contains("sk-a"), "{err}");
-    }
-
-    #[test]
-    fn in_flight_counts_until_the_guard_drops() {
-        let provider = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
-        let entry = Arc::new(KeyEntry::new(&provider, Secret::new("k"), 1).unwrap());
-        let a = entry.begin();
-        let b = entry.begin();
-        assert_eq!((entry.in_flight(), entry.requests()), (2, 2));
-        drop(a);
-        drop(b);
-        assert_eq!((entry.in_flight(), entry.requests()), (0, 2));
-        assert!(entry.last_used_unix_ms() > 0);
     }
 }

@@ -1,66 +1,155 @@
 //! `KeyPool`: every provider and its keys, shared by the layers and the
 //! status routes as `Arc<KeyPool>`. It is state, not a layer: built once,
-//! read without locks on the request path.
+//! read on the request path under tiny per-key locks, never across an await.
+//!
+//! Each key has per-model cooldowns (rate limits, quota, repeated transient
+//! failures), an invalid mark with an escalating cooldown after which one
+//! request probes it, an operator's disabled switch, optional per-model
+//! concurrency slots, and per-day counters. See [`ProviderPool::choose`].
 //!
 //! ```
-//! use keyrelay_layers::pool::{KeyPool, Secret, Selection};
+//! use keyrelay_layers::pool::{Choice, KeyPool, Secret, Selection};
 //! use keyrelay_layers::provider::Provider;
 //!
+//! # tokio_test::block_on(async {
 //! let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
 //! let pool = KeyPool::builder()
 //!     .provider(openai, Selection::RoundRobin, vec![Secret::new("sk-a"), Secret::new("sk-b")])
 //!     .build()
 //!     .unwrap();
 //!
-//! let (lease, in_flight) = pool.provider("openai").unwrap().lease().unwrap();
+//! let provider = pool.provider("openai").unwrap();
+//! let Choice::Leased(lease, in_flight) = provider.choose("gpt-4o", &[], None) else { panic!() };
 //! assert!(lease.key_id().as_str().starts_with("openai:"));
-//! assert_eq!(pool.provider("openai").unwrap().keys()[0].in_flight(), 1);
+//! assert_eq!(provider.keys()[0].in_flight(), 1);
 //! drop(in_flight);
+//! # });
 //! ```
 
+mod clock;
+mod health;
 mod key;
 mod select;
+mod snapshot;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
-    sync::{Arc, atomic::AtomicUsize},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime},
 };
 
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 pub use self::{
-    key::{InFlight, InvalidKey, KeyEntry, KeyId, Secret},
+    clock::{PoolClock, invalid_ladder, rate_limit_ladder},
+    health::{Counters, KeyState},
+    key::{InvalidKey, KeyEntry, KeyId, Secret},
     select::{Selection, UnknownSelection},
+    snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot},
 };
-use crate::provider::{Provider, ProviderId};
+use self::{health::Availability, select::Candidate};
+use crate::{
+    classify::{Failure, FailureClass},
+    provider::{Provider, ProviderId},
+};
 
-/// Every provider the proxy knows, with its keys.
-#[derive(Debug)]
-pub struct KeyPool {
-    providers: Vec<Arc<ProviderPool>>,
-    by_id: HashMap<Box<str>, usize>,
+/// Per-provider settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderOptions {
+    pub selection: Selection,
+    /// Hard cap of requests in flight per (key, model); 0 = no cap.
+    pub max_concurrent_per_key: usize,
+}
+
+impl ProviderOptions {
+    pub fn new(selection: Selection) -> Self {
+        Self { selection, max_concurrent_per_key: 0 }
+    }
+    pub fn max_concurrent_per_key(mut self, cap: usize) -> Self {
+        self.max_concurrent_per_key = cap;
+        self
+    }
+}
+
+/// When several distinct keys of one provider are rate limited within a
+/// short window, the limit is the provider's (per IP or per account): pause
+/// the provider briefly instead of burning every key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderPause {
+    /// Distinct keys; 0 turns the pause off.
+    pub distinct_keys: usize,
+    pub window: Duration,
+    pub pause: Duration,
+}
+
+impl Default for ProviderPause {
+    fn default() -> Self {
+        Self { distinct_keys: 3, window: Duration::from_secs(10), pause: Duration::from_secs(10) }
+    }
+}
+
+impl ProviderPause {
+    pub fn new(distinct_keys: usize, window: Duration, pause: Duration) -> Self {
+        Self { distinct_keys, window, pause }
+    }
 }
 
 /// Collects providers and keys for a [`KeyPool`].
 #[derive(Debug, Default)]
 pub struct KeyPoolBuilder {
-    providers: Vec<(Provider, Selection, Vec<Secret>)>,
+    providers: Vec<(Provider, ProviderOptions, Vec<Secret>)>,
+    wall_anchor: Option<SystemTime>,
+    daily_reset_offset: Duration,
+    pause: ProviderPause,
 }
 
 impl KeyPoolBuilder {
     /// Adds a provider (a provider with no keys is known, and its requests
     /// fail with 503). A secret given twice counts once.
-    pub fn provider(mut self, provider: Provider, selection: Selection, keys: Vec<Secret>) -> Self {
-        self.providers.push((provider, selection, keys));
+    pub fn provider(self, provider: Provider, selection: Selection, keys: Vec<Secret>) -> Self {
+        self.provider_with(provider, ProviderOptions::new(selection), keys)
+    }
+
+    pub fn provider_with(mut self, provider: Provider, options: ProviderOptions, keys: Vec<Secret>) -> Self {
+        self.providers.push((provider, options, keys));
+        self
+    }
+
+    /// The time of day (UTC) at which daily counters and rate-limit and
+    /// quota cooldowns reset; default 00:00.
+    pub fn daily_reset_utc(mut self, after_midnight: Duration) -> Self {
+        self.daily_reset_offset = after_midnight;
+        self
+    }
+
+    /// The wall time that tokio's "now" stands for (default: the system
+    /// clock when built); tests pin it.
+    pub fn wall_clock(mut self, now: SystemTime) -> Self {
+        self.wall_anchor = Some(now);
+        self
+    }
+
+    pub fn provider_pause(mut self, pause: ProviderPause) -> Self {
+        self.pause = pause;
         self
     }
 
     pub fn build(self) -> Result<Arc<KeyPool>, InvalidKey> {
+        let clock = PoolClock::new(self.wall_anchor.unwrap_or_else(SystemTime::now), self.daily_reset_offset.as_secs());
         let mut providers = Vec::with_capacity(self.providers.len());
         let mut by_id = HashMap::with_capacity(self.providers.len());
-        for (provider, selection, secrets) in self.providers {
+        for (provider, options, secrets) in self.providers {
             let mut keys: Vec<Arc<KeyEntry>> = Vec::with_capacity(secrets.len());
             for (position, secret) in secrets.into_iter().enumerate() {
                 if keys.iter().any(|key| *key.secret() == secret) {
@@ -71,13 +160,25 @@ impl KeyPoolBuilder {
             by_id.insert(provider.id().as_str().into(), providers.len());
             providers.push(Arc::new(ProviderPool {
                 provider: Arc::new(provider),
-                selection,
+                options,
                 keys: keys.into(),
                 cursor: AtomicUsize::new(0),
+                clock,
+                pause: self.pause,
+                pause_state: Mutex::default(),
+                slot_freed: Notify::new(),
             }));
         }
-        Ok(Arc::new(KeyPool { providers, by_id }))
+        Ok(Arc::new(KeyPool { providers, by_id, clock }))
     }
+}
+
+/// Every provider the proxy knows, with its keys.
+#[derive(Debug)]
+pub struct KeyPool {
+    providers: Vec<Arc<ProviderPool>>,
+    by_id: HashMap<Box<str>, usize>,
+    clock: PoolClock,
 }
 
 impl KeyPool {
@@ -94,56 +195,292 @@ impl KeyPool {
         self.providers.iter()
     }
 
-    /// What `/v1/keys` shows: ids, states and counters, never a secret.
-    pub fn key_statuses(&self) -> Vec<KeyStatus> {
-        self.providers
-            .iter()
-            .flat_map(|pool| {
-                pool.keys.iter().map(|key| KeyStatus {
-                    id: key.id().as_str().to_owned(),
-                    provider: pool.provider.id().as_str().to_owned(),
-                    state: "ok",
-                    in_flight: key.in_flight(),
-                    requests: key.requests(),
-                    last_used_unix_ms: Some(key.last_used_unix_ms()).filter(|&ms| ms > 0),
-                })
-            })
-            .collect()
+    pub fn clock(&self) -> &PoolClock {
+        &self.clock
     }
+
+    /// The key with this id (`provider:1a2b3c4d`).
+    pub fn key(&self, id: &str) -> Option<(&Arc<ProviderPool>, usize)> {
+        let (provider, _) = id.split_once(':')?;
+        let pool = self.provider(provider)?;
+        pool.keys.iter().position(|k| k.id().as_str() == id).map(|index| (pool, index))
+    }
+
+    /// Switches a key off or on (admin). `false` when there is no such key.
+    pub fn set_disabled(&self, id: &str, disabled: bool) -> bool {
+        let Some((pool, index)) = self.key(id) else { return false };
+        pool.keys[index].health().disabled = disabled;
+        if !disabled {
+            pool.slot_freed.notify_waiters();
+        }
+        true
+    }
+
+    /// Clears every cooldown and mark of a key (admin). `false` when there
+    /// is no such key.
+    pub fn reset(&self, id: &str) -> bool {
+        let Some((pool, index)) = self.key(id) else { return false };
+        pool.keys[index].health().reset();
+        pool.slot_freed.notify_waiters();
+        true
+    }
+
+    /// What `/v1/keys` shows: ids, states, cooldowns and counters, never a secret.
+    pub fn key_statuses(&self) -> Vec<KeyStatus> {
+        self.providers.iter().flat_map(|pool| (0..pool.keys.len()).map(|i| pool.status(i))).collect()
+    }
+
+    pub fn key_status(&self, id: &str) -> Option<KeyStatus> {
+        self.key(id).map(|(pool, index)| pool.status(index))
+    }
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    recent: VecDeque<(usize, Instant)>,
+    until: Option<Instant>,
 }
 
 /// One provider and its keys.
 pub struct ProviderPool {
     provider: Arc<Provider>,
-    selection: Selection,
+    options: ProviderOptions,
     keys: Box<[Arc<KeyEntry>]>,
     cursor: AtomicUsize,
+    clock: PoolClock,
+    pause: ProviderPause,
+    pause_state: Mutex<PauseState>,
+    slot_freed: Notify,
+}
+
+/// The answer of [`ProviderPool::choose`].
+#[derive(Debug)]
+pub enum Choice {
+    /// A key, counted in flight until the guard drops.
+    Leased(KeyLease, InFlight),
+    Unavailable(Unavailable),
+}
+
+/// Why no key could be chosen, and when one might be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The provider has no key at all.
+    pub no_keys: bool,
+    /// The earliest end of a cooldown (or of a provider pause) among keys
+    /// not excluded.
+    pub cooling_until: Option<Instant>,
+    /// Some key is usable but has no free slot: wait on [`ProviderPool::slot_freed`].
+    pub full: bool,
+    /// Some keys were skipped because the request already tried them.
+    pub excluded: bool,
+    /// The earliest time an invalid key may be probed.
+    pub invalid_until: Option<Instant>,
 }
 
 impl ProviderPool {
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
     }
+    pub fn options(&self) -> ProviderOptions {
+        self.options
+    }
     pub fn selection(&self) -> Selection {
-        self.selection
+        self.options.selection
     }
     pub fn keys(&self) -> &[Arc<KeyEntry>] {
         &self.keys
     }
+    pub fn clock(&self) -> &PoolClock {
+        &self.clock
+    }
 
-    /// Chooses a key by the provider's strategy and counts it in flight until
-    /// the returned guard drops. `None` when the provider has no key.
-    pub fn lease(&self) -> Option<(KeyLease, InFlight)> {
-        let index = select::pick(self.selection, &self.keys, &self.cursor)?;
+    /// Notified whenever a concurrency slot frees or a key comes back.
+    pub fn slot_freed(&self) -> &Notify {
+        &self.slot_freed
+    }
+
+    /// Chooses a key for `model` by the provider's strategy among keys that
+    /// are not excluded, disabled, invalid (unless due for their one probe),
+    /// cooling for this model, or full. `pinned` is taken when available
+    /// (same-key retries). The chosen key counts in flight until the
+    /// returned guard drops.
+    pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
+        if let Some(until) = self.paused_until(now) {
+            why.cooling_until = Some(until);
+            return Choice::Unavailable(why);
+        }
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(self.keys.len());
+        for (index, key) in self.keys.iter().enumerate() {
+            if excluded.contains(key.id()) {
+                why.excluded = true;
+                continue;
+            }
+            let health = key.health();
+            match health.availability(model, now, today) {
+                Availability::Ready { .. } => {
+                    let candidate = Candidate {
+                        index,
+                        in_flight: key.in_flight(),
+                        requests: health.requests_on(today),
+                        last_used_unix_ms: key.last_used_unix_ms(),
+                    };
+                    if pinned == Some(key.id()) {
+                        candidates.clear();
+                        candidates.push(candidate);
+                        break;
+                    }
+                    candidates.push(candidate);
+                }
+                Availability::Full => why.full = true,
+                Availability::CoolingUntil(until) => {
+                    why.cooling_until = Some(why.cooling_until.map_or(until, |t| t.min(until)));
+                }
+                Availability::Unusable => {
+                    if let Some(invalid) = health.invalid.filter(|_| !health.disabled) {
+                        let until = invalid.until.max(now);
+                        why.invalid_until = Some(why.invalid_until.map_or(until, |t| t.min(until)));
+                    }
+                }
+            }
+        }
+        let Some(index) = select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor) else {
+            return Choice::Unavailable(why);
+        };
         let key = &self.keys[index];
-        let in_flight = key.begin();
-        Some((
-            KeyLease {
-                key: key.clone(),
-                provider: self.provider.clone(),
-            },
-            in_flight,
-        ))
+        let mut health = key.health();
+        // Checked again under the lock: another request may have taken the
+        // last slot or the probe since the scan.
+        let probe = match health.availability(model, now, today) {
+            Availability::Ready { probe, .. } => probe,
+            _ => {
+                drop(health);
+                why.full = true;
+                return Choice::Unavailable(why);
+            }
+        };
+        health.probing |= probe;
+        health.count_request(today);
+        health.model(model, today, self.options.max_concurrent_per_key, now).counters.requests += 1;
+        drop(health);
+        key.in_flight.fetch_add(1, Relaxed);
+        key.requests.fetch_add(1, Relaxed);
+        key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
+        let lease = KeyLease { pool: self.clone(), index };
+        let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
+        Choice::Leased(lease, guard)
+    }
+
+    /// [`choose`](Self::choose) for a request without a model, excluding nothing.
+    pub fn lease(self: &Arc<Self>) -> Option<(KeyLease, InFlight)> {
+        match self.choose("", &[], None) {
+            Choice::Leased(lease, in_flight) => Some((lease, in_flight)),
+            Choice::Unavailable(_) => None,
+        }
+    }
+
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let state = self.pause_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.until.filter(|&until| until > now)
+    }
+
+    /// Records one attempt's outcome for (key, model): success, or a
+    /// classified failure that may cool the model, mark the key invalid, or
+    /// pause the provider. Returns the end of the cooldown it started.
+    pub fn record(&self, index: usize, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
+        let now = Instant::now();
+        let key = &self.keys[index];
+        let started = key.health().record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        if let Some(cooldown) = started {
+            tracing::info!(
+                key = key.id().as_str(),
+                model,
+                class = cooldown.class.as_str(),
+                cooldown_secs = cooldown.until.saturating_duration_since(now).as_secs_f64(),
+                "key cooling down for this model"
+            );
+        }
+        match outcome {
+            Err(failure) if failure.class == FailureClass::Credential => {
+                tracing::warn!(key = key.id().as_str(), "key refused by the provider: marked invalid");
+            }
+            Err(failure) if failure.class == FailureClass::RateLimit => self.note_rate_limit(index, now),
+            _ => {}
+        }
+        // A probe that ended, or a success, may free a waiting request.
+        self.slot_freed.notify_waiters();
+        started.map(|c| c.until)
+    }
+
+    fn note_rate_limit(&self, index: usize, now: Instant) {
+        let ProviderPause { distinct_keys, window, pause } = self.pause;
+        if distinct_keys == 0 || self.keys.len() < distinct_keys {
+            return;
+        }
+        let mut state = self.pause_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.recent.retain(|&(_, at)| now.saturating_duration_since(at) <= window);
+        state.recent.push_back((index, now));
+        let mut distinct: Vec<usize> = state.recent.iter().map(|&(i, _)| i).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() >= distinct_keys {
+            state.until = Some(now + pause);
+            state.recent.clear();
+            tracing::warn!(
+                provider = self.provider.id().as_str(),
+                keys = distinct.len(),
+                pause_secs = pause.as_secs_f64(),
+                "several keys rate limited at once: pausing the provider"
+            );
+        }
+    }
+
+    /// The (key, model) concurrency slots, when the provider caps them.
+    pub fn slots(&self, index: usize, model: &str) -> Option<Arc<Semaphore>> {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let mut health = self.keys[index].health();
+        health.model(model, today, self.options.max_concurrent_per_key, now).slots.clone()
+    }
+
+    fn status(&self, index: usize) -> KeyStatus {
+        let key = &self.keys[index];
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let health = key.health();
+        let mut today_counters = Counters::default();
+        let mut cooldowns = Vec::new();
+        let mut models: Vec<ModelStatus> = Vec::new();
+        for (model, state) in &health.models {
+            if let Some(c) = state.active_cooldown(now, today) {
+                cooldowns.push(CooldownStatus {
+                    model: model.to_string(),
+                    reason: c.class.as_str(),
+                    until_unix_ms: self.clock.unix_ms(c.until),
+                    remaining_secs: c.until.saturating_duration_since(now).as_secs(),
+                });
+            }
+            if state.day == today && !model.is_empty() {
+                today_counters.add(&state.counters);
+                models.push(ModelStatus { model: model.to_string(), today: state.counters.clone() });
+            }
+        }
+        cooldowns.sort_by(|a, b| a.model.cmp(&b.model));
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        KeyStatus {
+            id: key.id().as_str().to_owned(),
+            provider: self.provider.id().as_str().to_owned(),
+            state: health.state(now, today),
+            in_flight: key.in_flight(),
+            requests: key.requests(),
+            last_used_unix_ms: Some(key.last_used_unix_ms()).filter(|&ms| ms > 0),
+            invalid_until_unix_ms: health.invalid.map(|i| self.clock.unix_ms(i.until)),
+            cooldowns,
+            today: today_counters,
+            models,
+        }
     }
 }
 
@@ -151,7 +488,7 @@ impl fmt::Debug for ProviderPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProviderPool")
             .field("provider", self.provider.id())
-            .field("selection", &self.selection)
+            .field("options", &self.options)
             .field("keys", &self.keys.len())
             .finish()
     }
@@ -161,33 +498,125 @@ impl fmt::Debug for ProviderPool {
 /// request extensions to the upstream and copied onto the response.
 #[derive(Clone)]
 pub struct KeyLease {
-    key: Arc<KeyEntry>,
-    provider: Arc<Provider>,
+    pool: Arc<ProviderPool>,
+    index: usize,
 }
 
 impl KeyLease {
+    pub fn key(&self) -> &Arc<KeyEntry> {
+        &self.pool.keys[self.index]
+    }
     pub fn key_id(&self) -> &KeyId {
-        self.key.id()
+        self.key().id()
     }
     pub fn provider(&self) -> &Arc<Provider> {
-        &self.provider
+        &self.pool.provider
     }
     pub fn provider_id(&self) -> &ProviderId {
-        self.provider.id()
+        self.pool.provider.id()
+    }
+    pub fn pool(&self) -> &Arc<ProviderPool> {
+        &self.pool
     }
     /// The header (name, sensitive value) that authenticates this key.
     pub fn auth_header(&self) -> (&HeaderName, &HeaderValue) {
-        self.key.auth_header()
+        self.key().auth_header()
     }
     pub fn secret(&self) -> &Secret {
-        self.key.secret()
+        self.key().secret()
+    }
+    /// Records this attempt's outcome for (key, `model`); returns the end
+    /// of the cooldown it started, if any.
+    pub fn record(&self, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
+        self.pool.record(self.index, model, outcome)
+    }
+    /// The (key, `model`) concurrency slots, when capped.
+    pub fn slots(&self, model: &str) -> Option<Arc<Semaphore>> {
+        self.pool.slots(self.index, model)
     }
 }
 
 impl fmt::Debug for KeyLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("KeyLease").field(self.key.id()).finish()
+        f.debug_tuple("KeyLease").field(self.key_id()).finish()
     }
+}
+
+/// Holds one request in a key's in-flight count until dropped. It lives in
+/// the response body, so a stream counts until its last byte.
+pub struct InFlight {
+    pool: Arc<ProviderPool>,
+    index: usize,
+    model: Arc<str>,
+    probe: bool,
+}
+
+impl InFlight {
+    /// A stream broke after its headers: a transient failure of this key.
+    pub fn stream_broke(&self) {
+        let _cooling_until = self.pool.record(self.index, &self.model, Err(Failure::new(FailureClass::Transient)));
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight").field("key", self.pool.keys[self.index].id()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let key = &self.pool.keys[self.index];
+        key.in_flight.fetch_sub(1, Relaxed);
+        if self.probe {
+            // The probe ended without a verdict (the client left): let
+            // another request probe.
+            key.health().probing = false;
+        }
+        self.pool.slot_freed.notify_waiters();
+    }
+}
+
+/// A (key, model) concurrency permit that wakes waiting requests when freed.
+pub struct SlotPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<ProviderPool>,
+}
+
+impl SlotPermit {
+    pub fn new(permit: OwnedSemaphorePermit, pool: Arc<ProviderPool>) -> Self {
+        Self { permit: Some(permit), pool }
+    }
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        // Released before the wake-up, so the woken request finds it free.
+        drop(self.permit.take());
+        self.pool.slot_freed.notify_waiters();
+    }
+}
+
+impl fmt::Debug for SlotPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotPermit").finish_non_exhaustive()
+    }
+}
+
+/// One cooldown as `/v1/keys` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CooldownStatus {
+    pub model: String,
+    pub reason: &'static str,
+    pub until_unix_ms: u64,
+    pub remaining_secs: u64,
+}
+
+/// One model's counters today.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelStatus {
+    pub model: String,
+    pub today: Counters,
 }
 
 /// One key as `/v1/keys` shows it.
@@ -195,63 +624,12 @@ impl fmt::Debug for KeyLease {
 pub struct KeyStatus {
     pub id: String,
     pub provider: String,
-    pub state: &'static str,
+    pub state: KeyState,
     pub in_flight: u32,
     pub requests: u64,
     pub last_used_unix_ms: Option<u64>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn provider(id: &str) -> Provider {
-        Provider::openai_compatible(id, "http://127.0.0.1:9/v1").unwrap()
-    }
-
-    #[test]
-    fn the_same_secret_twice_counts_once() {
-        let pool = KeyPool::builder()
-            .provider(
-                provider("openai"),
-                Selection::LeastUsed,
-                vec![Secret::new("a"), Secret::new("b"), Secret::new("a")],
-            )
-            .build()
-            .unwrap();
-        assert_eq!(pool.provider("openai").unwrap().keys().len(), 2);
-    }
-
-    #[test]
-    fn a_provider_without_keys_is_known_but_leases_nothing() {
-        let pool = KeyPool::builder()
-            .provider(provider("groq"), Selection::LeastUsed, vec![])
-            .build()
-            .unwrap();
-        assert!(pool.provider("groq").unwrap().lease().is_none());
-        assert!(pool.provider("nope").is_none());
-    }
-
-    #[test]
-    fn statuses_show_ids_and_counters_never_secrets() {
-        let pool = KeyPool::builder()
-            .provider(
-                provider("openai"),
-                Selection::LeastUsed,
-                vec![Secret::new("sk-secret-1")],
-            )
-            .build()
-            .unwrap();
-        let (_lease, in_flight) = pool.provider("openai").unwrap().lease().unwrap();
-        let statuses = pool.key_statuses();
-        assert_eq!(statuses.len(), 1);
-        assert_eq!((statuses[0].in_flight, statuses[0].requests), (1, 1));
-        let json = serde_json::to_string(&statuses).unwrap();
-        assert!(
-            !json.contains("sk-secret-1") && json.contains("openai:"),
-            "{json}"
-        );
-        drop(in_flight);
-        assert_eq!(pool.key_statuses()[0].in_flight, 0);
-    }
+    pub invalid_until_unix_ms: Option<u64>,
+    pub cooldowns: Vec<CooldownStatus>,
+    pub today: Counters,
+    pub models: Vec<ModelStatus>,
 }

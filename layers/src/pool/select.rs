@@ -3,13 +3,8 @@
 use std::{
     fmt,
     str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
 };
-
-use super::key::KeyEntry;
 
 /// How a provider's next key is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,11 +39,7 @@ pub struct UnknownSelection(String);
 
 impl fmt::Display for UnknownSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown selection `{}`; expected `least_used` or `round_robin`",
-            self.0
-        )
+        write!(f, "unknown selection `{}`; expected `least_used` or `round_robin`", self.0)
     }
 }
 
@@ -66,90 +57,68 @@ impl FromStr for Selection {
     }
 }
 
-/// The index of the key to use next, or `None` when there are no keys.
+/// A key that could take the request, with what ranks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub index: usize,
+    pub in_flight: u32,
+    pub requests: u64,
+    pub last_used_unix_ms: u64,
+}
+
+/// The index (into the provider's keys) of the key to use next, among the
+/// candidates; `None` when there are none.
 pub(crate) fn pick(
     selection: Selection,
-    keys: &[Arc<KeyEntry>],
+    candidates: &[Candidate],
+    key_count: usize,
     cursor: &AtomicUsize,
 ) -> Option<usize> {
-    if keys.is_empty() {
-        return None;
-    }
     match selection {
-        Selection::LeastUsed => keys
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, key)| (key.in_flight(), key.requests(), key.last_used_unix_ms()))
-            .map(|(index, _)| index),
-        Selection::RoundRobin => Some(cursor.fetch_add(1, Relaxed) % keys.len()),
+        Selection::LeastUsed => {
+            candidates.iter().min_by_key(|c| (c.in_flight, c.requests, c.last_used_unix_ms)).map(|c| c.index)
+        }
+        Selection::RoundRobin => {
+            let start = cursor.fetch_add(1, Relaxed) % key_count.max(1);
+            // The first candidate at or after the cursor, wrapping around.
+            candidates.iter().min_by_key(|c| (c.index + key_count - start) % key_count).map(|c| c.index)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{pool::Secret, provider::Provider};
 
-    fn keys(n: usize) -> Vec<Arc<KeyEntry>> {
-        let provider = Provider::openai_compatible("p", "http://127.0.0.1/v1").unwrap();
-        (0..n)
-            .map(|i| {
-                Arc::new(KeyEntry::new(&provider, Secret::new(format!("k{i}")), i + 1).unwrap())
-            })
-            .collect()
+    fn candidate(index: usize, in_flight: u32, requests: u64, last_used_unix_ms: u64) -> Candidate {
+        Candidate { index, in_flight, requests, last_used_unix_ms }
     }
 
     #[test]
-    fn no_keys_no_pick() {
+    fn no_candidates_no_pick() {
         for selection in [Selection::LeastUsed, Selection::RoundRobin] {
-            assert_eq!(pick(selection, &[], &AtomicUsize::new(0)), None);
+            assert_eq!(pick(selection, &[], 3, &AtomicUsize::new(0)), None);
         }
     }
 
     #[test]
-    fn least_used_prefers_fewest_in_flight_over_fewest_requests() {
-        let keys = keys(3);
+    fn least_used_ranks_in_flight_then_requests_then_recency() {
         let cursor = AtomicUsize::new(0);
-        // key 0: 1 request, still in flight; key 1: 2 requests, done; key 2: 1 request, done.
-        let _busy = keys[0].begin();
-        drop(keys[1].begin());
-        drop(keys[1].begin());
-        drop(keys[2].begin());
-        assert_eq!(pick(Selection::LeastUsed, &keys, &cursor), Some(2));
+        let pick = |c: &[Candidate]| pick(Selection::LeastUsed, c, 3, &cursor);
+        assert_eq!(pick(&[candidate(0, 1, 0, 0), candidate(1, 0, 9, 9), candidate(2, 0, 9, 5)]), Some(2));
+        assert_eq!(pick(&[candidate(0, 0, 3, 0), candidate(1, 0, 2, 9)]), Some(1));
+        assert_eq!(pick(&[candidate(0, 2, 0, 0), candidate(2, 1, 50, 50)]), Some(2));
     }
 
     #[test]
-    fn least_used_spreads_sequential_requests_evenly() {
-        let keys = keys(4);
+    fn round_robin_walks_every_key_in_turn_skipping_the_unavailable() {
         let cursor = AtomicUsize::new(0);
-        let mut counts = [0; 4];
-        for _ in 0..40 {
-            let i = pick(Selection::LeastUsed, &keys, &cursor).unwrap();
-            drop(keys[i].begin());
-            counts[i] += 1;
-        }
-        assert_eq!(counts, [10; 4]);
-    }
-
-    #[test]
-    fn least_used_spreads_concurrent_requests() {
-        let keys = keys(3);
-        let cursor = AtomicUsize::new(0);
-        let guards: Vec<_> = (0..3)
-            .map(|_| keys[pick(Selection::LeastUsed, &keys, &cursor).unwrap()].begin())
-            .collect();
-        assert!(keys.iter().all(|k| k.in_flight() == 1));
-        drop(guards);
-    }
-
-    #[test]
-    fn round_robin_walks_every_key_in_turn() {
-        let keys = keys(3);
-        let cursor = AtomicUsize::new(0);
-        let picks: Vec<_> = (0..6)
-            .map(|_| pick(Selection::RoundRobin, &keys, &cursor).unwrap())
-            .collect();
+        let all: Vec<_> = (0..3).map(|i| candidate(i, 0, 0, 0)).collect();
+        let picks: Vec<_> = (0..6).map(|_| pick(Selection::RoundRobin, &all, 3, &cursor).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let without_1 = [candidate(0, 0, 0, 0), candidate(2, 0, 0, 0)];
+        let cursor = AtomicUsize::new(1);
+        assert_eq!(pick(Selection::RoundRobin, &without_1, 3, &cursor), Some(2));
     }
 
     #[test]
@@ -157,12 +126,6 @@ mod tests {
         for s in [Selection::LeastUsed, Selection::RoundRobin] {
             assert_eq!(s.as_str().parse::<Selection>().unwrap(), s);
         }
-        assert!(
-            "fastest"
-                .parse::<Selection>()
-                .unwrap_err()
-                .to_string()
-                .contains("least_used")
-        );
+        assert!("fastest".parse::<Selection>().unwrap_err().to_string().contains("least_used"));
     }
 }

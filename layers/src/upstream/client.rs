@@ -30,10 +30,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            pool_idle_timeout: Duration::from_secs(90),
-        }
+        Self { connect_timeout: Duration::from_secs(10), pool_idle_timeout: Duration::from_secs(90) }
     }
 }
 

@@ -96,20 +96,15 @@ mod tests {
         for_upstream(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(
-            left,
-            ["content-type", "openai-organization", "x-request-id"]
-        );
+        assert_eq!(left, ["content-type", "openai-organization", "x-request-id"]);
     }
 
     #[test]
     fn client_gets_no_provider_cookies_or_hop_by_hop() {
         let mut h = HeaderMap::new();
-        for (name, value) in [
-            ("set-cookie", "__cf_bm=x"),
-            ("connection", "close"),
-            ("content-type", "text/event-stream"),
-        ] {
+        for (name, value) in
+            [("set-cookie", "__cf_bm=x"), ("connection", "close"), ("content-type", "text/event-stream")]
+        {
             h.append(name, value.parse().unwrap());
         }
         for_client(&mut h);

@@ -5,7 +5,8 @@
 //! provider's auth header, `model` is replaced by the upstream model name,
 //! and client credentials and hop-by-hop headers are dropped. The response
 //! body streams back frame by frame as it arrives; nothing is collected. A
-//! stream that breaks after its headers ends with one SSE error event.
+//! stream that stays silent longer than its idle timeout fails (RetryRotate
+//! turns a failing stream into one final SSE error event).
 //!
 //! Reads [`RouteTarget`] and [`KeyLease`]; copies the lease onto the
 //! response. Fails with [`UpstreamUnreachable`] (502) when the provider
@@ -29,12 +30,13 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{
     HeaderValue, Request, Response,
-    header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE},
+    header::{ACCEPT_ENCODING, CONTENT_TYPE},
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy;
@@ -47,7 +49,7 @@ pub use self::{
 };
 use crate::{
     BoxError, ProxyBody,
-    body::SseErrorTail,
+    body::IdleTimeoutBody,
     error::{MissingExtension, UpstreamUnreachable},
     extensions::RouteTarget,
     pool::KeyLease,
@@ -58,11 +60,22 @@ use crate::{
 #[derive(Clone)]
 pub struct UpstreamService {
     client: HttpsClient,
+    stream_idle_timeout: Duration,
 }
+
+/// Default bound on silence between the chunks of a stream.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl UpstreamService {
     pub fn new(client: HttpsClient) -> Self {
-        Self { client }
+        Self { client, stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT }
+    }
+
+    /// A stream that sends nothing for this long fails (and so ends with an
+    /// error event, and counts against its key).
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.stream_idle_timeout = idle;
+        self
     }
 }
 
@@ -88,12 +101,10 @@ impl Service<Request<Bytes>> for UpstreamService {
                 state: State::Sending {
                     inner: self.client.request(req),
                     lease: Some(lease),
-                    stream,
+                    idle: stream.then_some(self.stream_idle_timeout),
                 },
             },
-            Err(err) => ResponseFuture {
-                state: State::Failed { err: Some(err) },
-            },
+            Err(err) => ResponseFuture { state: State::Failed { err: Some(err) } },
         }
     }
 }
@@ -101,14 +112,8 @@ impl Service<Request<Bytes>> for UpstreamService {
 /// Builds the provider's request from the client's: pure, no I/O.
 pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, bool), BoxError> {
     let (mut parts, body) = req.into_parts();
-    let target = parts
-        .extensions
-        .remove::<RouteTarget>()
-        .ok_or_else(|| MissingExtension::new("RouteTarget"))?;
-    let lease = parts
-        .extensions
-        .remove::<KeyLease>()
-        .ok_or_else(|| MissingExtension::new("KeyLease"))?;
+    let target = parts.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+    let lease = parts.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
     let provider = lease.provider();
     let body = match provider.dialect() {
         Dialect::OpenAi => match target.model_span() {
@@ -124,22 +129,14 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, b
     if target.stream() {
         // Streams are forwarded (and, when they break, ended) event by event
         // by the proxy, which needs to see plain text.
-        parts
-            .headers
-            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        parts.headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
     if !parts.headers.contains_key(CONTENT_TYPE) {
-        parts
-            .headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     // Per-request state stays in the proxy; the client sees none of it.
     parts.extensions = http::Extensions::new();
-    Ok((
-        Request::from_parts(parts, Full::new(body)),
-        lease,
-        target.stream(),
-    ))
+    Ok((Request::from_parts(parts, Full::new(body)), lease, target.stream()))
 }
 
 pin_project! {
@@ -153,7 +150,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Sending { #[pin] inner: legacy::ResponseFuture, lease: Option<KeyLease>, stream: bool },
+        Sending { #[pin] inner: legacy::ResponseFuture, lease: Option<KeyLease>, idle: Option<Duration> },
         Failed { err: Option<BoxError> },
     }
 }
@@ -169,40 +166,25 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending {
-                inner,
-                lease,
-                stream,
-            } => {
+            StateProj::Sending { inner, lease, idle } => {
                 let lease = lease.as_ref().expect("polled after completion");
                 let res = match ready!(inner.poll(cx)) {
                     Ok(res) => res,
                     Err(err) => {
-                        return Poll::Ready(Err(UpstreamUnreachable::new(
-                            lease.provider_id().as_str(),
-                            err,
-                        )
-                        .into()));
+                        return Poll::Ready(Err(UpstreamUnreachable::new(lease.provider_id().as_str(), err).into()));
                     }
                 };
                 let (mut parts, body) = res.into_parts();
                 headers::for_client(&mut parts.headers);
                 parts.extensions = http::Extensions::new();
                 parts.extensions.insert(lease.clone());
-                let encoded = parts
-                    .headers
-                    .get(CONTENT_ENCODING)
-                    .is_some_and(|e| e != "identity");
-                let body = if *stream && parts.status.is_success() && !encoded {
-                    SseErrorTail::new(body).boxed_unsync()
-                } else {
-                    body.map_err(BoxError::from).boxed_unsync()
+                let body = match idle {
+                    Some(idle) if parts.status.is_success() => IdleTimeoutBody::new(body, *idle).boxed_unsync(),
+                    _ => body.map_err(BoxError::from).boxed_unsync(),
                 };
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
-            StateProj::Failed { err } => {
-                Poll::Ready(Err(err.take().expect("polled after completion")))
-            }
+            StateProj::Failed { err } => Poll::Ready(Err(err.take().expect("polled after completion"))),
         }
     }
 }

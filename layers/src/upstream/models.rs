@@ -55,32 +55,21 @@ pub struct ModelCatalog {
 
 impl fmt::Debug for ModelCatalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ModelCatalog")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
+        f.debug_struct("ModelCatalog").field("ttl", &self.ttl).finish_non_exhaustive()
     }
 }
 
 impl ModelCatalog {
     /// Lists are cached for `ttl`; one fetch may take `fetch_timeout`.
     pub fn new(client: HttpsClient, ttl: Duration, fetch_timeout: Duration) -> Self {
-        Self {
-            client,
-            ttl,
-            fetch_timeout,
-            cache: Mutex::default(),
-        }
+        Self { client, ttl, fetch_timeout, cache: Mutex::default() }
     }
 
     /// Every provider's models, configured ones first, as `provider/model`.
     pub async fn list(&self, pool: &KeyPool) -> Vec<ModelInfo> {
-        let listed = pool
-            .providers()
-            .filter(|p| !p.keys().is_empty() || !p.provider().models().is_empty());
-        let fetched = futures_util::future::join_all(
-            listed.map(|p| async move { (p, self.provider_models(p).await) }),
-        )
-        .await;
+        let listed = pool.providers().filter(|p| !p.keys().is_empty() || !p.provider().models().is_empty());
+        let fetched =
+            futures_util::future::join_all(listed.map(|p| async move { (p, self.provider_models(p).await) })).await;
         let mut out = Vec::new();
         for (pool, fetched) in fetched {
             let provider = pool.provider().id().as_str();
@@ -110,9 +99,7 @@ impl ModelCatalog {
                 None => None,
             }
         };
-        let (models, fresh_for) = match tokio::time::timeout(self.fetch_timeout, self.fetch(pool))
-            .await
-        {
+        let (models, fresh_for) = match tokio::time::timeout(self.fetch_timeout, self.fetch(pool)).await {
             Ok(Ok(models)) => (models.into(), self.ttl),
             failed => {
                 let reason = match failed {
@@ -120,20 +107,11 @@ impl ModelCatalog {
                     _ => format!("no answer within {:?}", self.fetch_timeout),
                 };
                 tracing::warn!(provider = id, error = %reason, "could not fetch the provider's model list");
-                (
-                    stale.unwrap_or_else(|| Arc::from([])),
-                    FAILURE_BACKOFF.min(self.ttl),
-                )
+                (stale.unwrap_or_else(|| Arc::from([])), FAILURE_BACKOFF.min(self.ttl))
             }
         };
         let mut cache = self.cache.lock().expect("model cache lock");
-        cache.insert(
-            id.to_owned(),
-            Cached {
-                fresh_until: Instant::now() + fresh_for,
-                models: Arc::clone(&models),
-            },
-        );
+        cache.insert(id.to_owned(), Cached { fresh_until: Instant::now() + fresh_for, models: Arc::clone(&models) });
         models
     }
 
@@ -148,16 +126,9 @@ impl ModelCatalog {
             .body(Full::new(Bytes::new()))?;
         let res = self.client.request(req).await?;
         let status = res.status();
-        let body = Limited::new(res.into_body(), MAX_LIST_BYTES)
-            .collect()
-            .await?
-            .to_bytes();
+        let body = Limited::new(res.into_body(), MAX_LIST_BYTES).collect().await?.to_bytes();
         if status != StatusCode::OK {
-            return Err(format!(
-                "status {status} from the provider's model list (key {})",
-                key.id()
-            )
-            .into());
+            return Err(format!("status {status} from the provider's model list (key {})", key.id()).into());
         }
         parse_model_list(&body)
     }
@@ -176,8 +147,7 @@ pub fn parse_model_list(body: &[u8]) -> Result<Vec<String>, BoxError> {
         Wrapped { data: Vec<Entry> },
         Bare(Vec<Entry>),
     }
-    let list: List =
-        serde_json::from_slice(body).map_err(|err| format!("unexpected model list: {err}"))?;
+    let list: List = serde_json::from_slice(body).map_err(|err| format!("unexpected model list: {err}"))?;
     let (List::Wrapped { data: entries } | List::Bare(entries)) = list;
     Ok(entries.into_iter().map(|e| e.id).collect())
 }

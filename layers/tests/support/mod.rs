@@ -44,10 +44,7 @@ pub fn openai(api_base: &str) -> Provider {
 
 /// One `openai` provider at `api_base` with the given keys.
 pub fn pool_at(api_base: &str, selection: Selection, keys: &[&str]) -> Arc<KeyPool> {
-    KeyPool::builder()
-        .provider(openai(api_base), selection, secrets(keys))
-        .build()
-        .unwrap()
+    KeyPool::builder().provider(openai(api_base), selection, secrets(keys)).build().unwrap()
 }
 
 /// One `openai` provider (never dialled) with the given keys.
@@ -78,12 +75,7 @@ pub fn requests(pool: &KeyPool, provider: &str) -> Vec<u64> {
 
 /// `openai/gpt-4o` on chat completions.
 pub fn target(stream: bool) -> RouteTarget {
-    RouteTarget::new(
-        ProviderId::new("openai"),
-        "gpt-4o",
-        Endpoint::ChatCompletions,
-        stream,
-    )
+    RouteTarget::new(ProviderId::new("openai"), "gpt-4o", Endpoint::ChatCompletions, stream)
 }
 
 /// A request as Parse would hand it on: `RouteTarget` already inserted.
@@ -143,10 +135,7 @@ impl BodyTx {
 impl MockBody {
     pub fn channel() -> (BodyTx, Self) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let body = Self {
-            rx,
-            polls: Arc::default(),
-        };
+        let body = Self { rx, polls: Arc::default() };
         (BodyTx { tx }, body)
     }
 
@@ -232,10 +221,7 @@ impl Captured {
     }
     /// The events whose message is `message`.
     pub fn named(&self, message: &str) -> Vec<Event> {
-        self.all()
-            .into_iter()
-            .filter(|e| e.message() == message)
-            .collect()
+        self.all().into_iter().filter(|e| e.message() == message).collect()
     }
 }
 
@@ -262,23 +248,13 @@ impl<S> tracing_subscriber::Layer<S> for CaptureLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(
-        &self,
-        attrs: &span::Attributes<'_>,
-        id: &span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         ctx.span(id).unwrap().extensions_mut().insert(fields);
     }
 
-    fn on_record(
-        &self,
-        id: &span::Id,
-        values: &span::Record<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
         let span = ctx.span(id).unwrap();
         let mut extensions = span.extensions_mut();
         if let Some(fields) = extensions.get_mut::<Fields>() {
@@ -300,11 +276,7 @@ where
                 }
             }
         }
-        captured.0.lock().unwrap().push(Event {
-            level: *event.metadata().level(),
-            fields,
-            spans,
-        });
+        captured.0.lock().unwrap().push(Event { level: *event.metadata().level(), fields, spans });
     }
 }
 

@@ -26,10 +26,7 @@ mod tests {
 
     fn rewrite(body: &str) -> String {
         let provider = Provider::openai_compatible("openrouter", "http://127.0.0.1:9/v1").unwrap();
-        let pool = KeyPool::builder()
-            .provider(provider, Default::default(), vec![])
-            .build()
-            .unwrap();
+        let pool = KeyPool::builder().provider(provider, Default::default(), vec![]).build().unwrap();
         let bytes = Bytes::copy_from_slice(body.as_bytes());
         let target = route_target(&bytes, Endpoint::ChatCompletions, &pool).unwrap();
         let out = rewrite_model(&bytes, target.model_span().unwrap(), target.model());

@@ -1,0 +1,295 @@
+//! A key's mutable health: admin state, invalid marks and probing, and per
+//! model cooldowns, concurrency slots and counters. Guarded by one small
+//! mutex per key; no lock is ever held across an await.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{sync::Semaphore, time::Instant};
+
+use super::clock::{PoolClock, invalid_ladder, rate_limit_ladder};
+use crate::classify::{Failure, FailureClass};
+
+/// More distinct models than this per key and idle ones are forgotten:
+/// model names come from clients.
+const MAX_MODELS_PER_KEY: usize = 1024;
+/// Transient failures in a row on one (key, model) before it cools briefly.
+const TRANSIENT_STREAK_LIMIT: u32 = 3;
+const TRANSIENT_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// A key's state as status pages show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Ok,
+    /// Some model of it is rate limited (or briefly cooling after failures).
+    Cooling,
+    /// Some model of it is out of quota until a reset.
+    Exhausted,
+    /// Refused by the provider; probed again after its cooldown.
+    Invalid,
+    /// Switched off by an operator.
+    Disabled,
+}
+
+/// Per-day counters of one (key, model).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub requests: u64,
+    pub successes: u64,
+    pub failures_client: u64,
+    pub failures_rate_limit: u64,
+    pub failures_quota: u64,
+    pub failures_credential: u64,
+    pub failures_transient: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+impl Counters {
+    fn fail(&mut self, class: FailureClass) {
+        let slot = match class {
+            FailureClass::Client => &mut self.failures_client,
+            FailureClass::RateLimit => &mut self.failures_rate_limit,
+            FailureClass::Quota => &mut self.failures_quota,
+            FailureClass::Credential => &mut self.failures_credential,
+            FailureClass::Transient => &mut self.failures_transient,
+        };
+        *slot += 1;
+    }
+
+    pub(crate) fn add(&mut self, other: &Counters) {
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.failures_client += other.failures_client;
+        self.failures_rate_limit += other.failures_rate_limit;
+        self.failures_quota += other.failures_quota;
+        self.failures_credential += other.failures_credential;
+        self.failures_transient += other.failures_transient;
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cooldown {
+    pub until: Instant,
+    pub class: FailureClass,
+    /// The day it started: rate-limit and quota cooldowns end at the daily reset.
+    pub day: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ModelState {
+    pub cooldown: Option<Cooldown>,
+    pub rate_streak: u32,
+    pub transient_streak: u32,
+    pub day: u64,
+    pub counters: Counters,
+    /// `None` without a concurrency cap.
+    pub slots: Option<Arc<Semaphore>>,
+}
+
+impl ModelState {
+    fn new(day: u64, cap: usize) -> Self {
+        Self {
+            cooldown: None,
+            rate_streak: 0,
+            transient_streak: 0,
+            day,
+            counters: Counters::default(),
+            slots: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
+        }
+    }
+
+    /// The cooldown still in force, if any.
+    pub fn active_cooldown(&self, now: Instant, today: u64) -> Option<Cooldown> {
+        self.cooldown.filter(|c| {
+            c.until > now && !(c.day < today && matches!(c.class, FailureClass::RateLimit | FailureClass::Quota))
+        })
+    }
+
+    fn roll_day(&mut self, today: u64) {
+        if self.day != today {
+            self.day = today;
+            self.counters = Counters::default();
+        }
+    }
+
+    fn idle(&self, now: Instant, cap: usize) -> bool {
+        self.cooldown.is_none_or(|c| c.until <= now) && self.slots.as_ref().is_none_or(|s| s.available_permits() == cap)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Invalid {
+    pub until: Instant,
+    pub strikes: u32,
+}
+
+/// Everything about a key that changes.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub disabled: bool,
+    pub invalid: Option<Invalid>,
+    /// A request is probing an invalid key whose cooldown ended.
+    pub probing: bool,
+    pub models: HashMap<Arc<str>, ModelState>,
+    /// Requests sent with the key on `requests_day`, for least-used ranking.
+    pub requests_today: u64,
+    pub requests_day: u64,
+}
+
+/// Whether a key can take a request for a model right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Availability {
+    /// Usable; `probe` when it is an invalid key due for its probe.
+    Ready {
+        probe: bool,
+        free_slots: Option<usize>,
+    },
+    Full,
+    CoolingUntil(Instant),
+    Unusable,
+}
+
+impl Health {
+    pub fn count_request(&mut self, today: u64) {
+        if self.requests_day != today {
+            self.requests_day = today;
+            self.requests_today = 0;
+        }
+        self.requests_today += 1;
+    }
+
+    pub fn requests_on(&self, today: u64) -> u64 {
+        if self.requests_day == today { self.requests_today } else { 0 }
+    }
+
+    pub fn model(&mut self, model: &str, today: u64, cap: usize, now: Instant) -> &mut ModelState {
+        if !self.models.contains_key(model) {
+            if self.models.len() >= MAX_MODELS_PER_KEY {
+                self.models.retain(|_, m| !m.idle(now, cap));
+            }
+            self.models.insert(model.into(), ModelState::new(today, cap));
+        }
+        let state = self.models.get_mut(model).expect("inserted above");
+        state.roll_day(today);
+        state
+    }
+
+    pub fn availability(&self, model: &str, now: Instant, today: u64) -> Availability {
+        if self.disabled {
+            return Availability::Unusable;
+        }
+        let mut probe = false;
+        if let Some(invalid) = self.invalid {
+            if invalid.until > now || self.probing {
+                return Availability::Unusable;
+            }
+            probe = true;
+        }
+        let Some(state) = self.models.get(model) else {
+            return Availability::Ready { probe, free_slots: None };
+        };
+        if let Some(cooldown) = state.active_cooldown(now, today) {
+            return Availability::CoolingUntil(cooldown.until);
+        }
+        match &state.slots {
+            Some(slots) if slots.available_permits() == 0 => Availability::Full,
+            Some(slots) => Availability::Ready { probe, free_slots: Some(slots.available_permits()) },
+            None => Availability::Ready { probe, free_slots: None },
+        }
+    }
+
+    /// Applies one attempt's outcome. Returns the cooldown it started, if any.
+    pub fn record(
+        &mut self,
+        model: &str,
+        outcome: Result<(), Failure>,
+        clock: &PoolClock,
+        cap: usize,
+        now: Instant,
+    ) -> Option<Cooldown> {
+        let today = clock.day(now);
+        let state = self.model(model, today, cap, now);
+        let failure = match outcome {
+            Ok(()) => {
+                state.counters.successes += 1;
+                state.rate_streak = 0;
+                state.transient_streak = 0;
+                if state.cooldown.is_some_and(|c| c.until <= now) {
+                    state.cooldown = None;
+                }
+                self.invalid = None;
+                self.probing = false;
+                return None;
+            }
+            Err(failure) => failure,
+        };
+        state.counters.fail(failure.class);
+        let cooldown = match failure.class {
+            FailureClass::Client => {
+                // The request's fault: the key answered, so it is healthy.
+                self.invalid = None;
+                self.probing = false;
+                return None;
+            }
+            FailureClass::RateLimit => {
+                state.rate_streak += 1;
+                let wait = failure.retry_after.unwrap_or_else(|| rate_limit_ladder(state.rate_streak));
+                Cooldown { until: now + wait, class: FailureClass::RateLimit, day: today }
+            }
+            FailureClass::Quota => {
+                let until = failure.retry_after.map_or_else(|| clock.next_reset(now), |wait| now + wait);
+                Cooldown { until, class: FailureClass::Quota, day: today }
+            }
+            FailureClass::Credential => {
+                let strikes = self.invalid.map_or(0, |i| i.strikes) + 1;
+                self.invalid = Some(Invalid { until: now + invalid_ladder(strikes), strikes });
+                self.probing = false;
+                return None;
+            }
+            FailureClass::Transient => {
+                state.transient_streak += 1;
+                if state.transient_streak < TRANSIENT_STREAK_LIMIT {
+                    return None;
+                }
+                state.transient_streak = 0;
+                let wait = failure.retry_after.unwrap_or(TRANSIENT_COOLDOWN).min(Duration::from_secs(300));
+                Cooldown { until: now + wait, class: FailureClass::Transient, day: today }
+            }
+        };
+        state.cooldown = Some(cooldown);
+        Some(cooldown)
+    }
+
+    pub fn state(&self, now: Instant, today: u64) -> KeyState {
+        if self.disabled {
+            return KeyState::Disabled;
+        }
+        if self.invalid.is_some() {
+            return KeyState::Invalid;
+        }
+        let mut state = KeyState::Ok;
+        for model in self.models.values() {
+            match model.active_cooldown(now, today).map(|c| c.class) {
+                Some(FailureClass::Quota) => return KeyState::Exhausted,
+                Some(_) => state = KeyState::Cooling,
+                None => {}
+            }
+        }
+        state
+    }
+
+    /// `/reset`: every cooldown and mark cleared, counters kept.
+    pub fn reset(&mut self) {
+        self.invalid = None;
+        self.probing = false;
+        for model in self.models.values_mut() {
+            model.cooldown = None;
+            model.rate_streak = 0;
+            model.transient_streak = 0;
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! `RetryRotateLayer`: keeps a request going across keys.
+//!
+//! An async loop over attempts, each rebuilt from the pristine buffered
+//! request (`Request<Bytes>`: the body is never read twice). After each
+//! attempt it classifies the answer ([`crate::classify`]) from status,
+//! headers and at most [`PEEK_LIMIT`] bytes of an error body (a 2xx body is
+//! never touched), records the outcome in the pool through the response's
+//! [`KeyLease`], and decides ([`policy::next`]):
+//!
+//! - success: the response goes to the client; a stream is wrapped so that
+//!   a break after its `200` ends it with one SSE error event;
+//! - client error (400, 404, 422...): returned as it is, no penalty;
+//! - rate limit, quota, credential: the pool cooled or marked the key, so
+//!   the next attempt picks another at once;
+//! - transient (5xx, 529, connect errors): the same key again after a
+//!   jittered backoff, then another key, which this request will not retry;
+//! - a key that turned out to be busy: another choice, no penalty.
+//!
+//! Rotation may walk the whole pool; the [`Deadline`] (outside) bounds it.
+//! KeySelect answers when it runs out: 429 when every key is cooling past
+//! the deadline, 503 when none is usable; when every key was tried this
+//! layer answers [`UpstreamFailed`] (502) carrying the last upstream error,
+//! with secrets redacted.
+//!
+//! Reads [`RouteTarget`] and [`Deadline`]; writes [`ExcludedKeys`],
+//! [`PinnedKey`] and [`Attempt`] on each attempt.
+
+pub mod policy;
+
+use std::{
+    error::Error,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode, header::CONTENT_ENCODING};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use self::policy::Next;
+pub use self::policy::RetryPolicy;
+use crate::{
+    BoxError, ProxyBody,
+    body::SseErrorTail,
+    classify::{Failure, FailureClass, PEEK_LIMIT, classify},
+    error::{KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable},
+    extensions::{Attempt, Deadline, ExcludedKeys, PinnedKey, RouteTarget},
+    pool::{KeyId, KeyLease},
+};
+
+/// Applies [`RetryRotate`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryRotateLayer {
+    policy: RetryPolicy,
+}
+
+impl RetryRotateLayer {
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for RetryRotateLayer {
+    type Service = RetryRotate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryRotate { inner, policy: self.policy }
+    }
+}
+
+/// Retries with rotation; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct RetryRotate<S> {
+    inner: S,
+    policy: RetryPolicy,
+}
+
+impl<S> RetryRotate<S> {
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ResBody> Service<Request<Bytes>> for RetryRotate<S>
+where
+    S: Service<Request<Bytes>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        // The ready service makes the first attempt; later attempts wait for
+        // its readiness again.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(attempt_loop(inner, req, self.policy))
+    }
+}
+
+fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a T> {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// A fresh attempt from the pristine request: nothing attempt-scoped
+/// carries over.
+fn attempt_request(pristine: &Request<Bytes>) -> Request<Bytes> {
+    let mut req = Request::new(pristine.body().clone());
+    *req.method_mut() = pristine.method().clone();
+    *req.uri_mut() = pristine.uri().clone();
+    *req.version_mut() = pristine.version();
+    *req.headers_mut() = pristine.headers().clone();
+    *req.extensions_mut() = pristine.extensions().clone();
+    req
+}
+
+async fn attempt_loop<S, ResBody>(
+    mut svc: S,
+    pristine: Request<Bytes>,
+    policy: RetryPolicy,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<Bytes>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let target =
+        pristine.extensions().get::<RouteTarget>().cloned().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+    let deadline = pristine.extensions().get::<Deadline>().map(|d| d.0);
+    let model = target.model();
+    let mut excluded: Vec<KeyId> = Vec::new();
+    let mut pinned: Option<KeyId> = None;
+    let mut same_key_failures = 0u32;
+    let mut last_failure: Option<String> = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut req = attempt_request(&pristine);
+        req.extensions_mut().insert(ExcludedKeys(excluded.clone()));
+        if let Some(key) = &pinned {
+            req.extensions_mut().insert(PinnedKey(key.clone()));
+        }
+        req.extensions_mut().insert(Attempt(attempt));
+        let ready: Result<&mut S, BoxError> = svc.ready().await.map_err(Into::into);
+        let result: Result<Response<ResBody>, BoxError> = match ready {
+            Ok(svc) => svc.call(req).await.map_err(Into::into),
+            Err(err) => Err(err),
+        };
+
+        let (lease, failure, cooled) = match result {
+            Ok(res) => {
+                let Some(lease) = res.extensions().get::<KeyLease>().cloned() else {
+                    // Not an upstream answer this layer can judge.
+                    return Ok(finish(res, &target));
+                };
+                let status = res.status();
+                if !(status.is_client_error() || status.is_server_error()) {
+                    lease.record(model, Ok(()));
+                    return Ok(finish(res, &target));
+                }
+                let (res, peeked) = peek(res).await;
+                let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
+                let cooled = lease.record(model, Err(failure)).is_some();
+                tracing::info!(
+                    attempt,
+                    key = lease.key_id().as_str(),
+                    status = status.as_u16(),
+                    class = failure.class.as_str(),
+                    "upstream attempt failed"
+                );
+                if failure.class == FailureClass::Client {
+                    return Ok(res);
+                }
+                last_failure = Some(describe(status, &peeked, &lease));
+                (lease, failure, cooled)
+            }
+            Err(err) => {
+                let Some(leased) = find::<LeasedError>(&*err) else {
+                    return match (find::<KeysExhausted>(&*err), last_failure) {
+                        (Some(_), Some(last)) => {
+                            Err(UpstreamFailed::new(target.provider().as_str(), attempt - 1, last).into())
+                        }
+                        _ => Err(err),
+                    };
+                };
+                let lease = leased.lease().clone();
+                if find::<KeyBusy>(leased.cause()).is_some() {
+                    // Lost a race for the key's last slot: choose again.
+                    pinned = None;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                if find::<UpstreamUnreachable>(leased.cause()).is_none() {
+                    return Err(err);
+                }
+                let failure = Failure::new(FailureClass::Transient);
+                let cooled = lease.record(model, Err(failure)).is_some();
+                tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
+                last_failure = Some(err.to_string());
+                (lease, failure, cooled)
+            }
+        };
+
+        same_key_failures = match &pinned {
+            Some(key) if key == lease.key_id() => same_key_failures + 1,
+            _ => 1,
+        };
+        let mut step = policy::next(&policy, failure.class, same_key_failures, fastrand::f64());
+        // No same-key retry into a cooldown (repeated transient failures
+        // just started one) or past the deadline.
+        if let Next::SameKey(pause) = step
+            && (cooled || deadline.is_some_and(|d| Instant::now() + pause >= d))
+        {
+            step = Next::Rotate { exclude: true };
+        }
+        match step {
+            Next::Return => unreachable!("client errors returned above"),
+            Next::SameKey(pause) => {
+                tokio::time::sleep(pause).await;
+                pinned = Some(lease.key_id().clone());
+            }
+            Next::Rotate { exclude } => {
+                pinned = None;
+                if exclude {
+                    excluded.push(lease.key_id().clone());
+                }
+            }
+        }
+    }
+}
+
+/// The response that goes to the client: boxed, and for a stream, ended by
+/// an SSE error event should it break after this point.
+fn finish<B>(res: Response<B>, target: &RouteTarget) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let plain = res.headers().get(CONTENT_ENCODING).is_none_or(|e| e == "identity");
+    if target.stream() && res.status().is_success() && plain {
+        res.map(|body| SseErrorTail::new(body).boxed_unsync())
+    } else {
+        res.map(|body| body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+/// Reads at most [`PEEK_LIMIT`] bytes of an error body, and gives back a
+/// response whose body is the whole original one.
+async fn peek<B>(res: Response<B>) -> (Response<ProxyBody>, Bytes)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    let mut body: ProxyBody = body.map_err(Into::into).boxed_unsync();
+    let mut peeked = BytesMut::new();
+    while peeked.len() < PEEK_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    peeked.extend_from_slice(data);
+                }
+            }
+            // A broken error body: what arrived is all there is.
+            Some(Err(_)) | None => {
+                let peeked = peeked.freeze();
+                return (Response::from_parts(parts, crate::body::full(peeked.clone())), peeked);
+            }
+        }
+    }
+    let peeked = peeked.freeze();
+    let body = Chain { head: Some(peeked.clone()), rest: body };
+    (Response::from_parts(parts, body.boxed_unsync()), peeked)
+}
+
+pin_project_lite::pin_project! {
+    /// The peeked head of a body, then the rest of it.
+    struct Chain<B> {
+        head: Option<Bytes>,
+        #[pin]
+        rest: B,
+    }
+}
+
+impl<B> Body for Chain<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        this.rest.poll_frame(cx).map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// The last upstream error as the client may see it: status, the
+/// provider's message, and never a secret.
+fn describe(status: StatusCode, body: &[u8], lease: &KeyLease) -> String {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let error = v.get("error")?;
+            error
+                .get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+                .or_else(|| error.as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+    let message = crate::error::redact(&message, lease.secret().expose());
+    format!("{} from key {}: {}", status.as_u16(), lease.key_id(), message.trim())
+}
