@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, ProxyBody, pool::InFlight};
+use crate::{BoxError, ProxyBody, pool::InFlight, usage::UsageTap};
 
 /// A complete body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -29,26 +29,39 @@ pin_project! {
         #[pin]
         inner: B,
         in_flight: Option<InFlight>,
+        usage: Option<UsageTap>,
     }
 }
 
 impl<B> LeasedBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, in_flight: Some(in_flight) }
+        Self { inner, in_flight: Some(in_flight), usage: None }
+    }
+
+    /// Also reads the token usage at the end of the body and counts it for
+    /// the key (for successful answers).
+    pub fn counting_usage(mut self) -> Self {
+        self.usage = Some(UsageTap::default());
+        self
     }
 }
 
 impl<B> Body for LeasedBody<B>
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let (Some(tap), Some(Ok(frame))) = (this.usage.as_mut(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            tap.push(data);
+        }
         // Release at the end as soon as it is known: a body whose last frame
         // says end-of-stream may never be polled again.
         match &frame {
@@ -58,7 +71,14 @@ where
                     in_flight.stream_broke();
                 }
             }
-            _ => drop(this.in_flight.take()),
+            _ => {
+                if let (Some(in_flight), Some(usage)) =
+                    (this.in_flight.as_ref(), this.usage.as_ref().and_then(UsageTap::usage))
+                {
+                    in_flight.count_usage(usage);
+                }
+                drop(this.in_flight.take());
+            }
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }

@@ -84,6 +84,7 @@ pub mod select;
 pub mod timeout;
 #[cfg(feature = "upstream")]
 pub mod upstream;
+pub mod usage;
 
 /// The error type every inner layer returns; [`respond::ErrorResponseLayer`]
 /// turns it into a response.

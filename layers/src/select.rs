@@ -142,7 +142,13 @@ where
             tracing::Span::current().record("key", lease.key_id().as_str());
             req.extensions_mut().insert(lease.clone());
             match inner.call(req).await {
-                Ok(res) => Ok(res.map(|body| LeasedBody::new(body, in_flight))),
+                Ok(res) => {
+                    let success = res.status().is_success();
+                    Ok(res.map(|body| {
+                        let body = LeasedBody::new(body, in_flight);
+                        if success { body.counting_usage() } else { body }
+                    }))
+                }
                 Err(err) => Err(LeasedError::new(lease, err.into()).into()),
             }
         })

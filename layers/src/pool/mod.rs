@@ -553,6 +553,17 @@ pub struct InFlight {
 
 impl InFlight {
     /// A stream broke after its headers: a transient failure of this key.
+    /// Counts the tokens a successful answer reported.
+    pub fn count_usage(&self, usage: crate::usage::Usage) {
+        let now = Instant::now();
+        let today = self.pool.clock.day(now);
+        let cap = self.pool.options.max_concurrent_per_key;
+        let mut health = self.pool.keys[self.index].health();
+        let counters = &mut health.model(&self.model, today, cap, now).counters;
+        counters.tokens_in += usage.prompt_tokens;
+        counters.tokens_out += usage.completion_tokens;
+    }
+
     pub fn stream_broke(&self) {
         let _cooling_until = self.pool.record(self.index, &self.model, Err(Failure::new(FailureClass::Transient)));
     }

@@ -1,0 +1,97 @@
+//! Token usage read from the tail of a response, without buffering it:
+//! the last few KiB are kept as they pass, and the last `"usage"` object in
+//! them is read at the end. That finds OpenAI's `usage` in a completion, in
+//! an embeddings answer, and in the final chunk of a stream.
+
+use bytes::{Buf, BytesMut};
+use serde::Deserialize;
+
+/// How much of a body's end is kept.
+const TAIL: usize = 8 * 1024;
+
+/// Tokens of one response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// Keeps the last [`TAIL`] bytes of a body.
+#[derive(Debug, Default)]
+pub struct UsageTap {
+    tail: BytesMut,
+}
+
+impl UsageTap {
+    pub fn push(&mut self, chunk: &[u8]) {
+        if chunk.len() >= TAIL {
+            self.tail.clear();
+            self.tail.extend_from_slice(&chunk[chunk.len() - TAIL..]);
+            return;
+        }
+        let overflow = (self.tail.len() + chunk.len()).saturating_sub(TAIL);
+        self.tail.advance(overflow);
+        self.tail.extend_from_slice(chunk);
+    }
+
+    /// The usage in what was seen, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        usage_in_tail(&self.tail)
+    }
+}
+
+/// The last `"usage": {...}` object in `tail` that parses; `null` usages
+/// (stream chunks before the last) are skipped.
+pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+        let rest = &tail[at + KEY.len()..];
+        let rest = rest.trim_ascii_start();
+        if let Some(rest) = rest.strip_prefix(b":") {
+            let rest = rest.trim_ascii_start();
+            if rest.starts_with(b"{") {
+                let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
+                if let Some(Ok(usage)) = values.next() {
+                    return Some(usage);
+                }
+            }
+        }
+        end = at;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_usage_in_a_completion_and_in_the_last_stream_chunk() {
+        let completion = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        assert_eq!(usage_in_tail(completion), Some(Usage { prompt_tokens: 19, completion_tokens: 10 }));
+        let stream = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n\
+            data: [DONE]\n\n";
+        assert_eq!(usage_in_tail(stream), Some(Usage { prompt_tokens: 5, completion_tokens: 7 }));
+        let embeddings = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(usage_in_tail(embeddings), Some(Usage { prompt_tokens: 8, completion_tokens: 0 }));
+        assert_eq!(usage_in_tail(b"data: {\"usage\":null}\n\n"), None);
+        assert_eq!(usage_in_tail(b"no usage here"), None);
+    }
+
+    #[test]
+    fn the_tap_keeps_only_the_tail_across_any_split() {
+        let body = format!("{}{}", "x".repeat(20_000), r#""usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#);
+        for split in [1, 7, 100, 4096, 9000, 30_000] {
+            let mut tap = UsageTap::default();
+            for chunk in body.as_bytes().chunks(split) {
+                tap.push(chunk);
+            }
+            assert!(tap.tail.len() <= TAIL);
+            assert_eq!(tap.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 4 }), "split {split}");
+        }
+    }
+}
