@@ -212,9 +212,15 @@ fn the_example_config_documents_every_key() {
         "max_header_bytes",
         "header_read_timeout_secs",
         "shutdown_grace_secs",
+        "data_dir",
+        "state_save_interval_secs",
         "api_key",
+        "admin_api_key",
         "global_timeout_secs",
+        "stream_idle_timeout_secs",
         "models_cache_ttl_secs",
+        "daily_reset_utc",
+        "max_concurrent_per_key",
         "api_base",
         "api_keys",
         "selection",
@@ -222,4 +228,29 @@ fn the_example_config_documents_every_key() {
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }
+}
+
+#[test]
+fn resilience_settings_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(
+        dir.path(),
+        &[
+            ("ADMIN_API_KEY", "admin"),
+            ("MAX_CONCURRENT_REQUESTS_PER_KEY_OPENAI", "3"),
+            ("KEYRELAY_PROXY__DAILY_RESET_UTC", "07:30"),
+            ("KEYRELAY_PROXY__STREAM_IDLE_TIMEOUT_SECS", "5"),
+            ("KEYRELAY_SERVER__DATA_DIR", "state"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(s.admin_key.as_ref().map(Secret::expose), Some("admin"));
+    let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
+    assert_eq!(openai.options.max_concurrent_per_key, 3);
+    assert_eq!(s.daily_reset, Duration::from_secs(7 * 3600 + 30 * 60));
+    assert_eq!(s.stream_idle_timeout, Duration::from_secs(5));
+    assert_eq!(s.data_dir, dir.path().join("state"), "relative to the working directory");
+
+    let message = err(sources(dir.path(), &[("KEYRELAY_PROXY__DAILY_RESET_UTC", "25:00")]));
+    assert!(message.contains("daily_reset_utc"), "{message}");
 }
