@@ -16,6 +16,8 @@ const MAX_MODELS_PER_KEY: usize = 1024;
 /// Transient failures in a row on one (key, model) before it cools briefly.
 const TRANSIENT_STREAK_LIMIT: u32 = 3;
 const TRANSIENT_COOLDOWN: Duration = Duration::from_secs(10);
+/// The shortest rate-limit or quota cooldown, whatever the hint says.
+const MIN_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// A key's state as status pages show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,11 +239,14 @@ impl Health {
             }
             FailureClass::RateLimit => {
                 state.rate_streak += 1;
-                let wait = failure.retry_after.unwrap_or_else(|| rate_limit_ladder(state.rate_streak));
+                // A zero hint must not turn rotation into a hot loop on this key.
+                let wait =
+                    failure.retry_after.unwrap_or_else(|| rate_limit_ladder(state.rate_streak)).max(MIN_COOLDOWN);
                 Cooldown { until: now + wait, class: FailureClass::RateLimit, day: today }
             }
             FailureClass::Quota => {
-                let until = failure.retry_after.map_or_else(|| clock.next_reset(now), |wait| now + wait);
+                let until =
+                    failure.retry_after.map_or_else(|| clock.next_reset(now), |wait| now + wait.max(MIN_COOLDOWN));
                 Cooldown { until, class: FailureClass::Quota, day: today }
             }
             FailureClass::Credential => {

@@ -224,6 +224,12 @@ where
             }
         };
 
+        // A safety valve beside the deadline: no request hammers a pool
+        // more than a few times over.
+        if attempt >= 4 * lease.pool().keys().len() as u32 + 4 {
+            let last = last_failure.unwrap_or_default();
+            return Err(UpstreamFailed::new(target.provider().as_str(), attempt, last).into());
+        }
         same_key_failures = match &pinned {
             Some(key) if key == lease.key_id() => same_key_failures + 1,
             _ => 1,
