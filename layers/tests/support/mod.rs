@@ -14,7 +14,7 @@ use std::{
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -85,6 +85,23 @@ pub fn routed<B>(body: B) -> Request<B> {
     req
 }
 
+/// 2026-01-01 12:00:00 UTC in Unix seconds: the wall time that pools built
+/// with [`noon`] stand at, so that daily resets fall at known instants.
+pub const NOON_UNIX: u64 = 1_767_268_800;
+
+/// [`NOON_UNIX`] as a `SystemTime`, for `KeyPoolBuilder::wall_clock`.
+pub fn noon() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(NOON_UNIX)
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 /// What the client would be told about `err`.
 pub fn reply(err: &BoxError) -> ErrorReply {
     ErrorReply::from_error(&**err)
@@ -96,6 +113,15 @@ pub async fn within<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .expect("no progress within 10 s: the code under test is stuck")
+}
+
+/// [`within`] for paused-clock tests, whose futures legitimately wait for
+/// minutes of tokio's time: under a paused clock a stuck future still fails
+/// at once, as the clock jumps to the bound when nothing else can run.
+pub async fn within_virtual<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(48 * 3600), fut)
+        .await
+        .expect("no progress within 48 h of tokio's time: the code under test is stuck")
 }
 
 // === MockBody ===
