@@ -142,13 +142,16 @@ pin_project! {
         #[pin]
         inner: B,
         idle: std::time::Duration,
+        // Re-armed lazily from `last_frame` when it fires, not on every
+        // frame: a timer-wheel update per SSE event costs more than the event.
         sleep: Pin<Box<tokio::time::Sleep>>,
+        last_frame: tokio::time::Instant,
     }
 }
 
 impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
-        Self { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)) }
+        Self { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)), last_frame: tokio::time::Instant::now() }
     }
 }
 
@@ -175,11 +178,17 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            this.sleep.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+            *this.last_frame = tokio::time::Instant::now();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        ready!(this.sleep.as_mut().poll(cx));
-        Poll::Ready(Some(Err(StreamIdle(*this.idle).into())))
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            let due = *this.last_frame + *this.idle;
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(Some(Err(StreamIdle(*this.idle).into())));
+            }
+            this.sleep.as_mut().reset(due);
+        }
     }
 
     fn is_end_stream(&self) -> bool {
