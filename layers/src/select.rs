@@ -189,10 +189,16 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         if why.full || cooling.is_some() {
             // A slot frees, a key comes back, or the cooldown ends; the
             // deadline layer outside bounds the wait.
-            let wake = cooling.unwrap_or_else(|| deadline.unwrap_or(now + std::time::Duration::from_secs(3600)));
-            tokio::select! {
-                () = &mut freed => {}
-                () = sleep_until(wake) => {}
+            // Past the deadline only a freed slot can help (the deadline layer
+            // outside ends the wait): no timer, or it would fire at once, forever.
+            match cooling.or(deadline.filter(|&d| d > now)) {
+                Some(wake) => {
+                    tokio::select! {
+                        () = &mut freed => {}
+                        () = sleep_until(wake) => {}
+                    }
+                }
+                None => freed.await,
             }
             continue;
         }

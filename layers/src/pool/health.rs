@@ -238,18 +238,32 @@ impl Health {
                 return None;
             }
             FailureClass::RateLimit => {
+                // Requests sent before the cooldown began answer 429 too: one
+                // burst climbs the ladder once (a later hint may extend it).
+                if let Some(current) = state.cooldown.as_mut().filter(|c| c.until > now && c.class == failure.class) {
+                    if let Some(hint) = failure.retry_after {
+                        current.until = current.until.max((now + hint).min(clock.next_reset(now)));
+                    }
+                    return Some(*current);
+                }
                 state.rate_streak += 1;
                 // A zero hint must not turn rotation into a hot loop on this key.
                 let wait =
                     failure.retry_after.unwrap_or_else(|| rate_limit_ladder(state.rate_streak)).max(MIN_COOLDOWN);
-                Cooldown { until: now + wait, class: FailureClass::RateLimit, day: today }
+                // Rate-limit and quota cooldowns end at the daily reset at the latest.
+                Cooldown { until: (now + wait).min(clock.next_reset(now)), class: FailureClass::RateLimit, day: today }
             }
             FailureClass::Quota => {
+                let next_reset = clock.next_reset(now);
                 let until =
-                    failure.retry_after.map_or_else(|| clock.next_reset(now), |wait| now + wait.max(MIN_COOLDOWN));
+                    failure.retry_after.map_or(next_reset, |wait| (now + wait.max(MIN_COOLDOWN)).min(next_reset));
                 Cooldown { until, class: FailureClass::Quota, day: today }
             }
             FailureClass::Credential => {
+                // Requests sent before the mark fail too: one mark per burst.
+                if self.invalid.is_some_and(|i| i.until > now) {
+                    return None;
+                }
                 let strikes = self.invalid.map_or(0, |i| i.strikes) + 1;
                 self.invalid = Some(Invalid { until: now + invalid_ladder(strikes), strikes });
                 self.probing = false;
