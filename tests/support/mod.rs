@@ -2,8 +2,9 @@
 //!
 //! - [`mock_upstream`]: an OpenAI-speaking upstream on `127.0.0.1:0` that
 //!   replays `tests/fixtures/openai/*`, records every request it sees and
-//!   can be scripted per request (status + body, hang, close, gated or
-//!   broken stream).
+//!   can be scripted per request or per pool key (status + headers + body,
+//!   429/401/402/5xx, hang, close, reset, held, gated or broken stream),
+//!   counting requests in flight per key.
 //! - [`proxy`]: keyrelay itself, in process, on `127.0.0.1:0`, configured
 //!   from an explicit environment and an empty temporary working directory
 //!   (so a developer's `.env` or `config.toml` is never read).
@@ -24,7 +25,10 @@ use std::{future::Future, time::Duration};
 
 pub use self::{
     client::{Auth, Reply, SseReader, TestClient, assert_openai_error, chunked, get, post, request},
-    mock_upstream::{Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, chat_completion, stream_events},
+    mock_upstream::{
+        BEARER_PLACEHOLDER, Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, Valve, chat_completion,
+        stream_events,
+    },
     proxy::{Proxy, openai_env},
 };
 
@@ -45,11 +49,13 @@ pub const KEY_THREE: &str = "sk-test-SECRET-three-3333";
 pub const LOCAL_KEY: &str = "local-SECRET-key-4444";
 /// A key a client might mistakenly send along (its own OpenAI key).
 pub const CLIENT_OWN_KEY: &str = "sk-client-own-SECRET-5555";
+/// The admin key (`ADMIN_API_KEY`), when a test sets one.
+pub const ADMIN_KEY: &str = "admin-SECRET-key-6666";
 
 /// Every secret the tests configure. None of them may ever appear in a
 /// response body, a status route or the binary's output; all contain
 /// `SECRET`, which no legitimate output does.
-pub const SECRETS: &[&str] = &[PROXY_KEY, KEY_ONE, KEY_TWO, KEY_THREE, LOCAL_KEY, CLIENT_OWN_KEY];
+pub const SECRETS: &[&str] = &[PROXY_KEY, KEY_ONE, KEY_TWO, KEY_THREE, LOCAL_KEY, CLIENT_OWN_KEY, ADMIN_KEY];
 
 /// Fails if `text` shows any configured secret.
 #[track_caller]
@@ -79,4 +85,48 @@ pub fn closed_port() -> u16 {
 /// A chat request body for `model`, formatted like an SDK would send it.
 pub fn chat_body(model: &str, stream: bool) -> String {
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}],"stream":{stream}}}"#)
+}
+
+/// The id the proxy shows for an `openai` pool key: `openai:` plus the
+/// first 8 hex digits of the key's SHA-256.
+pub fn key_id(secret: &str) -> String {
+    use keyrelay_layers::{
+        pool::{KeyId, Secret},
+        provider::ProviderId,
+    };
+    KeyId::new(&ProviderId::new("openai"), &Secret::new(secret)).as_str().to_owned()
+}
+
+/// `GET /v1/keys` with `auth`, checked (200, JSON, no secret), as a map
+/// from key id to its status object.
+pub async fn keys_by_id(
+    client: &TestClient,
+    proxy: &Proxy,
+    auth: Auth<'_>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let reply = client.fetch(get(&proxy.url("/v1/keys"), auth)).await;
+    assert_eq!(reply.status, 200, "GET /v1/keys: {}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_no_secret("GET /v1/keys", reply.text());
+    reply.json()["data"]
+        .as_array()
+        .expect("a key list")
+        .iter()
+        .map(|k| (k["id"].as_str().expect("an id").to_owned(), k.clone()))
+        .collect()
+}
+
+/// Polls `check` every few milliseconds until it holds, failing the test
+/// after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }

@@ -1,9 +1,14 @@
 //! keyrelay in process: configured through `keyrelay::config::load` exactly
 //! as the binary is, from an explicit environment and an empty temporary
 //! working directory, then bound on `127.0.0.1:0` and served on the test's
-//! runtime until [`Proxy::begin_shutdown`].
+//! runtime until [`Proxy::begin_shutdown`]. Its data dir (the pool's
+//! `state.json`) is `data/` in that working directory unless a test names
+//! one ([`Proxy::start_in`]), e.g. to restart on the same state.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use keyrelay::{
     Bound,
@@ -33,6 +38,8 @@ pub struct Proxy {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     served: JoinHandle<Shutdown>,
+    data_dir: PathBuf,
+    notes: Vec<String>,
     _dir: TempDir,
 }
 
@@ -44,6 +51,20 @@ impl Proxy {
     /// Starts with settings adjusted by `tweak` after loading (e.g. a short
     /// `global_timeout` that the env, in whole seconds, cannot express).
     pub async fn start_with(env: Vec<(String, String)>, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_from(env, None, tweak).await
+    }
+
+    /// Starts with its state in `data_dir` (as `--data-dir` gives it), so
+    /// that another proxy can later start on the same state.
+    pub async fn start_in(env: Vec<(String, String)>, data_dir: &Path, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_from(env, Some(data_dir.to_path_buf()), tweak).await
+    }
+
+    async fn start_from(
+        env: Vec<(String, String)>,
+        data_dir: Option<PathBuf>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary working dir");
         let mut settings = config::load(Sources {
             config_path: None,
@@ -51,19 +72,31 @@ impl Proxy {
             env,
             host: None,
             port: Some(0),
-            data_dir: None,
+            data_dir,
         })
         .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
         tweak(&mut settings);
         let bound = Bound::bind(&settings).await.unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
         let addr = bound.local_addr().expect("bound address");
         assert!(addr.ip().is_loopback(), "tests listen on loopback: {addr}");
+        let notes = bound.notes().to_vec();
+        let data_dir = settings.data_dir.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let served = tokio::spawn(bound.serve(async move {
             // A dropped sender (the test ended) also stops the server.
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), served, _dir: dir }
+        Self { addr, shutdown: Some(tx), served, data_dir, notes, _dir: dir }
+    }
+
+    /// Where the pool's state file lives.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// What binding told the operator (e.g. state restored or set aside).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -90,5 +123,12 @@ impl Proxy {
     /// Waits (bounded) for `serve` to return and says how it went.
     pub async fn finished(self) -> Shutdown {
         within("keyrelay's serve() to return", self.served).await.expect("serve() did not panic")
+    }
+
+    /// Shuts down and waits (bounded) for `serve` to return, which saves
+    /// the pool's state.
+    pub async fn stop(mut self) -> Shutdown {
+        self.begin_shutdown();
+        self.finished().await
     }
 }
