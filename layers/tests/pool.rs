@@ -7,7 +7,10 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use keyrelay_layers::{
     classify::{Failure, FailureClass},
@@ -136,10 +139,9 @@ async fn the_ladder_is_per_model() {
 }
 
 /// Several requests in flight on one key meet the same 429 burst: that is
-/// one rate limit, not a streak, and should not throw the key to the top of
-/// the ladder at once.
+/// one rate limit, not a streak: it does not throw the key to the top of the
+/// ladder at once. A later answer's longer hint extends the cooldown.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "BUG: concurrent 429s of requests already in flight each climb the ladder (10, 30, 60 s at once)"]
 async fn concurrent_rate_limits_of_one_burst_climb_the_ladder_once() {
     let pool = build(&["k1"]);
     let p = openai_of(&pool);
@@ -147,6 +149,11 @@ async fn concurrent_rate_limits_of_one_burst_climb_the_ladder_once() {
     assert!(guards.iter().all(|c| matches!(c, Choice::Leased(..))));
     let ends: Vec<Duration> = (0..3).map(|_| rate_limit(p, 0, "m", None).unwrap() - Instant::now()).collect();
     assert_eq!(ends, [secs(10); 3], "three answers of the same instant");
+    let extended = rate_limit(p, 0, "m", Some(40)).unwrap();
+    assert_eq!(extended - Instant::now(), secs(40), "a longer hint extends it");
+    assert_eq!(rate_limit(p, 0, "m", Some(5)).unwrap(), extended, "a shorter one does not cut it");
+    advance(secs(40)).await;
+    assert_eq!(rate_limit(p, 0, "m", None).unwrap() - Instant::now(), secs(30), "the next burst climbs one step");
 }
 
 // === quota and the daily reset ===
@@ -221,11 +228,10 @@ async fn the_daily_reset_ends_rate_limit_and_quota_cooldowns() {
 }
 
 /// A rate-limit cooldown whose hint reaches past the daily reset ends at the
-/// reset (above); what the pool reports as its end should say so, or
-/// KeySelect answers 429 "usable again in 1 h" (or waits an hour) for a key
-/// that is usable in one minute.
+/// reset (above), and the pool reports it so: otherwise KeySelect would
+/// answer 429 "usable again in 1 h" (or wait an hour) for a key that is
+/// usable in one minute.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "BUG: a cooldown cut short by the daily reset is still reported (cooling_until, /v1/keys) as ending at its hint"]
 async fn a_cooldown_cut_short_by_the_daily_reset_is_reported_as_ending_there() {
     // 23:59 UTC, reset at midnight.
     let pool = KeyPool::builder()
@@ -320,7 +326,6 @@ async fn a_probe_that_ends_without_a_verdict_lets_another_request_probe() {
 /// the key is refused once, and the ladder's next step belongs to a failed
 /// probe.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "BUG: each concurrent 401 of requests already in flight climbs the invalid ladder (15 min instead of 5)"]
 async fn concurrent_credential_failures_mark_the_key_invalid_once() {
     let pool = build(&["k1"]);
     let p = openai_of(&pool);
@@ -526,29 +531,42 @@ fn statuses_json(pool: &KeyPool) -> serde_json::Value {
     serde_json::to_value(pool.key_statuses()).unwrap()
 }
 
-/// Every kind of state on five keys, with counters.
-fn eventful_pool() -> Arc<KeyPool> {
+/// Every kind of state on five keys, with counters. Takes 10 s of tokio's
+/// time: k2's streak of two rate limits needs its first cooldown to end.
+async fn eventful_pool() -> Arc<KeyPool> {
     let pool = build(&["k1", "k2", "k3", "k4", "k5"]);
     let p = openai_of(&pool);
+    rate_limit(p, 1, "gpt-4o", None).unwrap();
+    advance(secs(10)).await;
+    rate_limit(p, 1, "gpt-4o", Some(600)).unwrap();
     for i in 0..5 {
         for model in ["gpt-4o", "gpt-4o-mini"] {
-            let Choice::Leased(..) = p.choose(model, &[], Some(p.keys()[i].id())) else { panic!() };
+            let Choice::Leased(..) = p.choose(model, &[], Some(p.keys()[i].id())) else {
+                if (i, model) == (1, "gpt-4o") {
+                    continue;
+                }
+                panic!("key {i} is free for {model}");
+            };
         }
     }
     success(p, 0, "gpt-4o");
     p.record(0, "gpt-4o-mini", failure(FailureClass::Client, None));
-    // A streak of two, the second with a hint.
-    rate_limit(p, 1, "gpt-4o", None).unwrap();
-    rate_limit(p, 1, "gpt-4o", Some(600)).unwrap();
     p.record(2, "gpt-4o", failure(FailureClass::Quota, None)).unwrap();
     p.record(3, "gpt-4o", failure(FailureClass::Credential, None));
     assert!(pool.set_disabled(p.keys()[4].id().as_str(), true));
     pool
 }
 
+/// A pool with these keys whose wall clock reads what `like`'s reads now:
+/// the same process restarted.
+fn rebuilt(like: &KeyPool, keys: &[&str]) -> Arc<KeyPool> {
+    let now = UNIX_EPOCH + Duration::from_millis(like.clock().now_unix_ms());
+    KeyPool::builder().wall_clock(now).provider(openai(NOWHERE), Selection::LeastUsed, secrets(keys)).build().unwrap()
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_snapshot_restores_cooldowns_marks_switches_and_counters_into_a_new_pool() {
-    let before = eventful_pool();
+    let before = eventful_pool().await;
     let snapshot = before.snapshot();
     let json = serde_json::to_string(&snapshot).unwrap();
     for secret in ["k1", "k2", "k3", "k4", "k5"] {
@@ -557,7 +575,7 @@ async fn a_snapshot_restores_cooldowns_marks_switches_and_counters_into_a_new_po
     let parsed: PoolSnapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, snapshot);
 
-    let after = build(&["k1", "k2", "k3", "k4", "k5"]);
+    let after = rebuilt(&before, &["k1", "k2", "k3", "k4", "k5"]);
     assert_eq!(after.restore(&parsed), 5);
     assert_eq!(statuses_json(&after), statuses_json(&before));
 
@@ -573,15 +591,11 @@ async fn a_snapshot_restores_cooldowns_marks_switches_and_counters_into_a_new_po
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_restart_later_keeps_the_remaining_time_of_each_cooldown() {
-    let before = eventful_pool();
+    let before = eventful_pool().await;
     let snapshot = serde_json::to_vec(&before.snapshot()).unwrap();
     advance(secs(120)).await;
     // The process restarts two minutes later: its wall clock says so.
-    let after = KeyPool::builder()
-        .wall_clock(noon() + secs(120))
-        .provider(openai(NOWHERE), Selection::LeastUsed, secrets(&["k1", "k2", "k3", "k4", "k5"]))
-        .build()
-        .unwrap();
+    let after = rebuilt(&before, &["k1", "k2", "k3", "k4", "k5"]);
     after.restore(&serde_json::from_slice(&snapshot).unwrap());
     assert_eq!(statuses_json(&after), statuses_json(&before));
     let k2 = status(&after, "k2");
@@ -592,14 +606,14 @@ async fn a_restart_later_keeps_the_remaining_time_of_each_cooldown() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn restore_ignores_unknown_keys_and_leaves_new_keys_fresh() {
-    let before = eventful_pool();
+    let before = eventful_pool().await;
     let mut snapshot = before.snapshot();
     let stranger = snapshot.keys.values().next().unwrap().clone();
     snapshot.keys.insert("openai:00000000".to_owned(), stranger.clone());
     snapshot.keys.insert("groq:12345678".to_owned(), stranger);
 
     // k1 and k2 were removed from the config; k9 is new.
-    let after = build(&["k3", "k4", "k5", "k9"]);
+    let after = rebuilt(&before, &["k3", "k4", "k5", "k9"]);
     assert_eq!(after.restore(&snapshot), 3);
     let states: Vec<KeyState> = after.key_statuses().iter().map(|s| s.state).collect();
     assert_eq!(states, [KeyState::Exhausted, KeyState::Invalid, KeyState::Disabled, KeyState::Ok]);

@@ -137,6 +137,22 @@ async fn fails_at_once_with_429_when_every_cooldown_outlasts_the_deadline() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_rate_limit_past_midnight_is_waited_for_until_the_daily_reset_only() {
+    // 23:59 UTC; the provider says one hour, the daily reset comes first.
+    let pool = KeyPool::builder()
+        .wall_clock(noon() + secs(12 * 3600 - 60))
+        .provider(openai(NOWHERE), Selection::LeastUsed, secrets(&["k1"]))
+        .build()
+        .unwrap();
+    let (svc, seen) = stack(&pool);
+    cool(&pool, 0, 3600);
+    let start = Instant::now();
+    let _res = within_virtual(svc.oneshot(request(Some(secs(120))))).await.unwrap();
+    assert_eq!(Instant::now() - start, secs(60), "back at midnight");
+    assert_eq!(seen.keys(), [id("k1")]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_a_deadline_it_waits_for_the_earliest_cooldown() {
     let pool = plain(&["k1", "k2"]);
     let (svc, seen) = stack(&pool);
@@ -247,7 +263,6 @@ async fn a_slot_wait_ends_with_the_deadline_layer_outside() {
 /// library user may): past the deadline, a request still waiting for a slot
 /// must neither spin nor wait forever.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "BUG: without a DeadlineLayer, a slot wait past its Deadline re-arms an elapsed timer in a busy loop"]
 async fn past_its_deadline_a_slot_wait_does_not_spin() {
     let pool = capped(1, &["k1"]);
     let (svc, _seen) = stack(&pool);
