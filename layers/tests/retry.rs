@@ -355,6 +355,21 @@ async fn a_refused_key_is_marked_invalid_and_not_chosen_by_the_next_request() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn after_five_minutes_a_request_probes_the_refused_key_and_its_success_restores_it() {
+    let pool = build(&["key-a", "key-b"]);
+    let up = Upstream::default().on("key-a", vec![status(401, ""), ok("{}")]).on("key-b", vec![ok("{}")]);
+    let svc = up.stack(&pool, RetryPolicy::default());
+    let _ = within_virtual(svc.clone().oneshot(request())).await.unwrap();
+    tokio::time::advance(secs(299)).await;
+    let _ = within_virtual(svc.clone().oneshot(request())).await.unwrap();
+    assert_eq!(up.keys(), ["key-a", "key-b", "key-b"], "not before its five minutes");
+    tokio::time::advance(secs(1)).await;
+    let res = within_virtual(svc.oneshot(request())).await.unwrap();
+    assert_eq!(answered_by(&res), key_id("openai", "key-a").to_string(), "the least recently used key is probed");
+    assert_eq!(status_of(&pool, "key-a").state, KeyState::Ok);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn every_key_refused_is_503_no_usable_key() {
     let pool = build(&["key-a", "key-b"]);
     let up = Upstream::default().on("key-a", vec![status(401, "")]).on("key-b", vec![status(403, "")]);

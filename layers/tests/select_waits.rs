@@ -285,6 +285,49 @@ async fn past_its_deadline_a_slot_wait_does_not_spin() {
     drop(held);
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn waits_for_whichever_comes_first_a_free_slot_or_the_end_of_a_cooldown() {
+    let pool = capped(1, &["k1", "k2"]);
+    let (svc, seen) = stack(&pool);
+    let held = within_virtual(svc.clone().oneshot(request(None))).await.unwrap();
+    cool(&pool, 1, 20);
+    let mut fut = task::spawn(svc.clone().oneshot(request(Some(secs(60)))));
+    assert_pending!(fut.poll());
+    advance(secs(5)).await;
+    assert_pending!(fut.poll());
+    drop(held);
+    assert!(fut.is_woken());
+    let held = assert_ready_ok!(fut.poll());
+    assert_eq!(seen.keys(), [id("k1"), id("k1")], "the slot came first");
+
+    let mut fut = task::spawn(svc.oneshot(request(Some(secs(60)))));
+    assert_pending!(fut.poll());
+    advance(secs(15)).await;
+    assert!(fut.is_woken());
+    let _res = assert_ready_ok!(fut.poll());
+    assert_eq!(seen.keys()[2], id("k2"), "then the cooldown");
+    drop(held);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_provider_pause_is_waited_out_within_the_deadline() {
+    let pool = plain(&["k1", "k2", "k3", "k4"]);
+    let (svc, seen) = stack(&pool);
+    for i in 0..3 {
+        cool(&pool, i, 600);
+    }
+    let start = Instant::now();
+    let _res = within_virtual(svc.clone().oneshot(request(Some(secs(60))))).await.unwrap();
+    assert_eq!((Instant::now() - start, seen.keys()), (secs(10), vec![id("k4")]), "k4 after the 10 s pause");
+
+    for i in [0, 1, 3] {
+        openai_of(&pool).record(i, "gpt-4o-mini", Err(Failure::new(FailureClass::RateLimit)));
+    }
+    let err = within_virtual(svc.oneshot(request(Some(secs(5))))).await.unwrap_err();
+    let answer = reply(&err);
+    assert_eq!((answer.status, answer.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(10)), "{}", answer.message);
+}
+
 // === refusals ===
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
