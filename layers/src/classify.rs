@@ -101,8 +101,9 @@ pub fn classify_at(status: StatusCode, headers: &HeaderMap, body: &[u8], now: Sy
     if !(status.is_client_error() || status.is_server_error()) {
         return None;
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(PEEK_LIMIT)]).to_ascii_lowercase();
-    let class = class_of(status, &text);
+    let body = &body[..body.len().min(PEEK_LIMIT)];
+    let class = class_of(status, body);
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     let retry_after = match class {
         FailureClass::RateLimit | FailureClass::Quota | FailureClass::Transient => {
             header_hint(headers, now).or_else(|| body_hint(&text))
@@ -112,42 +113,77 @@ pub fn classify_at(status: StatusCode, headers: &HeaderMap, body: &[u8], now: Sy
     Some(Failure { class, retry_after: retry_after.map(|d| d.min(MAX_HINT)) })
 }
 
-fn class_of(status: StatusCode, body: &str) -> FailureClass {
-    let has = |needles: &[&str]| needles.iter().any(|n| body.contains(n));
-    const CREDENTIAL: &[&str] = &[
-        "invalid_api_key",
-        "incorrect api key",
-        "invalid api key",
-        "api key not valid",
-        "api_key_invalid",
-        "authentication_error",
-        "permission_error",
-        "invalid x-api-key",
-    ];
-    const QUOTA: &[&str] = &[
-        "insufficient_quota",
-        "quota exceeded",
-        "exceeded your current quota",
-        "credit balance",
-        "insufficient credits",
-        "insufficient_credits",
-        "per day",
-        "perday",
-        "daily limit",
-    ];
+/// The machine-readable fields of an error body: `error.code`, `error.type`,
+/// `error.status`, a top-level `type`, Google's `details[].reason` and
+/// `details[].violations[].quotaId`, lower-cased. Unlike messages, which
+/// may echo what the client sent (a model name), the client cannot choose
+/// these.
+fn structured_tokens(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let mut tokens = Vec::new();
+    let mut push = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => tokens.push(s.to_ascii_lowercase()),
+        Some(serde_json::Value::Number(n)) => tokens.push(n.to_string()),
+        _ => {}
+    };
+    push(value.get("type"));
+    let error = value.get("error").unwrap_or(&value);
+    for field in ["code", "type", "status"] {
+        push(error.get(field));
+    }
+    for detail in error.get("details").and_then(|d| d.as_array()).into_iter().flatten() {
+        push(detail.get("reason"));
+        for violation in detail.get("violations").and_then(|v| v.as_array()).into_iter().flatten() {
+            push(violation.get("quotaId"));
+        }
+    }
+    tokens
+}
+
+fn class_of(status: StatusCode, body: &[u8]) -> FailureClass {
+    const CREDENTIAL: &[&str] =
+        &["invalid_api_key", "authentication_error", "permission_error", "api_key_invalid", "invalid_x_api_key"];
+    const QUOTA: &[&str] = &["insufficient_quota", "insufficient_credits", "billing_hard_limit_reached"];
+    const RATE_LIMIT: &[&str] = &["rate_limit_exceeded", "rate_limit_error", "too_many_requests", "resource_exhausted"];
+    let tokens = structured_tokens(body);
+    let has = |set: &[&str]| tokens.iter().any(|t| set.contains(&t.as_str()));
+    let per_day = tokens.iter().any(|t| t.contains("perday"));
+    // Fixed provider phrases; on a 429 a client-chosen model name that
+    // mimics one can only change how long that made-up model cools.
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let says = |phrases: &[&str]| phrases.iter().any(|p| text.contains(p));
     match status.as_u16() {
         401 | 403 => FailureClass::Credential,
         402 => FailureClass::Quota,
-        429 if has(QUOTA) => FailureClass::Quota,
-        429 => FailureClass::RateLimit,
         408 => FailureClass::Transient,
-        // Some providers answer a bad key or an exhausted quota with 400.
+        // What the client asked for does not exist or cannot be taken: its
+        // own fault, whatever the message repeats.
+        404 | 409 | 413 | 415 | 422 => FailureClass::Client,
+        429 if has(QUOTA) || per_day => FailureClass::Quota,
+        429 if says(&["credit balance", "insufficient credits", "per day", "perday", "daily limit"]) => {
+            FailureClass::Quota
+        }
+        429 => FailureClass::RateLimit,
+        // Some providers answer a bad key (Gemini) or no credit (Anthropic) with 400.
         400..=499 if has(CREDENTIAL) => FailureClass::Credential,
-        400..=499 if has(&["insufficient_quota", "credit balance", "quota exceeded"]) => FailureClass::Quota,
-        400..=499 if has(&["rate limit", "rate_limit", "too many requests"]) => FailureClass::RateLimit,
+        400..=499 if has(QUOTA) || per_day => FailureClass::Quota,
+        400..=499 if has(RATE_LIMIT) => FailureClass::RateLimit,
+        // A bare plain-text answer (a proxy in front), all of it the phrase.
+        400..=499 if matches!(text.trim(), "too many requests" | "rate limit exceeded") => FailureClass::RateLimit,
+        400..=499 if error_message(body).is_some_and(|m| m.starts_with("your credit balance is too low")) => {
+            FailureClass::Quota
+        }
         400..=499 => FailureClass::Client,
         _ => FailureClass::Transient,
     }
+}
+
+/// `error.message`, lower-cased.
+fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(value.get("error")?.get("message")?.as_str()?.to_ascii_lowercase())
 }
 
 fn header_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
@@ -155,11 +191,26 @@ fn header_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(hint) = value("retry-after").and_then(|v| parse_retry_after(v, now)) {
         return Some(hint);
     }
-    // OpenAI-style: the longer of the request and token windows.
+    // OpenAI-style: the longer of the request and token windows. Some
+    // providers (OpenRouter) send the reset moment as a Unix timestamp.
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"]
         .into_iter()
-        .filter_map(|name| value(name).and_then(parse_duration))
+        .filter_map(|name| value(name).and_then(|v| parse_reset(v, now)))
         .max()
+}
+
+/// A reset header: a duration, or a Unix time in seconds or milliseconds.
+fn parse_reset(value: &str, now: SystemTime) -> Option<Duration> {
+    const SECONDS_EPOCH_FLOOR: f64 = 1e9; // 2001: no delay is this long
+    const MILLIS_EPOCH_FLOOR: f64 = 1e12;
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= SECONDS_EPOCH_FLOOR => {
+            let unix_secs = if n >= MILLIS_EPOCH_FLOOR { n / 1000.0 } else { n };
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix_secs);
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+        _ => parse_duration(value),
+    }
 }
 
 /// `Retry-After` as delay seconds or an HTTP date.
@@ -287,10 +338,18 @@ mod tests {
                 Some(Quota),
             ),
             (402, "", Some(Quota)),
-            (400, "Your credit balance is too low", Some(Quota)),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+                Some(Quota),
+            ),
             (401, r#"{"error":{"code":"invalid_api_key"}}"#, Some(Credential)),
             (403, "", Some(Credential)),
-            (400, r#"{"error":{"message":"API key not valid. Please pass a valid API key."}}"#, Some(Credential)),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#,
+                Some(Credential),
+            ),
             (408, "", Some(Transient)),
             (500, "", Some(Transient)),
             (502, "", Some(Transient)),

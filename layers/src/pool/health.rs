@@ -301,8 +301,10 @@ impl Health {
         state
     }
 
-    /// `/reset`: every cooldown and mark cleared, counters kept.
+    /// `/reset`: every cooldown and mark cleared and the key enabled: back
+    /// to ok. Counters are kept.
     pub fn reset(&mut self) {
+        self.disabled = false;
         self.invalid = None;
         self.probing = false;
         for model in self.models.values_mut() {

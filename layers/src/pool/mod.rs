@@ -54,7 +54,7 @@ pub use self::{
     health::{Counters, KeyState},
     key::{InvalidKey, KeyEntry, KeyId, Secret},
     select::{Selection, UnknownSelection},
-    snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot},
+    snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, SNAPSHOT_VERSION},
 };
 use self::{health::Availability, select::Candidate};
 use crate::{
@@ -371,6 +371,17 @@ impl ProviderPool {
         let lease = KeyLease { pool: self.clone(), index };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
         Choice::Leased(lease, guard)
+    }
+
+    /// When the first key cooling for `model` comes back, if any is cooling.
+    pub fn earliest_cooldown(&self, model: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let keys = self.keys.iter().filter_map(|key| match key.health().availability(model, now, today) {
+            Availability::CoolingUntil(until) => Some(until),
+            _ => None,
+        });
+        keys.chain(self.paused_until(now)).min()
     }
 
     /// [`choose`](Self::choose) for a request without a model, excluding nothing.

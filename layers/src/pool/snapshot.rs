@@ -16,11 +16,17 @@ use crate::classify::FailureClass;
 pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Everything worth keeping about every key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSnapshot {
     pub version: u32,
     pub saved_at_unix_ms: u64,
     pub keys: BTreeMap<String, KeySnapshot>,
+}
+
+impl Default for PoolSnapshot {
+    fn default() -> Self {
+        Self { version: SNAPSHOT_VERSION, saved_at_unix_ms: 0, keys: BTreeMap::new() }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,8 +97,13 @@ impl KeyPool {
     }
 
     /// Applies a snapshot to the keys that still exist; returns how many.
-    /// Keys no longer configured are ignored; new keys start fresh.
+    /// Keys no longer configured are ignored; new keys start fresh. A
+    /// snapshot of another format version restores nothing.
     pub fn restore(&self, snapshot: &PoolSnapshot) -> usize {
+        if snapshot.version != SNAPSHOT_VERSION {
+            tracing::warn!(version = snapshot.version, "state file of an unknown format version: ignored");
+            return 0;
+        }
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         let clock = self.clock;

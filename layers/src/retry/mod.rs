@@ -47,7 +47,9 @@ use crate::{
     BoxError, ProxyBody,
     body::SseErrorTail,
     classify::{Failure, FailureClass, PEEK_LIMIT, classify},
-    error::{KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable},
+    error::{
+        AllKeysCooling, KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable,
+    },
     extensions::{Attempt, Deadline, ExcludedKeys, PinnedKey, RouteTarget},
     pool::{KeyId, KeyLease},
 };
@@ -227,6 +229,12 @@ where
         // A safety valve beside the deadline: no request hammers a pool
         // more than a few times over.
         if attempt >= 4 * lease.pool().keys().len() as u32 + 4 {
+            if matches!(failure.class, FailureClass::RateLimit | FailureClass::Quota) {
+                // Still rate limited after all this: say so, with when to come back.
+                let until = lease.pool().earliest_cooldown(model).unwrap_or_else(Instant::now);
+                let wait = until.saturating_duration_since(Instant::now());
+                return Err(AllKeysCooling::new(target.provider().as_str(), model, wait).into());
+            }
             let last = last_failure.unwrap_or_default();
             return Err(UpstreamFailed::new(target.provider().as_str(), attempt, last).into());
         }
@@ -347,5 +355,8 @@ fn describe(status: StatusCode, body: &[u8], lease: &KeyLease) -> String {
         })
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
     let message = crate::error::redact(&message, lease.secret().expose());
-    format!("{} from key {}: {}", status.as_u16(), lease.key_id(), message.trim())
+    match message.trim() {
+        "" => format!("{} from key {}", status.as_u16(), lease.key_id()),
+        message => format!("{} from key {}: {message}", status.as_u16(), lease.key_id()),
+    }
 }
