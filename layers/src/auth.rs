@@ -53,6 +53,8 @@ const X_API_KEY: &str = "x-api-key";
 /// The digests a request's key is compared with.
 #[derive(Debug)]
 struct Expected {
+    /// The variable that holds the key, for error messages.
+    name: &'static str,
     accepted: Vec<[u8; 32]>,
     /// Valid keys that are not enough here (the proxy key on admin routes).
     forbidden: Vec<[u8; 32]>,
@@ -77,13 +79,17 @@ impl AuthLayer {
     /// Every request must carry one of `keys`.
     pub fn require_any(keys: Vec<Secret>) -> Self {
         let accepted = keys.iter().map(digest).collect();
-        Self { expected: Some(Arc::new(Expected { accepted, forbidden: Vec::new() })) }
+        Self { expected: Some(Arc::new(Expected { name: "PROXY_API_KEY", accepted, forbidden: Vec::new() })) }
     }
 
     /// Admin routes: the admin key is required; the proxy key is refused
     /// with 403 (it is valid, just not enough).
     pub fn admin(admin: Secret, proxy: Option<Secret>) -> Self {
-        let expected = Expected { accepted: vec![digest(&admin)], forbidden: proxy.iter().map(digest).collect() };
+        let expected = Expected {
+            name: "ADMIN_API_KEY",
+            accepted: vec![digest(&admin)],
+            forbidden: proxy.iter().map(digest).collect(),
+        };
         Self { expected: Some(Arc::new(expected)) }
     }
 
@@ -175,8 +181,8 @@ fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
     }
     Err(match (presented, forbidden) {
         (_, true) => Forbidden::new().into(),
-        (true, false) => Unauthorized::invalid().into(),
-        (false, false) => Unauthorized::missing().into(),
+        (true, false) => Unauthorized::invalid().for_key(expected.name).into(),
+        (false, false) => Unauthorized::missing().for_key(expected.name).into(),
     })
 }
 
@@ -190,7 +196,7 @@ mod tests {
     use super::*;
 
     fn expected(key: &str) -> Expected {
-        Expected { accepted: vec![digest(&Secret::new(key))], forbidden: vec![] }
+        Expected { name: "PROXY_API_KEY", accepted: vec![digest(&Secret::new(key))], forbidden: vec![] }
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -129,25 +129,31 @@ macro_rules! impl_error {
 #[derive(Debug)]
 pub struct Unauthorized {
     missing: bool,
+    key_name: &'static str,
 }
 
 impl Unauthorized {
     pub fn missing() -> Self {
-        Self { missing: true }
+        Self { missing: true, key_name: "PROXY_API_KEY" }
     }
     pub fn invalid() -> Self {
-        Self { missing: false }
+        Self { missing: false, key_name: "PROXY_API_KEY" }
+    }
+    /// Names the key the client should send, e.g. `ADMIN_API_KEY`.
+    pub fn for_key(mut self, key_name: &'static str) -> Self {
+        self.key_name = key_name;
+        self
     }
 }
 
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.key_name;
+        let which = if key == "ADMIN_API_KEY" { "admin" } else { "proxy" };
         if self.missing {
-            f.write_str(
-                "missing proxy API key: send `Authorization: Bearer <PROXY_API_KEY>` or `x-api-key: <PROXY_API_KEY>`",
-            )
+            write!(f, "missing {which} API key: send `Authorization: Bearer <{key}>` or `x-api-key: <{key}>`")
         } else {
-            f.write_str("invalid proxy API key: the key sent does not match PROXY_API_KEY")
+            write!(f, "invalid {which} API key: the key sent does not match {key}")
         }
     }
 }

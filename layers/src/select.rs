@@ -138,10 +138,15 @@ where
                 pinned: req.extensions_mut().remove::<PinnedKey>(),
                 deadline: req.extensions().get::<Deadline>().copied(),
             };
+            let wants_deadline = wants.deadline.map(|d| d.0);
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
             tracing::Span::current().record("key", lease.key_id().as_str());
             req.extensions_mut().insert(lease.clone());
-            match inner.call(req).await {
+            let mut cut =
+                CutByDeadline { lease: Some(lease.clone()), model: target.model().into(), deadline: wants_deadline };
+            let result = inner.call(req).await;
+            cut.lease = None;
+            match result {
                 Ok(res) => {
                     let success = res.status().is_success();
                     Ok(res.map(|body| {
@@ -152,6 +157,26 @@ where
                 Err(err) => Err(LeasedError::new(lease, err.into()).into()),
             }
         })
+    }
+}
+
+/// Blames the key for an attempt still waiting for its answer when the
+/// deadline cut it off (a hanging upstream); a client that leaves earlier
+/// blames nobody.
+struct CutByDeadline {
+    lease: Option<KeyLease>,
+    model: std::sync::Arc<str>,
+    deadline: Option<Instant>,
+}
+
+impl Drop for CutByDeadline {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && self.deadline.is_some_and(|d| d <= Instant::now())
+        {
+            let hang = crate::classify::Failure::new(crate::classify::FailureClass::Transient);
+            let _cooling_until = lease.record(&self.model, Err(hang));
+        }
     }
 }
 

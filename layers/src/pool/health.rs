@@ -279,6 +279,11 @@ impl Health {
                 Cooldown { until: now + wait, class: FailureClass::Transient, day: today }
             }
         };
+        // A longer cooldown in force (say, quota until the reset) is not
+        // cut short by a late, shorter one.
+        if let Some(current) = state.cooldown.filter(|c| c.until > now && c.until >= cooldown.until) {
+            return Some(current);
+        }
         state.cooldown = Some(cooldown);
         Some(cooldown)
     }

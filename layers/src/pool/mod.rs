@@ -308,10 +308,7 @@ impl ProviderPool {
         let now = Instant::now();
         let today = self.clock.day(now);
         let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
-        if let Some(until) = self.paused_until(now) {
-            why.cooling_until = Some(until);
-            return Choice::Unavailable(why);
-        }
+        let paused = self.paused_until(now);
         let mut candidates: Vec<Candidate> = Vec::with_capacity(self.keys.len());
         for (index, key) in self.keys.iter().enumerate() {
             if excluded.contains(key.id()) {
@@ -345,6 +342,15 @@ impl ProviderPool {
                     }
                 }
             }
+        }
+        if let Some(pause) = paused {
+            // Usable again when both the pause and the first key's cooldown
+            // are over; with every key invalid or disabled, the pause is moot.
+            let key_ready = if candidates.is_empty() { why.cooling_until } else { Some(now) };
+            if let Some(ready) = key_ready.or(why.full.then_some(now)) {
+                why.cooling_until = Some(ready.max(pause));
+            }
+            return Choice::Unavailable(why);
         }
         let Some(index) = select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor) else {
             return Choice::Unavailable(why);
