@@ -202,9 +202,8 @@ async fn admin_routes_without_a_key_or_with_a_wrong_one_are_401() {
 
 /// DESIGN: every error has "a clear message naming what to fix". On an
 /// admin route guarded by ADMIN_API_KEY, a missing or wrong key is told to
-/// send PROXY_API_KEY, which would only get a 403 there.
+/// send ADMIN_API_KEY (it was once told PROXY_API_KEY, which gets 403 there).
 #[tokio::test]
-#[ignore = "BUG: with ADMIN_API_KEY set, a missing or wrong key on an admin route is told to send PROXY_API_KEY (which gets 403), never ADMIN_API_KEY"]
 async fn admin_route_401_names_the_admin_key() {
     let mock = MockUpstream::start().await;
     let proxy = Proxy::start(env_with_admin(&mock, 1)).await;

@@ -291,11 +291,10 @@ async fn every_key_rate_limited_past_the_deadline_is_429_with_the_earliest_retry
 /// DESIGN: when every key is cooling past the deadline the request "fails at
 /// once with 429 and Retry-After set to when the first key frees". With three
 /// or more keys rate limited within 10 s the pool also pauses the provider
-/// for 10 s, and that pause hides the keys' own cooldowns: the request gets
-/// `Retry-After: 10` although no key is usable for 300 s (and with a deadline
-/// longer than the pause, it sits out the pause and only then gets its 429).
+/// for 10 s; that pause must not hide the keys' own, longer cooldowns (it
+/// once did: `Retry-After: 10`, or with a longer deadline a 10 s wait for
+/// a 429 anyway).
 #[tokio::test]
-#[ignore = "BUG: a provider pause (3 keys rate limited) masks the keys' cooldowns: 429 says Retry-After: 10 instead of when the first key frees (~300 s)"]
 async fn every_key_of_three_rate_limited_is_429_with_when_the_first_key_frees() {
     let mock = MockUpstream::start().await;
     // A deadline shorter than the provider pause, so nothing waits.
@@ -352,6 +351,43 @@ async fn every_key_out_of_quota_is_429_with_retry_after_at_the_daily_reset() {
     for key in [KEY_ONE, KEY_TWO] {
         assert_eq!(status(&keys, key)["state"], "exhausted");
     }
+}
+
+/// A key out of quota for a model stays so until the reset, even when a
+/// request sent to it before the quota ran out comes back with a plain 429
+/// rate limit afterwards (the shorter rate-limit cooldown once replaced the
+/// quota one: `/v1/keys` said `cooling` for 10 s instead of `exhausted`, and
+/// the key was tried again long before its quota returned).
+#[tokio::test]
+async fn quota_cooldown_is_not_shortened_by_a_late_rate_limit_answer() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start_with(openai_env(&mock, 1), |s| s.global_timeout = Duration::from_secs(5)).await;
+    let client = TestClient::http1();
+    let valve = Valve::new();
+    mock.push_for(KEY_ONE, Script::HoldThen(valve.clone(), Box::new(Script::rate_limited(None))));
+    mock.push_for(KEY_ONE, Script::insufficient_quota());
+
+    // The first request is out with the key when the second finds its quota gone.
+    let early = {
+        let (client, req) = (client.clone(), post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), chat_body(MODEL, false)));
+        tokio::spawn(async move { Reply::read(client.send(req).await).await })
+    };
+    eventually("the first request held upstream", || async { mock.in_flight(KEY_ONE) == 1 }).await;
+    let reply = chat(&client, &proxy).await;
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    let keys_now = keys(&client, &proxy).await;
+    assert_eq!(status(&keys_now, KEY_ONE)["state"], "exhausted");
+
+    // Now the early request's answer: a plain rate limit.
+    valve.open();
+    let reply = within("the early request", early).await.unwrap();
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    let keys_now = keys(&client, &proxy).await;
+    let one = status(&keys_now, KEY_ONE);
+    assert_eq!(one["state"], "exhausted", "still out of quota: {one}");
+    let remaining = only_cooldown(one, UPSTREAM_MODEL, "quota");
+    assert!(same_reset(remaining, secs_to_utc_midnight(), 5), "until the daily reset: {one}");
+    assert!(same_reset(retry_after(&reply), secs_to_utc_midnight(), 5), "Retry-After at the reset");
 }
 
 // ---- credentials ---------------------------------------------------------------
@@ -548,12 +584,11 @@ async fn hanging_key_is_504_within_the_deadline_and_the_other_key_answers() {
 }
 
 /// DESIGN lists "upstream timeout" among transient failures ("no cooldown
-/// unless it repeats"). When the deadline ends an attempt that hangs, the
-/// pool records nothing for its key: `/v1/keys` shows no failure, the key
-/// never cools however often it hangs, and least-used keeps sending it
-/// every other request, each of which times out.
+/// unless it repeats"). An attempt the deadline cuts while it waits for a
+/// hanging upstream counts against its key (it once counted for nothing:
+/// `/v1/keys` showed no failure, and a key that always hangs kept taking
+/// every other request, each of which timed out).
 #[tokio::test]
-#[ignore = "BUG: an attempt cut by the deadline (hanging upstream) is not recorded against its key: no transient failure in /v1/keys, and a key that always hangs is never cooled"]
 async fn hanging_key_counts_as_a_transient_failure_and_cools_when_it_repeats() {
     let (mock, proxy, client) = impatient(2).await;
     mock.always_for(KEY_ONE, Script::Hang);

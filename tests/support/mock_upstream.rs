@@ -235,6 +235,9 @@ pub enum Script {
     /// Wait until the valve lets this request through, then the default
     /// answer.
     Hold(Valve),
+    /// Wait until the valve lets this request through, then answer as the
+    /// inner script says (labelled as the inner script).
+    HoldThen(Valve, Box<Script>),
 }
 
 /// Picks the answer for each request with one key; see [`MockUpstream::faults_for`].
@@ -303,7 +306,7 @@ impl Script {
 
     /// A short name of the answer, as [`Recorded::answer`] shows it:
     /// `ok`, `status:429`, `hang`, `stall`, `close`, `reset`, `stream`,
-    /// `break:K`, `hold`.
+    /// `break:K`, `hold` (a [`Script::HoldThen`] by its inner script).
     pub fn label(&self) -> String {
         match self {
             Self::Ok => "ok".to_owned(),
@@ -315,6 +318,7 @@ impl Script {
             Self::Stream { .. } => "stream".to_owned(),
             Self::BreakAfter(k) => format!("break:{k}"),
             Self::Hold(_) => "hold".to_owned(),
+            Self::HoldThen(_, then) => then.label(),
         }
     }
 }
@@ -415,6 +419,9 @@ impl MockUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Events go out as they are written, as from a real provider
+                // (Nagle would hold each small frame for the last one's ACK).
+                let _ = stream.set_nodelay(true);
                 let state = accept_state.clone();
                 tokio::spawn(async move {
                     let reset = Arc::new(AtomicBool::new(false));
@@ -528,12 +535,21 @@ async fn handle(
     state.requests.lock().unwrap().push(recorded.clone());
     let model = recorded.model();
     let model = model.as_deref().unwrap_or("unknown");
-    if let Script::Hold(valve) = &script {
-        valve.pass().await;
-        script = Script::Ok;
+    loop {
+        match script {
+            Script::Hold(valve) => {
+                valve.pass().await;
+                script = Script::Ok;
+            }
+            Script::HoldThen(valve, then) => {
+                valve.pass().await;
+                script = *then;
+            }
+            _ => break,
+        }
     }
     match script {
-        Script::Ok | Script::Hold(_) => Ok(default_response(state, &recorded, model, flying)),
+        Script::Ok | Script::Hold(_) | Script::HoldThen(..) => Ok(default_response(state, &recorded, model, flying)),
         Script::Respond { status, headers, body } => {
             let body = match std::str::from_utf8(&body) {
                 Ok(text) if text.contains(BEARER_PLACEHOLDER) => Bytes::from(text.replace(BEARER_PLACEHOLDER, &key)),
