@@ -130,6 +130,19 @@ async fn reset_clears_cooldowns_and_invalid_marks_and_the_key_serves_again() {
 }
 
 #[tokio::test]
+async fn reset_also_enables_a_disabled_key() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 1)).await;
+    let client = TestClient::http1();
+    act_ok(&client, &proxy, KEY_ONE, "disable", Auth::Bearer(PROXY_KEY)).await;
+    let reply = chat(&client, &proxy).await;
+    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+    let status = act_ok(&client, &proxy, KEY_ONE, "reset", Auth::Bearer(PROXY_KEY)).await;
+    assert_eq!(status["state"], "ok", "reset returns the key to ok: {status}");
+    assert_answered(&chat(&client, &proxy).await);
+}
+
+#[tokio::test]
 async fn reset_wakes_a_request_waiting_for_the_key() {
     let mock = MockUpstream::start().await;
     let proxy = Proxy::start(openai_env(&mock, 1)).await;

@@ -184,6 +184,22 @@ async fn corrupt_state_file_is_set_aside_and_the_proxy_starts_fresh() {
 }
 
 #[tokio::test]
+async fn state_file_of_another_format_version_restores_nothing() {
+    let data = tempfile::tempdir().expect("a data dir");
+    let state = json!({
+        "version": 2,
+        "saved_at_unix_ms": now_unix_ms(),
+        "keys": { key_id(KEY_ONE): { "disabled": true } }
+    });
+    std::fs::write(data.path().join("state.json"), state.to_string()).unwrap();
+    let mock = MockUpstream::start().await;
+    let client = TestClient::http1();
+    let proxy = Proxy::start_in(openai_env(&mock, 1), data.path(), |_| {}).await;
+    assert_eq!(keys(&client, &proxy).await[&key_id(KEY_ONE)]["state"], "ok", "not restored");
+    assert_answered(&chat(&client, &proxy).await);
+}
+
+#[tokio::test]
 async fn saved_state_of_a_removed_key_is_ignored_and_a_new_key_starts_fresh() {
     let data = tempfile::tempdir().expect("a data dir");
     let mock = MockUpstream::start().await;

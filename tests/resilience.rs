@@ -6,8 +6,9 @@
 //! `GET /v1/keys` says about every key afterwards.
 //!
 //! Nothing here waits for a real cooldown: hints are long and the tests
-//! read the cooldowns off `/v1/keys`; the few real waits (a hint of 500 ms,
-//! deadlines of 300 ms) are short, and every wait is bounded.
+//! read the cooldowns off `/v1/keys`; the few real waits (one short cooldown,
+//! which the pool stretches to its 1 s minimum, and deadlines of 100-200 ms)
+//! are short, and every wait is bounded.
 
 mod support;
 
@@ -236,8 +237,9 @@ async fn rate_limit_without_a_hint_cools_for_ten_seconds() {
 #[tokio::test]
 async fn only_key_cooling_briefly_is_waited_for_inside_the_deadline() {
     let (mock, proxy, client) = setup(1).await;
-    // OpenAI's own reset header, in its Go-style duration.
-    mock.push_for(KEY_ONE, Script::rate_limited(None).with_header("x-ratelimit-reset-requests", "500ms"));
+    // OpenAI's own reset header, in its Go-style duration (the pool keeps a
+    // key away at least 1 s whatever the hint, so this waits about 1 s).
+    mock.push_for(KEY_ONE, Script::rate_limited(None).with_header("x-ratelimit-reset-requests", "200ms"));
 
     let reply = within("the request to wait out the short cooldown", chat(&client, &proxy)).await;
     assert_answered(&reply, UPSTREAM_MODEL);
@@ -245,7 +247,7 @@ async fn only_key_cooling_briefly_is_waited_for_inside_the_deadline() {
     assert_eq!(seen.iter().map(|r| r.answer.as_str()).collect::<Vec<_>>(), ["status:429", "ok"]);
     // A lower bound only: the key was not tried again before its cooldown ended.
     let gap = seen[1].at - seen[0].at;
-    assert!(gap >= Duration::from_millis(500), "tried again after {gap:?}, inside its 500 ms cooldown");
+    assert!(gap >= Duration::from_millis(200), "tried again after {gap:?}, inside its 200 ms cooldown");
 
     let keys = keys(&client, &proxy).await;
     let one = status(&keys, KEY_ONE);
@@ -547,15 +549,16 @@ async fn echoed_key_in_the_last_upstream_error_is_redacted() {
 
 // ---- the deadline ------------------------------------------------------------------
 
-async fn impatient(keys: usize) -> (MockUpstream, Proxy, TestClient) {
+/// A proxy with a global deadline of `ms` milliseconds.
+async fn impatient(keys: usize, ms: u64) -> (MockUpstream, Proxy, TestClient) {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start_with(openai_env(&mock, keys), |s| s.global_timeout = Duration::from_millis(300)).await;
+    let proxy = Proxy::start_with(openai_env(&mock, keys), |s| s.global_timeout = Duration::from_millis(ms)).await;
     (mock, proxy, TestClient::http1())
 }
 
 #[tokio::test]
 async fn hanging_key_is_504_within_the_deadline_and_the_other_key_answers() {
-    let (mock, proxy, client) = impatient(2).await;
+    let (mock, proxy, client) = impatient(2, 200).await;
     mock.always_for(KEY_ONE, Script::Hang);
 
     // Least used: the first request goes to one key, the second to the other.
@@ -564,7 +567,7 @@ async fn hanging_key_is_504_within_the_deadline_and_the_other_key_answers() {
         let reply = within("an answer inside the deadline", chat_as(&client, &proxy, MODEL, stream)).await;
         let last = mock.requests().pop().expect("the upstream saw it").bearer().unwrap().to_owned();
         if reply.status == 504 {
-            assert_openai_error(&reply, 504, "deadline_exceeded", "deadline of 0.3 s");
+            assert_openai_error(&reply, 504, "deadline_exceeded", "deadline of 0.2 s");
             assert_eq!(last, KEY_ONE, "only the hanging key times out");
         } else {
             assert_eq!(reply.status, 200, "{}", reply.text());
@@ -590,7 +593,7 @@ async fn hanging_key_is_504_within_the_deadline_and_the_other_key_answers() {
 /// every other request, each of which timed out).
 #[tokio::test]
 async fn hanging_key_counts_as_a_transient_failure_and_cools_when_it_repeats() {
-    let (mock, proxy, client) = impatient(2).await;
+    let (mock, proxy, client) = impatient(2, 100).await;
     mock.always_for(KEY_ONE, Script::Hang);
 
     let reply = chat(&client, &proxy).await;
@@ -657,6 +660,49 @@ async fn large_client_error_body_passes_through_whole() {
     assert_healthy(status(&keys(&client, &proxy).await, KEY_ONE));
 }
 
+#[tokio::test]
+async fn provider_words_echoed_from_the_request_do_not_penalise_the_key() {
+    let (mock, proxy, client) = setup(2).await;
+    // Upstream errors that quote the client's own input: a model name and a
+    // message full of words that elsewhere mean a bad key, quota or a limit.
+    let model = "invalid_api_key-insufficient_quota-rate_limit_exceeded";
+    let not_found = format!(
+        r#"{{"error":{{"message":"The model `{model}` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}}}"#
+    );
+    let bad = r#"{"error":{"message":"Invalid 'messages[0].content': 'API key not valid, quota exceeded, rate limit, credit balance' is not allowed.","type":"invalid_request_error","param":"messages","code":"invalid_value"}}"#;
+    for (status_code, body) in [(404, not_found.as_str()), (400, bad)] {
+        mock.push(Script::respond(status_code, body.to_owned()));
+        let reply = chat_as(&client, &proxy, &format!("openai/{model}"), false).await;
+        assert_eq!(reply.status.as_u16(), status_code, "{}", reply.text());
+        assert_eq!(reply.text(), body, "byte for byte");
+    }
+    assert_eq!(mock.requests().len(), 2, "a client error is not retried on another key");
+    let keys = keys(&client, &proxy).await;
+    let mut client_failures = 0;
+    for s in keys.values() {
+        assert_healthy(s);
+        client_failures += s["today"]["failures_client"].as_u64().unwrap();
+    }
+    assert_eq!(client_failures, 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn embeddings_rotate_like_chat() {
+    let (mock, proxy, client) = setup(2).await;
+    mock.push_for(KEY_ONE, Script::rate_limited(Some("120")));
+    mock.push_for(KEY_TWO, Script::server_error(503));
+    let body = r#"{"model":"openai/text-embedding-3-small","input":"hello"}"#;
+    for _ in 0..3 {
+        let reply = client.fetch(post(&proxy.url("/v1/embeddings"), Auth::Bearer(PROXY_KEY), body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["model"], "text-embedding-3-small");
+    }
+    assert_eq!(answers(&mock, KEY_ONE), ["status:429"]);
+    assert_eq!(answers(&mock, KEY_TWO), ["status:503", "ok", "ok", "ok"]);
+    let keys = keys(&client, &proxy).await;
+    only_cooldown(status(&keys, KEY_ONE), "text-embedding-3-small", "rate_limit");
+}
+
 // ---- streams -------------------------------------------------------------------------
 
 /// Reads a stream that the upstream broke after `k` events.
@@ -702,7 +748,7 @@ async fn stream_breaking_after_k_chunks_ends_with_one_error_event_and_counts_aga
 #[tokio::test]
 async fn stream_stalling_past_the_idle_timeout_ends_with_an_error_event() {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start_with(openai_env(&mock, 1), |s| s.stream_idle_timeout = Duration::from_millis(300)).await;
+    let proxy = Proxy::start_with(openai_env(&mock, 1), |s| s.stream_idle_timeout = Duration::from_millis(200)).await;
     let client = TestClient::http1();
     let gate = Gate::new();
     mock.push(Script::Stream { before: 2, gate: gate.clone(), then: Then::Finish });
@@ -837,7 +883,7 @@ async fn concurrency_cap_is_per_key_and_model() {
 #[tokio::test]
 async fn waiting_for_a_busy_key_past_the_deadline_is_504() {
     let mock = MockUpstream::start().await;
-    let proxy = Proxy::start_with(capped_env(&mock, 1, 1), |s| s.global_timeout = Duration::from_millis(300)).await;
+    let proxy = Proxy::start_with(capped_env(&mock, 1, 1), |s| s.global_timeout = Duration::from_millis(200)).await;
     let client = TestClient::http1();
     let gate = Gate::new();
     mock.push_for(KEY_ONE, Script::gated_stream(&gate));
@@ -850,7 +896,7 @@ async fn waiting_for_a_busy_key_past_the_deadline_is_504() {
 
     // The second request waits for the slot, then its deadline passes.
     let reply = within("the waiting request to time out", chat(&client, &proxy)).await;
-    assert_openai_error(&reply, 504, "deadline_exceeded", "deadline of 0.3 s");
+    assert_openai_error(&reply, 504, "deadline_exceeded", "deadline of 0.2 s");
     assert_eq!(mock.requests().len(), 1, "the waiting request never reached the upstream");
 
     gate.open();
@@ -858,4 +904,24 @@ async fn waiting_for_a_busy_key_past_the_deadline_is_504() {
     assert_eq!(keys(&client, &proxy).await[&key_id(KEY_ONE)]["in_flight"], 0);
     assert_answered(&chat(&client, &proxy).await, UPSTREAM_MODEL);
     assert_healthy(status(&keys(&client, &proxy).await, KEY_ONE));
+}
+
+#[tokio::test]
+async fn capped_key_gets_its_slot_back_after_a_failed_attempt_or_a_broken_stream() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(capped_env(&mock, 1, 1)).await;
+    let client = TestClient::http1();
+
+    // The failed attempt's slot must be free for its own same-key retry.
+    for failure in [Script::server_error(500), Script::Close, Script::Reset] {
+        mock.push(failure);
+        assert_answered(&within("a retry on the capped key", chat(&client, &proxy)).await, UPSTREAM_MODEL);
+    }
+    mock.push(Script::BreakAfter(1));
+    read_broken_stream(&client, &proxy, 1).await;
+    assert_answered(&within("the next request on the capped key", chat(&client, &proxy)).await, UPSTREAM_MODEL);
+    assert_eq!(mock.max_in_flight(KEY_ONE), 1);
+    let one = &keys(&client, &proxy).await[&key_id(KEY_ONE)];
+    assert_eq!(one["in_flight"], 0, "{one}");
+    assert_eq!(one["today"]["failures_transient"], 4, "{one}");
 }
