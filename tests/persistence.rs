@@ -277,6 +277,34 @@ async fn invalid_key_whose_cooldown_ended_gets_one_probe_and_a_good_answer_clear
 }
 
 #[tokio::test]
+async fn probe_abandoned_by_its_client_lets_the_next_request_probe() {
+    let data = tempfile::tempdir().expect("a data dir");
+    write_invalid_state(data.path(), 1);
+    let mock = MockUpstream::start().await;
+    let client = TestClient::http1();
+    let proxy = Proxy::start_in(openai_env(&mock, 2), data.path(), |_| {}).await;
+    mock.push_for(KEY_ONE, Script::Hang);
+
+    let probe = {
+        let (client, req) = (client.clone(), post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), chat_body(MODEL, false)));
+        tokio::spawn(async move { Reply::read(client.send(req).await).await })
+    };
+    eventually("the probe to reach the upstream", || async { mock.in_flight(KEY_ONE) == 1 }).await;
+    // The client gives up; its connection closes.
+    probe.abort();
+    let _ = probe.await;
+    eventually("the proxy to drop the abandoned probe", || async { mock.in_flight(KEY_ONE) == 0 }).await;
+    let one = &keys(&client, &proxy).await[&key_id(KEY_ONE)];
+    assert_eq!(one["in_flight"], 0, "{one}");
+    assert_eq!(one["state"], "invalid", "no verdict yet: {one}");
+
+    // No verdict: the next request may probe, and its success clears the mark.
+    assert_answered(&within("the second probe", chat(&client, &proxy)).await);
+    assert_eq!(mock.keys_seen(), [KEY_ONE, KEY_ONE]);
+    assert_eq!(keys(&client, &proxy).await[&key_id(KEY_ONE)]["state"], "ok");
+}
+
+#[tokio::test]
 async fn failed_probe_climbs_the_invalid_ladder_up_to_a_day() {
     for (strikes, next_secs) in [(1, 15 * 60), (4, 24 * 3600), (9, 24 * 3600)] {
         let data = tempfile::tempdir().expect("a data dir");

@@ -313,6 +313,28 @@ async fn every_key_of_three_rate_limited_is_429_with_when_the_first_key_frees() 
     assert!((290..=300).contains(&after), "Retry-After names when the first key frees (~300 s), not {after} s");
 }
 
+#[tokio::test]
+async fn three_keys_rate_limited_at_once_pause_the_provider_for_every_model() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start_with(openai_env(&mock, 3), |s| s.global_timeout = Duration::from_secs(5)).await;
+    let client = TestClient::http1();
+    for key in [KEY_ONE, KEY_TWO, KEY_THREE] {
+        mock.push_for(key, Script::rate_limited(Some("300")));
+    }
+    let reply = chat(&client, &proxy).await;
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_eq!(mock.requests().len(), 3);
+
+    // Every key failed on one model only, but three at once means the limit
+    // is the provider's: another model waits out the short pause too
+    // (longer than this deadline), without burning a key.
+    let reply = chat_as(&client, &proxy, "openai/gpt-4o", false).await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    let after = retry_after(&reply);
+    assert!((1..=10).contains(&after), "Retry-After at the end of the pause: {after}");
+    assert_eq!(mock.requests().len(), 3, "no key is tried while the provider is paused");
+}
+
 // ---- quota -------------------------------------------------------------------
 
 #[tokio::test]
@@ -434,6 +456,37 @@ async fn every_key_invalid_is_503_no_usable_key() {
     assert_eq!(answers(&mock, KEY_TWO), ["status:401"]);
     let keys = keys(&client, &proxy).await;
     assert!(keys.values().all(|s| s["state"] == "invalid"), "{keys:?}");
+}
+
+#[tokio::test]
+async fn providers_route_counts_keys_by_their_true_state() {
+    let (mock, proxy, client) = setup(3).await;
+    mock.push_for(KEY_ONE, Script::rate_limited(Some("120")));
+    mock.push_for(KEY_TWO, Script::invalid_key());
+    for _ in 0..4 {
+        assert_answered(&chat(&client, &proxy).await, UPSTREAM_MODEL);
+    }
+    let path = format!("/v1/keys/{}/disable", key_id(KEY_THREE));
+    let reply = client.fetch(support::request(http::Method::POST, &proxy.url(&path), Auth::Bearer(PROXY_KEY))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let keys = keys(&client, &proxy).await;
+    let states: Vec<&str> =
+        [KEY_ONE, KEY_TWO, KEY_THREE].iter().map(|k| status(&keys, k)["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cooling", "invalid", "disabled"]);
+    let reply = client.fetch(support::get(&proxy.url("/v1/providers"), Auth::Bearer(PROXY_KEY))).await;
+    assert_eq!(reply.status, 200);
+    let openai = reply.json()["data"].as_array().unwrap().iter().find(|p| p["id"] == "openai").cloned().unwrap();
+    assert_eq!(
+        openai["keys"],
+        serde_json::json!({"total": 3, "ok": 0, "cooling": 1, "exhausted": 0, "invalid": 1, "disabled": 1}),
+        "{openai}"
+    );
+    assert_eq!(openai["in_flight"], 0);
+
+    // Nothing usable for this model now: key one frees first.
+    let reply = chat(&client, &proxy).await;
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
 }
 
 // ---- transient failures ----------------------------------------------------------
