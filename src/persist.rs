@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use keyrelay_layers::pool::{KeyPool, PoolSnapshot};
+use keyrelay_layers::pool::{KeyPool, PoolSnapshot, SNAPSHOT_VERSION};
 
 const FILE_NAME: &str = "state.json";
 
@@ -39,6 +39,17 @@ impl StateFile {
             }
         };
         match serde_json::from_slice::<PoolSnapshot>(&bytes) {
+            Ok(snapshot) if snapshot.version != SNAPSHOT_VERSION => {
+                // Kept for the version that wrote it (a downgrade must not
+                // overwrite a newer proxy's state).
+                let aside = self.path.with_extension(format!("json.v{}", snapshot.version));
+                let moved = std::fs::rename(&self.path, &aside).is_ok();
+                Some(format!(
+                    "state file has format version {} (this build reads {SNAPSHOT_VERSION}); {} and started fresh",
+                    snapshot.version,
+                    if moved { format!("kept it as {}", aside.display()) } else { "ignored it".to_owned() }
+                ))
+            }
             Ok(snapshot) => {
                 let restored = pool.restore(&snapshot);
                 Some(format!("restored the state of {restored} key(s) from {}", self.path.display()))

@@ -60,10 +60,13 @@ where
     // Reading key status is for either key; changing keys wants the admin
     // key when there is one (the proxy key then gets 403).
     let (status_auth, admin_auth) = match (&app.admin_key, &app.proxy_key) {
-        (Some(admin), proxy) => (
-            AuthLayer::require_any(proxy.iter().cloned().chain([admin.clone()]).collect()),
-            AuthLayer::admin(admin.clone(), proxy.clone()),
+        (Some(admin), Some(proxy)) => (
+            AuthLayer::require_any(vec![proxy.clone(), admin.clone()]),
+            AuthLayer::admin(admin.clone(), Some(proxy.clone())),
         ),
+        // No proxy key (loopback only): reading is as open as the other
+        // status routes; changing keys still wants the admin key.
+        (Some(admin), None) => (auth.clone(), AuthLayer::admin(admin.clone(), None)),
         (None, _) => (auth.clone(), auth.clone()),
     };
 

@@ -267,7 +267,7 @@ async fn every_key_rate_limited_past_the_deadline_is_429_with_the_earliest_retry
         &reply,
         429,
         "rate_limit_exceeded",
-        "every key of provider `openai` is rate limited or out of quota for model `gpt-4o-mini`",
+        "every key of provider `openai` is cooling down for model `gpt-4o-mini`",
     );
     let after = retry_after(&reply);
     assert!((290..=300).contains(&after), "Retry-After names when the first key frees: {after}");
@@ -276,7 +276,7 @@ async fn every_key_rate_limited_past_the_deadline_is_429_with_the_earliest_retry
     // While they cool, requests are refused at once, without a call upstream.
     for stream in [false, true] {
         let reply = chat_as(&client, &proxy, MODEL, stream).await;
-        assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+        assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
         assert!((290..=300).contains(&retry_after(&reply)));
     }
     assert_eq!(mock.requests().len(), 2);
@@ -307,7 +307,7 @@ async fn every_key_of_three_rate_limited_is_429_with_when_the_first_key_frees() 
     }
 
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     assert_eq!(mock.requests().len(), 3, "each key tried once");
     let after = retry_after(&reply);
     assert!((290..=300).contains(&after), "Retry-After names when the first key frees (~300 s), not {after} s");
@@ -322,7 +322,7 @@ async fn three_keys_rate_limited_at_once_pause_the_provider_for_every_model() {
         mock.push_for(key, Script::rate_limited(Some("300")));
     }
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     assert_eq!(mock.requests().len(), 3);
 
     // Every key failed on one model only, but three at once means the limit
@@ -364,12 +364,12 @@ async fn every_key_out_of_quota_is_429_with_retry_after_at_the_daily_reset() {
     mock.always_for(KEY_TWO, Script::payment_required());
 
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     assert!(same_reset(retry_after(&reply), secs_to_utc_midnight(), 5), "Retry-After at the daily reset");
     assert_eq!(mock.requests().len(), 2);
 
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     assert_eq!(mock.requests().len(), 2, "no call upstream while every key is out of quota");
     let keys = keys(&client, &proxy).await;
     for key in [KEY_ONE, KEY_TWO] {
@@ -398,14 +398,14 @@ async fn quota_cooldown_is_not_shortened_by_a_late_rate_limit_answer() {
     };
     eventually("the first request held upstream", || async { mock.in_flight(KEY_ONE) == 1 }).await;
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     let keys_now = keys(&client, &proxy).await;
     assert_eq!(status(&keys_now, KEY_ONE)["state"], "exhausted");
 
     // Now the early request's answer: a plain rate limit.
     valve.open();
     let reply = within("the early request", early).await.unwrap();
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     let keys_now = keys(&client, &proxy).await;
     let one = status(&keys_now, KEY_ONE);
     assert_eq!(one["state"], "exhausted", "still out of quota: {one}");
@@ -486,7 +486,7 @@ async fn providers_route_counts_keys_by_their_true_state() {
 
     // Nothing usable for this model now: key one frees first.
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 429, "rate_limit_exceeded", "rate limited or out of quota");
+    assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
 }
 
 // ---- transient failures ----------------------------------------------------------

@@ -404,7 +404,7 @@ impl fmt::Display for AllKeysCooling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "every key of provider `{}` is rate limited or out of quota for model `{}`; the first is usable again in {} s",
+            "every key of provider `{}` is cooling down for model `{}` (rate limits, quota or repeated failures; see GET /v1/keys); the first is usable again in {} s",
             self.provider,
             self.model,
             ceil_secs(self.retry_after)
