@@ -1,4 +1,60 @@
 //! Provider wire dialects: pure functions that turn the client's OpenAI
-//! request into the provider's, with no I/O. One file per dialect.
+//! request into the provider's and the provider's answers back into
+//! OpenAI's, with no I/O. One file per dialect; `sse` is the incremental
+//! event framer they share.
+//!
+//! Every dialect that translates (not `openai`, which passes bodies through)
+//! offers the same shape of API:
+//!
+//! - `chat_request(body, model, stream) -> Result<Bytes, TranslateError>`:
+//!   the provider's request body for an OpenAI chat request (`model` is the
+//!   upstream model name, without `provider/`);
+//! - `chat_response(body, model, created) -> Result<Bytes, TranslateError>`:
+//!   an OpenAI `chat.completion` from the provider's whole answer;
+//! - `ChatStream::new(model, include_usage, created)`: a [`StreamTranslator`]
+//!   from the provider's stream events to OpenAI `chat.completion.chunk`
+//!   events, ending with `data: [DONE]`;
+//! - `error_body(status, body) -> Bytes`: an OpenAI-shaped error that keeps
+//!   the provider's machine-readable fields (`type`, `status`, `details`) so
+//!   that [`crate::classify`] still reads them;
+//! - `model_ids(body) -> Result<Vec<String>, TranslateError>`: the
+//!   provider's model list.
 
 pub mod openai;
+pub mod sse;
+
+use std::fmt;
+
+use bytes::Bytes;
+
+pub use self::sse::{SseEvent, SseFramer};
+
+/// A client request the provider's format cannot express, or a provider
+/// answer that is not what its format promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError(pub String);
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+impl TranslateError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Turns a provider's stream events into OpenAI stream bytes.
+pub trait StreamTranslator: Send {
+    /// One provider event in; zero or more complete OpenAI SSE events out
+    /// (each already framed as `data: ...\n\n`). An `Err` ends the stream
+    /// with an error event (the provider reported a failure mid-stream).
+    fn event(&mut self, event: &SseEvent) -> Result<Vec<Bytes>, TranslateError>;
+
+    /// The provider's stream ended: whatever is still owed, and `data: [DONE]`.
+    fn finish(&mut self) -> Vec<Bytes>;
+}
