@@ -11,6 +11,7 @@ use keyrelay_layers::{
     BoxError, ProxyBody,
     auth::AuthLayer,
     concurrency::KeyConcurrencyLayer,
+    filter::ModelFilterLayer,
     log::{LoggedBody, RequestLogLayer},
     parse::ParseLayer,
     pool::{KeyPool, Secret},
@@ -83,6 +84,8 @@ where
         // Read the body once (bounded) and learn provider, model and stream;
         // everything inside works on `Request<Bytes>`, so retries resend it.
         .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes))
+        // Refuse models the operator blocked, before any key is spent on them.
+        .layer(ModelFilterLayer::new(app.pool.clone()))
         // Classify each answer, cool or mark the key, and try another; only
         // what comes out of here reaches the client (the 200 of a stream
         // waits for the upstream's success headers).

@@ -51,6 +51,7 @@ impl ErrorReply {
                 MissingModel,
                 InvalidModel,
                 UnknownProvider,
+                ModelBlocked,
                 RouteNotFound,
                 MethodNotAllowed,
                 NoKeyConfigured,
@@ -294,6 +295,40 @@ impl_error!(UnknownProvider);
 impl Reply for UnknownProvider {
     fn reply(&self) -> ErrorReply {
         ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unknown_provider", self.to_string())
+    }
+}
+
+/// The model is blocked by the provider's ignore list (403).
+#[derive(Debug)]
+pub struct ModelBlocked {
+    provider: String,
+    model: String,
+    pattern: String,
+}
+
+impl ModelBlocked {
+    pub fn new(provider: &str, model: &str, pattern: &str) -> Self {
+        Self { provider: provider.to_owned(), model: echo(model), pattern: pattern.to_owned() }
+    }
+}
+
+impl fmt::Display for ModelBlocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "model `{}` of provider `{}` is blocked by the ignore pattern `{}` (IGNORE_MODELS_{} / providers.{}.ignore_models); add it to the whitelist to allow it",
+            self.model,
+            self.provider,
+            self.pattern,
+            self.provider.to_ascii_uppercase(),
+            self.provider
+        )
+    }
+}
+impl_error!(ModelBlocked);
+impl Reply for ModelBlocked {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::FORBIDDEN, "invalid_request_error", "model_not_allowed", self.to_string())
     }
 }
 
@@ -717,6 +752,7 @@ mod tests {
             (MissingModel::new().into(), 400, "missing_model"),
             (InvalidModel::new("gpt-4o").into(), 400, "invalid_model"),
             (UnknownProvider::new("x", ["openai"]).into(), 400, "unknown_provider"),
+            (ModelBlocked::new("openai", "o1", "*").into(), 403, "model_not_allowed"),
             (RouteNotFound::new("/nope").into(), 404, "unknown_url"),
             (MethodNotAllowed::new("POST").into(), 405, "method_not_allowed"),
             (NoKeyConfigured::new("groq").into(), 503, "no_usable_key"),

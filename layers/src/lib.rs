@@ -74,6 +74,7 @@ pub mod classify;
 pub mod concurrency;
 pub mod error;
 pub mod extensions;
+pub mod filter;
 pub mod log;
 pub mod parse;
 pub mod pool;

@@ -13,7 +13,7 @@ use std::{fmt, sync::Arc};
 
 use http::{HeaderName, Uri, uri::PathAndQuery};
 
-use crate::extensions::Endpoint;
+use crate::{extensions::Endpoint, filter::ModelRules};
 
 /// A provider's name, as in `provider/model`; cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,6 +133,7 @@ pub struct Provider {
     auth: AuthStyle,
     dialect: Dialect,
     models: Vec<String>,
+    model_rules: ModelRules,
     /// Built once so that each request only clones a `Uri`.
     chat_uri: Uri,
     embeddings_uri: Uri,
@@ -151,6 +152,7 @@ impl Provider {
             auth: AuthStyle::Bearer,
             dialect: Dialect::OpenAi,
             models: Vec::new(),
+            model_rules: ModelRules::default(),
         })
     }
 
@@ -163,6 +165,16 @@ impl Provider {
     pub fn with_models(mut self, models: Vec<String>) -> Self {
         self.models = models;
         self
+    }
+
+    /// Which models requests may name, and `/v1/models` lists.
+    pub fn with_model_rules(mut self, rules: ModelRules) -> Self {
+        self.model_rules = rules;
+        self
+    }
+
+    pub fn model_rules(&self) -> &ModelRules {
+        &self.model_rules
     }
 
     pub fn id(&self) -> &ProviderId {

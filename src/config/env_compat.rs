@@ -66,6 +66,8 @@ enum Compat {
     ProviderBase(String),
     AdminKey,
     MaxConcurrentPerKey(String),
+    IgnoreModels(String),
+    WhitelistModels(String),
 }
 
 fn provider_id(prefix: &str) -> Option<String> {
@@ -88,6 +90,12 @@ fn classify(name: &str) -> Option<Compat> {
     if let Some(provider) = name.strip_prefix("MAX_CONCURRENT_REQUESTS_PER_KEY_") {
         return provider_id(provider).map(Compat::MaxConcurrentPerKey);
     }
+    if let Some(provider) = name.strip_prefix("IGNORE_MODELS_") {
+        return provider_id(provider).map(Compat::IgnoreModels);
+    }
+    if let Some(provider) = name.strip_prefix("WHITELIST_MODELS_") {
+        return provider_id(provider).map(Compat::WhitelistModels);
+    }
     if let Some(prefix) = name.strip_suffix("_API_BASE") {
         return provider_id(prefix).map(Compat::ProviderBase);
     }
@@ -97,6 +105,13 @@ fn classify(name: &str) -> Option<Compat> {
         return None;
     }
     provider_id(&name[..at]).map(Compat::ProviderKey)
+}
+
+/// `a, b*,c` as a list of patterns (spaces around commas trimmed).
+fn globs(value: &str) -> Value {
+    let list: Vec<Value> =
+        value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| Value::from(p.to_owned())).collect();
+    Value::from(list)
 }
 
 /// `OPENAI_API_KEY` before `_1`, `_2` before `_10`, then the rest by name.
@@ -179,6 +194,12 @@ pub fn compat(vars: &[Var], origin: Origin) -> VarsProvider {
                 vec!["providers".to_owned(), p, "max_concurrent_per_key".to_owned()],
                 value.parse::<Value>().expect("infallible"),
             ),
+            Some(Compat::IgnoreModels(p)) => {
+                (vec!["providers".to_owned(), p, "ignore_models".to_owned()], globs(value))
+            }
+            Some(Compat::WhitelistModels(p)) => {
+                (vec!["providers".to_owned(), p, "whitelist_models".to_owned()], globs(value))
+            }
             Some(Compat::ProviderKey(p)) => {
                 keys.entry(p).or_default().push(var);
                 continue;
@@ -262,6 +283,8 @@ mod tests {
         assert_eq!(classify("NVIDIA_NIM_API_KEY_backup"), p("nvidia_nim").map(Compat::ProviderKey));
         assert_eq!(classify("LOCAL_API_BASE"), p("local").map(Compat::ProviderBase));
         assert_eq!(classify("ADMIN_API_KEY"), Some(Compat::AdminKey));
+        assert_eq!(classify("IGNORE_MODELS_OPENAI"), p("openai").map(Compat::IgnoreModels));
+        assert_eq!(classify("WHITELIST_MODELS_NVIDIA_NIM"), p("nvidia_nim").map(Compat::WhitelistModels));
         assert_eq!(
             classify("MAX_CONCURRENT_REQUESTS_PER_KEY_NVIDIA_NIM"),
             p("nvidia_nim").map(Compat::MaxConcurrentPerKey)

@@ -21,6 +21,7 @@ use figment::{
     providers::{Format, Serialized, Toml},
 };
 use keyrelay_layers::{
+    filter::ModelRules,
     pool::{ProviderOptions, Secret, Selection},
     provider::Provider,
 };
@@ -97,6 +98,8 @@ pub struct ProviderConfig {
     pub selection: Option<String>,
     pub max_concurrent_per_key: usize,
     pub models: Vec<String>,
+    pub ignore_models: Vec<String>,
+    pub whitelist_models: Vec<String>,
 }
 
 /// A secret as written in config: any scalar, kept as a string, never shown.
@@ -427,7 +430,9 @@ fn provider_settings(
     };
     let options = ProviderOptions::new(selection).max_concurrent_per_key(config.max_concurrent_per_key);
     let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
-    Ok(ProviderSettings { provider: provider.with_models(config.models), options, keys, configured })
+    let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
+    let provider = provider.with_models(config.models).with_model_rules(rules);
+    Ok(ProviderSettings { provider, options, keys, configured })
 }
 
 #[cfg(test)]

@@ -221,6 +221,8 @@ fn the_example_config_documents_every_key() {
         "models_cache_ttl_secs",
         "daily_reset_utc",
         "max_concurrent_per_key",
+        "ignore_models",
+        "whitelist_models",
         "api_base",
         "api_keys",
         "selection",
@@ -253,4 +255,15 @@ fn resilience_settings_from_the_environment() {
 
     let message = err(sources(dir.path(), &[("KEYRELAY_PROXY__DAILY_RESET_UTC", "25:00")]));
     assert!(message.contains("daily_reset_utc"), "{message}");
+}
+
+#[test]
+fn model_filters_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(sources(dir.path(), &[("IGNORE_MODELS_OPENAI", " * "), ("WHITELIST_MODELS_OPENAI", "gpt-4o*, o1 ,")]))
+        .unwrap();
+    let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
+    let rules = openai.provider.model_rules();
+    assert!(rules.check("gpt-4o-mini").is_ok() && rules.check("o1").is_ok());
+    assert_eq!(rules.check("o1-preview"), Err("*"));
 }

@@ -74,8 +74,9 @@ impl ModelCatalog {
         for (pool, fetched) in fetched {
             let provider = pool.provider().id().as_str();
             let mut seen = HashSet::new();
+            let rules = pool.provider().model_rules();
             for model in pool.provider().models().iter().chain(fetched.iter()) {
-                if seen.insert(model.as_str()) {
+                if rules.check(model).is_ok() && seen.insert(model.as_str()) {
                     out.push(ModelInfo {
                         id: format!("{provider}/{model}"),
                         object: "model",
