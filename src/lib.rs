@@ -10,6 +10,7 @@ pub mod server;
 pub mod stack;
 pub mod status;
 pub mod telemetry;
+pub mod token_count;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 

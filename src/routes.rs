@@ -25,6 +25,7 @@ pub enum Route {
     Keys,
     /// `POST /v1/keys/{id}/{disable|enable|reset}`
     KeyAction,
+    TokenCount,
 }
 
 impl Route {
@@ -40,6 +41,7 @@ impl Route {
             "/models" => Some((Self::Models, "GET")),
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),
+            "/token-count" => Some((Self::TokenCount, "POST")),
             _ if path.starts_with("/keys/") => Some((Self::KeyAction, "POST")),
             _ => None,
         }
@@ -55,6 +57,7 @@ pub struct Router<B> {
     pub providers: RouteService<B>,
     pub keys: RouteService<B>,
     pub key_action: RouteService<B>,
+    pub token_count: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -66,6 +69,7 @@ impl<B> Clone for Router<B> {
             providers: self.providers.clone(),
             keys: self.keys.clone(),
             key_action: self.key_action.clone(),
+            token_count: self.token_count.clone(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::Providers => &self.providers,
             Route::Keys => &self.keys,
             Route::KeyAction => &self.key_action,
+            Route::TokenCount => &self.token_count,
         };
         Either::Right(svc.clone().oneshot(req))
     }

@@ -124,6 +124,13 @@ where
                 std::future::ready(crate::status::key_action(&pool, req.uri().path()))
             })))
         },
+        token_count: {
+            let (pool, limit) = (app.pool.clone(), app.max_body_bytes);
+            route(auth.layer(service_fn(move |req: Request<B>| {
+                let pool = pool.clone();
+                async move { crate::token_count::handle(&pool, limit, req).await }
+            })))
+        },
     };
 
     ServiceBuilder::new()
