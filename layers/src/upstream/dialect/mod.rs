@@ -23,6 +23,7 @@
 pub mod gemini;
 pub mod openai;
 pub mod sse;
+pub mod think;
 
 use std::fmt;
 
