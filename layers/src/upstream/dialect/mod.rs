@@ -20,6 +20,7 @@
 //! - `model_ids(body) -> Result<Vec<String>, TranslateError>`: the
 //!   provider's model list.
 
+pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
