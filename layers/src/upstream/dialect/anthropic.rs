@@ -14,7 +14,7 @@
 //! | `tools`, `tool_choice`, `parallel_tool_calls: false` | `tools`, `tool_choice`, `disable_parallel_tool_use` |
 //! | `max_completion_tokens` / `max_tokens` | `max_tokens` (else [`DEFAULT_MAX_TOKENS`]) |
 //! | `stop` | `stop_sequences` |
-//! | `temperature`, `top_p` | the same |
+//! | `temperature`, `top_p` | the same, but only one (`temperature`), and neither with thinking |
 //! | `reasoning_effort` | `thinking` with a token budget |
 //! | `user` | `metadata.user_id` |
 //!
@@ -50,6 +50,16 @@ pub fn chat_path() -> &'static str {
 
 fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
     Err(TranslateError::new(message))
+}
+
+/// Client-chosen words are quoted back at most this many characters long.
+const ECHO_LIMIT: usize = 60;
+
+fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -112,12 +122,17 @@ pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Tra
     out.insert("max_tokens".into(), max_tokens.into());
     out.insert("stream".into(), stream.into());
 
+    // Recent Claude models refuse temperature and top_p together (the
+    // temperature is kept), and thinking refuses changed sampling.
+    let thinking = out.contains_key("thinking");
     for field in ["temperature", "top_p"] {
         if let Some(value) = present(&request, field) {
             if !value.is_number() {
                 return fail(format!("`{field}` must be a number"));
             }
-            out.insert(field.into(), value.clone());
+            if !thinking && !out.contains_key("temperature") {
+                out.insert(field.into(), value.clone());
+            }
         }
     }
 
@@ -186,7 +201,10 @@ fn thinking_budget(effort: &str) -> Result<Option<u64>, TranslateError> {
         "high" => 16384,
         "xhigh" => 32768,
         other => {
-            return fail(format!("`reasoning_effort` `{other}` is not one of none, minimal, low, medium, high, xhigh"));
+            return fail(format!(
+                "`reasoning_effort` `{}` is not one of none, minimal, low, medium, high, xhigh",
+                echo(other)
+            ));
         }
     }))
 }
@@ -223,7 +241,8 @@ fn translate_messages(messages: Vec<Value>) -> Result<(Vec<String>, Vec<Value>),
             }
             other => {
                 return fail(format!(
-                    "messages[{i}] has role `{other}`; expected system, developer, user, assistant or tool"
+                    "messages[{i}] has role `{}`; expected system, developer, user, assistant or tool",
+                    echo(other)
                 ));
             }
         };
@@ -264,7 +283,8 @@ fn plain_text(content: Option<Value>, i: usize) -> Result<String, TranslateError
                     "text" => texts.push(part_text(part, i, j)?),
                     other => {
                         return fail(format!(
-                            "messages[{i}].content[{j}] has type `{other}`; system messages take only text"
+                            "messages[{i}].content[{j}] has type `{}`; system messages take only text",
+                            echo(other)
                         ));
                     }
                 }
@@ -318,7 +338,8 @@ fn user_content(content: Option<Value>, i: usize) -> Result<Vec<Value>, Translat
             "input_audio" => return fail(format!("messages[{i}].content[{j}]: Anthropic models take no audio input")),
             other => {
                 return fail(format!(
-                    "messages[{i}].content[{j}] has type `{other}`, which Anthropic cannot take (text, image_url, file)"
+                    "messages[{i}].content[{j}] has type `{}`, which Anthropic cannot take (text, image_url, file)",
+                    echo(other)
                 ));
             }
         };
@@ -399,7 +420,8 @@ fn assistant_content(
                     },
                     other => {
                         return fail(format!(
-                            "messages[{i}].content[{j}] has type `{other}`; assistant messages take only text"
+                            "messages[{i}].content[{j}] has type `{}`; assistant messages take only text",
+                            echo(other)
                         ));
                     }
                 };
@@ -477,7 +499,10 @@ fn translate_tool(i: usize, mut tool: Value) -> Result<Value, TranslateError> {
         None => {}
         Some(kind) if kind == "function" => {}
         Some(kind) => {
-            return fail(format!("tools[{i}] has type {kind}; Anthropic takes only function tools"));
+            return fail(format!(
+                "tools[{i}] has type {}; Anthropic takes only function tools",
+                echo(&kind.to_string())
+            ));
         }
     }
     let Some(function) = tool.get_mut("function").filter(|f| f.is_object()) else {
@@ -514,7 +539,7 @@ fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
             "auto" => Ok(json!({"type": "auto"})),
             "none" => Ok(json!({"type": "none"})),
             "required" => Ok(json!({"type": "any"})),
-            other => fail(format!("`tool_choice` `{other}` is not one of auto, none, required")),
+            other => fail(format!("`tool_choice` `{}` is not one of auto, none, required", echo(other))),
         },
         Value::Object(object) => match (object.get("type"), object.get("function").and_then(|f| f.get("name"))) {
             (Some(kind), Some(name)) if kind == "function" => named(name),
@@ -1133,4 +1158,400 @@ pub fn model_ids(body: &[u8]) -> Result<Vec<String>, TranslateError> {
     let list: ModelList = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("Anthropic's model list is not what its API documents: {e}")))?;
     Ok(list.data.into_iter().map(|m| m.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> Result<Value, TranslateError> {
+        let out = chat_request(body.to_string().as_bytes(), "claude-test", false)?;
+        Ok(serde_json::from_slice(&out).unwrap())
+    }
+
+    fn user(content: Value) -> Value {
+        json!({"messages": [{"role": "user", "content": content}]})
+    }
+
+    fn request_error(body: &[u8]) -> String {
+        chat_request(body, "claude-test", false).expect_err("a translate error").0
+    }
+
+    #[test]
+    fn bad_requests_say_what_to_fix() {
+        let cases: &[(&str, &str)] = &[
+            ("{", "not valid JSON"),
+            ("[]", "must be a JSON object"),
+            ("{}", "`messages` is required"),
+            (r#"{"messages":null}"#, "`messages` is required"),
+            (r#"{"messages":[]}"#, "`messages` is empty"),
+            (r#"{"messages":{}}"#, "must be an array"),
+            (r#"{"messages":["hi"]}"#, "messages[0] must be an object"),
+            (r#"{"messages":[{"content":"hi"}]}"#, "messages[0] has no role"),
+            (r#"{"messages":[{"role":7,"content":"hi"}]}"#, "messages[0].role must be a string"),
+            (
+                r#"{"messages":[{"role":"user","content":"a"},{"role":"robot","content":"hi"}]}"#,
+                "messages[1] has role `robot`",
+            ),
+            (r#"{"messages":[{"role":"function","name":"f","content":"1"}]}"#, "legacy role `function`"),
+            (r#"{"messages":[{"role":"system","content":"only a system prompt"}]}"#, "no user or assistant message"),
+            (r#"{"messages":[{"role":"user","content":7}]}"#, "messages[0].content must be a string or an array"),
+            (r#"{"messages":[{"role":"user","content":[{"text":"x"}]}]}"#, "messages[0].content[0] has no type"),
+            (r#"{"messages":[{"role":"user","content":[{"type":"text"}]}]}"#, "without a text string"),
+            (r#"{"messages":[{"role":"user","content":[{"type":"video","video":{}}]}]}"#, "type `video`"),
+            (r#"{"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}"#, "no audio"),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"ftp://x/y.png"}}]}]}"#,
+                "http(s) URL or a base64 data URL",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/svg+xml,<svg/>"}}]}]}"#,
+                "base64 data URL",
+            ),
+            (r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#, "has no url"),
+            (r#"{"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"file-1"}}]}]}"#, "file_id"),
+            (
+                r#"{"messages":[{"role":"system","content":[{"type":"image_url","image_url":"https://x"}]},{"role":"user","content":"hi"}]}"#,
+                "system messages take only text",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}]}"#,
+                "messages[0].tool_calls[0].function.arguments is not valid JSON",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"[1]"}}]}]}"#,
+                "must encode a JSON object",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#,
+                "tool_calls[0] has no id",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"id":"t","function":{"arguments":"{}"}}]}]}"#,
+                "function has no name",
+            ),
+            (r#"{"messages":[{"role":"tool","content":"42"}]}"#, "messages[0] (role tool) has no tool_call_id"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#, "`n` greater than 1"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":-1}"#, "non-negative integer"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":"lots"}"#, "non-negative integer"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"temperature":"warm"}"#, "`temperature` must be a number"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"stop":7}"#, "`stop` must be"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"stop":["a",1]}"#, "`stop` must be"),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}],"reasoning_effort":"extreme"}"#,
+                "`reasoning_effort` `extreme`",
+            ),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"user":42}"#, "`user` must be a string"),
+            (r#"{"messages":[{"role":"user","content":"hi"}],"tools":{}}"#, "`tools` must be an array"),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"custom","custom":{"name":"x"}}]}"#,
+                "only function tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{}}]}"#,
+                "tools[0].function has no name",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"sometimes"}"#,
+                "`tool_choice` `sometimes`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function"}}"#,
+                "`tool_choice` must be",
+            ),
+        ];
+        for (body, expected) in cases {
+            let message = request_error(body.as_bytes());
+            assert!(message.contains(expected), "{body}: {message:?} should say {expected:?}");
+        }
+    }
+
+    #[test]
+    fn client_words_are_quoted_bounded() {
+        let role = "r".repeat(10_000);
+        let message = request_error(json!({"messages": [{"role": role, "content": "hi"}]}).to_string().as_bytes());
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains(&format!("`{}...`", "r".repeat(ECHO_LIMIT))));
+    }
+
+    #[test]
+    fn tool_choice_modes() {
+        let with = |choice: Value, parallel: Option<bool>| {
+            let mut body = user(json!("hi"));
+            body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+            body["tool_choice"] = choice;
+            if let Some(parallel) = parallel {
+                body["parallel_tool_calls"] = parallel.into();
+            }
+            request(body).unwrap().get("tool_choice").cloned()
+        };
+        assert_eq!(with(json!("auto"), None), Some(json!({"type": "auto"})));
+        assert_eq!(with(json!("none"), None), Some(json!({"type": "none"})));
+        assert_eq!(with(json!("required"), None), Some(json!({"type": "any"})));
+        assert_eq!(
+            with(json!({"type": "function", "function": {"name": "f"}}), None),
+            Some(json!({"type": "tool", "name": "f"}))
+        );
+        assert_eq!(with(Value::Null, None), None, "Anthropic's default (auto) is left implicit");
+        assert_eq!(with(Value::Null, Some(true)), None);
+        assert_eq!(with(Value::Null, Some(false)), Some(json!({"type": "auto", "disable_parallel_tool_use": true})));
+        assert_eq!(
+            with(json!("required"), Some(false)),
+            Some(json!({"type": "any", "disable_parallel_tool_use": true}))
+        );
+        assert_eq!(with(json!("none"), Some(false)), Some(json!({"type": "none"})));
+        // No tools: no tool_choice either.
+        let mut body = user(json!("hi"));
+        body["tool_choice"] = json!("required");
+        body["tools"] = json!([]);
+        let out = request(body).unwrap();
+        assert!(out.get("tool_choice").is_none() && out.get("tools").is_none());
+    }
+
+    #[test]
+    fn reasoning_effort_budgets_leave_room_for_the_answer() {
+        let with = |effort: &str, max_tokens: Option<u64>| {
+            let mut body = user(json!("hi"));
+            body["reasoning_effort"] = effort.into();
+            if let Some(max) = max_tokens {
+                body["max_tokens"] = max.into();
+            }
+            let out = request(body).unwrap();
+            (out.get("thinking").map(|t| t["budget_tokens"].as_u64().unwrap()), out["max_tokens"].as_u64().unwrap())
+        };
+        assert_eq!(with("none", None), (None, DEFAULT_MAX_TOKENS));
+        assert_eq!(with("minimal", None), (Some(1024), 4096));
+        assert_eq!(with("low", None), (Some(1024), 4096));
+        assert_eq!(with("medium", None), (Some(4096), 8192));
+        assert_eq!(with("medium", Some(4097)), (Some(4096), 4097));
+        assert_eq!(with("high", None), (Some(16384), 20480));
+        assert_eq!(with("high", Some(32000)), (Some(16384), 32000));
+        assert_eq!(with("xhigh", Some(100)), (Some(32768), 32868));
+    }
+
+    #[test]
+    fn one_sampling_parameter_and_none_with_thinking() {
+        let with = |fields: Value| {
+            let mut body = user(json!("hi"));
+            body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            let out = request(body).unwrap();
+            (out.get("temperature").cloned(), out.get("top_p").cloned())
+        };
+        assert_eq!(with(json!({"temperature": 0.5, "top_p": 0.9})), (Some(json!(0.5)), None));
+        assert_eq!(with(json!({"top_p": 0.9})), (None, Some(json!(0.9))));
+        assert_eq!(with(json!({"temperature": 0, "top_p": null})), (Some(json!(0)), None));
+        assert_eq!(with(json!({"temperature": 0.5, "top_p": 0.9, "reasoning_effort": "low"})), (None, None));
+        assert_eq!(with(json!({"temperature": 0.5, "reasoning_effort": "none"})), (Some(json!(0.5)), None));
+    }
+
+    #[test]
+    fn tool_results_open_their_user_turn() {
+        let out = request(json!({"messages": [
+            {"role": "user", "content": "run it"},
+            {"role": "assistant", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]},
+            {"role": "user", "content": "and hurry"},
+            {"role": "tool", "tool_call_id": "t1", "content": [{"type": "text", "text": "done"}, {"type": "image_url", "image_url": "https://x/y.png"}]},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "run it"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"x": 1}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [
+                        {"type": "text", "text": "done"},
+                        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
+                    ]},
+                    {"type": "text", "text": "and hurry"}
+                ]}
+            ])
+        );
+    }
+
+    #[test]
+    fn assistant_refusals_and_empty_turns() {
+        let out = request(json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": [{"type": "text", "text": ""}]},
+            {"role": "user", "content": "ok"},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "I can't."}]},
+                {"role": "user", "content": [{"type": "text", "text": "ok"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn data_urls() {
+        assert_eq!(data_url("data:image/png;base64,AAAA"), Some(("image/png", "AAAA")));
+        assert_eq!(data_url("data:image/webp;name=x.webp;base64,QQ=="), Some(("image/webp", "QQ==")));
+        assert_eq!(data_url("data:;base64,AAAA"), None);
+        assert_eq!(data_url("data:text/plain,hello"), None);
+        assert_eq!(data_url("https://example.com/a.png"), None);
+    }
+
+    fn response(content: Value, stop_reason: Value) -> Value {
+        let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "content": content,
+            "stop_reason": stop_reason, "usage": {"input_tokens": 3, "output_tokens": 4}});
+        serde_json::from_slice(&chat_response(body.to_string().as_bytes(), "anthropic/x", 5).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn stop_reasons_become_finish_reasons() {
+        for (stop, finish) in [
+            (json!("end_turn"), "stop"),
+            (json!("stop_sequence"), "stop"),
+            (json!("max_tokens"), "length"),
+            (json!("tool_use"), "tool_calls"),
+            (json!("refusal"), "content_filter"),
+            (json!("pause_turn"), "stop"),
+            (json!("model_context_window_exceeded"), "length"),
+            (json!("a_reason_from_the_future"), "stop"),
+            (Value::Null, "stop"),
+        ] {
+            let out = response(json!([{"type": "text", "text": "x"}]), stop.clone());
+            assert_eq!(out["choices"][0]["finish_reason"], finish, "{stop}");
+        }
+    }
+
+    #[test]
+    fn an_empty_answer_has_empty_content() {
+        let out = response(json!([]), json!("end_turn"));
+        assert_eq!(out["choices"][0]["message"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(out["usage"], json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}));
+    }
+
+    #[test]
+    fn answers_that_are_not_messages_fail() {
+        for body in [
+            &b"not json"[..],
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            br#"{"id":"msg_1","type":"error","content":[]}"#,
+            br#"{"id":"msg_1","type":"message","content":[{"type":"tool_use","input":{}}]}"#,
+        ] {
+            assert!(chat_response(body, "m", 0).is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn event(name: &str, data: Value) -> SseEvent {
+        SseEvent { event: Some(name.to_owned()), data: data.to_string() }
+    }
+
+    fn text(chunks: &[Bytes]) -> Vec<String> {
+        chunks.iter().map(|c| String::from_utf8(c.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn an_error_event_fails_the_stream_with_its_message() {
+        let mut stream = ChatStream::new("m", true, 1);
+        stream.event(&event("message_start", json!({"type": "message_start", "message": {"id": "msg_1"}}))).unwrap();
+        let err = stream
+            .event(&event(
+                "error",
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ))
+            .unwrap_err();
+        assert_eq!(err.0, "Overloaded");
+        let err = stream.event(&event("error", json!({"type": "error", "error": {"type": "api_error"}}))).unwrap_err();
+        assert_eq!(err.0, "api_error");
+        let err = stream.event(&SseEvent { event: Some("message_delta".into()), data: "{oops".into() }).unwrap_err();
+        assert!(err.0.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn finish_owes_the_usage_of_a_stream_cut_before_message_stop_and_ends_once() {
+        let mut stream = ChatStream::new("m", true, 1);
+        let mut out = Vec::new();
+        // A delta before message_start still comes after a role chunk.
+        out.extend(
+            stream
+                .event(&event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+                ))
+                .unwrap(),
+        );
+        out.extend(stream.event(&SseEvent { event: Some("ping".into()), data: String::new() }).unwrap());
+        out.extend(stream.event(&event("mystery", json!({"type": "mystery"}))).unwrap());
+        out.extend(
+            stream
+                .event(&event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 5, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+                ))
+                .unwrap(),
+        );
+        out.extend(
+            stream
+                .event(&event(
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"input_tokens": 2, "output_tokens": 3}}),
+                ))
+                .unwrap(),
+        );
+        out.extend(stream.finish());
+        assert!(stream.finish().is_empty());
+        assert_eq!(
+            text(&out),
+            [
+                r#"data: {"id":"chatcmpl-","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#.to_owned() + "\n\n",
+                r#"data: {"id":"chatcmpl-","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#.to_owned() + "\n\n",
+                r#"data: {"id":"chatcmpl-","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.to_owned() + "\n\n",
+                r#"data: {"id":"chatcmpl-","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#.to_owned() + "\n\n",
+                "data: [DONE]\n\n".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stream_without_usage_asked_ends_with_done_only() {
+        let mut stream = ChatStream::new("m", false, 1);
+        stream.event(&event("message_start", json!({"type": "message_start", "message": {"id": "msg_1"}}))).unwrap();
+        stream
+            .event(&event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})))
+            .unwrap();
+        assert!(stream.event(&event("message_stop", json!({"type": "message_stop"}))).unwrap().is_empty());
+        assert_eq!(text(&stream.finish()), ["data: [DONE]\n\n"]);
+    }
+
+    #[test]
+    fn the_event_name_stands_in_for_a_missing_type() {
+        let mut stream = ChatStream::new("m", false, 1);
+        let out = stream.event(&event("message_start", json!({"message": {"id": "msg_9"}}))).unwrap();
+        assert!(text(&out)[0].contains(r#""id":"chatcmpl-msg_9""#));
+    }
+
+    #[test]
+    fn error_bodies_keep_anthropics_fields() {
+        let out = |status, body: &str| serde_json::from_slice::<Value>(&error_body(status, body.as_bytes())).unwrap();
+        assert_eq!(
+            out(
+                429,
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"Spend limit reached","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#
+            ),
+            json!({"error": {"message": "Spend limit reached", "type": "rate_limit_error", "param": null,
+                "code": "rate_limit_error", "details": {"error_code": "enforced_spend_limit_reached"}}})
+        );
+        // A proxy in front answering in OpenAI's shape keeps its code.
+        assert_eq!(
+            out(429, r#"{"error":{"message":"quota","type":"requests","code":"insufficient_quota"}}"#)["error"]["code"],
+            "insufficient_quota"
+        );
+        assert_eq!(out(400, r#"{"error":"bad thing"}"#)["error"]["message"], "bad thing");
+        assert_eq!(out(400, r#"{"message":"top-level"}"#)["error"]["message"], "top-level");
+        assert_eq!(
+            out(500, r#"{"type":"error","error":{"type":"api_error"}}"#)["error"]["message"],
+            r#"{"type":"error","error":{"type":"api_error"}}"#
+        );
+        assert_eq!(out(418, "  \n")["error"]["message"], "Anthropic answered HTTP 418");
+        assert_eq!(out(418, "")["error"]["type"], "invalid_request_error");
+    }
 }
