@@ -52,6 +52,7 @@ impl ErrorReply {
                 InvalidModel,
                 UnknownProvider,
                 ModelBlocked,
+                UnsupportedRequest,
                 RouteNotFound,
                 MethodNotAllowed,
                 NoKeyConfigured,
@@ -329,6 +330,31 @@ impl_error!(ModelBlocked);
 impl Reply for ModelBlocked {
     fn reply(&self) -> ErrorReply {
         ErrorReply::new(StatusCode::FORBIDDEN, "invalid_request_error", "model_not_allowed", self.to_string())
+    }
+}
+
+/// The request cannot be expressed in the provider's API (400).
+#[derive(Debug)]
+pub struct UnsupportedRequest {
+    provider: String,
+    reason: String,
+}
+
+impl UnsupportedRequest {
+    pub fn new(provider: &str, reason: &str) -> Self {
+        Self { provider: provider.to_owned(), reason: echo(reason) }
+    }
+}
+
+impl fmt::Display for UnsupportedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "this request cannot be sent to provider `{}`: {}", self.provider, self.reason)
+    }
+}
+impl_error!(UnsupportedRequest);
+impl Reply for UnsupportedRequest {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::BAD_REQUEST, "invalid_request_error", "unsupported_request", self.to_string())
     }
 }
 
@@ -753,6 +779,7 @@ mod tests {
             (InvalidModel::new("gpt-4o").into(), 400, "invalid_model"),
             (UnknownProvider::new("x", ["openai"]).into(), 400, "unknown_provider"),
             (ModelBlocked::new("openai", "o1", "*").into(), 403, "model_not_allowed"),
+            (UnsupportedRequest::new("anthropic", "no embeddings").into(), 400, "unsupported_request"),
             (RouteNotFound::new("/nope").into(), 404, "unknown_url"),
             (MethodNotAllowed::new("POST").into(), 405, "method_not_allowed"),
             (NoKeyConfigured::new("groq").into(), 503, "no_usable_key"),

@@ -11,7 +11,7 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{HeaderName, Uri, uri::PathAndQuery};
+use http::{HeaderName, HeaderValue, Uri, uri::PathAndQuery};
 
 use crate::{extensions::Endpoint, filter::ModelRules};
 
@@ -50,19 +50,25 @@ pub enum AuthStyle {
     Header(HeaderName),
 }
 
-/// The wire format a provider speaks. Only OpenAI's for now; Anthropic's
-/// Messages and Gemini's generateContent translate in their own modules.
+/// The wire format a provider speaks; Anthropic's Messages and Gemini's
+/// generateContent translate in their own modules under `upstream::dialect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Dialect {
     /// OpenAI's API: bodies pass through with only `model` rewritten.
     OpenAi,
+    /// Anthropic's Messages API (`x-api-key`, `anthropic-version`).
+    Anthropic,
+    /// Google's Gemini API (`x-goog-api-key`).
+    Gemini,
 }
 
 impl Dialect {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
         }
     }
 }
@@ -131,6 +137,7 @@ pub struct Provider {
     id: ProviderId,
     api_base: ApiBase,
     auth: AuthStyle,
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
     dialect: Dialect,
     models: Vec<String>,
     model_rules: ModelRules,
@@ -143,17 +150,39 @@ impl Provider {
     /// An OpenAI-compatible provider with bearer auth. `api_base` includes
     /// the version path, as the provider's own SDK takes it.
     pub fn openai_compatible(id: &str, api_base: &str) -> Result<Self, InvalidApiBase> {
+        Self::new(id, api_base, Dialect::OpenAi)
+    }
+
+    /// A provider of any dialect, with that dialect's auth: bearer for
+    /// OpenAI's, `x-api-key` plus `anthropic-version` for Anthropic's,
+    /// `x-goog-api-key` for Gemini's. Anthropic and Gemini bases are
+    /// host-only (`https://api.anthropic.com`); the dialect adds the path.
+    pub fn new(id: &str, api_base: &str, dialect: Dialect) -> Result<Self, InvalidApiBase> {
         let api_base = ApiBase::parse(api_base)?;
+        let (auth, extra_headers) = match dialect {
+            Dialect::OpenAi => (AuthStyle::Bearer, Vec::new()),
+            Dialect::Anthropic => (
+                AuthStyle::Header(HeaderName::from_static("x-api-key")),
+                vec![(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"))],
+            ),
+            Dialect::Gemini => (AuthStyle::Header(HeaderName::from_static("x-goog-api-key")), Vec::new()),
+        };
         Ok(Self {
             id: ProviderId::new(id),
             chat_uri: api_base.join(Endpoint::ChatCompletions.path_suffix()),
             embeddings_uri: api_base.join(Endpoint::Embeddings.path_suffix()),
             api_base,
-            auth: AuthStyle::Bearer,
-            dialect: Dialect::OpenAi,
+            auth,
+            extra_headers,
+            dialect,
             models: Vec::new(),
             model_rules: ModelRules::default(),
         })
+    }
+
+    /// Headers every request to this provider carries (e.g. `anthropic-version`).
+    pub fn extra_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.extra_headers
     }
 
     pub fn with_auth(mut self, auth: AuthStyle) -> Self {

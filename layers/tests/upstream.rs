@@ -139,7 +139,7 @@ async fn prepare_rewrites_only_the_model_token() {
         r#"{"messages":[{"role":"user","content":"say openai/gpt-4o"}],  "model" : "openai/gpt-4o" ,"stream":true,"x":{"model":"keep"}}"#,
     ))
     .unwrap();
-    assert!(stream, "the stream flag comes back for the response side");
+    assert!(stream.stream(), "the stream flag comes back for the response side");
     let body = within(up.into_body().collect()).await.unwrap().to_bytes();
     assert_eq!(
         body,
@@ -153,7 +153,7 @@ async fn prepare_leaves_the_body_alone_without_a_model_span() {
     let body = r#"{"model":"openai/gpt-4o"}"#;
     let req = Request::post("/v1/chat/completions").body(Bytes::from_static(body.as_bytes())).unwrap();
     let (up, _, stream) = prepare(leased(&pool, req, target(false))).unwrap();
-    assert!(!stream);
+    assert!(!stream.stream());
     let sent = within(up.into_body().collect()).await.unwrap().to_bytes();
     assert_eq!(sent, body);
 }

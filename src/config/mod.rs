@@ -343,18 +343,13 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         let configured = config.is_some();
         let config = config.unwrap_or_default();
         let api_base = config.api_base.as_deref().unwrap_or(builtin.api_base);
-        let provider = Provider::openai_compatible(builtin.id, api_base)
-            .map_err(|err| ConfigError(format!("providers.{}.api_base: {err}", builtin.id)))?
-            .with_auth((builtin.auth)());
+        let provider = Provider::new(builtin.id, api_base, builtin.dialect)
+            .map_err(|err| ConfigError(format!("providers.{}.api_base: {err}", builtin.id)))?;
         providers.push(provider_settings(builtin.id, provider, config, configured)?);
     }
     for (id, config) in named {
         let Some(api_base) = config.api_base.clone() else {
             let upper = id.to_ascii_uppercase();
-            if providers::NOT_YET_SUPPORTED.contains(&id.as_str()) {
-                notes.push(format!("ignoring {upper}_API_KEY*: the {id} dialect is not supported yet"));
-                continue;
-            }
             if key_only.contains(&id) {
                 notes.push(format!(
                     "ignoring {upper}_API_KEY*: `{id}` is not a known provider (set {upper}_API_BASE to use it as an OpenAI-compatible one)"

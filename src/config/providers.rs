@@ -1,25 +1,25 @@
 //! The built-in providers: real base URLs and auth styles. Any other
 //! provider is OpenAI-compatible and named by its `api_base`.
 
-use keyrelay_layers::provider::{AuthStyle, Dialect};
+use keyrelay_layers::provider::Dialect;
 
-/// One built-in provider.
+/// One built-in provider; its dialect brings its auth style.
 #[derive(Clone, Copy, Debug)]
 pub struct Builtin {
     pub id: &'static str,
     /// As the provider's own SDK takes it: OpenAI-compatible bases include
-    /// the version path.
+    /// the version path; Anthropic's and Gemini's are host-only.
     pub api_base: &'static str,
     pub dialect: Dialect,
-    pub auth: fn() -> AuthStyle,
 }
 
 const fn openai_compatible(id: &'static str, api_base: &'static str) -> Builtin {
-    Builtin { id, api_base, dialect: Dialect::OpenAi, auth: || AuthStyle::Bearer }
+    Builtin { id, api_base, dialect: Dialect::OpenAi }
 }
 
-/// Anthropic and Gemini join with their own dialects.
 pub const BUILTINS: &[Builtin] = &[
+    Builtin { id: "anthropic", api_base: "https://api.anthropic.com", dialect: Dialect::Anthropic },
+    Builtin { id: "gemini", api_base: "https://generativelanguage.googleapis.com", dialect: Dialect::Gemini },
     openai_compatible("openai", "https://api.openai.com/v1"),
     openai_compatible("openrouter", "https://openrouter.ai/api/v1"),
     openai_compatible("nvidia_nim", "https://integrate.api.nvidia.com/v1"),
@@ -32,10 +32,6 @@ pub const BUILTINS: &[Builtin] = &[
     openai_compatible("cerebras", "https://api.cerebras.ai/v1"),
     openai_compatible("chutes", "https://llm.chutes.ai/v1"),
 ];
-
-/// Providers whose native dialect is not built yet: their keys are ignored
-/// with a note rather than sent to an endpoint that would not understand them.
-pub const NOT_YET_SUPPORTED: &[&str] = &["anthropic", "gemini"];
 
 pub fn builtin(id: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.id == id)
@@ -50,7 +46,7 @@ mod tests {
     #[test]
     fn every_builtin_base_parses_and_ids_are_unique() {
         for (i, b) in BUILTINS.iter().enumerate() {
-            Provider::openai_compatible(b.id, b.api_base).unwrap();
+            Provider::new(b.id, b.api_base, b.dialect).unwrap();
             assert!(BUILTINS[..i].iter().all(|other| other.id != b.id), "{} twice", b.id);
             assert!(b.id.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'), "{}", b.id);
         }

@@ -72,8 +72,9 @@ fn stray_key_variables_are_ignored_with_a_note() {
     let dir = tempfile::tempdir().unwrap();
     let s = load(sources(dir.path(), &[("WANDB_API_KEY", "w-secret"), ("ANTHROPIC_API_KEY", "a-secret")])).unwrap();
     assert!(s.providers.iter().all(|p| p.provider.id().as_str() != "wandb"));
+    assert_eq!(keys_of(&s, "anthropic"), ["a-secret"], "anthropic is a built-in provider");
     let notes = s.notes.join("\n");
-    assert!(notes.contains("WANDB_API_KEY") && notes.contains("ANTHROPIC_API_KEY"), "{notes}");
+    assert!(notes.contains("WANDB_API_KEY") && !notes.contains("ANTHROPIC"), "{notes}");
     assert!(!notes.contains("w-secret") && !notes.contains("a-secret"));
 }
 

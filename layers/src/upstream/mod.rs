@@ -29,17 +29,18 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{
     HeaderValue, Request, Response,
-    header::{ACCEPT_ENCODING, CONTENT_TYPE},
+    header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE},
 };
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy;
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, Limited};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -49,9 +50,9 @@ pub use self::{
 };
 use crate::{
     BoxError, ProxyBody,
-    body::IdleTimeoutBody,
-    error::{MissingExtension, UpstreamUnreachable},
-    extensions::RouteTarget,
+    body::{IdleTimeoutBody, full},
+    error::{MissingExtension, UnsupportedRequest, UpstreamFailed, UpstreamUnreachable},
+    extensions::{Endpoint, RouteTarget},
     pool::KeyLease,
     provider::Dialect,
 };
@@ -65,6 +66,10 @@ pub struct UpstreamService {
 
 /// Default bound on silence between the chunks of a stream.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A translated provider's whole answer is read up to this size.
+const MAX_TRANSLATED_BODY: usize = 32 << 20;
+/// A translated provider's error body is read up to this size.
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 impl UpstreamService {
     pub fn new(client: HttpsClient) -> Self {
@@ -85,6 +90,9 @@ impl fmt::Debug for UpstreamService {
     }
 }
 
+/// The [`UpstreamService`] future.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
 impl Service<Request<Bytes>> for UpstreamService {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
@@ -96,95 +104,250 @@ impl Service<Request<Bytes>> for UpstreamService {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        match prepare(req) {
-            Ok((req, lease, stream)) => ResponseFuture {
-                state: State::Sending {
-                    inner: self.client.request(req),
-                    lease: Some(lease),
-                    idle: stream.then_some(self.stream_idle_timeout),
-                },
-            },
-            Err(err) => ResponseFuture { state: State::Failed { err: Some(err) } },
-        }
+        let (req, lease, plan) = match prepare(req) {
+            Ok(prepared) => prepared,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
+        let sent = self.client.request(req);
+        let idle = self.stream_idle_timeout;
+        Box::pin(async move {
+            let res = sent.await.map_err(|err| UpstreamUnreachable::new(lease.provider_id().as_str(), err))?;
+            answer(res, lease, &plan, idle).await
+        })
+    }
+}
+
+/// What the answer needs to know about the request.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    dialect: Dialect,
+    endpoint: Endpoint,
+    stream: bool,
+    include_usage: bool,
+    /// OpenAI SDKs ask for base64 embeddings by default.
+    embeddings_base64: bool,
+    model: Arc<str>,
+}
+
+impl Plan {
+    /// Whether the client asked for a stream.
+    pub fn stream(&self) -> bool {
+        self.stream
     }
 }
 
 /// Builds the provider's request from the client's: pure, no I/O.
-pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, bool), BoxError> {
+pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, Plan), BoxError> {
     let (mut parts, body) = req.into_parts();
     let target = parts.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
     let lease = parts.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
     let provider = lease.provider();
-    let body = match provider.dialect() {
-        Dialect::OpenAi => match target.model_span() {
-            Some(span) => dialect::openai::rewrite_model(&body, span, target.model()),
-            None => body,
-        },
+    let (model, stream) = (target.model(), target.stream());
+    let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
+    // Asked of the client's body, before translation drops `stream_options`.
+    let include_usage = stream && provider.dialect() != Dialect::OpenAi && asks_for_usage(&body);
+    let embeddings_base64 = provider.dialect() == Dialect::Gemini
+        && target.endpoint() == Endpoint::Embeddings
+        && dialect::gemini::embeddings_want_base64(&body);
+    let (uri, body) = match (provider.dialect(), target.endpoint()) {
+        (Dialect::OpenAi, endpoint) => {
+            let body = match target.model_span() {
+                Some(span) => dialect::openai::rewrite_model(&body, span, model),
+                None => body,
+            };
+            (provider.endpoint_uri(endpoint), body)
+        }
+        (Dialect::Anthropic, Endpoint::ChatCompletions) => (
+            provider.api_base().join(dialect::anthropic::chat_path()),
+            dialect::anthropic::chat_request(&body, model, stream).map_err(unsupported)?,
+        ),
+        (Dialect::Gemini, Endpoint::ChatCompletions) => (
+            provider.api_base().join(&dialect::gemini::chat_path(model, stream)),
+            dialect::gemini::chat_request(&body, model, stream).map_err(unsupported)?,
+        ),
+        (Dialect::Gemini, Endpoint::Embeddings) => (
+            provider.api_base().join(&dialect::gemini::embeddings_path(model)),
+            dialect::gemini::embeddings_request(&body, model).map_err(unsupported)?,
+        ),
+        (dialect, endpoint) => {
+            let what = format!("the {} API has no {} endpoint", dialect.as_str(), endpoint.path_suffix());
+            return Err(UnsupportedRequest::new(provider.id().as_str(), &what).into());
+        }
     };
-    parts.uri = provider.endpoint_uri(target.endpoint());
+    let plan = Plan {
+        dialect: provider.dialect(),
+        endpoint: target.endpoint(),
+        stream,
+        include_usage,
+        embeddings_base64,
+        model: model.into(),
+    };
+    parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     headers::for_upstream(&mut parts.headers);
     let (name, value) = lease.auth_header();
     parts.headers.insert(name.clone(), value.clone());
-    if target.stream() {
-        // Streams are forwarded (and, when they break, ended) event by event
-        // by the proxy, which needs to see plain text.
+    for (name, value) in provider.extra_headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    if stream || provider.dialect() != Dialect::OpenAi {
+        // The proxy reads these answers (streams event by event, translated
+        // ones whole): it needs plain text.
         parts.headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    if provider.dialect() != Dialect::OpenAi {
+        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     if !parts.headers.contains_key(CONTENT_TYPE) {
         parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     // Per-request state stays in the proxy; the client sees none of it.
     parts.extensions = http::Extensions::new();
-    Ok((Request::from_parts(parts, Full::new(body)), lease, target.stream()))
+    Ok((Request::from_parts(parts, Full::new(body)), lease, plan))
+}
+
+/// Whether an OpenAI request asks for a usage chunk at the end of its stream.
+fn asks_for_usage(client_body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        stream_options: Option<StreamOptions>,
+    }
+    #[derive(serde::Deserialize)]
+    struct StreamOptions {
+        #[serde(default)]
+        include_usage: bool,
+    }
+    serde_json::from_slice::<Probe>(client_body).ok().and_then(|p| p.stream_options).is_some_and(|o| o.include_usage)
+}
+
+/// The provider's answer as the client gets it.
+async fn answer(
+    res: Response<hyper::body::Incoming>,
+    lease: KeyLease,
+    plan: &Plan,
+    idle: Duration,
+) -> Result<Response<ProxyBody>, BoxError> {
+    let (mut parts, body) = res.into_parts();
+    headers::for_client(&mut parts.headers);
+    parts.extensions = http::Extensions::new();
+    parts.extensions.insert(lease.clone());
+    let success = parts.status.is_success();
+    if plan.dialect == Dialect::OpenAi {
+        let body = match plan.stream {
+            true if success => IdleTimeoutBody::new(body, idle).boxed_unsync(),
+            _ => body.map_err(BoxError::from).boxed_unsync(),
+        };
+        return Ok(Response::from_parts(parts, body));
+    }
+    // A translated answer: new bytes, new length, the proxy's content type.
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.remove(http::header::CONTENT_ENCODING);
+    let provider = lease.provider_id().as_str().to_owned();
+    let unreadable = |err: BoxError| UpstreamFailed::new(&provider, 1, format!("unreadable answer: {err}"));
+    if success && plan.stream && plan.endpoint == Endpoint::ChatCompletions {
+        parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        let translator: Box<dyn dialect::StreamTranslator> = match plan.dialect {
+            Dialect::Anthropic => Box::new(dialect::anthropic::ChatStream::new(&plan.model, plan.include_usage, now())),
+            _ => Box::new(dialect::gemini::ChatStream::new(&plan.model, plan.include_usage, now())),
+        };
+        let body = TranslatedStream::new(IdleTimeoutBody::new(body, idle), translator);
+        return Ok(Response::from_parts(parts, body.boxed_unsync()));
+    }
+    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let limit = if success { MAX_TRANSLATED_BODY } else { MAX_ERROR_BODY };
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if success => return Err(unreadable(err).into()),
+        // An error body that breaks or is huge: what matters is its status.
+        Err(_) => Bytes::new(),
+    };
+    let translated = match (plan.dialect, plan.endpoint, success) {
+        (Dialect::Anthropic, _, true) => dialect::anthropic::chat_response(&bytes, &plan.model, now()),
+        (Dialect::Anthropic, _, false) => Ok(dialect::anthropic::error_body(parts.status.as_u16(), &bytes)),
+        (_, Endpoint::Embeddings, true) => {
+            dialect::gemini::embeddings_response_encoded(&bytes, &plan.model, plan.embeddings_base64)
+        }
+        (_, _, true) => dialect::gemini::chat_response(&bytes, &plan.model, now()),
+        (_, _, false) => Ok(dialect::gemini::error_body(parts.status.as_u16(), &bytes)),
+    };
+    let translated = translated.map_err(|err| unreadable(err.into()))?;
+    Ok(Response::from_parts(parts, full(translated)))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pin_project! {
-    /// The [`UpstreamService`] future.
-    pub struct ResponseFuture {
+    /// A provider's event stream as OpenAI chunks, event by event. The
+    /// events one upstream frame completes leave as one frame.
+    struct TranslatedStream<B> {
         #[pin]
-        state: State,
+        inner: B,
+        framer: dialect::SseFramer,
+        translator: Box<dyn dialect::StreamTranslator>,
+        failed: Option<BoxError>,
+        done: bool,
     }
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State {
-        Sending { #[pin] inner: legacy::ResponseFuture, lease: Option<KeyLease>, idle: Option<Duration> },
-        Failed { err: Option<BoxError> },
+impl<B> TranslatedStream<B> {
+    fn new(inner: B, translator: Box<dyn dialect::StreamTranslator>) -> Self {
+        Self { inner, framer: dialect::SseFramer::new(), translator, failed: None, done: false }
     }
 }
 
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+impl<B> http_body::Body for TranslatedStream<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
 
-impl Future for ResponseFuture {
-    type Output = Result<Response<ProxyBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Sending { inner, lease, idle } => {
-                let lease = lease.as_ref().expect("polled after completion");
-                let res = match ready!(inner.poll(cx)) {
-                    Ok(res) => res,
-                    Err(err) => {
-                        return Poll::Ready(Err(UpstreamUnreachable::new(lease.provider_id().as_str(), err).into()));
-                    }
-                };
-                let (mut parts, body) = res.into_parts();
-                headers::for_client(&mut parts.headers);
-                parts.extensions = http::Extensions::new();
-                parts.extensions.insert(lease.clone());
-                let body = match idle {
-                    Some(idle) if parts.status.is_success() => IdleTimeoutBody::new(body, *idle).boxed_unsync(),
-                    _ => body.map_err(BoxError::from).boxed_unsync(),
-                };
-                Poll::Ready(Ok(Response::from_parts(parts, body)))
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(err) = this.failed.take() {
+                *this.done = true;
+                return Poll::Ready(Some(Err(err)));
             }
-            StateProj::Failed { err } => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Some(data) = frame.data_ref() else { continue };
+                    for event in this.framer.push(data) {
+                        match this.translator.event(&event) {
+                            Ok(chunks) => chunks.iter().for_each(|c| out.extend_from_slice(c)),
+                            Err(err) => {
+                                *this.failed = Some(format!("the provider reported an error mid-stream: {err}").into());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+                None => {
+                    if let Some(event) = this.framer.finish() {
+                        match this.translator.event(&event) {
+                            Ok(chunks) => chunks.iter().for_each(|c| out.extend_from_slice(c)),
+                            Err(err) => {
+                                *this.failed = Some(format!("the provider reported an error mid-stream: {err}").into())
+                            }
+                        }
+                    }
+                    if this.failed.is_none() {
+                        this.translator.finish().iter().for_each(|c| out.extend_from_slice(c));
+                        *this.done = true;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::HttpsClient;
+use crate::provider::Dialect;
 use crate::{
     BoxError,
     pool::{KeyPool, ProviderPool},
@@ -120,18 +121,31 @@ impl ModelCatalog {
         let Some(key) = pool.keys().first() else {
             return Ok(Vec::new());
         };
+        let provider = pool.provider();
+        let path = match provider.dialect() {
+            Dialect::OpenAi => "models",
+            Dialect::Anthropic => "v1/models?limit=1000",
+            Dialect::Gemini => "v1beta/models?pageSize=1000",
+        };
         let (name, value) = key.auth_header();
-        let req = Request::get(pool.provider().api_base().join("models"))
+        let mut req = Request::get(provider.api_base().join(path))
             .header(name, value)
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))?;
+        for (name, value) in provider.extra_headers() {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
         let res = self.client.request(req).await?;
         let status = res.status();
         let body = Limited::new(res.into_body(), MAX_LIST_BYTES).collect().await?.to_bytes();
         if status != StatusCode::OK {
             return Err(format!("status {status} from the provider's model list (key {})", key.id()).into());
         }
-        parse_model_list(&body)
+        match provider.dialect() {
+            Dialect::OpenAi => parse_model_list(&body),
+            Dialect::Anthropic => Ok(super::dialect::anthropic::model_ids(&body)?),
+            Dialect::Gemini => Ok(super::dialect::gemini::model_ids(&body)?),
+        }
     }
 }
 
