@@ -72,6 +72,9 @@ const UNSIGNED_FAMILIES: &[&str] = &["gemini-1", "gemini-2", "gemma", "learnlm"]
 
 /// How deep a JSON schema is followed before the rest is cut to `{}`.
 const MAX_SCHEMA_DEPTH: usize = 64;
+/// How many schema nodes one schema may expand to (`$ref`s shared many
+/// times over could otherwise grow it exponentially); the rest is `{}`.
+const MAX_SCHEMA_NODES: usize = 10_000;
 
 /// The longest message kept from a non-JSON error body, in characters.
 const MAX_ERROR_TEXT: usize = 500;
@@ -157,7 +160,7 @@ pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Tra
             out.insert("toolConfig".into(), json!({ "functionCallingConfig": config }));
         }
     }
-    let config = generation_config(&request)?;
+    let config = generation_config(&request, body)?;
     if !config.is_empty() {
         out.insert("generationConfig".into(), Value::Object(config));
     }
@@ -250,7 +253,7 @@ impl Conversation {
                 for (j, call) in tool_calls.iter().enumerate() {
                     let at = format!("{at}.tool_calls[{j}]");
                     let function = call.get("function").ok_or_else(|| err(format!("{at}.function is missing")))?;
-                    let (name, part) = function_call(function, call.get("extra_content"), &at)?;
+                    let (name, part) = function_call(function, call.get("extra_content"), &format!("{at}.function"))?;
                     if let Some(id) = call.get("id").and_then(Value::as_str) {
                         self.tool_names.insert(id.to_owned(), name);
                     }
@@ -512,7 +515,7 @@ fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, TranslateError> 
     Ok(Some(config))
 }
 
-fn generation_config(request: &Map<String, Value>) -> Result<Map<String, Value>, TranslateError> {
+fn generation_config(request: &Map<String, Value>, body: &[u8]) -> Result<Map<String, Value>, TranslateError> {
     let mut config = Map::new();
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK")] {
         if let Some(value) = number(request, from)? {
@@ -554,7 +557,11 @@ fn generation_config(request: &Map<String, Value>) -> Result<Map<String, Value>,
             Some("json_schema") => {
                 config.insert("responseMimeType".into(), "application/json".into());
                 if let Some(schema) = format.pointer("/json_schema/schema").filter(|s| !s.is_null()) {
-                    config.insert("responseSchema".into(), clean_schema(schema));
+                    // The body again, this time keeping the order of its keys.
+                    let ordered = serde_json::from_slice::<Ordered>(body).ok();
+                    let ordered_schema =
+                        ordered.as_ref().and_then(|o| o.pointer("/response_format/json_schema/schema"));
+                    config.insert("responseSchema".into(), clean_schema_ordered(schema, ordered_schema));
                 }
             }
             _ => return Err(err("response_format.type must be text, json_object or json_schema")),
@@ -593,46 +600,63 @@ fn number(request: &Map<String, Value>, key: &str) -> Result<Option<Value>, Tran
 
 /// A JSON schema cut down to what Gemini's `Schema` accepts.
 fn clean_schema(schema: &Value) -> Value {
-    Cleaner { root: schema, refs: Vec::new() }.clean(schema, 0)
+    Cleaner { root: schema, ordered_root: None, refs: Vec::new(), budget: MAX_SCHEMA_NODES }.clean(schema, None, 0)
+}
+
+/// [`clean_schema`], adding `propertyOrdering` from `ordered` (the same
+/// schema with its keys in the order written): Gemini otherwise writes a
+/// structured answer's properties in alphabetical order.
+fn clean_schema_ordered(schema: &Value, ordered: Option<&Ordered>) -> Value {
+    let ordered_root = ordered.filter(|o| matches!(o, Ordered::Object(_)));
+    let mut cleaner = Cleaner { root: schema, ordered_root, refs: Vec::new(), budget: MAX_SCHEMA_NODES };
+    cleaner.clean(schema, ordered_root, 0)
 }
 
 struct Cleaner<'a> {
     root: &'a Value,
+    /// The schema with its keys in order, when `propertyOrdering` is wanted.
+    ordered_root: Option<&'a Ordered>,
     /// The `$ref`s being expanded, to stop cycles.
     refs: Vec<&'a str>,
+    /// Nodes left to expand.
+    budget: usize,
 }
 
 impl<'a> Cleaner<'a> {
-    fn clean(&mut self, schema: &'a Value, depth: usize) -> Value {
+    fn clean(&mut self, schema: &'a Value, ordered: Option<&'a Ordered>, depth: usize) -> Value {
         let Some(object) = schema.as_object() else {
             return Value::Object(Map::new()); // `true` and other shorthands: anything
         };
-        if depth > MAX_SCHEMA_DEPTH {
+        if depth > MAX_SCHEMA_DEPTH || self.budget == 0 {
             return Value::Object(Map::new());
         }
+        self.budget -= 1;
         let mut out = Map::new();
 
         if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
             if self.refs.contains(&reference) {
                 out.insert("type".into(), "object".into()); // a cycle: stop here
-            } else if let Some(target) = reference.strip_prefix('#').and_then(|pointer| self.root.pointer(pointer)) {
+            } else if let Some(pointer) = reference.strip_prefix('#')
+                && let Some(target) = self.root.pointer(pointer)
+            {
+                let ordered_target = self.ordered_root.and_then(|root| root.pointer(pointer));
                 self.refs.push(reference);
-                merge(&mut out, self.clean(target, depth + 1));
+                merge(&mut out, self.clean(target, ordered_target, depth + 1));
                 self.refs.pop();
             }
         }
-        for sub in object.get("allOf").and_then(Value::as_array).into_iter().flatten() {
-            let cleaned = self.clean(sub, depth + 1);
+        for (i, sub) in object.get("allOf").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let cleaned = self.clean(sub, child(ordered, "allOf").and_then(|o| o.at(i)), depth + 1);
             merge(&mut out, cleaned);
         }
         for key in ["anyOf", "oneOf"] {
             let Some(variants) = object.get(key).and_then(Value::as_array) else { continue };
             let mut kept = Vec::new();
-            for variant in variants {
+            for (i, variant) in variants.iter().enumerate() {
                 if is_null_schema(variant) {
                     out.insert("nullable".into(), true.into());
                 } else {
-                    kept.push(self.clean(variant, depth + 1));
+                    kept.push(self.clean(variant, child(ordered, key).and_then(|o| o.at(i)), depth + 1));
                 }
             }
             match kept.len() {
@@ -705,10 +729,24 @@ impl<'a> Cleaner<'a> {
                 Some(Value::Object(merged)) => merged,
                 _ => Map::new(),
             };
+            let ordered_properties = child(ordered, "properties");
             for (name, property) in properties {
-                cleaned.insert(name.clone(), self.clean(property, depth + 1));
+                cleaned.insert(name.clone(), self.clean(property, child(ordered_properties, name), depth + 1));
             }
             out.insert("properties".into(), Value::Object(cleaned));
+            if let Some(Ordered::Object(entries)) = ordered_properties {
+                let mut order = match out.remove("propertyOrdering") {
+                    Some(Value::Array(merged)) => merged,
+                    _ => Vec::new(),
+                };
+                for (name, _) in entries {
+                    let name = Value::String(name.clone());
+                    if !order.contains(&name) {
+                        order.push(name);
+                    }
+                }
+                out.insert("propertyOrdering".into(), Value::Array(order));
+            }
         }
         if let Some(required) = object.get("required").and_then(Value::as_array) {
             let mut all = match out.remove("required") {
@@ -724,11 +762,11 @@ impl<'a> Cleaner<'a> {
         }
         match object.get("items") {
             Some(items @ Value::Object(_)) => {
-                let cleaned = self.clean(items, depth + 1);
+                let cleaned = self.clean(items, child(ordered, "items"), depth + 1);
                 out.insert("items".into(), cleaned);
             }
             Some(Value::Array(tuple)) if !tuple.is_empty() => {
-                let cleaned = self.clean(&tuple[0], depth + 1);
+                let cleaned = self.clean(&tuple[0], child(ordered, "items").and_then(|o| o.at(0)), depth + 1);
                 out.insert("items".into(), cleaned);
             }
             _ => {}
@@ -769,6 +807,20 @@ impl<'a> Cleaner<'a> {
         if out.get("properties").and_then(Value::as_object).is_some_and(Map::is_empty) {
             out.remove("properties");
         }
+        // `propertyOrdering` must name each property once, and only those.
+        if let Some(Value::Array(order)) = out.get("propertyOrdering") {
+            let exact = match &names {
+                Some(names) => {
+                    order.len() == names.len()
+                        && names.len() > 1
+                        && names.iter().all(|n| order.iter().any(|o| o.as_str() == Some(n.as_str())))
+                }
+                None => false,
+            };
+            if !exact {
+                out.remove("propertyOrdering");
+            }
+        }
         Value::Object(out)
     }
 }
@@ -784,7 +836,7 @@ fn merge(out: &mut Map<String, Value>, from: Value) {
     for (key, value) in from {
         match (key.as_str(), out.get_mut(&key), value) {
             ("properties", Some(Value::Object(mine)), Value::Object(theirs)) => mine.extend(theirs),
-            ("required", Some(Value::Array(mine)), Value::Array(theirs)) => {
+            ("required" | "propertyOrdering", Some(Value::Array(mine)), Value::Array(theirs)) => {
                 for name in theirs {
                     if !mine.contains(&name) {
                         mine.push(name);
@@ -795,6 +847,108 @@ fn merge(out: &mut Map<String, Value>, from: Value) {
                 out.insert(key, value);
             }
         }
+    }
+}
+
+/// A JSON document with the keys of its objects in the order they were
+/// written (`serde_json::Map` sorts them): where `propertyOrdering` comes from.
+#[derive(Debug)]
+enum Ordered {
+    Object(Vec<(String, Ordered)>),
+    Array(Vec<Ordered>),
+    Scalar,
+}
+
+impl Ordered {
+    fn get(&self, key: &str) -> Option<&Ordered> {
+        match self {
+            // With duplicate keys serde_json keeps the last; so does this.
+            Ordered::Object(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn at(&self, i: usize) -> Option<&Ordered> {
+        match self {
+            Ordered::Array(items) => items.get(i),
+            _ => None,
+        }
+    }
+
+    /// A JSON pointer (`/a/0/b~1c`), as `serde_json::Value::pointer` reads it.
+    fn pointer(&self, pointer: &str) -> Option<&Ordered> {
+        if pointer.is_empty() {
+            return Some(self);
+        }
+        let mut node = self;
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            node = match node {
+                Ordered::Array(_) => node.at(token.parse().ok()?)?,
+                _ => node.get(&token)?,
+            };
+        }
+        Some(node)
+    }
+}
+
+fn child<'o>(node: Option<&'o Ordered>, key: &str) -> Option<&'o Ordered> {
+    node.and_then(|n| n.get(key))
+}
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OrderedVisitor)
+    }
+}
+
+struct OrderedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OrderedVisitor {
+    type Value = Ordered;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_unit<E>(self) -> Result<Ordered, E> {
+        Ok(Ordered::Scalar)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Ordered, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Ordered::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry::<String, Ordered>()? {
+            entries.push(entry);
+        }
+        Ok(Ordered::Object(entries))
     }
 }
 
@@ -1379,4 +1533,411 @@ fn to_vec(value: &Value) -> Vec<u8> {
 
 fn to_bytes(value: &Value) -> Bytes {
     Bytes::from(to_vec(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value, model: &str) -> Result<Value, TranslateError> {
+        let out = chat_request(body.to_string().as_bytes(), model, false)?;
+        Ok(serde_json::from_slice(&out).unwrap())
+    }
+
+    fn user(text: &str) -> Value {
+        json!({ "role": "user", "content": text })
+    }
+
+    fn schema(value: Value) -> Value {
+        clean_schema(&value)
+    }
+
+    #[test]
+    fn model_names_are_escaped_into_one_segment() {
+        assert_eq!(escape_segment("gemini-2.5-flash_x.y"), "gemini-2.5-flash_x.y");
+        assert_eq!(escape_segment("a/b c:d%é"), "a%2Fb%20c%3Ad%25%C3%A9");
+        assert_eq!(chat_path("tunedModels/x", false), "v1beta/models/tunedModels%2Fx:generateContent");
+    }
+
+    #[test]
+    fn schemas_keep_only_what_gemini_takes() {
+        assert_eq!(
+            schema(json!({ "type": ["string", "integer", "null"], "description": "id" })),
+            json!({ "anyOf": [{ "type": "string" }, { "type": "integer" }], "nullable": true, "description": "id" })
+        );
+        assert_eq!(
+            schema(json!({ "oneOf": [{ "type": "string" }, { "type": "number", "exclusiveMinimum": 0 }] })),
+            json!({ "anyOf": [{ "type": "string" }, { "type": "number" }] })
+        );
+        // Enums of other than strings cannot be said to Gemini: the type stays.
+        assert_eq!(schema(json!({ "type": "integer", "enum": [1, 2] })), json!({ "type": "integer" }));
+        assert_eq!(schema(json!({ "const": 3 })), json!({}));
+        assert_eq!(schema(json!({ "const": "x" })), json!({ "type": "string", "enum": ["x"] }));
+        assert_eq!(schema(json!(true)), json!({}));
+        assert_eq!(schema(json!({ "type": "null" })), json!({ "nullable": true }));
+        assert_eq!(
+            schema(
+                json!({ "type": "object", "properties": { "a": { "type": "object", "properties": {} } }, "required": ["b"] })
+            ),
+            json!({ "type": "object", "properties": { "a": { "type": "object" } } })
+        );
+        assert_eq!(
+            schema(json!({ "type": "array", "items": [{ "type": "string" }, { "type": "number" }] })),
+            json!({ "type": "array", "items": { "type": "string" } })
+        );
+        assert_eq!(
+            schema(json!({ "type": "number", "format": "float", "minimum": 0.5 })),
+            json!({ "type": "number", "format": "float", "minimum": 0.5 })
+        );
+        // An unresolvable `$ref` leaves what else the schema says.
+        assert_eq!(schema(json!({ "$ref": "#/nowhere", "description": "d" })), json!({ "description": "d" }));
+        assert_eq!(schema(json!({ "$ref": "https://example.com/s.json" })), json!({}));
+    }
+
+    #[test]
+    fn structured_answers_keep_the_order_the_schema_was_written_in() {
+        let body = r##"{"messages":[{"role":"user","content":"x"}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"z":{},"a":{}}}}}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{
+            "type":"object",
+            "properties":{
+                "zeta":{"type":"string"},
+                "alpha":{"$ref":"#/$defs/pair"},
+                "mid":{"type":"object","allOf":[{"properties":{"y":{"type":"string"},"b":{"type":"string"}}}],
+                       "properties":{"a":{"type":"string"}}},
+                "own":{"type":"object","properties":{"p":{},"q":{}},"propertyOrdering":["q","p"]},
+                "bad":{"type":"object","properties":{"p":{},"q":{}},"propertyOrdering":["q"]}
+            },
+            "$defs":{"pair":{"type":"object","properties":{"second":{"type":"number"},"first":{"type":"number"}}}}}}}}"##;
+        let out: Value = serde_json::from_slice(&chat_request(body.as_bytes(), "m", false).unwrap()).unwrap();
+        let schema = &out["generationConfig"]["responseSchema"];
+        assert_eq!(schema["propertyOrdering"], json!(["zeta", "alpha", "mid", "own", "bad"]));
+        assert_eq!(schema["properties"]["alpha"]["propertyOrdering"], json!(["second", "first"]));
+        assert_eq!(schema["properties"]["mid"]["propertyOrdering"], json!(["y", "b", "a"]));
+        assert_eq!(schema["properties"]["own"]["propertyOrdering"], json!(["q", "p"]));
+        assert_eq!(schema["properties"]["bad"].get("propertyOrdering"), None);
+        // Tool parameters are left in Gemini's order.
+        let parameters = &out["tools"][0]["functionDeclarations"][0]["parameters"];
+        assert_eq!(parameters.get("propertyOrdering"), None);
+    }
+
+    #[test]
+    fn ordered_documents_follow_pointers() {
+        let doc: Ordered =
+            serde_json::from_str(r#"{"a/b":[{"x":1},{"~y":{"b":2,"a":3}}],"a":{"a":1},"a":{"c":2}}"#).unwrap();
+        let keys = |o: Option<&Ordered>| match o {
+            Some(Ordered::Object(entries)) => entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        assert_eq!(keys(doc.pointer("/a~1b/1/~0y")), ["b", "a"]);
+        assert_eq!(keys(doc.pointer("/a")), ["c"]);
+        assert_eq!(keys(doc.pointer("")), ["a/b", "a", "a"]);
+        assert!(doc.pointer("/a~1b/9").is_none());
+        assert!(doc.pointer("a").is_none());
+    }
+
+    #[test]
+    fn recursive_and_exploding_schemas_stay_bounded() {
+        // A schema that refers to itself stops at a bare object.
+        // (The root is entered once more through its first `$ref`.)
+        let out = schema(json!({ "type": "object", "properties": { "next": { "$ref": "#" } } }));
+        let inner = json!({ "type": "object", "properties": { "next": { "type": "object" } } });
+        assert_eq!(out, json!({ "type": "object", "properties": { "next": inner } }));
+
+        // Each level refers twice to the one below: 2^40 nodes if expanded.
+        let mut defs = Map::new();
+        defs.insert("d0".into(), json!({ "type": "string" }));
+        for level in 1..40 {
+            let below = format!("#/$defs/d{}", level - 1);
+            defs.insert(
+                format!("d{level}"),
+                json!({ "type": "object", "properties": { "a": { "$ref": below }, "b": { "$ref": below } } }),
+            );
+        }
+        let root = json!({ "$ref": "#/$defs/d39", "$defs": defs });
+        let out = schema(root);
+        assert_eq!(out["type"], "object");
+        assert!(out.to_string().len() < 2_000_000, "the expansion is capped");
+
+        // Deep nesting is cut rather than followed to the end.
+        let mut deep = json!({ "type": "string" });
+        for _ in 0..100 {
+            deep = json!({ "type": "array", "items": deep });
+        }
+        let out = schema(deep);
+        assert_eq!(out["type"], "array");
+    }
+
+    #[test]
+    fn bad_requests_say_what_to_fix() {
+        let tools = |tools: Value| json!({ "messages": [user("hi")], "tools": tools });
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([1]), "must be a JSON object"),
+            (json!({}), "`messages` must be an array"),
+            (json!({ "messages": [] }), "at least one user"),
+            (json!({ "messages": [{ "role": "system", "content": "x" }] }), "at least one user"),
+            (json!({ "messages": ["hi"] }), "messages[0] must be an object"),
+            (json!({ "messages": [{ "content": "x" }] }), "messages[0].role is missing"),
+            (json!({ "messages": [{ "role": "wizard", "content": "x" }] }), "`wizard` is not a chat role"),
+            (json!({ "messages": [{ "role": "user", "content": 5 }] }), "messages[0].content must be"),
+            (
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "video", "video": {} }] }] }),
+                "messages[0].content[0].type `video`",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "data:image/png,abc" } }] }] }),
+                "only base64 data: URLs",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "ftp://x/y.png" } }] }] }),
+                "a media URL must be",
+            ),
+            (
+                json!({ "messages": [{ "role": "system", "content": [{ "type": "image_url", "image_url": { "url": "https://x/y.png" } }] }, user("hi")] }),
+                "a system message can only hold text",
+            ),
+            (
+                json!({ "messages": [user("hi"), { "role": "tool", "tool_call_id": "call_9", "content": "x" }] }),
+                "`call_9` matches no tool call",
+            ),
+            (
+                json!({ "messages": [user("hi"), { "role": "assistant", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{oops" } }] }] }),
+                "messages[1].tool_calls[0].function.arguments is not valid JSON",
+            ),
+            (
+                json!({ "messages": [user("hi"), { "role": "assistant", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "[1]" } }] }] }),
+                "must be a JSON object for Gemini",
+            ),
+            (tools(json!([{ "type": "web_search" }])), "tools[0].type `web_search` is not supported"),
+            (tools(json!([{ "type": "function", "function": {} }])), "tools[0].function.name is missing"),
+            (tools(json!({})), "`tools` must be an array"),
+            (
+                json!({ "messages": [user("hi")], "tools": [{ "type": "function", "function": { "name": "f" } }], "tool_choice": "sometimes" }),
+                "tool_choice `sometimes`",
+            ),
+            (json!({ "messages": [user("hi")], "reasoning_effort": "extreme" }), "reasoning_effort must be one of"),
+            (json!({ "messages": [user("hi")], "temperature": "hot" }), "`temperature` must be a number"),
+            (json!({ "messages": [user("hi")], "stop": [1] }), "`stop` must be a string or an array"),
+            (json!({ "messages": [user("hi")], "response_format": { "type": "yaml" } }), "response_format.type"),
+        ];
+        for (body, expected) in cases {
+            let error = request(body.clone(), "gemini-2.5-flash").expect_err(&body.to_string());
+            assert!(error.0.contains(expected), "{body}: {error} (wanted {expected:?})");
+        }
+        let error = chat_request(b"{not json", "m", false).unwrap_err();
+        assert!(error.0.starts_with("the chat request is not valid JSON"), "{error}");
+    }
+
+    #[test]
+    fn tool_results_find_their_function_and_legacy_forms_work() {
+        let out = request(
+            json!({ "messages": [
+                user("hi"),
+                { "role": "assistant", "function_call": { "name": "lookup", "arguments": "{\"q\":1}" } },
+                { "role": "function", "name": "lookup", "content": "{\"found\":true}" },
+                { "role": "tool", "tool_call_id": "unknown", "name": "named", "content": null },
+            ] }),
+            "gemini-2.0-flash",
+        )
+        .unwrap();
+        assert_eq!(
+            out["contents"],
+            json!([
+                { "role": "user", "parts": [{ "text": "hi" }] },
+                { "role": "model", "parts": [{ "functionCall": { "name": "lookup", "args": { "q": 1 } } }] },
+                { "role": "user", "parts": [
+                    { "functionResponse": { "name": "lookup", "response": { "found": true } } },
+                    { "functionResponse": { "name": "named", "response": { "result": "" } } },
+                ] },
+            ])
+        );
+    }
+
+    #[test]
+    fn thought_signatures_are_replayed_or_stood_in_for() {
+        let body = |extra: Option<Value>| {
+            let mut first = json!({ "id": "a", "type": "function", "function": { "name": "f", "arguments": "{}" } });
+            if let Some(extra) = extra {
+                first["extra_content"] = extra;
+            }
+            let second = json!({ "id": "b", "type": "function", "function": { "name": "f", "arguments": "{}" } });
+            json!({ "messages": [user("hi"), { "role": "assistant", "tool_calls": [first, second] }] })
+        };
+        let signatures = |out: &Value| -> Vec<Value> {
+            let parts = out["contents"][1]["parts"].as_array().unwrap();
+            parts.iter().map(|p| p.get("thoughtSignature").cloned().unwrap_or(Value::Null)).collect()
+        };
+        let gemini3 = request(body(None), "gemini-3-flash-preview").unwrap();
+        assert_eq!(signatures(&gemini3), [json!(SKIP_SIGNATURE), Value::Null]);
+        let future = request(body(None), "gemini-flash-latest").unwrap();
+        assert_eq!(signatures(&future), [json!(SKIP_SIGNATURE), Value::Null]);
+        let older = request(body(None), "gemini-2.5-pro").unwrap();
+        assert_eq!(signatures(&older), [Value::Null, Value::Null]);
+        let signed = json!({ "google": { "thought_signature": "c2ln" } });
+        let replayed = request(body(Some(signed)), "gemini-3-pro-preview").unwrap();
+        assert_eq!(signatures(&replayed), [json!("c2ln"), Value::Null]);
+    }
+
+    #[test]
+    fn reasoning_effort_sets_a_thinking_budget() {
+        for (effort, expected) in [
+            ("none", json!({ "thinkingBudget": 0 })),
+            ("minimal", json!({ "thinkingBudget": 512, "includeThoughts": true })),
+            ("low", json!({ "thinkingBudget": 1024, "includeThoughts": true })),
+            ("medium", json!({ "thinkingBudget": 8192, "includeThoughts": true })),
+            ("high", json!({ "thinkingBudget": 24576, "includeThoughts": true })),
+        ] {
+            let out = request(json!({ "messages": [user("hi")], "reasoning_effort": effort }), "m").unwrap();
+            assert_eq!(out["generationConfig"]["thinkingConfig"], expected, "{effort}");
+        }
+    }
+
+    #[test]
+    fn responses_without_candidates_or_parts() {
+        let out = |body: Value| -> Value {
+            serde_json::from_slice(&chat_response(body.to_string().as_bytes(), "m", 1).unwrap()).unwrap()
+        };
+        let empty = out(json!({ "candidates": [] }));
+        assert_eq!(empty["choices"][0]["message"]["content"], "");
+        assert_eq!(empty["choices"][0]["finish_reason"], "stop");
+        assert_eq!(empty["id"], "chatcmpl-gemini-1");
+        assert_eq!(empty["usage"], json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 }));
+        let filtered = out(json!({ "candidates": [{ "finishReason": "SAFETY", "index": 0 }] }));
+        assert_eq!(filtered["choices"][0]["message"]["content"], "");
+        assert_eq!(filtered["choices"][0]["finish_reason"], "content_filter");
+        let two = out(json!({ "candidates": [
+            { "content": { "parts": [{ "text": "a" }] }, "finishReason": "STOP", "index": 0 },
+            { "content": { "parts": [{ "text": "b" }] }, "finishReason": "MAX_TOKENS", "index": 1 },
+        ] }));
+        assert_eq!(two["choices"][1]["index"], 1);
+        assert_eq!(two["choices"][1]["message"]["content"], "b");
+        assert_eq!(two["choices"][1]["finish_reason"], "length");
+
+        let error = chat_response(br#"{"error":{"code":500,"message":"boom"}}"#, "m", 1).unwrap_err();
+        assert_eq!(error.0, "Gemini answered with an error: boom");
+        assert!(chat_response(b"[]", "m", 1).is_err());
+    }
+
+    fn run(stream: &mut ChatStream, events: &[&str]) -> Result<Vec<Value>, TranslateError> {
+        let mut out = Vec::new();
+        for data in events {
+            let event = SseEvent { event: None, data: (*data).to_owned() };
+            out.extend(stream.event(&event)?);
+        }
+        out.extend(stream.finish());
+        Ok(out
+            .iter()
+            .map(|bytes| {
+                let text = std::str::from_utf8(bytes).unwrap();
+                let data = text.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap();
+                if data == "[DONE]" { json!("[DONE]") } else { serde_json::from_str(data).unwrap() }
+            })
+            .collect())
+    }
+
+    #[test]
+    fn a_blocked_prompt_ends_the_stream_with_content_filter() {
+        let mut stream = ChatStream::new("m", true, 5);
+        let out = run(
+            &mut stream,
+            &[r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":4,"totalTokenCount":4},"responseId":"r"}"#],
+        )
+        .unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0]["choices"][0]["delta"], json!({ "role": "assistant", "content": null }));
+        assert_eq!(out[0]["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(out[1]["usage"]["prompt_tokens"], 4);
+        assert_eq!(out[2], "[DONE]");
+    }
+
+    #[test]
+    fn streams_keep_choices_apart_and_ignore_what_is_not_an_answer() {
+        let mut stream = ChatStream::new("m", false, 5);
+        let out = run(
+            &mut stream,
+            &[
+                "",
+                r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]},"index":0},{"content":{"parts":[{"text":"b"}]},"index":1}]}]"#,
+                r#"{"candidates":[{"content":{"parts":[{"text":"c"}]},"finishReason":"STOP","index":1}]}"#,
+                r#"{"candidates":[{"content":{"parts":[{"text":"late"}]},"index":1}]}"#,
+                "[DONE]",
+            ],
+        )
+        .unwrap();
+        let deltas: Vec<(u64, Value, Value)> = out
+            .iter()
+            .filter(|e| e.is_object())
+            .map(|e| {
+                let choice = &e["choices"][0];
+                (choice["index"].as_u64().unwrap(), choice["delta"].clone(), choice["finish_reason"].clone())
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                (0, json!({ "role": "assistant", "content": "a" }), Value::Null),
+                (1, json!({ "role": "assistant", "content": "b" }), Value::Null),
+                (1, json!({ "content": "c" }), Value::Null),
+                (1, json!({}), json!("stop")),
+            ]
+        );
+        assert_eq!(out[0]["id"], "chatcmpl-gemini-5");
+        assert_eq!(out.last().unwrap(), "[DONE]");
+        // After the end nothing more goes out.
+        let late = SseEvent { event: None, data: r#"{"candidates":[]}"#.into() };
+        assert!(stream.event(&late).unwrap().is_empty());
+        assert!(stream.finish().is_empty());
+    }
+
+    #[test]
+    fn stream_errors_and_garbage_fail_the_stream() {
+        let mut stream = ChatStream::new("m", true, 5);
+        let error = run(&mut stream, &[r#"[{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}]"#]).unwrap_err();
+        assert!(error.0.contains("RESOURCE_EXHAUSTED"), "{error}");
+        let mut stream = ChatStream::new("m", true, 5);
+        let error = run(&mut stream, &["{\"candidates\": ["]).unwrap_err();
+        assert!(error.0.starts_with("Gemini sent a stream event that is not JSON"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_stream_still_ends_properly() {
+        let mut stream = ChatStream::new("m", true, 5);
+        let out = run(&mut stream, &[]).unwrap();
+        assert_eq!(out[0]["choices"], json!([]));
+        assert_eq!(out[0]["usage"]["total_tokens"], 0);
+        assert_eq!(out[1], "[DONE]");
+    }
+
+    #[test]
+    fn base64_is_standard_and_padded() {
+        for (input, expected) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(encode_base64(input.as_bytes()), expected);
+        }
+        assert_eq!(encode_base64(&[0xfb, 0xff]), "+/8=");
+    }
+
+    #[test]
+    fn error_bodies_of_every_shape() {
+        let out = |status: u16, body: &str| -> Value {
+            serde_json::from_slice(&error_body(status, body.as_bytes())).unwrap()
+        };
+        let array = out(429, r#"[{"error":{"code":429,"message":"slow","status":"RESOURCE_EXHAUSTED"}}]"#);
+        assert_eq!(array["error"]["message"], "slow");
+        assert_eq!(array["error"]["type"], "resource_exhausted");
+        assert_eq!(array["error"]["details"], Value::Null);
+        let bare = out(500, r#"{"error":{"code":500}}"#);
+        assert_eq!(bare["error"]["message"], "Gemini answered HTTP 500");
+        assert_eq!(bare["error"]["type"], "upstream_error");
+        assert_eq!(bare["error"]["code"], 500);
+        let other = out(404, r#"{"message":"not here"}"#);
+        assert_eq!(other["error"]["message"], r#"{"message":"not here"}"#);
+    }
+
+    #[test]
+    fn model_lists_of_odd_shapes() {
+        assert!(model_ids(br#"{"models":{}}"#).is_err());
+        assert_eq!(model_ids(br#"{"models":[{"displayName":"no name"},{"name":"plain"}]}"#).unwrap(), ["plain"]);
+    }
 }
