@@ -30,7 +30,9 @@
 //!   types become `nullable`, `const` becomes `enum`, string formats other
 //!   than `enum` and `date-time` are dropped, and keywords Gemini refuses
 //!   (`additionalProperties`, `default`, `examples`, `title`, `$schema`...)
-//!   go.
+//!   go. A `json_schema` answer format also gets `propertyOrdering` in the
+//!   order the client wrote its properties (Gemini otherwise answers them
+//!   in alphabetical order); a schema expands to at most 10,000 nodes.
 //! - Thought signatures: a `functionCall` part's `thoughtSignature` goes to
 //!   the client as `tool_calls[].extra_content.google.thought_signature` (the
 //!   field Google's own OpenAI endpoint uses) and comes back from it. Gemini
