@@ -141,6 +141,7 @@ pub struct Provider {
     dialect: Dialect,
     models: Vec<String>,
     model_rules: ModelRules,
+    split_think_tags: bool,
     /// Built once so that each request only clones a `Uri`.
     chat_uri: Uri,
     embeddings_uri: Uri,
@@ -177,6 +178,7 @@ impl Provider {
             dialect,
             models: Vec::new(),
             model_rules: ModelRules::default(),
+            split_think_tags: false,
         })
     }
 
@@ -204,6 +206,18 @@ impl Provider {
 
     pub fn model_rules(&self) -> &ModelRules {
         &self.model_rules
+    }
+
+    /// For OpenAI-compatible providers whose models write their reasoning
+    /// into the content as `<think>...</think>`: move it to
+    /// `reasoning_content`, streams included.
+    pub fn with_think_tags_split(mut self, split: bool) -> Self {
+        self.split_think_tags = split && self.dialect == Dialect::OpenAi;
+        self
+    }
+
+    pub fn splits_think_tags(&self) -> bool {
+        self.split_think_tags
     }
 
     pub fn id(&self) -> &ProviderId {

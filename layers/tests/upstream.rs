@@ -703,3 +703,66 @@ async fn the_catalog_gives_up_on_a_hanging_provider_and_retries_after_a_backoff(
     );
     assert_eq!(mock.hits(), 2);
 }
+
+// === think tags, a provider's opt-in ===
+
+fn thinking_pool(api_base: &str) -> Arc<KeyPool> {
+    let provider = Provider::openai_compatible("openai", api_base).unwrap().with_think_tags_split(true);
+    KeyPool::builder().provider(provider, Selection::LeastUsed, secrets(&["k1"])).build().unwrap()
+}
+
+#[tokio::test]
+async fn an_opted_in_provider_gets_its_think_block_moved_to_reasoning_content() {
+    let mock = MockUpstream::start(|_| {
+        full(
+            StatusCode::OK,
+            "application/json",
+            r#"{"id":"x","object":"chat.completion","created":1,"model":"r1","choices":[{"index":0,"message":{"role":"assistant","content":"<think>Two and two.</think>\n\nFour."},"finish_reason":"stop"}]}"#,
+        )
+    })
+    .await;
+    let pool = thinking_pool(&mock.api_base());
+    let res = send(chat(&pool, CHAT_BODY, false)).await.unwrap();
+    assert!(res.headers().get(header::CONTENT_LENGTH).is_none_or(|len| len != "0"));
+    let body: Value = serde_json::from_slice(&within(res.into_body().collect()).await.unwrap().to_bytes()).unwrap();
+    let message = &body["choices"][0]["message"];
+    assert_eq!(
+        (message["content"].as_str(), message["reasoning_content"].as_str()),
+        (Some("Four."), Some("Two and two."))
+    );
+}
+
+#[tokio::test]
+async fn an_opted_in_provider_gets_its_streamed_think_block_split_across_chunks() {
+    let (tx, body) = MockBody::channel();
+    let mock = MockUpstream::start(streaming(body)).await;
+    let pool = thinking_pool(&mock.api_base());
+    let res = send(chat(&pool, CHAT_BODY, true)).await.unwrap();
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let chunk = |content: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"r1",
+                "choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+        )
+    };
+    for piece in ["<thi", "nk>Two and", " two.</th", "ink>\n\nFo", "ur."] {
+        tx.data(chunk(piece));
+    }
+    tx.data("data: [DONE]\n\n");
+    drop(tx);
+    let bytes = within(res.into_body().collect()).await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let (mut content, mut reasoning) = (String::new(), String::new());
+    for event in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if event == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+    }
+    assert_eq!((content.as_str(), reasoning.as_str()), ("Four.", "Two and two."), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}

@@ -100,6 +100,7 @@ pub struct ProviderConfig {
     pub models: Vec<String>,
     pub ignore_models: Vec<String>,
     pub whitelist_models: Vec<String>,
+    pub split_think_tags: bool,
 }
 
 /// A secret as written in config: any scalar, kept as a string, never shown.
@@ -426,7 +427,8 @@ fn provider_settings(
     let options = ProviderOptions::new(selection).max_concurrent_per_key(config.max_concurrent_per_key);
     let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
     let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
-    let provider = provider.with_models(config.models).with_model_rules(rules);
+    let provider =
+        provider.with_models(config.models).with_model_rules(rules).with_think_tags_split(config.split_think_tags);
     Ok(ProviderSettings { provider, options, keys, configured })
 }
 

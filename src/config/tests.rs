@@ -224,6 +224,7 @@ fn the_example_config_documents_every_key() {
         "max_concurrent_per_key",
         "ignore_models",
         "whitelist_models",
+        "split_think_tags",
         "api_base",
         "api_keys",
         "selection",

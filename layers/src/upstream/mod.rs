@@ -126,6 +126,9 @@ pub struct Plan {
     include_usage: bool,
     /// OpenAI SDKs ask for base64 embeddings by default.
     embeddings_base64: bool,
+    /// Move `<think>` blocks out of the content (an OpenAI-compatible
+    /// provider's opt-in).
+    split_think: bool,
     model: Arc<str>,
 }
 
@@ -180,6 +183,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
         stream,
         include_usage,
         embeddings_base64,
+        split_think: provider.splits_think_tags(),
         model: model.into(),
     };
     parts.uri = uri;
@@ -190,7 +194,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
     for (name, value) in provider.extra_headers() {
         parts.headers.insert(name.clone(), value.clone());
     }
-    if stream || provider.dialect() != Dialect::OpenAi {
+    if stream || provider.dialect() != Dialect::OpenAi || provider.splits_think_tags() {
         // The proxy reads these answers (streams event by event, translated
         // ones whole): it needs plain text.
         parts.headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -232,7 +236,8 @@ async fn answer(
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(lease.clone());
     let success = parts.status.is_success();
-    if plan.dialect == Dialect::OpenAi {
+    let split_think = plan.split_think && success && plan.endpoint == Endpoint::ChatCompletions;
+    if plan.dialect == Dialect::OpenAi && !split_think {
         let body = match plan.stream {
             true if success => IdleTimeoutBody::new(body, idle).boxed_unsync(),
             _ => body.map_err(BoxError::from).boxed_unsync(),
@@ -248,7 +253,8 @@ async fn answer(
         parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         let translator: Box<dyn dialect::StreamTranslator> = match plan.dialect {
             Dialect::Anthropic => Box::new(dialect::anthropic::ChatStream::new(&plan.model, plan.include_usage, now())),
-            _ => Box::new(dialect::gemini::ChatStream::new(&plan.model, plan.include_usage, now())),
+            Dialect::Gemini => Box::new(dialect::gemini::ChatStream::new(&plan.model, plan.include_usage, now())),
+            _ => Box::new(dialect::think::ThinkSplitter::new()),
         };
         let body = TranslatedStream::new(IdleTimeoutBody::new(body, idle), translator);
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
@@ -262,6 +268,7 @@ async fn answer(
         Err(_) => Bytes::new(),
     };
     let translated = match (plan.dialect, plan.endpoint, success) {
+        (Dialect::OpenAi, _, _) => dialect::think::split_completion(&bytes),
         (Dialect::Anthropic, _, true) => dialect::anthropic::chat_response(&bytes, &plan.model, now()),
         (Dialect::Anthropic, _, false) => Ok(dialect::anthropic::error_body(parts.status.as_u16(), &bytes)),
         (_, Endpoint::Embeddings, true) => {
