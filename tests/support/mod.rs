@@ -8,6 +8,10 @@
 //! - [`proxy`]: keyrelay itself, in process, on `127.0.0.1:0`, configured
 //!   from an explicit environment and an empty temporary working directory
 //!   (so a developer's `.env` or `config.toml` is never read).
+//! - [`dialect_mocks`]: upstreams that speak Anthropic's Messages API and
+//!   Google's Gemini API (chat whole and streamed, embeddings, model lists,
+//!   their own error bodies), checking each provider's auth headers,
+//!   recording requests and scriptable per key.
 //! - [`client`]: a small hyper client (HTTP/1.1 or h2c) and readers for
 //!   whole bodies, OpenAI error bodies and SSE streams.
 //!
@@ -18,6 +22,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod dialect_mocks;
 pub mod mock_upstream;
 pub mod proxy;
 
