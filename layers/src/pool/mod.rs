@@ -454,6 +454,16 @@ impl ProviderPool {
         }
     }
 
+    /// Counts the tokens an answer reported for (key, model).
+    pub fn count_usage(&self, index: usize, model: &str, usage: crate::usage::Usage) {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let mut health = self.keys[index].health();
+        let counters = &mut health.model(model, today, self.options.max_concurrent_per_key, now).counters;
+        counters.tokens_in += usage.prompt_tokens;
+        counters.tokens_out += usage.completion_tokens;
+    }
+
     /// The (key, model) concurrency slots, when the provider caps them.
     pub fn slots(&self, index: usize, model: &str) -> Option<Arc<Semaphore>> {
         let now = Instant::now();
@@ -551,6 +561,11 @@ impl KeyLease {
     pub fn slots(&self, model: &str) -> Option<Arc<Semaphore>> {
         self.pool.slots(self.index, model)
     }
+
+    /// Counts the tokens an answer reported for (key, `model`).
+    pub fn count_usage(&self, model: &str, usage: crate::usage::Usage) {
+        self.pool.count_usage(self.index, model, usage);
+    }
 }
 
 impl fmt::Debug for KeyLease {
@@ -572,13 +587,7 @@ impl InFlight {
     /// A stream broke after its headers: a transient failure of this key.
     /// Counts the tokens a successful answer reported.
     pub fn count_usage(&self, usage: crate::usage::Usage) {
-        let now = Instant::now();
-        let today = self.pool.clock.day(now);
-        let cap = self.pool.options.max_concurrent_per_key;
-        let mut health = self.pool.keys[self.index].health();
-        let counters = &mut health.model(&self.model, today, cap, now).counters;
-        counters.tokens_in += usage.prompt_tokens;
-        counters.tokens_out += usage.completion_tokens;
+        self.pool.count_usage(self.index, &self.model, usage);
     }
 
     pub fn stream_broke(&self) {

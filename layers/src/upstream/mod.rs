@@ -256,7 +256,10 @@ async fn answer(
             Dialect::Gemini => Box::new(dialect::gemini::ChatStream::new(&plan.model, plan.include_usage, now())),
             _ => Box::new(dialect::think::ThinkSplitter::new()),
         };
-        let body = TranslatedStream::new(IdleTimeoutBody::new(body, idle), translator);
+        // With a usage chunk for the client, the body's usage tap counts it;
+        // without, the translator's own count is recorded at the end.
+        let count = (!plan.include_usage).then(|| (lease.clone(), plan.model.clone()));
+        let body = TranslatedStream::new(IdleTimeoutBody::new(body, idle), translator, count);
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     }
     parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -293,14 +296,19 @@ pin_project! {
         inner: B,
         framer: dialect::SseFramer,
         translator: Box<dyn dialect::StreamTranslator>,
+        count_usage: Option<(KeyLease, Arc<str>)>,
         failed: Option<BoxError>,
         done: bool,
     }
 }
 
 impl<B> TranslatedStream<B> {
-    fn new(inner: B, translator: Box<dyn dialect::StreamTranslator>) -> Self {
-        Self { inner, framer: dialect::SseFramer::new(), translator, failed: None, done: false }
+    fn new(
+        inner: B,
+        translator: Box<dyn dialect::StreamTranslator>,
+        count_usage: Option<(KeyLease, Arc<str>)>,
+    ) -> Self {
+        Self { inner, framer: dialect::SseFramer::new(), translator, count_usage, failed: None, done: false }
     }
 }
 
@@ -346,8 +354,16 @@ where
                             }
                         }
                     }
+                    if this.failed.is_none() && !this.translator.is_complete() {
+                        // A clean end of the body is not the end of the answer.
+                        *this.failed = Some("the provider's stream ended before the answer was complete".into());
+                    }
                     if this.failed.is_none() {
                         this.translator.finish().iter().for_each(|c| out.extend_from_slice(c));
+                        if let (Some((lease, model)), Some(usage)) = (this.count_usage.take(), this.translator.usage())
+                        {
+                            lease.count_usage(&model, usage);
+                        }
                         *this.done = true;
                     }
                 }

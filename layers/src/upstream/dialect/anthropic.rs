@@ -1057,6 +1057,18 @@ impl StreamTranslator for ChatStream {
         out.push(Bytes::from_static(sse::DONE));
         out
     }
+
+    fn is_complete(&self) -> bool {
+        self.ended
+    }
+
+    fn usage(&self) -> Option<crate::usage::Usage> {
+        let usage = self.usage.openai();
+        self.ended.then_some(crate::usage::Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1316,6 +1316,18 @@ impl StreamTranslator for ChatStream {
         out.push(Bytes::from_static(DONE));
         out
     }
+
+    fn is_complete(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.finished)
+    }
+
+    fn usage(&self) -> Option<crate::usage::Usage> {
+        let usage = usage(Some(self.usage.as_ref()?));
+        Some(crate::usage::Usage {
+            prompt_tokens: usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+            completion_tokens: usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
 }
 
 // === embeddings ===

@@ -60,4 +60,16 @@ pub trait StreamTranslator: Send {
 
     /// The provider's stream ended: whatever is still owed, and `data: [DONE]`.
     fn finish(&mut self) -> Vec<Bytes>;
+
+    /// Whether the provider's stream reached its proper end; one that stops
+    /// before is broken, and must not look complete to the client.
+    fn is_complete(&self) -> bool {
+        true
+    }
+
+    /// The tokens the provider reported, once known (counted for the key
+    /// even when the client did not ask to see them).
+    fn usage(&self) -> Option<crate::usage::Usage> {
+        None
+    }
 }
