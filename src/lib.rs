@@ -47,6 +47,7 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
         global_timeout: settings.global_timeout,
         stream_idle_timeout: settings.stream_idle_timeout,
         max_body_bytes: settings.max_body_bytes,
+        metrics_open: settings.metrics_open,
         configured_providers: settings
             .providers
             .iter()

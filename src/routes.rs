@@ -26,14 +26,17 @@ pub enum Route {
     /// `POST /v1/keys/{id}/{disable|enable|reset}`
     KeyAction,
     TokenCount,
+    Metrics,
 }
 
 impl Route {
     /// Recognises a path; the `/v1` prefix is optional on OpenAI routes so
     /// that clients configured with or without it both work.
     pub fn recognize(path: &str) -> Option<(Self, &'static str)> {
-        if path == "/health" {
-            return Some((Self::Health, "GET"));
+        match path {
+            "/health" => return Some((Self::Health, "GET")),
+            "/metrics" => return Some((Self::Metrics, "GET")),
+            _ => {}
         }
         let path = path.strip_prefix("/v1").unwrap_or(path).trim_end_matches('/');
         match path {
@@ -58,6 +61,7 @@ pub struct Router<B> {
     pub keys: RouteService<B>,
     pub key_action: RouteService<B>,
     pub token_count: RouteService<B>,
+    pub metrics: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -70,6 +74,7 @@ impl<B> Clone for Router<B> {
             keys: self.keys.clone(),
             key_action: self.key_action.clone(),
             token_count: self.token_count.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -102,6 +107,7 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::Keys => &self.keys,
             Route::KeyAction => &self.key_action,
             Route::TokenCount => &self.token_count,
+            Route::Metrics => &self.metrics,
         };
         Either::Right(svc.clone().oneshot(req))
     }

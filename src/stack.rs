@@ -37,6 +37,8 @@ pub struct App {
     pub global_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Whether `GET /metrics` is served without the proxy key.
+    pub metrics_open: bool,
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
@@ -130,6 +132,15 @@ where
                 let pool = pool.clone();
                 async move { crate::token_count::handle(&pool, limit, req).await }
             })))
+        },
+        metrics: {
+            let pool = app.pool.clone();
+            let handle = crate::telemetry::metrics_handle();
+            let scrape = service_fn(move |_: Request<B>| {
+                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, handle)))
+            });
+            let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { auth.clone() };
+            route(metrics_auth.layer(scrape))
         },
     };
 

@@ -95,3 +95,28 @@ fn key_counts(states: &[KeyState]) -> serde_json::Value {
         "disabled": count(KeyState::Disabled),
     })
 }
+
+/// `GET /metrics`: Prometheus text. Key gauges are refreshed from the pool
+/// at each scrape, so they are exact when read.
+pub fn metrics(pool: &KeyPool, handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response<ProxyBody> {
+    use keyrelay_layers::metrics::{KEY_IN_FLIGHT, KEY_STATE};
+    const STATES: [(KeyState, &str); 5] = [
+        (KeyState::Ok, "ok"),
+        (KeyState::Cooling, "cooling"),
+        (KeyState::Exhausted, "exhausted"),
+        (KeyState::Invalid, "invalid"),
+        (KeyState::Disabled, "disabled"),
+    ];
+    for key in pool.key_statuses() {
+        for (state, name) in STATES {
+            let labels = [("provider", key.provider.clone()), ("key", key.id.clone()), ("state", name.to_owned())];
+            metrics::gauge!(KEY_STATE, &labels).set(if key.state == state { 1.0 } else { 0.0 });
+        }
+        let labels = [("provider", key.provider.clone()), ("key", key.id.clone())];
+        metrics::gauge!(KEY_IN_FLIGHT, &labels).set(f64::from(key.in_flight));
+    }
+    handle.run_upkeep();
+    let mut res = Response::new(full(Bytes::from(handle.render())));
+    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    res
+}

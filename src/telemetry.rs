@@ -1,7 +1,9 @@
 //! Logging setup: tracing to stderr, filtered by `--log-level`, else
 //! `RUST_LOG`, else `info`.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, sync::OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,4 +18,27 @@ pub fn init(level: Option<&str>) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// The Prometheus recorder, installed once per process (tests start many
+/// proxies in one process; they share it).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(keyrelay_layers::metrics::LATENCY_BUCKETS)
+            .expect("the bucket list is not empty");
+        match builder.install_recorder() {
+            Ok(handle) => {
+                keyrelay_layers::metrics::describe();
+                handle
+            }
+            Err(err) => {
+                // Another recorder owns the process (an embedding program):
+                // serve an empty exposition rather than fail.
+                tracing::warn!(error = %err, "cannot install the Prometheus recorder; /metrics will be empty");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        }
+    })
 }

@@ -211,12 +211,20 @@ pin_project! {
         failed: bool,
         // Whether the bytes sent so far end on an event boundary.
         at_boundary: bool,
+        // Counted as stream chunks of this provider, when set.
+        provider: Option<String>,
     }
 }
 
 impl<B> SseErrorTail<B> {
     pub fn new(inner: B) -> Self {
-        Self { inner, failed: false, at_boundary: true }
+        Self { inner, failed: false, at_boundary: true, provider: None }
+    }
+
+    /// Counts each frame in [`crate::metrics::STREAM_CHUNKS`] for `provider`.
+    pub fn counting_chunks_of(mut self, provider: String) -> Self {
+        self.provider = Some(provider);
+        self
     }
 }
 
@@ -245,6 +253,9 @@ where
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                     *this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                    if let Some(provider) = this.provider.as_ref() {
+                        metrics::counter!(crate::metrics::STREAM_CHUNKS, "provider" => provider.clone()).increment(1);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

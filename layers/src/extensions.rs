@@ -136,6 +136,21 @@ pub struct PinnedKey(pub KeyId);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt(pub u32);
 
+/// A cell RequestLog puts in the request and Parse fills, shared by every
+/// clone of the request: the provider and model labels of its metrics.
+#[derive(Clone, Debug, Default)]
+pub struct MetricLabels(std::sync::Arc<std::sync::OnceLock<(ProviderId, Arc<str>)>>);
+
+impl MetricLabels {
+    pub fn set(&self, provider: ProviderId, model_label: Arc<str>) {
+        let _already = self.0.set((provider, model_label));
+    }
+    /// `(provider, model label)`, once Parse knew them.
+    pub fn get(&self) -> Option<&(ProviderId, Arc<str>)> {
+        self.0.get()
+    }
+}
+
 /// The few-valued code of the error a response carries, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(pub &'static str);

@@ -76,6 +76,7 @@ pub mod error;
 pub mod extensions;
 pub mod filter;
 pub mod log;
+pub mod metrics;
 pub mod parse;
 pub mod pool;
 pub mod provider;

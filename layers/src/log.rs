@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
-use crate::extensions::{ErrorCode, RequestId};
+use crate::extensions::{ErrorCode, MetricLabels, RequestId};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -107,8 +107,10 @@ where
             status = Empty,
         );
         req.extensions_mut().insert(id.clone());
+        let labels = MetricLabels::default();
+        req.extensions_mut().insert(labels.clone());
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now() }) }
+        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now(), labels }) }
     }
 }
 
@@ -128,6 +130,7 @@ struct Log {
     span: Span,
     id: RequestId,
     start: Instant,
+    labels: MetricLabels,
 }
 
 pin_project! {
@@ -141,8 +144,8 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // The client left before the response headers: still one event.
-            if let Some(Log { span, start, .. }) = this.project().log.take() {
-                Finish { span, start, headers_after_ms: None, status: None, code: None }.report("cancelled");
+            if let Some(Log { span, start, labels, .. }) = this.project().log.take() {
+                Finish { span, start, headers_after_ms: None, status: None, code: None, labels }.report("cancelled");
             }
         }
     }
@@ -169,7 +172,7 @@ where
             let _entered = log.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let Log { span, id, start } = this.log.take().expect("checked above");
+        let Log { span, id, start, labels } = this.log.take().expect("checked above");
         let mut res = match result {
             Ok(res) => res,
             Err(err) => {
@@ -185,7 +188,7 @@ where
         }
         let headers_after_ms = start.elapsed().as_millis() as u64;
         let mut finish =
-            Some(Finish { span, start, headers_after_ms: Some(headers_after_ms), status: Some(status), code });
+            Some(Finish { span, start, headers_after_ms: Some(headers_after_ms), status: Some(status), code, labels });
         if res.body().is_end_stream() {
             // An empty body may never be polled; it is complete already.
             finish.take().expect("just set").report("completed");
@@ -201,10 +204,29 @@ struct Finish {
     headers_after_ms: Option<u64>,
     status: Option<u16>,
     code: Option<&'static str>,
+    labels: MetricLabels,
 }
 
 impl Finish {
     fn report(self, outcome: &'static str) {
+        let (provider, model) = match self.labels.get() {
+            Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
+            None => ("none".to_owned(), "none".to_owned()),
+        };
+        let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let labels = [
+            ("provider", provider.clone()),
+            ("model", model),
+            ("status_class", status_class.to_owned()),
+            ("error_kind", self.code.unwrap_or("none").to_owned()),
+        ];
+        metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
+        let labels = [("provider", provider.clone()), ("status_class", status_class.to_owned())];
+        metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed);
+        if let Some(ms) = self.headers_after_ms {
+            metrics::histogram!(crate::metrics::TIME_TO_FIRST_BYTE, "provider" => provider).record(ms as f64 / 1000.0);
+        }
         tracing::info!(
             parent: &self.span,
             status = self.status,

@@ -54,7 +54,7 @@ use tower::{Layer, Service};
 use crate::{
     BoxError,
     error::{BodyTooLarge, InvalidBody, InvalidModel, MissingModel, RouteNotFound, UnknownProvider},
-    extensions::{Endpoint, RouteTarget},
+    extensions::{Endpoint, MetricLabels, RouteTarget},
     pool::KeyPool,
 };
 
@@ -140,6 +140,11 @@ where
             let span = tracing::Span::current();
             span.record("provider", target.provider().as_str());
             span.record("model", target.model());
+            if let Some(labels) = parts.extensions.get::<MetricLabels>()
+                && let Some(provider) = pool.provider(target.provider().as_str())
+            {
+                labels.set(target.provider().clone(), provider.model_label(target.model()));
+            }
             parts.extensions.insert(target);
             inner.call(Request::from_parts(parts, bytes)).await.map_err(Into::into)
         })

@@ -75,6 +75,7 @@ pub struct ProxyConfig {
     pub stream_idle_timeout_secs: u64,
     pub models_cache_ttl_secs: u64,
     pub daily_reset_utc: String,
+    pub metrics_auth: String,
 }
 
 impl Default for ProxyConfig {
@@ -86,6 +87,7 @@ impl Default for ProxyConfig {
             stream_idle_timeout_secs: 120,
             models_cache_ttl_secs: 600,
             daily_reset_utc: "00:00".to_owned(),
+            metrics_auth: "auto".to_owned(),
         }
     }
 }
@@ -233,6 +235,8 @@ pub struct Settings {
     /// Where the pool's state is kept across restarts.
     pub data_dir: PathBuf,
     pub state_save_interval: Duration,
+    /// `GET /metrics` without the proxy key.
+    pub metrics_open: bool,
     pub providers: Vec<ProviderSettings>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
@@ -394,6 +398,16 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         // Relative to the working directory, like `.env` and `config.toml`.
         data_dir: working_dir.join(&server.data_dir),
         state_save_interval: Duration::from_secs(server.state_save_interval_secs),
+        metrics_open: match config.proxy.metrics_auth.as_str() {
+            "auto" => host.is_loopback(),
+            "open" => true,
+            "required" => false,
+            other => {
+                return Err(ConfigError(format!(
+                    "proxy.metrics_auth: `{other}` is not one of auto (open on loopback, the proxy key otherwise), open, required"
+                )));
+            }
+        },
         providers,
         notes,
     })

@@ -167,6 +167,7 @@ impl KeyPoolBuilder {
                 pause: self.pause,
                 pause_state: Mutex::default(),
                 slot_freed: Notify::new(),
+                known_models: Default::default(),
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock }))
@@ -251,6 +252,8 @@ pub struct ProviderPool {
     pause: ProviderPause,
     pause_state: Mutex<PauseState>,
     slot_freed: Notify,
+    /// Models the provider listed: safe as metric labels.
+    known_models: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -292,6 +295,20 @@ impl ProviderPool {
     }
     pub fn clock(&self) -> &PoolClock {
         &self.clock
+    }
+
+    /// Remembers the models the provider listed (see [`Self::model_label`]).
+    pub fn learn_models(&self, models: &[String]) {
+        let mut known = self.known_models.write().unwrap_or_else(|p| p.into_inner());
+        known.extend(models.iter().map(|m| Arc::from(m.as_str())));
+    }
+
+    /// `model` when the operator named it or the provider listed it, else
+    /// `other`: model names come from clients, and labels must stay few.
+    pub fn model_label(&self, model: &str) -> Arc<str> {
+        let named = self.provider.models().iter().any(|m| m == model)
+            || self.known_models.read().unwrap_or_else(|p| p.into_inner()).contains(model);
+        if named { Arc::from(model) } else { Arc::from("other") }
     }
 
     /// Notified whenever a concurrency slot frees or a key comes back.
@@ -410,7 +427,14 @@ impl ProviderPool {
         let now = Instant::now();
         let key = &self.keys[index];
         let started = key.health().record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        let labels = || [("provider", self.provider.id().as_str().to_owned()), ("key", key.id().as_str().to_owned())];
         if let Some(cooldown) = started {
+            let [provider, key_label] = labels();
+            metrics::counter!(
+                crate::metrics::COOLDOWNS,
+                &[provider, key_label, ("class", cooldown.class.as_str().to_owned())]
+            )
+            .increment(1);
             tracing::info!(
                 key = key.id().as_str(),
                 model,
@@ -422,6 +446,12 @@ impl ProviderPool {
         match outcome {
             Err(failure) if failure.class == FailureClass::Credential => {
                 tracing::warn!(key = key.id().as_str(), "key refused by the provider: marked invalid");
+                let [provider, key_label] = labels();
+                metrics::counter!(
+                    crate::metrics::COOLDOWNS,
+                    &[provider, key_label, ("class", "credential".to_owned())]
+                )
+                .increment(1);
             }
             Err(failure) if failure.class == FailureClass::RateLimit => self.note_rate_limit(index, now),
             _ => {}
@@ -462,6 +492,12 @@ impl ProviderPool {
         let counters = &mut health.model(model, today, self.options.max_concurrent_per_key, now).counters;
         counters.tokens_in += usage.prompt_tokens;
         counters.tokens_out += usage.completion_tokens;
+        drop(health);
+        let (provider, label) = (self.provider.id().as_str().to_owned(), self.model_label(model).to_string());
+        for (kind, tokens) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+            let labels = [("provider", provider.clone()), ("model", label.clone()), ("kind", kind.to_owned())];
+            metrics::counter!(crate::metrics::TOKENS, &labels).increment(tokens);
+        }
     }
 
     /// The (key, model) concurrency slots, when the provider caps them.
@@ -591,6 +627,11 @@ impl InFlight {
     }
 
     pub fn stream_broke(&self) {
+        let labels = [
+            ("provider", self.pool.provider.id().as_str().to_owned()),
+            ("key", self.pool.keys[self.index].id().as_str().to_owned()),
+        ];
+        metrics::counter!(crate::metrics::STREAM_BREAKS, &labels).increment(1);
         let _cooling_until = self.pool.record(self.index, &self.model, Err(Failure::new(FailureClass::Transient)));
     }
 }

@@ -181,11 +181,13 @@ where
                 let status = res.status();
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
+                    count_attempt(&lease, "success");
                     return Ok(finish(res, &target));
                 }
                 let (res, peeked) = peek(res).await;
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
+                count_attempt(&lease, failure.class.as_str());
                 tracing::info!(
                     attempt,
                     key = lease.key_id().as_str(),
@@ -220,6 +222,7 @@ where
                 }
                 let failure = Failure::new(FailureClass::Transient);
                 let cooled = lease.record(model, Err(failure)).is_some();
+                count_attempt(&lease, failure.class.as_str());
                 tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
@@ -253,10 +256,12 @@ where
         match step {
             Next::Return => unreachable!("client errors returned above"),
             Next::SameKey(pause) => {
+                count_retry(&lease, "same_key");
                 tokio::time::sleep(pause).await;
                 pinned = Some(lease.key_id().clone());
             }
             Next::Rotate { exclude } => {
+                count_retry(&lease, "rotate");
                 pinned = None;
                 if exclude {
                     excluded.push(lease.key_id().clone());
@@ -264,6 +269,20 @@ where
             }
         }
     }
+}
+
+fn count_attempt(lease: &KeyLease, outcome: &str) {
+    let labels = [
+        ("provider", lease.provider_id().as_str().to_owned()),
+        ("key", lease.key_id().as_str().to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, &labels).increment(1);
+}
+
+fn count_retry(lease: &KeyLease, kind: &'static str) {
+    let labels = [("provider", lease.provider_id().as_str().to_owned()), ("kind", kind.to_owned())];
+    metrics::counter!(crate::metrics::RETRIES, &labels).increment(1);
 }
 
 /// The response that goes to the client: boxed, and for a stream, ended by
@@ -275,7 +294,8 @@ where
 {
     let plain = res.headers().get(CONTENT_ENCODING).is_none_or(|e| e == "identity");
     if target.stream() && res.status().is_success() && plain {
-        res.map(|body| SseErrorTail::new(body).boxed_unsync())
+        let provider = target.provider().as_str().to_owned();
+        res.map(|body| SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync())
     } else {
         res.map(|body| body.map_err(Into::into).boxed_unsync())
     }

@@ -102,7 +102,10 @@ impl ModelCatalog {
             }
         };
         let (models, fresh_for) = match tokio::time::timeout(self.fetch_timeout, self.fetch(pool)).await {
-            Ok(Ok(models)) => (models.into(), self.ttl),
+            Ok(Ok(models)) => {
+                pool.learn_models(&models);
+                (models.into(), self.ttl)
+            }
             failed => {
                 let reason = match failed {
                     Ok(Err(err)) => err.to_string(),
