@@ -151,6 +151,11 @@ impl MetricLabels {
     }
 }
 
+/// On a response: the proxy asked the upstream for a usage chunk the
+/// client did not ask for; it is counted, then dropped before the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageInjected;
+
 /// The few-valued code of the error a response carries, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(pub &'static str);

@@ -142,6 +142,7 @@ pub struct Provider {
     models: Vec<String>,
     model_rules: ModelRules,
     split_think_tags: bool,
+    ask_stream_usage: bool,
     /// Built once so that each request only clones a `Uri`.
     chat_uri: Uri,
     embeddings_uri: Uri,
@@ -179,6 +180,7 @@ impl Provider {
             models: Vec::new(),
             model_rules: ModelRules::default(),
             split_think_tags: false,
+            ask_stream_usage: true,
         })
     }
 
@@ -218,6 +220,18 @@ impl Provider {
 
     pub fn splits_think_tags(&self) -> bool {
         self.split_think_tags
+    }
+
+    /// Whether the proxy asks this OpenAI-compatible provider for a usage
+    /// chunk at the end of every stream (`stream_options.include_usage`);
+    /// on by default, off for servers that refuse the field.
+    pub fn with_stream_usage(mut self, ask: bool) -> Self {
+        self.ask_stream_usage = ask;
+        self
+    }
+
+    pub fn asks_stream_usage(&self) -> bool {
+        self.ask_stream_usage
     }
 
     pub fn id(&self) -> &ProviderId {

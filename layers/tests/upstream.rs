@@ -143,7 +143,8 @@ async fn prepare_rewrites_only_the_model_token() {
     let body = within(up.into_body().collect()).await.unwrap().to_bytes();
     assert_eq!(
         body,
-        r#"{"messages":[{"role":"user","content":"say openai/gpt-4o"}],  "model" : "gpt-4o" ,"stream":true,"x":{"model":"keep"}}"#
+        r#"{"messages":[{"role":"user","content":"say openai/gpt-4o"}],  "model" : "gpt-4o" ,"stream":true,"x":{"model":"keep"},"stream_options":{"include_usage":true}}"#,
+        "the model token swapped, usage asked for, every other byte as sent"
     );
 }
 
@@ -455,9 +456,12 @@ async fn a_stream_that_breaks_midway_ends_with_one_stream_broken_event() {
 
 #[tokio::test]
 async fn a_stream_broken_inside_an_event_closes_that_event_first() {
+    // Without the proxy's own usage request, bytes pass as they come: a half
+    // event is closed before the error event.
     let (tx, body) = MockBody::channel();
     let mock = MockUpstream::start(streaming(body)).await;
-    let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
+    let provider = openai(&mock.api_base()).with_stream_usage(false);
+    let pool = KeyPool::builder().provider(provider, Selection::LeastUsed, secrets(&["k1"])).build().unwrap();
     let res = send_retrying(chat(&pool, CHAT_BODY, true)).await.unwrap();
     let mut body = res.into_body();
     tx.data("data: {\"n\":");
@@ -466,6 +470,54 @@ async fn a_stream_broken_inside_an_event_closes_that_event_first() {
     let rest = within(body.collect()).await.unwrap().to_bytes();
     assert!(rest.starts_with(b"\n\ndata: {\"error\""), "{rest:?}");
     drop(tx);
+}
+
+#[tokio::test]
+async fn a_half_event_never_reaches_the_client_when_the_proxy_frames_the_stream() {
+    // With the proxy's usage request (the default) the stream is framed: a
+    // half event is held, and a break leaves only the error event.
+    let (tx, body) = MockBody::channel();
+    let mock = MockUpstream::start(streaming(body)).await;
+    let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
+    let res = send_retrying(chat(&pool, CHAT_BODY, true)).await.unwrap();
+    let mut body = res.into_body();
+    tx.data("data: {\"n\":1}\n\n");
+    let first = within(body.frame()).await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: {\"n\":1}\n\n");
+    tx.data("data: {\"n\":");
+    tx.error("reset");
+    let rest = within(body.collect()).await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&rest).unwrap();
+    assert!(text.starts_with("data: {\"error\""), "only the error event after the whole one: {text:?}");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn the_usage_chunk_the_proxy_asked_for_is_counted_and_dropped() {
+    let (tx, body) = MockBody::channel();
+    let mock = MockUpstream::start(streaming(body)).await;
+    let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
+    let svc = tower::Layer::layer(
+        &keyrelay_layers::retry::RetryRotateLayer::default(),
+        tower::Layer::layer(
+            &keyrelay_layers::select::KeySelectLayer::new(pool.clone()),
+            UpstreamService::new(client()),
+        ),
+    );
+    let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(CHAT_BODY.as_bytes())).unwrap();
+    req.extensions_mut().insert(target(true));
+    let res = within(svc.oneshot(req)).await.unwrap();
+    let sent: Value = serde_json::from_slice(&mock.seen()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true, "the proxy asks for usage");
+    tx.data("data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n");
+    tx.data("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n");
+    tx.data("data: [DONE]\n\n");
+    drop(tx);
+    let text = String::from_utf8(within(res.into_body().collect()).await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(!text.contains("usage"), "the client did not ask for it: {text}");
+    assert!(text.contains("\"hi\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    let status = &pool.key_statuses()[0];
+    assert_eq!((status.today.tokens_in, status.today.tokens_out), (7, 3), "counted for the key");
 }
 
 #[tokio::test]

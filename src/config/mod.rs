@@ -92,7 +92,7 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     pub api_base: Option<String>,
@@ -103,6 +103,23 @@ pub struct ProviderConfig {
     pub ignore_models: Vec<String>,
     pub whitelist_models: Vec<String>,
     pub split_think_tags: bool,
+    pub stream_usage: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            api_base: None,
+            api_keys: ConfigSecrets::default(),
+            selection: None,
+            max_concurrent_per_key: 0,
+            models: Vec::new(),
+            ignore_models: Vec::new(),
+            whitelist_models: Vec::new(),
+            split_think_tags: false,
+            stream_usage: true,
+        }
+    }
 }
 
 /// A secret as written in config: any scalar, kept as a string, never shown.
@@ -441,8 +458,11 @@ fn provider_settings(
     let options = ProviderOptions::new(selection).max_concurrent_per_key(config.max_concurrent_per_key);
     let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
     let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
-    let provider =
-        provider.with_models(config.models).with_model_rules(rules).with_think_tags_split(config.split_think_tags);
+    let provider = provider
+        .with_models(config.models)
+        .with_model_rules(rules)
+        .with_think_tags_split(config.split_think_tags)
+        .with_stream_usage(config.stream_usage);
     Ok(ProviderSettings { provider, options, keys, configured })
 }
 

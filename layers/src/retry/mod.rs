@@ -295,6 +295,13 @@ where
     let plain = res.headers().get(CONTENT_ENCODING).is_none_or(|e| e == "identity");
     if target.stream() && res.status().is_success() && plain {
         let provider = target.provider().as_str().to_owned();
+        #[cfg(feature = "upstream")]
+        if res.extensions().get::<crate::extensions::UsageInjected>().is_some() {
+            return res.map(|body| {
+                let body = crate::upstream::DropUsageChunk::new(body);
+                SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync()
+            });
+        }
         res.map(|body| SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync())
     } else {
         res.map(|body| body.map_err(Into::into).boxed_unsync())

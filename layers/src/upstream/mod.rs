@@ -52,7 +52,7 @@ use crate::{
     BoxError, ProxyBody,
     body::{IdleTimeoutBody, full},
     error::{MissingExtension, UnsupportedRequest, UpstreamFailed, UpstreamUnreachable},
-    extensions::{Endpoint, RouteTarget},
+    extensions::{Endpoint, RouteTarget, UsageInjected},
     pool::KeyLease,
     provider::Dialect,
 };
@@ -129,6 +129,8 @@ pub struct Plan {
     /// Move `<think>` blocks out of the content (an OpenAI-compatible
     /// provider's opt-in).
     split_think: bool,
+    /// The proxy asked for a usage chunk the client must not see.
+    usage_injected: bool,
     model: Arc<str>,
 }
 
@@ -148,7 +150,15 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
     let (model, stream) = (target.model(), target.stream());
     let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
     // Asked of the client's body, before translation drops `stream_options`.
-    let include_usage = stream && provider.dialect() != Dialect::OpenAi && asks_for_usage(&body);
+    let client_wants_usage = stream && asks_for_usage(&body);
+    let include_usage = client_wants_usage && provider.dialect() != Dialect::OpenAi;
+    // Every stream is counted: ask an OpenAI-compatible upstream for the
+    // usage chunk, which is dropped before the client if it did not ask.
+    let usage_injected = stream
+        && !client_wants_usage
+        && provider.dialect() == Dialect::OpenAi
+        && provider.asks_stream_usage()
+        && target.endpoint() == Endpoint::ChatCompletions;
     let embeddings_base64 = provider.dialect() == Dialect::Gemini
         && target.endpoint() == Endpoint::Embeddings
         && dialect::gemini::embeddings_want_base64(&body);
@@ -158,6 +168,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
                 Some(span) => dialect::openai::rewrite_model(&body, span, model),
                 None => body,
             };
+            let body = if usage_injected { dialect::openai::ask_for_stream_usage(&body) } else { body };
             (provider.endpoint_uri(endpoint), body)
         }
         (Dialect::Anthropic, Endpoint::ChatCompletions) => (
@@ -184,6 +195,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
         include_usage,
         embeddings_base64,
         split_think: provider.splits_think_tags(),
+        usage_injected,
         model: model.into(),
     };
     parts.uri = uri;
@@ -236,6 +248,9 @@ async fn answer(
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(lease.clone());
     let success = parts.status.is_success();
+    if plan.usage_injected && success {
+        parts.extensions.insert(UsageInjected);
+    }
     let split_think = plan.split_think && success && plan.endpoint == Endpoint::ChatCompletions;
     if plan.dialect == Dialect::OpenAi && !split_think {
         let body = match plan.stream {
@@ -367,6 +382,66 @@ where
                         *this.done = true;
                     }
                 }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Drops the usage-only chunk the proxy asked for on the client's
+    /// behalf, after the usage tap inside has counted it. Other events pass
+    /// as they came (re-framed as `data:` events, as OpenAI streams are).
+    pub struct DropUsageChunk<B> {
+        #[pin]
+        inner: B,
+        framer: dialect::SseFramer,
+        ended: bool,
+    }
+}
+
+impl<B> DropUsageChunk<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner, framer: dialect::SseFramer::new(), ended: false }
+    }
+}
+
+impl<B> fmt::Debug for DropUsageChunk<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropUsageChunk").finish_non_exhaustive()
+    }
+}
+
+impl<B> http_body::Body for DropUsageChunk<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let events = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.data_ref() {
+                    Some(data) => this.framer.push(data),
+                    None => continue,
+                },
+                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+                None => {
+                    *this.ended = true;
+                    this.framer.finish().into_iter().collect()
+                }
+            };
+            let mut out = BytesMut::new();
+            for event in events.iter().filter(|e| !dialect::openai::is_usage_only_chunk(&e.data)) {
+                out.extend_from_slice(&dialect::sse::data_event(event.data.as_bytes()));
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));

@@ -19,6 +19,54 @@ pub fn rewrite_model(body: &Bytes, span: Range<usize>, model: &str) -> Bytes {
     out.freeze()
 }
 
+/// Asks an OpenAI-compatible upstream to end its stream with a usage
+/// chunk (`stream_options.include_usage`), so that every stream is
+/// counted. The proxy drops that chunk before the client sees it
+/// ([`is_usage_only_chunk`]).
+pub fn ask_for_stream_usage(body: &Bytes) -> Bytes {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        stream_options: Option<&'a serde_json::value::RawValue>,
+    }
+    let has_options = serde_json::from_slice::<Probe<'_>>(body).ok().is_some_and(|p| p.stream_options.is_some());
+    if has_options {
+        // Rare: the client set other stream options. Rewrite the object.
+        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else { return body.clone() };
+        if let Some(options) = value.get_mut("stream_options").and_then(|o| o.as_object_mut()) {
+            options.insert("include_usage".into(), true.into());
+        } else if let Some(object) = value.as_object_mut() {
+            object.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+        }
+        return serde_json::to_vec(&value).map(Bytes::from).unwrap_or_else(|_| body.clone());
+    }
+    // Common: splice the field in before the object's closing brace.
+    let end = body.iter().rposition(|&b| b == b'}');
+    let Some(end) = end else { return body.clone() };
+    let before = body[..end].trim_ascii_end();
+    let empty = before.ends_with(b"{");
+    let mut out = BytesMut::with_capacity(body.len() + 40);
+    out.put_slice(before);
+    out.put_slice(if empty { b"" } else { b"," });
+    out.put_slice(br#""stream_options":{"include_usage":true}"#);
+    out.put_slice(&body[end..]);
+    out.freeze()
+}
+
+/// Whether an SSE event's data is the usage-only chunk the proxy asked for:
+/// `choices` empty and `usage` set.
+pub fn is_usage_only_chunk(data: &str) -> bool {
+    if !data.contains("\"usage\"") {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_str::<Chunk>(data).is_ok_and(|c| c.choices.is_some_and(|c| c.is_empty()) && c.usage.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +96,27 @@ mod tests {
         let out = rewrite(r#"{"model":"openrouter\/a\"b\u00e9"}"#);
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["model"], "a\"bé");
+    }
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn asks_for_usage_without_touching_the_rest() {
+        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"model":"m","stream":true} "#));
+        assert_eq!(&out[..], br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}} "#);
+        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"stream":true,"stream_options":{"x":1}}"#));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+    }
+
+    #[test]
+    fn recognises_only_the_usage_chunk() {
+        assert!(is_usage_only_chunk(r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#));
+        assert!(!is_usage_only_chunk(r#"{"id":"c","choices":[{"index":0,"delta":{}}],"usage":null}"#));
+        assert!(!is_usage_only_chunk(r#"{"id":"c","choices":[],"usage":null}"#));
+        assert!(!is_usage_only_chunk("[DONE]"));
     }
 }
