@@ -28,4 +28,16 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `keyrelay=debug` [default: info, or RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Log lines as human-readable text or as one JSON object each.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }

@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init(cli.log_level.as_deref());
+    telemetry::init(cli.log_level.as_deref(), cli.log_format);
 
     // Listening for signals before anything is printed: a SIGTERM right
     // after the banner must still end in a clean exit.

@@ -1,23 +1,24 @@
-//! Logging setup: tracing to stderr, filtered by `--log-level`, else
-//! `RUST_LOG`, else `info`.
+//! Logging and metrics setup: tracing to stderr as text or JSON, filtered
+//! by `--log-level`, else `RUST_LOG`, else `info`; the Prometheus recorder.
 
 use std::{io::IsTerminal, sync::OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
 use tracing_subscriber::EnvFilter;
 
-pub fn init(level: Option<&str>) {
+use crate::cli::LogFormat;
+
+pub fn init(level: Option<&str>, format: LogFormat) {
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        // One object per line, span fields included: for log shippers.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// The Prometheus recorder, installed once per process (tests start many

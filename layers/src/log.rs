@@ -2,8 +2,9 @@
 //!
 //! The span (`request`) carries the request id (the client's `x-request-id`
 //! when it is sane, else a generated one), method and path; inner layers fill
-//! `provider`, `model` and `key` as they learn them, and this layer records
-//! `status`. When the response body ends, fails, or is dropped because the
+//! `provider`, `model`, `key`, `attempts` (each attempt's key, outcome and
+//! duration) and `tokens_in` / `tokens_out` as they learn them, and this
+//! layer records `status`. When the response body ends, fails, or is dropped because the
 //! client left, one `request finished` event reports the status, the total
 //! duration, the time to response headers and how the body ended. The
 //! request id is echoed in the response's `x-request-id` header.
@@ -104,6 +105,9 @@ where
             provider = Empty,
             model = Empty,
             key = Empty,
+            attempts = Empty,
+            tokens_in = Empty,
+            tokens_out = Empty,
             status = Empty,
         );
         req.extensions_mut().insert(id.clone());

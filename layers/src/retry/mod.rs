@@ -158,8 +158,10 @@ where
     let mut same_key_failures = 0u32;
     let mut last_failure: Option<String> = None;
     let mut attempt = 0u32;
+    let mut trail = AttemptTrail::default();
     loop {
         attempt += 1;
+        let started = Instant::now();
         let mut req = attempt_request(&pristine);
         req.extensions_mut().insert(ExcludedKeys(excluded.clone()));
         if let Some(key) = &pinned {
@@ -182,12 +184,14 @@ where
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
+                    trail.push(&lease, "success", started);
                     return Ok(finish(res, &target));
                 }
                 let (res, peeked) = peek(res).await;
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
+                trail.push(&lease, failure.class.as_str(), started);
                 tracing::info!(
                     attempt,
                     key = lease.key_id().as_str(),
@@ -223,6 +227,7 @@ where
                 let failure = Failure::new(FailureClass::Transient);
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
+                trail.push(&lease, failure.class.as_str(), started);
                 tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
@@ -268,6 +273,23 @@ where
                 }
             }
         }
+    }
+}
+
+/// Each attempt's key, outcome and duration, written to the request span
+/// as it grows: `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`.
+#[derive(Default)]
+struct AttemptTrail(String);
+
+impl AttemptTrail {
+    fn push(&mut self, lease: &KeyLease, outcome: &str, started: Instant) {
+        use std::fmt::Write;
+        if !self.0.is_empty() {
+            self.0.push_str(", ");
+        }
+        let ms = started.elapsed().as_millis();
+        let _ = write!(self.0, "{} {outcome} {ms}ms", lease.key_id());
+        tracing::Span::current().record("attempts", self.0.as_str());
     }
 }
 
