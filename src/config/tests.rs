@@ -225,6 +225,8 @@ fn the_example_config_documents_every_key() {
         "ignore_models",
         "whitelist_models",
         "split_think_tags",
+        "stream_usage",
+        "metrics_auth",
         "api_base",
         "api_keys",
         "selection",
