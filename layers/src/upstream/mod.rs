@@ -393,7 +393,7 @@ where
 pin_project! {
     /// Drops the usage-only chunk the proxy asked for on the client's
     /// behalf, after the usage tap inside has counted it. Other events pass
-    /// as they came (re-framed as `data:` events, as OpenAI streams are).
+    /// as they came (re-framed; comments and `id:` lines are not kept).
     pub struct DropUsageChunk<B> {
         #[pin]
         inner: B,
@@ -441,7 +441,7 @@ where
             };
             let mut out = BytesMut::new();
             for event in events.iter().filter(|e| !dialect::openai::is_usage_only_chunk(&e.data)) {
-                out.extend_from_slice(&dialect::sse::data_event(event.data.as_bytes()));
+                out.extend_from_slice(&dialect::sse::encode_event(event));
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));

@@ -100,6 +100,24 @@ pub fn data_event(data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// An event as bytes again: its `event:` name if any, and one `data:` line
+/// per line of its data.
+pub fn encode_event(event: &SseEvent) -> Bytes {
+    let mut out = BytesMut::with_capacity(event.data.len() + 16);
+    if let Some(name) = &event.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    for line in event.data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+    out.freeze()
+}
+
 /// The end of an OpenAI stream.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
@@ -150,5 +168,13 @@ data: first line\ndata: second \xc3\xa9\n\nid: 7\nretry: 100\n\ndata:no-space\n\
     #[test]
     fn data_events_are_openai_framed() {
         assert_eq!(&data_event(b"{}")[..], b"data: {}\n\n");
+    }
+
+    #[test]
+    fn encoded_events_frame_back_to_themselves() {
+        let event = SseEvent { event: Some("delta".into()), data: "line one\nline two".into() };
+        let bytes = encode_event(&event);
+        assert_eq!(&bytes[..], b"event: delta\ndata: line one\ndata: line two\n\n");
+        assert_eq!(SseFramer::new().push(&bytes), [event]);
     }
 }
