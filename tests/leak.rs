@@ -805,10 +805,6 @@ async fn no_secret_shows_in_output_files_or_answers_through_faults_and_a_restart
 /// The same mix with `local` called through a base URL whose userinfo holds
 /// a password (`LOCAL_API_BASE=http://user:PASSWORD@host:port/v1`).
 #[tokio::test]
-#[ignore = "BUG: at RUST_LOG=debug the password in a <PROVIDER>_API_BASE userinfo shows in stderr: hyper-util's \
-            connection pool logs its key, the URL's authority with userinfo (`reuse idle connection for` / \
-            `pooling idle connection for (\"http\", user:PASSWORD@127.0.0.1:PORT)`), on every call to that \
-            provider, model listing included"]
 async fn no_secret_shows_even_when_a_called_base_url_carries_userinfo() {
     no_secret_shows(true).await;
 }

@@ -79,6 +79,7 @@ pub struct ApiBase {
     uri: Uri,
     /// The path without its trailing `/`, so that `join` can append `/suffix`.
     path: Box<str>,
+    had_userinfo: bool,
 }
 
 /// An `api_base` that is not an absolute `http(s)://` URL.
@@ -109,8 +110,25 @@ impl ApiBase {
         if uri.query().is_some() {
             return Err(invalid("must not have a query string"));
         }
-        let path = uri.path().trim_end_matches('/').into();
-        Ok(Self { uri, path })
+        let path: Box<str> = uri.path().trim_end_matches('/').into();
+        // Credentials in the URL are dropped: the proxy sends the provider
+        // key itself, and a URL travels into connection-pool logs.
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let had_userinfo = authority.contains('@');
+        let uri = if had_userinfo {
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let mut parts = uri.clone().into_parts();
+            parts.authority = Some(host.parse().map_err(|_| invalid("has no valid host"))?);
+            Uri::from_parts(parts).map_err(|_| invalid("has no valid host"))?
+        } else {
+            uri
+        };
+        Ok(Self { uri, path, had_userinfo })
+    }
+
+    /// Whether the URL as written carried `user:password@` (now dropped).
+    pub fn had_userinfo(&self) -> bool {
+        self.had_userinfo
     }
 
     /// `base + "/" + suffix`, e.g. `https://api.openai.com/v1/chat/completions`.
@@ -282,8 +300,10 @@ mod tests {
     }
 
     #[test]
-    fn display_hides_userinfo() {
+    fn userinfo_is_dropped_everywhere() {
         let base = ApiBase::parse("https://user:hunter2@proxy.example/v1").unwrap();
         assert_eq!(base.to_string(), "https://proxy.example/v1");
+        assert_eq!(base.join("models"), "https://proxy.example/v1/models");
+        assert!(base.had_userinfo());
     }
 }

@@ -384,6 +384,11 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         };
         let provider = Provider::openai_compatible(&id, &api_base)
             .map_err(|err| ConfigError(format!("providers.{id}.api_base: {err}")))?;
+        if provider.api_base().had_userinfo() {
+            notes.push(format!(
+                "ignoring the credentials written into providers.{id}.api_base: keyrelay sends the provider key"
+            ));
+        }
         providers.push(provider_settings(&id, provider, config, true)?);
     }
 
