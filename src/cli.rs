@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Write a directory per request (request, response or stream, attempts)
+    /// under DATA_DIR/logs/requests [config: server.request_logging].
+    #[arg(long)]
+    pub enable_request_logging: bool,
+
     /// Log filter, e.g. `info` or `keyrelay=debug` [default: info, or RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,

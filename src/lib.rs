@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod persist;
+pub mod request_log;
 pub mod routes;
 pub mod server;
 pub mod stack;
@@ -19,11 +20,12 @@ use keyrelay_layers::{
     pool::KeyPool,
     upstream::{ClientOptions, ModelCatalog, build_client},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{
     config::Settings,
     persist::StateFile,
+    request_log::RequestLogWriter,
     server::{ServerOptions, Shutdown},
     stack::App,
 };
@@ -54,6 +56,7 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
             .filter(|p| p.configured)
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
+        request_log: None,
     })
 }
 
@@ -66,12 +69,18 @@ pub struct Bound {
     state: StateFile,
     state_save_interval: Duration,
     notes: Vec<String>,
+    request_log: Option<RequestLogWriter>,
 }
 
 impl Bound {
     /// Builds the app, restores the pool's saved state, and binds.
     pub async fn bind(settings: &Settings) -> Result<Self, BoxError> {
-        let app = app(settings)?;
+        let mut app = app(settings)?;
+        let request_log = settings.request_logging.then(|| {
+            let (queue, writer) = request_log::channel(&settings.data_dir, request_log::QUEUE_CAPACITY);
+            app.request_log = Some(queue);
+            writer
+        });
         let state = StateFile::in_dir(&settings.data_dir);
         let notes = state.restore(&app.pool).into_iter().collect();
         let listener = TcpListener::bind(settings.listen)
@@ -82,7 +91,15 @@ impl Bound {
             max_header_bytes: settings.max_header_bytes,
             shutdown_grace: settings.shutdown_grace,
         };
-        Ok(Self { listener, app, options, state, state_save_interval: settings.state_save_interval, notes })
+        Ok(Self {
+            listener,
+            app,
+            options,
+            state,
+            state_save_interval: settings.state_save_interval,
+            notes,
+            request_log,
+        })
     }
 
     /// What binding learned that the operator should hear (restored state).
@@ -99,12 +116,23 @@ impl Bound {
     }
 
     /// Serves until `shutdown` resolves and in-flight requests drain, saving
-    /// the pool's state on an interval and once more at the end.
+    /// the pool's state on an interval and once more at the end; with
+    /// request logging, writes what is still queued before returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let service = stack::build::<hyper::body::Incoming>(&self.app);
         let saver = tokio::spawn(self.state.clone().save_every(self.app.pool.clone(), self.state_save_interval));
+        let request_log = self.request_log.map(|writer| {
+            let (stop, stopped) = oneshot::channel();
+            (stop, tokio::spawn(writer.run(stopped)))
+        });
         let outcome = server::serve(self.listener, service, &self.options, shutdown).await;
         saver.abort();
+        if let Some((stop, writer)) = request_log {
+            let _ = stop.send(());
+            if let Err(err) = writer.await {
+                tracing::warn!(error = %err, "the request log writer failed");
+            }
+        }
         if let Err(err) = self.state.save(&self.app.pool).await {
             tracing::warn!(path = %self.state.path().display(), error = %err, "cannot save key state at shutdown");
         }

@@ -12,7 +12,7 @@ use keyrelay_layers::{
     auth::AuthLayer,
     concurrency::KeyConcurrencyLayer,
     filter::ModelFilterLayer,
-    log::{LoggedBody, RequestLogLayer},
+    log::{LoggedBody, RequestLogLayer, TeeBody},
     parse::ParseLayer,
     pool::{KeyPool, Secret},
     respond::{ErrorResponseLayer, ResponseBody},
@@ -42,6 +42,8 @@ pub struct App {
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
+    /// Where finished requests go when request logging is on.
+    pub request_log: Option<crate::request_log::RequestLogQueue>,
 }
 
 /// The response body the server writes.
@@ -52,6 +54,28 @@ pub type AppBody = LoggedBody<ResponseBody<ProxyBody>>;
 pub fn build<B>(
     app: &App,
 ) -> impl Service<Request<B>, Response = Response<AppBody>, Error = Infallible, Future: Send> + Clone + Send + 'static
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request_log = match &app.request_log {
+        Some(queue) => RequestLogLayer::new().with_sink(Arc::new(queue.clone())),
+        None => RequestLogLayer::new(),
+    };
+    ServiceBuilder::new()
+        // Mark credentials sensitive before anything could log a header.
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, HeaderName::from_static("x-api-key")]))
+        // Outermost observer: sees every request, including refused ones,
+        // and the final status after errors became responses. With request
+        // logging it copies both bodies (bounded) as they pass.
+        .layer(request_log)
+        // The one place errors become OpenAI-shaped responses.
+        .layer(ErrorResponseLayer::new())
+        .service(router::<TeeBody<B>>(app))
+}
+
+/// Every route, for request bodies of type `B` (as RequestLog passes them).
+fn router<B>(app: &App) -> Router<B>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -101,7 +125,7 @@ where
         // response streams back untouched.
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
-    let router = Router {
+    Router {
         health: route(service_fn(|_: Request<B>| async { Ok::<_, Infallible>(crate::status::health()) })),
         proxy: BoxCloneSyncService::new(proxy),
         models: {
@@ -142,17 +166,7 @@ where
             let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { auth.clone() };
             route(metrics_auth.layer(scrape))
         },
-    };
-
-    ServiceBuilder::new()
-        // Mark credentials sensitive before anything could log a header.
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, HeaderName::from_static("x-api-key")]))
-        // Outermost observer: sees every request, including refused ones,
-        // and the final status after errors became responses.
-        .layer(RequestLogLayer::new())
-        // The one place errors become OpenAI-shaped responses.
-        .layer(ErrorResponseLayer::new())
-        .service(router)
+    }
 }
 
 fn route<S, B, E>(svc: S) -> RouteService<B>

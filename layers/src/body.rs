@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, ProxyBody, pool::InFlight, usage::UsageTap};
+use crate::{BoxError, ProxyBody, extensions::MetricLabels, pool::InFlight, usage::UsageTap};
 
 /// A complete body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -30,18 +30,25 @@ pin_project! {
         inner: B,
         in_flight: Option<InFlight>,
         usage: Option<UsageTap>,
+        cell: Option<MetricLabels>,
     }
 }
 
 impl<B> LeasedBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, in_flight: Some(in_flight), usage: None }
+        Self { inner, in_flight: Some(in_flight), usage: None, cell: None }
     }
 
     /// Also reads the token usage at the end of the body and counts it for
     /// the key (for successful answers).
     pub fn counting_usage(mut self) -> Self {
         self.usage = Some(UsageTap::default());
+        self
+    }
+
+    /// Also stores the usage it reads in the request's shared cell.
+    pub fn usage_into(mut self, cell: Option<MetricLabels>) -> Self {
+        self.cell = cell;
         self
     }
 }
@@ -79,6 +86,9 @@ where
                     let span = tracing::Span::current();
                     span.record("tokens_in", usage.prompt_tokens);
                     span.record("tokens_out", usage.completion_tokens);
+                    if let Some(cell) = this.cell.as_ref() {
+                        cell.set_tokens(usage.prompt_tokens, usage.completion_tokens);
+                    }
                 }
                 drop(this.in_flight.take());
             }

@@ -136,18 +136,61 @@ pub struct PinnedKey(pub KeyId);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt(pub u32);
 
-/// A cell RequestLog puts in the request and Parse fills, shared by every
-/// clone of the request: the provider and model labels of its metrics.
+/// A cell RequestLog puts in the request and inner layers fill, shared by
+/// every clone of the request: the provider and model labels of its metrics
+/// (Parse), each upstream attempt (RetryRotate) and the token usage
+/// (KeySelect's body), for the request log.
 #[derive(Clone, Debug, Default)]
-pub struct MetricLabels(std::sync::Arc<std::sync::OnceLock<(ProviderId, Arc<str>)>>);
+pub struct MetricLabels(Arc<RequestCell>);
+
+#[derive(Debug, Default)]
+struct RequestCell {
+    labels: std::sync::OnceLock<(ProviderId, Arc<str>)>,
+    attempts: std::sync::Mutex<Vec<AttemptRecord>>,
+    tokens: std::sync::OnceLock<(u64, u64)>,
+}
+
+/// One upstream attempt of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptRecord {
+    /// The key's id (a fingerprint, never the secret).
+    pub key: String,
+    /// `success` or the failure class (`rate_limit`, `transient`...).
+    pub outcome: &'static str,
+    /// The upstream's status; `None` when it could not be reached.
+    pub status: Option<u16>,
+    /// From the attempt's start to its answer's headers.
+    pub ms: u64,
+}
+
+impl AttemptRecord {
+    pub fn new(key: &str, outcome: &'static str, status: Option<u16>, ms: u64) -> Self {
+        Self { key: key.to_owned(), outcome, status, ms }
+    }
+}
 
 impl MetricLabels {
     pub fn set(&self, provider: ProviderId, model_label: Arc<str>) {
-        let _already = self.0.set((provider, model_label));
+        let _already = self.0.labels.set((provider, model_label));
     }
     /// `(provider, model label)`, once Parse knew them.
     pub fn get(&self) -> Option<&(ProviderId, Arc<str>)> {
-        self.0.get()
+        self.0.labels.get()
+    }
+    pub fn push_attempt(&self, attempt: AttemptRecord) {
+        self.0.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(attempt);
+    }
+    /// The attempts so far, in order.
+    pub fn attempts(&self) -> Vec<AttemptRecord> {
+        self.0.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+    /// The answer's `(prompt, completion)` tokens; the first report wins.
+    pub fn set_tokens(&self, prompt: u64, completion: u64) {
+        let _already = self.0.tokens.set((prompt, completion));
+    }
+    pub fn tokens(&self) -> Option<(u64, u64)> {
+        self.0.tokens.get().copied()
     }
 }
 

@@ -9,6 +9,13 @@
 //! duration, the time to response headers and how the body ended. The
 //! request id is echoed in the response's `x-request-id` header.
 //!
+//! With a [`RequestLogSink`] ([`RequestLogLayer::with_sink`]) it also keeps
+//! a copy (at most [`CAPTURE_LIMIT`] bytes each) of the request body as the
+//! inner stack reads it and of the response body as it goes to the client,
+//! and hands one [`RequestLogEntry`] to the sink when the request ends
+//! (credential headers redacted). The sink must not block; writing is its
+//! business. Without a sink nothing is copied.
+//!
 //! Writes [`RequestId`]; reads the response's [`ErrorCode`].
 //!
 //! ```
@@ -17,7 +24,7 @@
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # tokio_test::block_on(async {
-//! let svc = RequestLogLayer::new().layer(service_fn(|req: Request<()>| async move {
+//! let svc = RequestLogLayer::new().layer(service_fn(|req: Request<_>| async move {
 //!     let id = req.extensions().get::<RequestId>().unwrap().clone();
 //!     Ok::<_, BoxError>(Response::new(http_body_util::Full::new(bytes::Bytes::from(id.to_string()))))
 //! }));
@@ -31,9 +38,12 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response, header::HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -41,20 +51,77 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
-use crate::extensions::{ErrorCode, MetricLabels, RequestId};
+use crate::extensions::{AttemptRecord, ErrorCode, MetricLabels, RequestId};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// How much of each body a [`RequestLogEntry`] keeps.
+pub const CAPTURE_LIMIT: usize = 1024 * 1024;
+
+/// Header values a [`RequestLogEntry`] never holds.
+const REDACTED_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie"];
+
+/// Where finished requests go, one [`RequestLogEntry`] each. Called on the
+/// request path: it must not block (queue, or drop).
+pub trait RequestLogSink: Send + Sync + 'static {
+    fn record(&self, entry: RequestLogEntry);
+}
+
+/// One finished request, for a [`RequestLogSink`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RequestLogEntry {
+    pub id: String,
+    /// Arrival, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    pub method: String,
+    pub path: String,
+    /// As received, credential values replaced by `[redacted]`.
+    pub request_headers: Vec<(String, String)>,
+    /// The body as the proxy read it, at most [`CAPTURE_LIMIT`] bytes.
+    pub request_body: Bytes,
+    pub request_body_truncated: bool,
+    /// `None` when the client left before the response headers.
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    /// The body as sent to the client, at most [`CAPTURE_LIMIT`] bytes.
+    pub response_body: Bytes,
+    pub response_body_truncated: bool,
+    /// The response was a server-sent event stream.
+    pub event_stream: bool,
+    /// `completed`, `errored` or `cancelled`.
+    pub outcome: &'static str,
+    pub headers_after_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    /// `(prompt, completion)` tokens when the answer reported them.
+    pub tokens: Option<(u64, u64)>,
+}
+
 /// Applies [`RequestLog`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RequestLogLayer {
-    _private: (),
+    sink: Option<Arc<dyn RequestLogSink>>,
+}
+
+impl fmt::Debug for RequestLogLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestLogLayer").field("sink", &self.sink.is_some()).finish()
+    }
 }
 
 impl RequestLogLayer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also hands every finished request to `sink`.
+    pub fn with_sink(mut self, sink: Arc<dyn RequestLogSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 }
 
@@ -62,14 +129,21 @@ impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner }
+        RequestLog { inner, sink: self.sink.clone() }
     }
 }
 
 /// Logs each request; see the [module docs](self).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RequestLog<S> {
     inner: S,
+    sink: Option<Arc<dyn RequestLogSink>>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RequestLog<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestLog").field("inner", &self.inner).field("sink", &self.sink.is_some()).finish()
+    }
 }
 
 impl<S> RequestLog<S> {
@@ -83,7 +157,7 @@ impl<S> RequestLog<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for RequestLog<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<TeeBody<B>>, Response = Response<ResBody>>,
     ResBody: Body,
     S::Error: fmt::Display,
 {
@@ -113,8 +187,24 @@ where
         req.extensions_mut().insert(id.clone());
         let labels = MetricLabels::default();
         req.extensions_mut().insert(labels.clone());
+        let record = self.sink.as_ref().map(|sink| {
+            Box::new(Record {
+                sink: sink.clone(),
+                id: id.as_str().to_owned(),
+                started_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+                request_headers: redacted(req.headers()),
+                request_body: Capture::default(),
+                response_headers: Vec::new(),
+                response_body: Capture::default(),
+                event_stream: false,
+            })
+        });
+        let capture = record.as_ref().map(|r| r.request_body.clone());
+        let req = req.map(|inner| TeeBody { inner, capture });
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now(), labels }) }
+        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now(), labels, record }) }
     }
 }
 
@@ -130,11 +220,147 @@ fn request_id(headers: &HeaderMap) -> RequestId {
     }
 }
 
+/// Header pairs with credential values redacted.
+fn redacted(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if value.is_sensitive() || REDACTED_HEADERS.contains(&name.as_str()) {
+                "[redacted]".to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// A bounded copy of a body, shared between the body and its [`Record`].
+#[derive(Clone, Debug, Default)]
+struct Capture(Arc<Mutex<CaptureBuf>>);
+
+#[derive(Debug, Default)]
+struct CaptureBuf {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+impl Capture {
+    fn push(&self, data: &impl Buf) {
+        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let chunk = data.chunk();
+        // A non-contiguous buffer only shows its first part without copying.
+        let mut truncated = chunk.len() < data.remaining();
+        let room = CAPTURE_LIMIT.saturating_sub(buf.bytes.len());
+        if chunk.len() > room {
+            truncated = true;
+        }
+        buf.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        buf.truncated |= truncated;
+    }
+
+    fn take(&self) -> (Bytes, bool) {
+        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (Bytes::from(std::mem::take(&mut buf.bytes)), buf.truncated)
+    }
+}
+
+/// What a [`RequestLogEntry`] is built from, kept only with a sink.
+struct Record {
+    sink: Arc<dyn RequestLogSink>,
+    id: String,
+    started_unix_ms: u64,
+    method: String,
+    path: String,
+    request_headers: Vec<(String, String)>,
+    request_body: Capture,
+    response_headers: Vec<(String, String)>,
+    response_body: Capture,
+    event_stream: bool,
+}
+
+impl Record {
+    fn send(self, finish: &Finish, outcome: &'static str) {
+        let (request_body, request_body_truncated) = self.request_body.take();
+        let (response_body, response_body_truncated) = self.response_body.take();
+        let labels = finish.labels.get();
+        self.sink.record(RequestLogEntry {
+            id: self.id,
+            started_unix_ms: self.started_unix_ms,
+            method: self.method,
+            path: self.path,
+            request_headers: self.request_headers,
+            request_body,
+            request_body_truncated,
+            status: finish.status,
+            response_headers: self.response_headers,
+            response_body,
+            response_body_truncated,
+            event_stream: self.event_stream,
+            outcome,
+            headers_after_ms: finish.headers_after_ms,
+            duration_ms: finish.start.elapsed().as_millis() as u64,
+            provider: labels.map(|(provider, _)| provider.as_str().to_owned()),
+            model: labels.map(|(_, model)| model.to_string()),
+            attempts: finish.labels.attempts(),
+            tokens: finish.labels.tokens(),
+        });
+    }
+}
+
 struct Log {
     span: Span,
     id: RequestId,
     start: Instant,
     labels: MetricLabels,
+    record: Option<Box<Record>>,
+}
+
+pin_project! {
+    /// The request body the inner service reads: as it came, copied (bounded)
+    /// for the request log when there is a sink.
+    pub struct TeeBody<B> {
+        #[pin]
+        inner: B,
+        capture: Option<Capture>,
+    }
+}
+
+impl<B> TeeBody<B> {
+    /// A body that copies nothing (for building requests outside RequestLog).
+    pub fn new(inner: B) -> Self {
+        Self { inner, capture: None }
+    }
+}
+
+impl<B> fmt::Debug for TeeBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TeeBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for TeeBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            capture.push(data);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 pin_project! {
@@ -148,8 +374,8 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // The client left before the response headers: still one event.
-            if let Some(Log { span, start, labels, .. }) = this.project().log.take() {
-                Finish { span, start, headers_after_ms: None, status: None, code: None, labels }.report("cancelled");
+            if let Some(Log { span, start, labels, record, .. }) = this.project().log.take() {
+                Finish { span, start, headers_after_ms: None, status: None, code: None, labels, record }.report("cancelled");
             }
         }
     }
@@ -176,11 +402,16 @@ where
             let _entered = log.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let Log { span, id, start, labels } = this.log.take().expect("checked above");
+        let Log { span, id, start, labels, mut record } = this.log.take().expect("checked above");
         let mut res = match result {
             Ok(res) => res,
             Err(err) => {
                 tracing::warn!(parent: &span, error = %err, duration_ms = start.elapsed().as_millis() as u64, "request failed");
+                if let Some(record) = record {
+                    let finish =
+                        Finish { span, start, headers_after_ms: None, status: None, code: None, labels, record: None };
+                    record.send(&finish, "errored");
+                }
                 return Poll::Ready(Err(err));
             }
         };
@@ -191,13 +422,29 @@ where
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         let headers_after_ms = start.elapsed().as_millis() as u64;
-        let mut finish =
-            Some(Finish { span, start, headers_after_ms: Some(headers_after_ms), status: Some(status), code, labels });
+        let capture = record.as_mut().map(|record| {
+            record.response_headers = redacted(res.headers());
+            record.event_stream = res
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+            record.response_body.clone()
+        });
+        let mut finish = Some(Finish {
+            span,
+            start,
+            headers_after_ms: Some(headers_after_ms),
+            status: Some(status),
+            code,
+            labels,
+            record,
+        });
         if res.body().is_end_stream() {
             // An empty body may never be polled; it is complete already.
             finish.take().expect("just set").report("completed");
         }
-        Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, finish })))
+        Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, finish, capture })))
     }
 }
 
@@ -209,10 +456,14 @@ struct Finish {
     status: Option<u16>,
     code: Option<&'static str>,
     labels: MetricLabels,
+    record: Option<Box<Record>>,
 }
 
 impl Finish {
-    fn report(self, outcome: &'static str) {
+    fn report(mut self, outcome: &'static str) {
+        if let Some(record) = self.record.take() {
+            record.send(&self, outcome);
+        }
         let (provider, model) = match self.labels.get() {
             Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
             None => ("none".to_owned(), "none".to_owned()),
@@ -249,6 +500,7 @@ pin_project! {
         #[pin]
         inner: B,
         finish: Option<Finish>,
+        capture: Option<Capture>,
     }
 
     impl<B> PinnedDrop for LoggedBody<B> {
@@ -280,6 +532,11 @@ where
             let _entered = this.finish.as_ref().map(|finish| finish.span.enter());
             ready!(this.inner.as_mut().poll_frame(cx))
         };
+        if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            capture.push(data);
+        }
         match &frame {
             Some(Ok(_)) if !this.inner.is_end_stream() => {}
             Some(Ok(_)) | None => {

@@ -18,6 +18,8 @@ pub const KEY_IN_FLIGHT: &str = "keyrelay_key_in_flight";
 pub const TOKENS: &str = "keyrelay_tokens_total";
 pub const STREAM_CHUNKS: &str = "keyrelay_stream_chunks_total";
 pub const STREAM_BREAKS: &str = "keyrelay_stream_breaks_total";
+/// Emitted by the binary's request log queue, not by a layer.
+pub const REQUEST_LOG_DROPPED: &str = "keyrelay_request_log_dropped_total";
 
 /// Buckets for LLM-scale latencies: from 50 ms to 10 minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -39,6 +41,10 @@ pub fn describe() {
     describe_counter!(TOKENS, "Tokens by provider, model and kind (prompt or completion).");
     describe_counter!(STREAM_CHUNKS, "Frames of streamed answers passed to clients, by provider.");
     describe_counter!(STREAM_BREAKS, "Streams that broke after their headers, by provider and key id.");
+    describe_counter!(
+        REQUEST_LOG_DROPPED,
+        "Request log entries dropped because the writer's queue was full (--enable-request-logging)."
+    );
 }
 
 /// `2xx`, `4xx`... from a status.

@@ -63,7 +63,7 @@ use crate::{
     error::{
         AllKeysCooling, KeysExhausted, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey, UnknownProvider,
     },
-    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
+    extensions::{Deadline, ExcludedKeys, MetricLabels, PinnedKey, RouteTarget},
     pool::{Choice, InFlight, KeyLease, KeyPool},
 };
 
@@ -139,6 +139,7 @@ where
                 deadline: req.extensions().get::<Deadline>().copied(),
             };
             let wants_deadline = wants.deadline.map(|d| d.0);
+            let cell = req.extensions().get::<MetricLabels>().cloned();
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
             tracing::Span::current().record("key", lease.key_id().as_str());
             req.extensions_mut().insert(lease.clone());
@@ -151,7 +152,7 @@ where
                     let success = res.status().is_success();
                     Ok(res.map(|body| {
                         let body = LeasedBody::new(body, in_flight);
-                        if success { body.counting_usage() } else { body }
+                        if success { body.counting_usage().usage_into(cell) } else { body }
                     }))
                 }
                 Err(err) => Err(LeasedError::new(lease, err.into()).into()),

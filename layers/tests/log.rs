@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use keyrelay_layers::{
     BoxError,
     extensions::{ErrorCode, RequestId},
-    log::{LoggedBody, RequestLog, RequestLogLayer},
+    log::{LoggedBody, RequestLog, RequestLogLayer, TeeBody},
 };
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
@@ -19,7 +19,7 @@ use support::{Captured, Event, MockBody, capture, trace_init, within};
 
 const FINISHED: &str = "request finished";
 
-type Req = Request<()>;
+type Req = Request<TeeBody<()>>;
 
 /// Sends a request with these headers to an inner that answers with the
 /// `RequestId` it saw; returns (id the inner saw, response header).
@@ -268,4 +268,71 @@ async fn poll_ready_waits_for_the_inner_service() {
     handle.allow(1);
     assert!(svc.is_woken());
     assert_ready_ok!(svc.poll_ready());
+}
+
+/// Keeps what RequestLog hands it.
+#[derive(Clone, Default)]
+struct Kept(std::sync::Arc<std::sync::Mutex<Vec<keyrelay_layers::log::RequestLogEntry>>>);
+
+impl keyrelay_layers::log::RequestLogSink for Kept {
+    fn record(&self, entry: keyrelay_layers::log::RequestLogEntry) {
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+type FullReq = Request<TeeBody<Full<Bytes>>>;
+
+#[tokio::test]
+async fn a_sink_gets_both_bodies_with_credentials_redacted() {
+    trace_init();
+    let kept = Kept::default();
+    let layer = RequestLogLayer::new().with_sink(std::sync::Arc::new(kept.clone()));
+    let svc = layer.layer(service_fn(|req: FullReq| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut res = Response::new(Full::new(Bytes::from([b"echo: ".as_slice(), &body].concat())));
+        res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        Ok::<_, BoxError>(res)
+    }));
+    let req = Request::post("/v1/chat/completions")
+        .header("authorization", "Bearer sk-secret")
+        .header("x-api-key", "sk-secret")
+        .header("x-request-id", "r-9")
+        .header("accept", "*/*")
+        .body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")))
+        .unwrap();
+    let res = within(svc.oneshot(req)).await.unwrap();
+    assert!(kept.0.lock().unwrap().is_empty(), "not before the body ends");
+    let got = within(res.into_body().collect()).await.unwrap().to_bytes();
+    let entries = kept.0.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry.id, "r-9");
+    assert_eq!((entry.method.as_str(), entry.path.as_str()), ("POST", "/v1/chat/completions"));
+    assert_eq!(entry.request_body.as_ref(), b"{\"model\":\"m\"}");
+    assert_eq!(entry.response_body, got);
+    assert!(!entry.request_body_truncated && !entry.response_body_truncated && !entry.event_stream);
+    assert_eq!((entry.status, entry.outcome), (Some(200), "completed"));
+    let header = |name: &str| entry.request_headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(header("authorization"), Some("[redacted]"));
+    assert_eq!(header("x-api-key"), Some("[redacted]"));
+    assert_eq!(header("accept"), Some("*/*"));
+    assert!(!format!("{entry:?}").contains("sk-secret"));
+}
+
+#[tokio::test]
+async fn captured_bodies_are_bounded() {
+    trace_init();
+    let kept = Kept::default();
+    let layer = RequestLogLayer::new().with_sink(std::sync::Arc::new(kept.clone()));
+    let big = Bytes::from(vec![b'x'; keyrelay_layers::log::CAPTURE_LIMIT + 10]);
+    let svc = layer.layer(service_fn(|req: FullReq| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, BoxError>(Response::new(Full::new(body)))
+    }));
+    let res = within(svc.oneshot(Request::new(Full::new(big.clone())))).await.unwrap();
+    assert_eq!(within(res.into_body().collect()).await.unwrap().to_bytes(), big);
+    let entry = kept.0.lock().unwrap()[0].clone();
+    assert_eq!(entry.request_body.len(), keyrelay_layers::log::CAPTURE_LIMIT);
+    assert_eq!(entry.response_body.len(), keyrelay_layers::log::CAPTURE_LIMIT);
+    assert!(entry.request_body_truncated && entry.response_body_truncated);
 }

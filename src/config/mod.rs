@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub data_dir: String,
     pub state_save_interval_secs: u64,
+    pub request_logging: bool,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +63,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             data_dir: "data".to_owned(),
             state_save_interval_secs: 30,
+            request_logging: false,
         }
     }
 }
@@ -193,6 +195,8 @@ struct CliOverrides {
     port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_logging: Option<bool>,
 }
 
 /// Where configuration comes from; tests pass their own.
@@ -207,6 +211,8 @@ pub struct Sources {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub data_dir: Option<PathBuf>,
+    /// `--enable-request-logging` (false: as config and env say).
+    pub request_logging: bool,
 }
 
 impl Sources {
@@ -220,6 +226,7 @@ impl Sources {
             host: cli.host.clone(),
             port: cli.port,
             data_dir: cli.data_dir.clone(),
+            request_logging: cli.enable_request_logging,
         }
     }
 }
@@ -252,6 +259,8 @@ pub struct Settings {
     /// Where the pool's state is kept across restarts.
     pub data_dir: PathBuf,
     pub state_save_interval: Duration,
+    /// A directory per request under `data_dir/logs/requests`.
+    pub request_logging: bool,
     /// `GET /metrics` without the proxy key.
     pub metrics_open: bool,
     pub providers: Vec<ProviderSettings>,
@@ -300,6 +309,7 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
         host: sources.host,
         port: sources.port,
         data_dir: sources.data_dir.map(|d| d.to_string_lossy().into_owned()),
+        request_logging: sources.request_logging.then_some(true),
     };
     let figment = figment
         .admerge(compat(&vars, Origin::DotEnv))
@@ -420,6 +430,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         // Relative to the working directory, like `.env` and `config.toml`.
         data_dir: working_dir.join(&server.data_dir),
         state_save_interval: Duration::from_secs(server.state_save_interval_secs),
+        request_logging: server.request_logging,
         metrics_open: match config.proxy.metrics_auth.as_str() {
             "auto" => host.is_loopback(),
             "open" => true,

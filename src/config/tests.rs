@@ -10,6 +10,7 @@ fn sources(dir: &Path, env: &[(&str, &str)]) -> Sources {
         host: None,
         port: None,
         data_dir: None,
+        request_logging: false,
     }
 }
 
@@ -215,6 +216,7 @@ fn the_example_config_documents_every_key() {
         "shutdown_grace_secs",
         "data_dir",
         "state_save_interval_secs",
+        "request_logging",
         "api_key",
         "admin_api_key",
         "global_timeout_secs",
@@ -270,4 +272,16 @@ fn model_filters_from_the_environment() {
     let rules = openai.provider.model_rules();
     assert!(rules.check("gpt-4o-mini").is_ok() && rules.check("o1").is_ok());
     assert_eq!(rules.check("o1-preview"), Err("*"));
+}
+
+#[test]
+fn request_logging_from_file_env_or_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!load(sources(dir.path(), &[])).unwrap().request_logging);
+    assert!(load(sources(dir.path(), &[("KEYRELAY_SERVER__REQUEST_LOGGING", "true")])).unwrap().request_logging);
+    let mut flag = sources(dir.path(), &[]);
+    flag.request_logging = true;
+    assert!(load(flag).unwrap().request_logging);
+    fs::write(dir.path().join("config.toml"), "[server]\nrequest_logging = true\n").unwrap();
+    assert!(load(sources(dir.path(), &[])).unwrap().request_logging);
 }

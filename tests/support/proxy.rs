@@ -73,6 +73,7 @@ impl Proxy {
             host: None,
             port: Some(0),
             data_dir,
+            request_logging: false,
         })
         .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
         tweak(&mut settings);

@@ -50,7 +50,7 @@ use crate::{
     error::{
         AllKeysCooling, KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable,
     },
-    extensions::{Attempt, Deadline, ExcludedKeys, PinnedKey, RouteTarget},
+    extensions::{Attempt, AttemptRecord, Deadline, ExcludedKeys, MetricLabels, PinnedKey, RouteTarget},
     pool::{KeyId, KeyLease},
 };
 
@@ -158,7 +158,7 @@ where
     let mut same_key_failures = 0u32;
     let mut last_failure: Option<String> = None;
     let mut attempt = 0u32;
-    let mut trail = AttemptTrail::default();
+    let mut trail = AttemptTrail { text: String::new(), cell: pristine.extensions().get::<MetricLabels>().cloned() };
     loop {
         attempt += 1;
         let started = Instant::now();
@@ -184,14 +184,14 @@ where
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
-                    trail.push(&lease, "success", started);
+                    trail.push(&lease, "success", Some(status.as_u16()), started);
                     return Ok(finish(res, &target));
                 }
                 let (res, peeked) = peek(res).await;
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail.push(&lease, failure.class.as_str(), started);
+                trail.push(&lease, failure.class.as_str(), Some(status.as_u16()), started);
                 tracing::info!(
                     attempt,
                     key = lease.key_id().as_str(),
@@ -227,7 +227,7 @@ where
                 let failure = Failure::new(FailureClass::Transient);
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail.push(&lease, failure.class.as_str(), started);
+                trail.push(&lease, failure.class.as_str(), None, started);
                 tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
@@ -277,19 +277,25 @@ where
 }
 
 /// Each attempt's key, outcome and duration, written to the request span
-/// as it grows: `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`.
-#[derive(Default)]
-struct AttemptTrail(String);
+/// as it grows: `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`,
+/// and to the request's shared cell for the request log.
+struct AttemptTrail {
+    text: String,
+    cell: Option<MetricLabels>,
+}
 
 impl AttemptTrail {
-    fn push(&mut self, lease: &KeyLease, outcome: &str, started: Instant) {
+    fn push(&mut self, lease: &KeyLease, outcome: &'static str, status: Option<u16>, started: Instant) {
         use std::fmt::Write;
-        if !self.0.is_empty() {
-            self.0.push_str(", ");
+        if !self.text.is_empty() {
+            self.text.push_str(", ");
         }
-        let ms = started.elapsed().as_millis();
-        let _ = write!(self.0, "{} {outcome} {ms}ms", lease.key_id());
-        tracing::Span::current().record("attempts", self.0.as_str());
+        let ms = started.elapsed().as_millis() as u64;
+        let _ = write!(self.text, "{} {outcome} {ms}ms", lease.key_id());
+        tracing::Span::current().record("attempts", self.text.as_str());
+        if let Some(cell) = &self.cell {
+            cell.push_attempt(AttemptRecord::new(lease.key_id().as_str(), outcome, status, ms));
+        }
     }
 }
 
