@@ -13,10 +13,8 @@
 //!   which covers every error body, `/metrics`, `/v1/keys`, `/v1/providers`
 //!   and `/v1/models`.
 //!
-//! Request logging to per-request directories is not implemented yet, so
-//! there are no request-log directories to search; once it exists, this
-//! test should turn it on and scan them too (the whole working directory
-//! and data dir are already scanned, wherever such files would land).
+//! Request logging is on, so every request's directory (request, response
+//! or stream, metadata) under the data dir is scanned too.
 //!
 //! A secret "appears" when the whole string does, when any 8 characters in
 //! a row of it do (a prefix or suffix shown by a careless mask such as
@@ -205,6 +203,8 @@ async fn start(cwd: &Path, data_dir: &Path, env: &[(String, String)]) -> Running
         .arg("0")
         .arg("--data-dir")
         .arg(data_dir)
+        // Per-request log directories land in the data dir, which is scanned.
+        .arg("--enable-request-logging")
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -848,6 +848,9 @@ async fn no_secret_shows(local_userinfo: bool) {
     for id in ids.all() {
         assert!(state.contains(id), "the state file names {id}:\n{state}");
     }
+    // Request logging was on: its directories are there to be scanned.
+    let logged = std::fs::read_dir(data.path().join("logs").join("requests")).expect("request-log directories").count();
+    assert!(logged > 20, "one directory per request: {logged}");
 
     // ---- second run on the same data dir
     let running = start(cwd.path(), data.path(), &env).await;
