@@ -110,6 +110,14 @@ impl RequestLogWriter {
             });
             write_json(&dir.join("response.json"), &response).await?;
         }
+        if let Some((upstream, truncated)) = &entry.upstream_body {
+            // The provider's own bytes, where they differ from the client's.
+            let name = if entry.event_stream { "upstream.sse" } else { "upstream.json" };
+            tokio::fs::write(dir.join(name), upstream).await?;
+            if *truncated {
+                tokio::fs::write(dir.join("upstream.truncated"), b"").await?;
+            }
+        }
         let metadata = json!({
             "id": entry.id,
             "started": utc_stamp(entry.started_unix_ms),

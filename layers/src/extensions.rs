@@ -148,6 +148,14 @@ struct RequestCell {
     labels: std::sync::OnceLock<(ProviderId, Arc<str>)>,
     attempts: std::sync::Mutex<Vec<AttemptRecord>>,
     tokens: std::sync::OnceLock<(u64, u64)>,
+    /// Set when a request log wants the upstream's own bytes.
+    capture_upstream: std::sync::atomic::AtomicBool,
+    /// The raw answer of the latest attempt that got one (bounded), and
+    /// whether it was cut.
+    upstream: std::sync::Mutex<(bytes::BytesMut, bool)>,
+    /// The keys the captured answers were sent with, to redact what
+    /// providers echo of them.
+    secrets: std::sync::Mutex<Vec<crate::pool::Secret>>,
 }
 
 /// One upstream attempt of a request.
@@ -191,6 +199,49 @@ impl MetricLabels {
     }
     pub fn tokens(&self) -> Option<(u64, u64)> {
         self.0.tokens.get().copied()
+    }
+
+    /// Asks the upstream service to keep the provider's own answer bytes.
+    pub fn capture_upstream(&self) {
+        self.0.capture_upstream.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn captures_upstream(&self) -> bool {
+        self.0.capture_upstream.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// A new attempt's answer begins, sent with `secret`: what an earlier
+    /// one left is dropped.
+    pub fn restart_upstream_with(&self, secret: &crate::pool::Secret) {
+        self.0.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(secret.clone());
+        self.restart_upstream();
+    }
+
+    /// A new attempt's answer begins: what an earlier one left is dropped.
+    pub fn restart_upstream(&self) {
+        let mut upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        upstream.0.clear();
+        upstream.1 = false;
+    }
+    /// Keeps `data` of the upstream's answer, at most `limit` bytes in all.
+    pub fn push_upstream(&self, data: &[u8], limit: usize) {
+        let mut upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let room = limit.saturating_sub(upstream.0.len());
+        upstream.0.extend_from_slice(&data[..data.len().min(room)]);
+        upstream.1 |= data.len() > room;
+    }
+    /// The upstream's own answer bytes and whether they were cut, with the
+    /// keys they were sent with (and anything key-shaped) redacted:
+    /// providers echo keys in their errors.
+    pub fn upstream(&self) -> (bytes::Bytes, bool) {
+        let (raw, truncated) = {
+            let upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (String::from_utf8_lossy(&upstream.0).into_owned(), upstream.1)
+        };
+        let secrets = self.0.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut text = crate::error::redact(&raw, "");
+        for secret in secrets.iter() {
+            text = crate::error::redact(&text, secret.expose());
+        }
+        (bytes::Bytes::from(text), truncated)
     }
 }
 

@@ -99,6 +99,9 @@ pub struct RequestLogEntry {
     pub attempts: Vec<AttemptRecord>,
     /// `(prompt, completion)` tokens when the answer reported them.
     pub tokens: Option<(u64, u64)>,
+    /// The provider's own answer bytes (at most [`CAPTURE_LIMIT`], and
+    /// whether they were cut) where they differ from what the client got.
+    pub upstream_body: Option<(Bytes, bool)>,
 }
 
 /// Applies [`RequestLog`].
@@ -186,6 +189,9 @@ where
         );
         req.extensions_mut().insert(id.clone());
         let labels = MetricLabels::default();
+        if self.sink.is_some() {
+            labels.capture_upstream();
+        }
         req.extensions_mut().insert(labels.clone());
         let record = self.sink.as_ref().map(|sink| {
             Box::new(Record {
@@ -284,6 +290,11 @@ impl Record {
         let (request_body, request_body_truncated) = self.request_body.take();
         let (response_body, response_body_truncated) = self.response_body.take();
         let labels = finish.labels.get();
+        // Kept only where the provider's bytes differ from the client's
+        // (a translated dialect, a dropped usage chunk, a re-framed stream).
+        let (upstream, upstream_truncated) = finish.labels.upstream();
+        let upstream_body =
+            (!upstream.is_empty() && upstream != response_body).then_some((upstream, upstream_truncated));
         self.sink.record(RequestLogEntry {
             id: self.id,
             started_unix_ms: self.started_unix_ms,
@@ -304,6 +315,7 @@ impl Record {
             model: labels.map(|(_, model)| model.to_string()),
             attempts: finish.labels.attempts(),
             tokens: finish.labels.tokens(),
+            upstream_body,
         });
     }
 }

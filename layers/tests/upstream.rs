@@ -818,3 +818,33 @@ async fn an_opted_in_provider_gets_its_streamed_think_block_split_across_chunks(
     assert_eq!((content.as_str(), reasoning.as_str()), ("Four.", "Two and two."), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_log_gets_the_providers_own_bytes_where_they_differ() {
+    let (tx, body) = MockBody::channel();
+    let mock = MockUpstream::start(streaming(body)).await;
+    let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
+    let svc = tower::Layer::layer(
+        &keyrelay_layers::retry::RetryRotateLayer::default(),
+        tower::Layer::layer(
+            &keyrelay_layers::select::KeySelectLayer::new(pool.clone()),
+            UpstreamService::new(client()),
+        ),
+    );
+    let cell = keyrelay_layers::extensions::MetricLabels::default();
+    cell.capture_upstream();
+    let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(CHAT_BODY.as_bytes())).unwrap();
+    req.extensions_mut().insert(target(true));
+    req.extensions_mut().insert(cell.clone());
+    let res = within(svc.oneshot(req)).await.unwrap();
+    let usage = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n";
+    tx.data("data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n");
+    tx.data(usage);
+    tx.data("data: [DONE]\n\n");
+    drop(tx);
+    let sent = within(res.into_body().collect()).await.unwrap().to_bytes();
+    let (upstream, truncated) = cell.upstream();
+    assert!(!truncated);
+    assert!(!String::from_utf8_lossy(&sent).contains("usage"), "the client's copy has no usage chunk");
+    assert!(String::from_utf8_lossy(&upstream).contains(usage), "the provider's copy does");
+}

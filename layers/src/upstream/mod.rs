@@ -52,7 +52,7 @@ use crate::{
     BoxError, ProxyBody,
     body::{IdleTimeoutBody, full},
     error::{MissingExtension, UnsupportedRequest, UpstreamFailed, UpstreamUnreachable},
-    extensions::{Endpoint, RouteTarget, UsageInjected},
+    extensions::{Endpoint, MetricLabels, RouteTarget, UsageInjected},
     pool::KeyLease,
     provider::Dialect,
 };
@@ -131,6 +131,8 @@ pub struct Plan {
     split_think: bool,
     /// The proxy asked for a usage chunk the client must not see.
     usage_injected: bool,
+    /// Where a request log wants the provider's own answer bytes.
+    capture: Option<MetricLabels>,
     model: Arc<str>,
 }
 
@@ -146,6 +148,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
     let (mut parts, body) = req.into_parts();
     let target = parts.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
     let lease = parts.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
+    let capture = parts.extensions.get::<MetricLabels>().filter(|cell| cell.captures_upstream()).cloned();
     let provider = lease.provider();
     let (model, stream) = (target.model(), target.stream());
     let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
@@ -196,6 +199,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
         embeddings_base64,
         split_think: provider.splits_think_tags(),
         usage_injected,
+        capture,
         model: model.into(),
     };
     parts.uri = uri;
@@ -244,6 +248,10 @@ async fn answer(
     idle: Duration,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = res.into_parts();
+    if let Some(cell) = &plan.capture {
+        cell.restart_upstream_with(lease.secret());
+    }
+    let body = CapturedBody { inner: body, cell: plan.capture.clone() };
     headers::for_client(&mut parts.headers);
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(lease.clone());
@@ -255,7 +263,7 @@ async fn answer(
     if plan.dialect == Dialect::OpenAi && !split_think {
         let body = match plan.stream {
             true if success => IdleTimeoutBody::new(body, idle).boxed_unsync(),
-            _ => body.map_err(BoxError::from).boxed_unsync(),
+            _ => body.boxed_unsync(),
         };
         return Ok(Response::from_parts(parts, body));
     }
@@ -447,5 +455,43 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
             }
         }
+    }
+}
+
+pin_project! {
+    /// The provider's answer as it arrives, copied (bounded) for the
+    /// request log when one asked for it.
+    struct CapturedBody<B> {
+        #[pin]
+        inner: B,
+        cell: Option<MetricLabels>,
+    }
+}
+
+impl<B> http_body::Body for CapturedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(cell), Some(Ok(frame))) = (this.cell.as_ref(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            cell.push_upstream(data, crate::log::CAPTURE_LIMIT);
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
