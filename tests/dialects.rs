@@ -794,7 +794,7 @@ async fn anthropic_rate_limit_rotates_to_the_next_key_and_cools_for_retry_after(
     assert_eq!(one["state"], "cooling", "{one}");
     assert_eq!(one["provider"], "anthropic", "{one}");
     let left = only_cooldown(one, CLAUDE_UPSTREAM, "rate_limit");
-    assert!((110..=120).contains(&left), "cooling for the 120 s of retry-after: {one}");
+    assert!(support::near_capped(left, 120, 10), "cooling for the 120 s of retry-after: {one}");
     assert_eq!(one["today"]["failures_rate_limit"], 1, "{one}");
     assert_healthy(status(&keys, &mock, ANTHROPIC_KEY_TWO));
 }
@@ -818,7 +818,7 @@ async fn gemini_resource_exhausted_rotates_and_cools_for_its_retry_delay() {
     let one = status(&keys, &mock, GEMINI_KEY_ONE);
     assert_eq!(one["state"], "cooling", "{one}");
     let left = only_cooldown(one, FLASH_UPSTREAM, "rate_limit");
-    assert!((25..=30).contains(&left), "cooling for Google's retryDelay of 30 s: {one}");
+    assert!(support::near_capped(left, 30, 5), "cooling for Google's retryDelay of 30 s: {one}");
     assert_eq!(one["today"]["failures_rate_limit"], 1, "{one}");
     assert_healthy(status(&keys, &mock, GEMINI_KEY_TWO));
 }

@@ -124,7 +124,7 @@ async fn cooling_disabled_and_invalid_keys_survive_a_restart() {
     let reply = chat(&client, &second).await;
     assert_openai_error(&reply, 429, "rate_limit_exceeded", "is cooling down for model");
     let after: u64 = reply.header("retry-after").expect("Retry-After").parse().unwrap();
-    assert!((580..=600).contains(&after), "when key one's cooldown ends: {after}");
+    assert!(support::near_capped(after, 600, 20), "when key one's cooldown ends: {after}");
     assert_eq!(mock.requests().len(), calls, "no key was used");
     second.stop().await;
 }

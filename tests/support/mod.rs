@@ -135,3 +135,19 @@ where
     })
     .await;
 }
+
+/// What a rate-limit hint of `secs` leaves as a cooldown: keyrelay ends
+/// rate-limit and quota cooldowns at the daily reset (00:00 UTC by default),
+/// so close to midnight the wait is shorter than the hint.
+#[allow(dead_code)]
+pub fn capped_at_midnight(secs: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    secs.min(86_400 - now % 86_400)
+}
+
+/// Whether `got` is within `slack` seconds below the capped `hint`.
+#[allow(dead_code)]
+pub fn near_capped(got: u64, hint: u64, slack: u64) -> bool {
+    let want = capped_at_midnight(hint);
+    got <= want && got + slack >= want
+}
