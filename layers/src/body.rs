@@ -224,19 +224,20 @@ pin_project! {
         failed: bool,
         // Whether the bytes sent so far end on an event boundary.
         at_boundary: bool,
-        // Counted as stream chunks of this provider, when set.
-        provider: Option<String>,
+        // Stream chunks of the provider, when counted: the handle is looked
+        // up once, so each frame costs one atomic add.
+        chunks: Option<metrics::Counter>,
     }
 }
 
 impl<B> SseErrorTail<B> {
     pub fn new(inner: B) -> Self {
-        Self { inner, failed: false, at_boundary: true, provider: None }
+        Self { inner, failed: false, at_boundary: true, chunks: None }
     }
 
     /// Counts each frame in [`crate::metrics::STREAM_CHUNKS`] for `provider`.
     pub fn counting_chunks_of(mut self, provider: String) -> Self {
-        self.provider = Some(provider);
+        self.chunks = Some(metrics::counter!(crate::metrics::STREAM_CHUNKS, "provider" => provider));
         self
     }
 }
@@ -266,8 +267,8 @@ where
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                     *this.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
-                    if let Some(provider) = this.provider.as_ref() {
-                        metrics::counter!(crate::metrics::STREAM_CHUNKS, "provider" => provider.clone()).increment(1);
+                    if let Some(chunks) = this.chunks.as_ref() {
+                        chunks.increment(1);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
