@@ -96,8 +96,8 @@ fn now_unix_ms() -> u64 {
 
 /// Seconds from now until the next 00:00 UTC (the default daily reset).
 fn secs_to_utc_midnight() -> u64 {
-    let now = now_unix_ms() / 1000;
-    86_400 - now % 86_400
+    // The harness moves the daily reset twelve hours from the test's start.
+    support::secs_to_daily_reset()
 }
 
 /// An HTTP date (IMF-fixdate), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.

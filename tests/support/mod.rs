@@ -136,13 +136,34 @@ where
     .await;
 }
 
+/// The daily reset every in-process proxy of this test binary uses: the
+/// time of day twelve hours after the binary started, so that no reset (and
+/// no cooldown cut short by one) falls inside a test, whatever the hour.
+#[allow(dead_code)]
+pub fn test_daily_reset() -> Duration {
+    static RESET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    Duration::from_secs(*RESET.get_or_init(|| (unix_now() % 86_400 + 43_200) % 86_400))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Seconds from now to the next [`test_daily_reset`].
+#[allow(dead_code)]
+pub fn secs_to_daily_reset() -> u64 {
+    let (reset, time_of_day) = (test_daily_reset().as_secs(), unix_now() % 86_400);
+    match (reset + 86_400 - time_of_day) % 86_400 {
+        0 => 86_400,
+        secs => secs,
+    }
+}
+
 /// What a rate-limit hint of `secs` leaves as a cooldown: keyrelay ends
-/// rate-limit and quota cooldowns at the daily reset (00:00 UTC by default),
-/// so close to midnight the wait is shorter than the hint.
+/// rate-limit and quota cooldowns at the daily reset.
 #[allow(dead_code)]
 pub fn capped_at_midnight(secs: u64) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    secs.min(86_400 - now % 86_400)
+    secs.min(secs_to_daily_reset())
 }
 
 /// Whether `got` is within `slack` seconds below the capped `hint`.

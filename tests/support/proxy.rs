@@ -66,6 +66,7 @@ impl Proxy {
         tweak: impl FnOnce(&mut Settings),
     ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary working dir");
+        let env_sets_reset = env.iter().any(|(name, _)| name == "KEYRELAY_PROXY__DAILY_RESET_UTC");
         let mut settings = config::load(Sources {
             config_path: None,
             working_dir: dir.path().to_path_buf(),
@@ -76,6 +77,10 @@ impl Proxy {
             request_logging: false,
         })
         .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
+        if !env_sets_reset {
+            // Far from now: no reset, nor a cooldown cut by one, mid-test.
+            settings.daily_reset = super::test_daily_reset();
+        }
         tweak(&mut settings);
         let bound = Bound::bind(&settings).await.unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
         let addr = bound.local_addr().expect("bound address");
