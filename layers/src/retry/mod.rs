@@ -326,7 +326,7 @@ where
         #[cfg(feature = "upstream")]
         if res.extensions().get::<crate::extensions::UsageInjected>().is_some() {
             return res.map(|body| {
-                let body = crate::upstream::DropUsageChunk::new(body);
+                let body = crate::upstream::drop_usage_chunk(body);
                 SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync()
             });
         }

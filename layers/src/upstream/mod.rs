@@ -398,63 +398,32 @@ where
     }
 }
 
-pin_project! {
-    /// Drops the usage-only chunk the proxy asked for on the client's
-    /// behalf, after the usage tap inside has counted it. Other events pass
-    /// as they came (re-framed; comments and `id:` lines are not kept).
-    pub struct DropUsageChunk<B> {
-        #[pin]
-        inner: B,
-        framer: dialect::SseFramer,
-        ended: bool,
-    }
-}
-
-impl<B> DropUsageChunk<B> {
-    pub fn new(inner: B) -> Self {
-        Self { inner, framer: dialect::SseFramer::new(), ended: false }
-    }
-}
-
-impl<B> fmt::Debug for DropUsageChunk<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DropUsageChunk").finish_non_exhaustive()
-    }
-}
-
-impl<B> http_body::Body for DropUsageChunk<B>
+/// Drops the usage-only chunk the proxy asked for on the client's behalf,
+/// after the usage tap inside has counted it. Other events pass as they
+/// came (re-framed; comments and `id:` lines are not kept), and a half event
+/// is held until it is whole.
+pub fn drop_usage_chunk<B>(body: B) -> impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Data = Bytes;
-    type Error = BoxError;
+    TranslatedStream::new(body, Box::new(UsageChunkFilter), None)
+}
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        loop {
-            if *this.ended {
-                return Poll::Ready(None);
-            }
-            let events = match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.data_ref() {
-                    Some(data) => this.framer.push(data),
-                    None => continue,
-                },
-                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-                None => {
-                    *this.ended = true;
-                    this.framer.finish().into_iter().collect()
-                }
-            };
-            let mut out = BytesMut::new();
-            for event in events.iter().filter(|e| !dialect::openai::is_usage_only_chunk(&e.data)) {
-                out.extend_from_slice(&dialect::sse::encode_event(event));
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-            }
-        }
+/// The [`dialect::StreamTranslator`] behind [`drop_usage_chunk`].
+struct UsageChunkFilter;
+
+impl dialect::StreamTranslator for UsageChunkFilter {
+    fn event(&mut self, event: &dialect::SseEvent) -> Result<Vec<Bytes>, dialect::TranslateError> {
+        Ok(if dialect::openai::is_usage_only_chunk(&event.data) {
+            Vec::new()
+        } else {
+            vec![dialect::sse::encode_event(event)]
+        })
+    }
+
+    fn finish(&mut self) -> Vec<Bytes> {
+        Vec::new()
     }
 }
 
