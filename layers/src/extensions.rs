@@ -90,11 +90,21 @@ pub struct RouteTarget {
     endpoint: Endpoint,
     stream: bool,
     model_span: Option<Range<usize>>,
+    stream_options: bool,
+    include_usage: bool,
 }
 
 impl RouteTarget {
     pub fn new(provider: ProviderId, model: &str, endpoint: Endpoint, stream: bool) -> Self {
-        Self { provider, model: model.into(), endpoint, stream, model_span: None }
+        Self {
+            provider,
+            model: model.into(),
+            endpoint,
+            stream,
+            model_span: None,
+            stream_options: false,
+            include_usage: false,
+        }
     }
 
     /// Records where the `model` JSON string token (quotes included) sits in
@@ -102,6 +112,24 @@ impl RouteTarget {
     pub fn with_model_span(mut self, span: Range<usize>) -> Self {
         self.model_span = Some(span);
         self
+    }
+
+    /// Records whether the body has `stream_options`, and whether they ask
+    /// for `include_usage`, so that later layers need not parse it again.
+    pub fn with_stream_options(mut self, present: bool, include_usage: bool) -> Self {
+        self.stream_options = present;
+        self.include_usage = include_usage;
+        self
+    }
+
+    /// Whether the body carries `stream_options` at all.
+    pub fn has_stream_options(&self) -> bool {
+        self.stream_options
+    }
+
+    /// Whether the client asked for a usage chunk at the end of its stream.
+    pub fn wants_usage(&self) -> bool {
+        self.include_usage
     }
 
     pub fn provider(&self) -> &ProviderId {

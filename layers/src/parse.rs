@@ -170,6 +170,14 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 /// Finds provider, model and stream flag in a JSON request body.
@@ -193,7 +201,14 @@ pub fn route_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool) -> Result<R
     // the upstream can swap the model token without re-serialising the body.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
     let span = start..start + raw.get().len();
-    Ok(RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false)).with_model_span(span))
+    // Read here once, so that the upstream need not parse the body again.
+    let include_usage = probe
+        .stream_options
+        .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+        .is_some_and(|options| options.include_usage);
+    Ok(RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
+        .with_model_span(span)
+        .with_stream_options(probe.stream_options.is_some(), include_usage))
 }
 
 #[cfg(test)]
@@ -228,6 +243,16 @@ mod tests {
         let t = parse(body).unwrap();
         assert!(t.stream());
         assert_eq!(&body[t.model_span().unwrap()], r#""openai/gpt-4o""#);
+    }
+
+    #[test]
+    fn reads_stream_options_once_for_the_layers_inside() {
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(t.has_stream_options() && t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":{"other":1}}"#).unwrap();
+        assert!(t.has_stream_options() && !t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true}"#).unwrap();
+        assert!(!t.has_stream_options() && !t.wants_usage());
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
     let (model, stream) = (target.model(), target.stream());
     let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
     // Asked of the client's body, before translation drops `stream_options`.
-    let client_wants_usage = stream && asks_for_usage(&body);
+    let client_wants_usage = stream && target.wants_usage();
     let include_usage = client_wants_usage && provider.dialect() != Dialect::OpenAi;
     // Every stream is counted: ask an OpenAI-compatible upstream for the
     // usage chunk, which is dropped before the client if it did not ask.
@@ -171,7 +171,10 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
                 Some(span) => dialect::openai::rewrite_model(&body, span, model),
                 None => body,
             };
-            let body = if usage_injected { dialect::openai::ask_for_stream_usage(&body) } else { body };
+            let body = match usage_injected {
+                true => dialect::openai::ask_for_stream_usage(&body, target.has_stream_options()),
+                false => body,
+            };
             (provider.endpoint_uri(endpoint), body)
         }
         (Dialect::Anthropic, Endpoint::ChatCompletions) => (
@@ -224,20 +227,6 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
     // Per-request state stays in the proxy; the client sees none of it.
     parts.extensions = http::Extensions::new();
     Ok((Request::from_parts(parts, Full::new(body)), lease, plan))
-}
-
-/// Whether an OpenAI request asks for a usage chunk at the end of its stream.
-fn asks_for_usage(client_body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        stream_options: Option<StreamOptions>,
-    }
-    #[derive(serde::Deserialize)]
-    struct StreamOptions {
-        #[serde(default)]
-        include_usage: bool,
-    }
-    serde_json::from_slice::<Probe>(client_body).ok().and_then(|p| p.stream_options).is_some_and(|o| o.include_usage)
 }
 
 /// The provider's answer as the client gets it.

@@ -21,15 +21,10 @@ pub fn rewrite_model(body: &Bytes, span: Range<usize>, model: &str) -> Bytes {
 
 /// Asks an OpenAI-compatible upstream to end its stream with a usage
 /// chunk (`stream_options.include_usage`), so that every stream is
-/// counted. The proxy drops that chunk before the client sees it
+/// counted. `has_options`: the body already has `stream_options` (Parse
+/// knows). The proxy drops that chunk before the client sees it
 /// ([`is_usage_only_chunk`]).
-pub fn ask_for_stream_usage(body: &Bytes) -> Bytes {
-    #[derive(serde::Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        stream_options: Option<&'a serde_json::value::RawValue>,
-    }
-    let has_options = serde_json::from_slice::<Probe<'_>>(body).ok().is_some_and(|p| p.stream_options.is_some());
+pub fn ask_for_stream_usage(body: &Bytes, has_options: bool) -> Bytes {
     if has_options {
         // Rare: the client set other stream options. Rewrite the object.
         let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else { return body.clone() };
@@ -105,9 +100,9 @@ mod usage_tests {
 
     #[test]
     fn asks_for_usage_without_touching_the_rest() {
-        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"model":"m","stream":true} "#));
+        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"model":"m","stream":true} "#), false);
         assert_eq!(&out[..], br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}} "#);
-        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"stream":true,"stream_options":{"x":1}}"#));
+        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"stream":true,"stream_options":{"x":1}}"#), true);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
     }
