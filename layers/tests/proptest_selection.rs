@@ -152,12 +152,10 @@ fn set_up(case: &Case) -> (Arc<KeyPool>, Held) {
     let mut snapshot = PoolSnapshot::default();
     for (i, key) in case.keys.iter().enumerate() {
         if matches!(key.invalid, Invalid::Due | Invalid::Probing) {
-            let saved = KeySnapshot {
-                invalid_until_unix_ms: Some(NOON_UNIX * 1000 - 1000),
-                invalid_strikes: 1,
-                requests: p.keys()[i].requests(),
-                ..KeySnapshot::default()
-            };
+            let mut saved = KeySnapshot::default();
+            saved.invalid_until_unix_ms = Some(NOON_UNIX * 1000 - 1000);
+            saved.invalid_strikes = 1;
+            saved.requests = p.keys()[i].requests();
             snapshot.keys.insert(p.keys()[i].id().to_string(), saved);
         }
     }

@@ -4,7 +4,6 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, time::Instant};
 
 use super::clock::{PoolClock, invalid_ladder, rate_limit_ladder};
@@ -20,8 +19,10 @@ const TRANSIENT_COOLDOWN: Duration = Duration::from_secs(10);
 const MIN_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// A key's state as status pages show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum KeyState {
     Ok,
     /// Some model of it is rate limited (or briefly cooling after failures).
@@ -35,7 +36,9 @@ pub enum KeyState {
 }
 
 /// Per-day counters of one (key, model).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
 pub struct Counters {
     pub requests: u64,
     pub successes: u64,

@@ -43,7 +43,6 @@ use std::{
 };
 
 use http::{HeaderName, HeaderValue};
-use serde::Serialize;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -682,7 +681,9 @@ impl fmt::Debug for SlotPermit {
 }
 
 /// One cooldown as `/v1/keys` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct CooldownStatus {
     pub model: String,
     pub reason: &'static str,
@@ -691,14 +692,18 @@ pub struct CooldownStatus {
 }
 
 /// One model's counters today.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ModelStatus {
     pub model: String,
     pub today: Counters,
 }
 
 /// One key as `/v1/keys` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct KeyStatus {
     pub id: String,
     pub provider: String,

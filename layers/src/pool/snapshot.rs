@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{
@@ -16,7 +15,9 @@ use crate::classify::FailureClass;
 pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Everything worth keeping about every key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
 pub struct PoolSnapshot {
     pub version: u32,
     pub saved_at_unix_ms: u64,
@@ -29,8 +30,10 @@ impl Default for PoolSnapshot {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[non_exhaustive]
 pub struct KeySnapshot {
     pub disabled: bool,
     pub invalid_until_unix_ms: Option<u64>,
@@ -42,8 +45,10 @@ pub struct KeySnapshot {
     pub models: BTreeMap<String, ModelSnapshot>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[non_exhaustive]
 pub struct ModelSnapshot {
     pub cooldown_until_unix_ms: Option<u64>,
     pub cooldown_reason: Option<String>,

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::HttpsClient;
@@ -33,7 +33,9 @@ const MAX_LIST_BYTES: usize = 8 << 20;
 const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One entry of OpenAI's model list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ModelInfo {
     pub id: String,
     pub object: &'static str,
