@@ -2,27 +2,66 @@
 //!
 //! `keyrelay-layers` is the library half of [keyrelay]: each concern of an
 //! OpenAI-compatible key-rotating gateway is one tower [`Layer`](tower::Layer)
-//! with its `Service`, usable alone or stacked. The keyrelay binary assembles
-//! them like this (outer to inner):
+//! with its `Service`, usable alone or stacked in your own axum or hyper
+//! server. The keyrelay binary assembles them like this (outer to inner):
 //!
 //! ```text
-//! SetSensitiveHeaders -> RequestLog -> ErrorResponse -> Auth -> Deadline
-//!   -> Parse (body -> RouteTarget) -> KeySelect -> Upstream (hyper client)
+//!   client
+//!     |
+//! RequestLog ............ request id, one span, completion event, metrics
+//! ErrorResponse ......... BoxError -> OpenAI-shaped JSON; Infallible outward
+//! Auth .................. proxy key, constant time; strips client credentials
+//! Deadline .............. one clock for waits, attempts and backoff
+//! Parse ................. body read once (bounded) -> RouteTarget
+//! ModelFilter ........... operator's ignore / whitelist globs
+//! RetryRotate ........... classify each answer, cool the key, try another
+//! KeySelect ............. a key from the shared KeyPool (waits inside the deadline)
+//! KeyConcurrency ........ per (key, model) in-flight cap, held until the body ends
+//! UpstreamService ....... dialect translation + pooled hyper client; bodies stream
+//!     |
+//!   provider
 //! ```
 //!
-//! - [`log::RequestLogLayer`]: one span per request, request id, completion event.
-//! - [`respond::ErrorResponseLayer`]: the one place a [`BoxError`] becomes an
-//!   OpenAI-shaped error response; from there outward the error is `Infallible`.
-//! - [`auth::AuthLayer`]: the client's proxy key, compared in constant time.
-//! - [`timeout::DeadlineLayer`]: one deadline for the whole request.
-//! - [`parse::ParseLayer`]: reads the body once (bounded) and finds `model`
-//!   and `stream`.
-//! - [`select::KeySelectLayer`]: picks a key from the shared [`pool::KeyPool`].
-//! - [`upstream::UpstreamService`]: rewrites the request for the provider and
-//!   sends it over a pooled hyper client; responses stream back unbuffered.
+//! | layer | module | writes | reads |
+//! |---|---|---|---|
+//! | [`RequestLogLayer`](log::RequestLogLayer) | [`log`] | `RequestId`, `MetricLabels` | the response's `ErrorCode` |
+//! | [`ErrorResponseLayer`](respond::ErrorResponseLayer) | [`respond`] | response `ErrorCode` | the error |
+//! | [`AuthLayer`](auth::AuthLayer) | [`auth`] | - | `authorization` / `x-api-key` |
+//! | [`DeadlineLayer`](timeout::DeadlineLayer) | [`timeout`] | `Deadline` | - |
+//! | [`ParseLayer`](parse::ParseLayer) | [`parse`] | `RouteTarget` | the body |
+//! | [`ModelFilterLayer`](filter::ModelFilterLayer) | [`filter`] | - | `RouteTarget` |
+//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`, `Attempt` | `Deadline`, `RouteTarget`, response `KeyLease` |
+//! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
+//! | [`KeyConcurrencyLayer`](concurrency::KeyConcurrencyLayer) | [`concurrency`] | - | `KeyLease`, `RouteTarget` |
+//! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | response `KeyLease` | `RouteTarget`, `KeyLease` |
 //!
-//! Per-request state travels in request extensions; [`extensions`] holds the
-//! ledger of who writes and who reads each one.
+//! The shared state is one [`pool::KeyPool`]: providers, their keys, and
+//! each key's health (cooldowns, invalid marks, quotas, counters), cheap to
+//! share behind an `Arc`. Each layer is tested alone against mock inner
+//! services; none of them spawns tasks or reads the system clock (tokio's
+//! clock drives everything, so paused-clock tests control time).
+//!
+//! # Features
+//!
+//! - `upstream` (default): `upstream::UpstreamService`, the hyper-util
+//!   client with rustls (ring, webpki roots) and the provider dialects.
+//!   Without it you bring your own innermost service.
+//! - `serde`: `Serialize` for the pool's status types and `Serialize` +
+//!   `Deserialize` for [`pool::PoolSnapshot`], to serve status pages and
+//!   save state across restarts. Request bodies are JSON whatever the
+//!   features, so `serde_json` is always a dependency.
+//!
+//! # Request extensions
+//!
+//! Per-request state travels in request extensions, as the table above
+//! shows; [`extensions`] holds the full ledger of who writes and who reads
+//! each one. Identities go in extensions (they are cloned for every retry);
+//! RAII resources (in-flight guards, permits) live in futures and bodies, so
+//! they are released when the response body ends, not when headers leave.
+//!
+//! # Example
+//!
+//! The pool stack around a stand-in for the upstream:
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
