@@ -45,6 +45,9 @@ pub struct Samples {
     pub first_chunk_ns: Vec<u64>,
     pub errors: u64,
     pub elapsed: Duration,
+    /// Requests answered during the warm-up: the server's CPU time covers
+    /// them too.
+    pub warmup_requests: u64,
 }
 
 impl Samples {
@@ -91,6 +94,7 @@ pub async fn run(target: &Target, mode: Mode, concurrency: usize, warmup: Durati
         all.latencies_ns.extend(samples.latencies_ns);
         all.first_chunk_ns.extend(samples.first_chunk_ns);
         all.errors += samples.errors;
+        all.warmup_requests += samples.warmup_requests;
     }
     all.elapsed = Instant::now().saturating_duration_since(measure_from).min(duration + Duration::from_secs(1));
     all.elapsed = all.elapsed.max(duration);
@@ -147,6 +151,7 @@ async fn worker(target: Target, body: Bytes, measure_from: Instant, end: Instant
             }
             let done = Instant::now();
             if sent < measure_from {
+                samples.warmup_requests += 1;
                 continue;
             }
             if !ok || broken {

@@ -27,7 +27,8 @@ impl Point {
 
     /// The server's CPU time per request, in microseconds.
     fn cpu_us(&self) -> f64 {
-        self.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / self.samples.requests().max(1) as f64
+        let served = self.samples.requests() as u64 + self.samples.warmup_requests;
+        self.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / served.max(1) as f64
     }
 }
 

@@ -439,7 +439,6 @@ async fn hyper_refuses_invalid_json_with_an_openai_400() {
 /// than announced and the client's connection fails. OpenAI itself streams
 /// chunked, so the other tests do not meet this.
 #[tokio::test]
-#[ignore = "keyrelay bug: a rewritten stream keeps the upstream's Content-Length (retry::finish)"]
 async fn a_stream_sent_with_a_content_length_arrives_whole() {
     let mock = Mock::start().await;
     let front = hyper_front(&mock, &[GOOD_KEY]).await;

@@ -315,13 +315,16 @@ fn count_retry(lease: &KeyLease, kind: &'static str) {
 
 /// The response that goes to the client: boxed, and for a stream, ended by
 /// an SSE error event should it break after this point.
-fn finish<B>(res: Response<B>, target: &RouteTarget) -> Response<ProxyBody>
+fn finish<B>(mut res: Response<B>, target: &RouteTarget) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let plain = res.headers().get(CONTENT_ENCODING).is_none_or(|e| e == "identity");
     if target.stream() && res.status().is_success() && plain {
+        // The events may be re-framed, a usage chunk dropped or an error
+        // event added: a provider's Content-Length no longer holds.
+        res.headers_mut().remove(http::header::CONTENT_LENGTH);
         let provider = target.provider().as_str().to_owned();
         #[cfg(feature = "upstream")]
         if res.extensions().get::<crate::extensions::UsageInjected>().is_some() {
