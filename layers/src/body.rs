@@ -1,5 +1,42 @@
 //! Response body wrappers. Each forwards frames one by one as they arrive:
 //! nothing here buffers.
+//!
+//! - [`LeasedBody`]: keeps its key counted in flight until the body is done,
+//!   and reads the token usage at its end;
+//! - [`GuardedBody`]: holds a concurrency permit (or any guard) as long;
+//! - [`IdleTimeoutBody`]: fails a stream that stays silent too long;
+//! - [`SseErrorTail`]: ends a stream that broke with one SSE error event.
+//!
+//! A stream that breaks after its first event, as RetryRotate hands it to the
+//! client:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use futures_util::stream;
+//! use http_body::Frame;
+//! use http_body_util::{BodyExt, StreamBody};
+//! use keyrelay_layers::{body::{LeasedBody, SseErrorTail}, pool::{KeyPool, Secret}, provider::Provider, BoxError};
+//!
+//! # tokio_test::block_on(async {
+//! let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+//! let pool = KeyPool::builder().provider(openai, Default::default(), vec![Secret::new("sk-1")]).build().unwrap();
+//! let provider = pool.provider("openai").unwrap();
+//! let (_lease, in_flight) = provider.lease().unwrap();
+//!
+//! let upstream = StreamBody::new(stream::iter([
+//!     Ok(Frame::data(Bytes::from("data: {\"choices\":[]}\n\n"))),
+//!     Err(BoxError::from("connection reset")),
+//! ]));
+//! let body = SseErrorTail::new(LeasedBody::new(upstream, in_flight));
+//! assert_eq!(provider.keys()[0].in_flight(), 1, "the body holds its key");
+//!
+//! let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+//! let last = text.trim_end().rsplit("\n\n").next().unwrap();
+//! let event: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+//! assert_eq!(event["error"]["code"], "stream_broken");
+//! assert_eq!(provider.keys()[0].in_flight(), 0, "released when the stream ended");
+//! # });
+//! ```
 
 use std::{
     future::Future,
@@ -35,6 +72,7 @@ pin_project! {
 }
 
 impl<B> LeasedBody<B> {
+    /// `in_flight` is released when `inner` ends, fails, or is dropped.
     pub fn new(inner: B, in_flight: InFlight) -> Self {
         Self { inner, in_flight: Some(in_flight), usage: None, cell: None }
     }
@@ -117,6 +155,7 @@ pin_project! {
 }
 
 impl<B, G> GuardedBody<B, G> {
+    /// `guard` (if any) is dropped when `inner` ends, fails, or is dropped.
     pub fn new(inner: B, guard: Option<G>) -> Self {
         Self { inner, guard }
     }
@@ -163,6 +202,7 @@ pin_project! {
 }
 
 impl<B> IdleTimeoutBody<B> {
+    /// Fails with [`StreamIdle`] when `inner` sends no frame for `idle`.
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
         Self { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)), last_frame: tokio::time::Instant::now() }
     }
@@ -231,6 +271,7 @@ pin_project! {
 }
 
 impl<B> SseErrorTail<B> {
+    /// Wraps an SSE body; an error of `inner` becomes the final event.
     pub fn new(inner: B) -> Self {
         Self { inner, failed: false, at_boundary: true, chunks: None }
     }

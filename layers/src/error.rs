@@ -4,6 +4,29 @@
 //! happened and what to fix. Layers return them boxed as [`BoxError`]; only
 //! [`crate::respond::ErrorResponseLayer`] turns them into responses, through
 //! [`ErrorReply::from_error`]. Errors carry key ids, never secrets.
+//!
+//! [`ErrorReply::from_error`] walks the error's source chain, so a known
+//! failure is found behind wrappers such as [`LeasedError`]; anything else is
+//! a 500 whose message says nothing about its cause.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keyrelay_layers::{error::{AllKeysCooling, ErrorReply}, BoxError};
+//!
+//! let err: BoxError = AllKeysCooling::new("openai", "gpt-4o", Duration::from_millis(1500)).into();
+//! let reply = ErrorReply::from_error(&*err);
+//! assert_eq!(reply.status, 429);
+//! assert_eq!((reply.kind, reply.code), ("rate_limit_error", "rate_limit_exceeded"));
+//! assert_eq!(reply.retry_after, Some(2), "whole seconds, rounded up");
+//!
+//! let body: serde_json::Value = serde_json::from_slice(&reply.to_json()).unwrap();
+//! assert_eq!(body["error"]["type"], "rate_limit_error");
+//! assert!(body["error"]["param"].is_null());
+//!
+//! let unknown = ErrorReply::from_error(&*BoxError::from("some library's error"));
+//! assert_eq!((unknown.status.as_u16(), unknown.code), (500, "internal_error"));
+//! assert!(!unknown.message.contains("some library"));
+//! ```
 
 use std::{error::Error, fmt, time::Duration};
 
@@ -15,11 +38,13 @@ use crate::BoxError;
 /// OpenAI's error shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
+    /// The response status.
     pub status: StatusCode,
     /// OpenAI's `error.type`.
     pub kind: &'static str,
     /// OpenAI's `error.code`; also the few-valued label logs and metrics use.
     pub code: &'static str,
+    /// OpenAI's `error.message`: what happened and what to fix.
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
@@ -93,6 +118,13 @@ impl ErrorReply {
 
 /// Removes a secret, and anything shaped like a provider key, from text
 /// that came from upstream (some providers echo part of the key).
+///
+/// ```
+/// use keyrelay_layers::error::redact;
+///
+/// let text = "bad key my-secret-value; did you mean sk-proj-0123456789.";
+/// assert_eq!(redact(text, "my-secret-value"), "bad key [redacted]; did you mean [redacted].");
+/// ```
 pub fn redact(text: &str, secret: &str) -> String {
     let text = if secret.len() >= 4 { text.replace(secret, "[redacted]") } else { text.to_owned() };
     text.split_inclusive(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | '(' | ')'))
@@ -135,9 +167,11 @@ pub struct Unauthorized {
 }
 
 impl Unauthorized {
+    /// No key was sent.
     pub fn missing() -> Self {
         Self { missing: true, key_name: "PROXY_API_KEY" }
     }
+    /// A key was sent but it is not the configured one.
     pub fn invalid() -> Self {
         Self { missing: false, key_name: "PROXY_API_KEY" }
     }
@@ -173,6 +207,7 @@ pub struct BodyTooLarge {
 }
 
 impl BodyTooLarge {
+    /// `limit` is the configured maximum, in bytes.
     pub fn new(limit: u64) -> Self {
         Self { limit }
     }
@@ -197,6 +232,7 @@ pub struct InvalidBody {
 }
 
 impl InvalidBody {
+    /// `reason` says what is wrong (usually the JSON parser's message).
     pub fn new(reason: impl fmt::Display) -> Self {
         Self { reason: reason.to_string() }
     }
@@ -221,6 +257,7 @@ pub struct MissingModel {
 }
 
 impl MissingModel {
+    /// The error.
     pub fn new() -> Self {
         Self::default()
     }
@@ -281,6 +318,8 @@ pub struct UnknownProvider {
 }
 
 impl UnknownProvider {
+    /// `provider` is the prefix the client sent (echoed, bounded); `known`
+    /// the configured provider ids, listed in the message.
     pub fn new<'a>(provider: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
         let known = known.into_iter().collect::<Vec<_>>().join(", ");
         Self { provider: echo(provider), known }
@@ -308,6 +347,7 @@ pub struct ModelBlocked {
 }
 
 impl ModelBlocked {
+    /// `pattern` is the ignore glob that matched `model`.
     pub fn new(provider: &str, model: &str, pattern: &str) -> Self {
         Self { provider: provider.to_owned(), model: echo(model), pattern: pattern.to_owned() }
     }
@@ -341,6 +381,7 @@ pub struct UnsupportedRequest {
 }
 
 impl UnsupportedRequest {
+    /// `reason` says what the provider's API cannot express.
     pub fn new(provider: &str, reason: &str) -> Self {
         Self { provider: provider.to_owned(), reason: echo(reason) }
     }
@@ -365,6 +406,7 @@ pub struct RouteNotFound {
 }
 
 impl RouteNotFound {
+    /// `path` is the request's path (echoed, bounded).
     pub fn new(path: &str) -> Self {
         Self { path: echo(path) }
     }
@@ -421,6 +463,7 @@ pub struct NoKeyConfigured {
 }
 
 impl NoKeyConfigured {
+    /// The message names the environment variable to set for `provider`.
     pub fn new(provider: &str) -> Self {
         Self { provider: provider.to_owned() }
     }
@@ -453,9 +496,11 @@ pub struct AllKeysCooling {
 }
 
 impl AllKeysCooling {
+    /// `retry_after`: when the first key is usable again.
     pub fn new(provider: &str, model: &str, retry_after: Duration) -> Self {
         Self { provider: provider.to_owned(), model: echo(model), retry_after }
     }
+    /// When the first key is usable again.
     pub fn retry_after(&self) -> Duration {
         self.retry_after
     }
@@ -519,6 +564,7 @@ pub struct KeysExhausted {
 }
 
 impl KeysExhausted {
+    /// Every usable key of `provider` has been tried.
     pub fn new(provider: &str) -> Self {
         Self { provider: provider.to_owned() }
     }
@@ -544,6 +590,7 @@ pub struct KeyBusy {
 }
 
 impl KeyBusy {
+    /// `key` is the key's id, never its secret.
     pub fn new(key: &str) -> Self {
         Self { key: key.to_owned() }
     }
@@ -603,6 +650,7 @@ pub struct Forbidden {
 }
 
 impl Forbidden {
+    /// The error.
     pub fn new() -> Self {
         Self::default()
     }
@@ -627,6 +675,7 @@ pub struct UnknownKey {
 }
 
 impl UnknownKey {
+    /// `id` is the key id the client asked for (echoed, bounded).
     pub fn new(id: &str) -> Self {
         Self { id: echo(id) }
     }
@@ -653,12 +702,15 @@ pub struct LeasedError {
 }
 
 impl LeasedError {
+    /// `source` happened on an attempt made with `lease`'s key.
     pub fn new(lease: crate::pool::KeyLease, source: BoxError) -> Self {
         Self { lease, source }
     }
+    /// The key the attempt used.
     pub fn lease(&self) -> &crate::pool::KeyLease {
         &self.lease
     }
+    /// The attempt's own error.
     pub fn cause(&self) -> &(dyn Error + Send + Sync + 'static) {
         &*self.source
     }
@@ -683,6 +735,7 @@ pub struct DeadlineExceeded {
 }
 
 impl DeadlineExceeded {
+    /// `after` is the deadline's length, named in the message.
     pub fn new(after: Duration) -> Self {
         Self { after }
     }
@@ -712,6 +765,7 @@ pub struct UpstreamUnreachable {
 }
 
 impl UpstreamUnreachable {
+    /// `source` is the client's error (connect refused, reset, TLS...).
     pub fn new(provider: &str, source: impl Into<BoxError>) -> Self {
         Self { provider: provider.to_owned(), source: source.into() }
     }
@@ -743,6 +797,7 @@ impl Reply for UpstreamUnreachable {
 pub struct MissingExtension(&'static str);
 
 impl MissingExtension {
+    /// `type_name` names the missing extension, e.g. `"RouteTarget"`.
     pub fn new(type_name: &'static str) -> Self {
         Self(type_name)
     }

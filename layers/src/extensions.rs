@@ -16,6 +16,41 @@
 //! A layer that misses one it needs fails with
 //! [`MissingExtension`](crate::error::MissingExtension) (500): the stack is
 //! mis-assembled, which is never the client's fault.
+//!
+//! A custom service placed inside Deadline and Parse reads what they wrote:
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use keyrelay_layers::{
+//!     extensions::{Deadline, Endpoint, RouteTarget}, parse::ParseLayer, pool::KeyPool, provider::Provider,
+//!     timeout::DeadlineLayer, BoxError,
+//! };
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio_test::block_on(async {
+//! let groq = Provider::openai_compatible("groq", "https://api.groq.com/openai/v1").unwrap();
+//! let pool = KeyPool::builder().provider(groq, Default::default(), vec![]).build().unwrap();
+//! let svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Duration::from_secs(30)))
+//!     .layer(ParseLayer::new(pool, 1 << 20))
+//!     .service(service_fn(|req: Request<Bytes>| async move {
+//!         let target = req.extensions().get::<RouteTarget>().unwrap();
+//!         assert_eq!((target.provider().as_str(), target.model()), ("groq", "llama-3.1-8b-instant"));
+//!         assert_eq!(target.endpoint(), Endpoint::ChatCompletions);
+//!         assert!(target.stream());
+//!         let Deadline(at) = *req.extensions().get::<Deadline>().unwrap();
+//!         let left = at - tokio::time::Instant::now();
+//!         assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+//!         Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
+//!     }));
+//! let body = r#"{"model": "groq/llama-3.1-8b-instant", "stream": true, "messages": []}"#;
+//! let req = Request::post("/v1/chat/completions").body(Full::new(Bytes::from(body))).unwrap();
+//! svc.oneshot(req).await.unwrap();
+//! # });
+//! ```
 
 use std::{fmt, ops::Range, sync::Arc};
 
@@ -28,9 +63,11 @@ use crate::{pool::KeyId, provider::ProviderId};
 pub struct RequestId(Arc<str>);
 
 impl RequestId {
+    /// Wraps an id as it is (RequestLog has already checked or generated it).
     pub fn new(id: &str) -> Self {
         Self(id.into())
     }
+    /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -57,7 +94,9 @@ pub struct Deadline(pub Instant);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
     ChatCompletions,
+    /// `POST /v1/embeddings`.
     Embeddings,
 }
 
@@ -95,6 +134,8 @@ pub struct RouteTarget {
 }
 
 impl RouteTarget {
+    /// `model` is the upstream model name, without the `provider/` prefix;
+    /// `stream` whether the client asked for a server-sent event stream.
     pub fn new(provider: ProviderId, model: &str, endpoint: Endpoint, stream: bool) -> Self {
         Self {
             provider,
@@ -132,6 +173,7 @@ impl RouteTarget {
         self.include_usage
     }
 
+    /// The provider named by the `provider/` prefix of `model`.
     pub fn provider(&self) -> &ProviderId {
         &self.provider
     }
@@ -139,6 +181,7 @@ impl RouteTarget {
     pub fn model(&self) -> &str {
         &self.model
     }
+    /// The inbound endpoint the request came to.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
     }
@@ -146,6 +189,8 @@ impl RouteTarget {
     pub fn stream(&self) -> bool {
         self.stream
     }
+    /// The byte range of the `model` JSON string token in the body (quotes
+    /// included), when Parse recorded it.
     pub fn model_span(&self) -> Option<Range<usize>> {
         self.model_span.clone()
     }
@@ -201,12 +246,14 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// One attempt with `key` (its id), ending in `outcome` after `ms`.
     pub fn new(key: &str, outcome: &'static str, status: Option<u16>, ms: u64) -> Self {
         Self { key: key.to_owned(), outcome, status, ms }
     }
 }
 
 impl MetricLabels {
+    /// Records the request's provider and model label; the first call wins.
     pub fn set(&self, provider: ProviderId, model_label: Arc<str>) {
         let _already = self.0.labels.set((provider, model_label));
     }
@@ -214,6 +261,7 @@ impl MetricLabels {
     pub fn get(&self) -> Option<&(ProviderId, Arc<str>)> {
         self.0.labels.get()
     }
+    /// Appends one upstream attempt to the request's trail.
     pub fn push_attempt(&self, attempt: AttemptRecord) {
         self.0.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(attempt);
     }
@@ -225,6 +273,7 @@ impl MetricLabels {
     pub fn set_tokens(&self, prompt: u64, completion: u64) {
         let _already = self.0.tokens.set((prompt, completion));
     }
+    /// The answer's `(prompt, completion)` tokens, once reported.
     pub fn tokens(&self) -> Option<(u64, u64)> {
         self.0.tokens.get().copied()
     }
@@ -233,6 +282,7 @@ impl MetricLabels {
     pub fn capture_upstream(&self) {
         self.0.capture_upstream.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    /// Whether [`capture_upstream`](Self::capture_upstream) was called.
     pub fn captures_upstream(&self) -> bool {
         self.0.capture_upstream.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -4,19 +4,65 @@
 //! sets the proxy controls: provider ids, key ids, classes, status classes;
 //! a model is a label only when the operator named it or the provider
 //! listed it, otherwise `other` (model names come from clients).
+//!
+//! Any recorder works; this one only collects the names [`describe`] gives it:
+//!
+//! ```
+//! use std::sync::Mutex;
+//! use keyrelay_layers::metrics::{self as names, describe, status_class};
+//! use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+//!
+//! #[derive(Default)]
+//! struct Described(Mutex<Vec<String>>);
+//! impl Described {
+//!     fn push(&self, key: KeyName) {
+//!         self.0.lock().unwrap().push(key.as_str().to_owned());
+//!     }
+//! }
+//! impl Recorder for Described {
+//!     fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) { self.push(key) }
+//!     fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) { self.push(key) }
+//!     fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) { self.push(key) }
+//!     fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter { Counter::noop() }
+//!     fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge { Gauge::noop() }
+//!     fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram { Histogram::noop() }
+//! }
+//!
+//! let recorder = Described::default();
+//! metrics::with_local_recorder(&recorder, describe);
+//! let described = recorder.0.into_inner().unwrap();
+//! assert!(described.iter().any(|name| name == names::REQUESTS));
+//! assert!(described.iter().any(|name| name == "keyrelay_upstream_attempts_total"));
+//! assert!(described.iter().all(|name| name.starts_with("keyrelay_")));
+//! assert_eq!(status_class(429), "4xx");
+//! ```
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
+/// Counter: client requests finished; labels `provider`, `model`,
+/// `status_class` ([`status_class`], or `cancelled`) and `error_kind`.
 pub const REQUESTS: &str = "keyrelay_requests_total";
+/// Histogram (seconds): arrival to the end of the response body; labels
+/// `provider`, `status_class`.
 pub const REQUEST_DURATION: &str = "keyrelay_request_duration_seconds";
+/// Histogram (seconds): arrival to the response headers; label `provider`.
 pub const TIME_TO_FIRST_BYTE: &str = "keyrelay_time_to_first_byte_seconds";
+/// Counter: upstream attempts; labels `provider`, `key` (its id) and `outcome`.
 pub const UPSTREAM_ATTEMPTS: &str = "keyrelay_upstream_attempts_total";
+/// Counter: further attempts of a request; labels `provider`, `kind`
+/// (`same_key` or `rotate`).
 pub const RETRIES: &str = "keyrelay_retries_total";
+/// Counter: cooldowns and invalid marks started; labels `provider`, `key`, `class`.
 pub const COOLDOWNS: &str = "keyrelay_cooldowns_total";
+/// Gauge: 1 for each key's current state, else 0 (set by the binary at scrape).
 pub const KEY_STATE: &str = "keyrelay_key_state";
+/// Gauge: requests in flight per key (set by the binary at scrape).
 pub const KEY_IN_FLIGHT: &str = "keyrelay_key_in_flight";
+/// Counter: tokens; labels `provider`, `model`, `kind` (`prompt` or `completion`).
 pub const TOKENS: &str = "keyrelay_tokens_total";
+/// Counter: frames of streamed answers passed to clients; label `provider`.
 pub const STREAM_CHUNKS: &str = "keyrelay_stream_chunks_total";
+/// Counter: streams that broke after their headers; labels `provider`, `key`.
 pub const STREAM_BREAKS: &str = "keyrelay_stream_breaks_total";
 /// Emitted by the binary's request log queue, not by a layer.
 pub const REQUEST_LOG_DROPPED: &str = "keyrelay_request_log_dropped_total";

@@ -2,6 +2,22 @@
 //! the last few KiB are kept as they pass, and the last `"usage"` object in
 //! them is read at the end. That finds OpenAI's `usage` in a completion, in
 //! an embeddings answer, and in the final chunk of a stream.
+//!
+//! ```
+//! use keyrelay_layers::usage::{Usage, UsageTap};
+//!
+//! let stream = concat!(
+//!     "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+//!     "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+//!     "data: [DONE]\n\n",
+//! );
+//! let mut tap = UsageTap::default();
+//! for chunk in stream.as_bytes().chunks(7) {
+//!     tap.push(chunk); // as the frames pass, split anywhere
+//! }
+//! assert_eq!(tap.usage(), Some(Usage { prompt_tokens: 9, completion_tokens: 2 }));
+//! assert_eq!(UsageTap::default().usage(), None);
+//! ```
 
 use bytes::{Buf, BytesMut};
 use serde::Deserialize;
@@ -12,19 +28,22 @@ const TAIL: usize = 8 * 1024;
 /// Tokens of one response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
+    /// `usage.prompt_tokens` (0 when absent).
     #[serde(default)]
     pub prompt_tokens: u64,
+    /// `usage.completion_tokens` (0 when absent, as in embeddings answers).
     #[serde(default)]
     pub completion_tokens: u64,
 }
 
-/// Keeps the last [`TAIL`] bytes of a body.
+/// Keeps the last 8 KiB of a body, to read its usage at the end.
 #[derive(Debug, Default)]
 pub struct UsageTap {
     tail: BytesMut,
 }
 
 impl UsageTap {
+    /// Sees the next chunk of the body; only the tail is kept.
     pub fn push(&mut self, chunk: &[u8]) {
         if chunk.len() >= TAIL {
             self.tail.clear();
