@@ -24,6 +24,50 @@
 //!
 //! Reads [`RouteTarget`] and [`Deadline`]; writes [`ExcludedKeys`],
 //! [`PinnedKey`] and [`Attempt`] on each attempt.
+//!
+//! Two keys, the first rate limited: one request, two attempts, and the key
+//! that answered 429 cools for this model.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use keyrelay_layers::{
+//!     body::full, extensions::{Endpoint, RouteTarget}, pool::{KeyLease, KeyPool, KeyState, Secret, Selection},
+//!     provider::{Provider, ProviderId}, retry::{RetryPolicy, RetryRotateLayer}, select::KeySelectLayer, BoxError,
+//! };
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # tokio_test::block_on(async {
+//! let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+//! let keys = vec![Secret::new("sk-limited"), Secret::new("sk-fresh")];
+//! let pool = KeyPool::builder().provider(openai, Selection::RoundRobin, keys).build().unwrap();
+//!
+//! // Stands in for `UpstreamService`, which also copies the lease onto its answer.
+//! let upstream = service_fn(|req: Request<Bytes>| async move {
+//!     let lease = req.extensions().get::<KeyLease>().unwrap().clone();
+//!     let mut res = match lease.secret().expose() {
+//!         "sk-limited" => {
+//!             let mut res = Response::new(full(r#"{"error":{"message":"Rate limit reached","code":null}}"#));
+//!             *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+//!             res
+//!         }
+//!         _ => Response::new(full(r#"{"id":"chatcmpl-1"}"#)),
+//!     };
+//!     res.extensions_mut().insert(lease);
+//!     Ok::<_, BoxError>(res)
+//! });
+//! let svc = RetryRotateLayer::new(RetryPolicy::default()).layer(KeySelectLayer::new(pool.clone()).layer(upstream));
+//!
+//! let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(b"{}")).unwrap();
+//! req.extensions_mut().insert(RouteTarget::new(ProviderId::new("openai"), "gpt-4o", Endpoint::ChatCompletions, false));
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.extensions().get::<KeyLease>().unwrap().secret().expose(), "sk-fresh");
+//!
+//! let limited = pool.provider("openai").unwrap().keys()[0].id().clone();
+//! assert_eq!(pool.key_status(limited.as_str()).unwrap().state, KeyState::Cooling);
+//! # });
+//! ```
 
 pub mod policy;
 
@@ -61,6 +105,7 @@ pub struct RetryRotateLayer {
 }
 
 impl RetryRotateLayer {
+    /// Retries as `policy` says (its [`Default`] is DESIGN's).
     pub fn new(policy: RetryPolicy) -> Self {
         Self { policy }
     }
@@ -82,9 +127,11 @@ pub struct RetryRotate<S> {
 }
 
 impl<S> RetryRotate<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -1,4 +1,23 @@
 //! Pure retry decisions: what to do after a failed attempt.
+//!
+//! [`RetryRotate`](super::RetryRotate) calls [`next`] with the failure's
+//! class, how many transient failures in a row the key just had, and a random
+//! jitter; the answer is one [`Next`] step.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keyrelay_layers::{classify::FailureClass, retry::policy::{next, Next, RetryPolicy}};
+//!
+//! let policy = RetryPolicy::new(1, Duration::from_millis(100));
+//! // The first transient failure: the same key after 100 ms ± 50 % (a jitter of 0.5 is the middle).
+//! assert_eq!(next(&policy, FailureClass::Transient, 1, 0.5), Next::SameKey(Duration::from_millis(100)));
+//! assert_eq!(next(&policy, FailureClass::Transient, 1, 0.0), Next::SameKey(Duration::from_millis(50)));
+//! // The second in a row: another key, and not this one again.
+//! assert_eq!(next(&policy, FailureClass::Transient, 2, 0.5), Next::Rotate { exclude: true });
+//! // The pool already cooled a rate-limited key: rotate, no exclusion needed.
+//! assert_eq!(next(&policy, FailureClass::RateLimit, 1, 0.5), Next::Rotate { exclude: false });
+//! assert_eq!(next(&policy, FailureClass::Client, 1, 0.5), Next::Return);
+//! ```
 
 use std::time::Duration;
 
@@ -21,6 +40,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `same_key_retries` after a transient failure, the first after
+    /// `backoff` (doubling, jittered).
     pub fn new(same_key_retries: u32, backoff: Duration) -> Self {
         Self { same_key_retries, backoff }
     }
@@ -33,9 +54,12 @@ pub enum Next {
     Return,
     /// Try the same key again after this pause.
     SameKey(Duration),
-    /// Try another key; `exclude` when the failed key is still eligible
-    /// (nothing cooled it) and must not be chosen again for this request.
-    Rotate { exclude: bool },
+    /// Try another key.
+    Rotate {
+        /// The failed key is still eligible (nothing cooled it) and must not
+        /// be chosen again for this request.
+        exclude: bool,
+    },
 }
 
 /// Decides the next step. `same_key_failures` counts the transient
