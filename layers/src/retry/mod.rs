@@ -59,7 +59,8 @@
 //! let svc = RetryRotateLayer::new(RetryPolicy::default()).layer(KeySelectLayer::new(pool.clone()).layer(upstream));
 //!
 //! let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(b"{}")).unwrap();
-//! req.extensions_mut().insert(RouteTarget::new(ProviderId::new("openai"), "gpt-4o", Endpoint::ChatCompletions, false));
+//! let target = RouteTarget::new(ProviderId::new("openai"), "gpt-4o", Endpoint::ChatCompletions, false);
+//! req.extensions_mut().insert(target);
 //! let res = svc.oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::OK);
 //! assert_eq!(res.extensions().get::<KeyLease>().unwrap().secret().expose(), "sk-fresh");

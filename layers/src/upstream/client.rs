@@ -36,6 +36,19 @@ impl Default for ClientOptions {
 
 /// Builds the shared client. Plain `http://` bases work too, for local
 /// OpenAI-compatible servers.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyrelay_layers::upstream::{build_client, ClientOptions, UpstreamService};
+///
+/// let options = ClientOptions::default();
+/// assert_eq!(options.connect_timeout, Duration::from_secs(10));
+/// assert_eq!(options.pool_idle_timeout, Duration::from_secs(90));
+/// let client = build_client(&options).unwrap();
+/// // Clones share one connection pool: build once, hand a clone to each user.
+/// let upstream = UpstreamService::new(client.clone()).stream_idle_timeout(Duration::from_secs(60));
+/// # drop(upstream);
+/// ```
 pub fn build_client(options: &ClientOptions) -> Result<HttpsClient, BoxError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);

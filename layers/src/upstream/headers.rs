@@ -1,4 +1,28 @@
 //! Header hygiene between the client and the provider.
+//!
+//! The upstream never sees the client's credentials, hop-by-hop headers,
+//! `Host` or `Content-Length`; the client never sees hop-by-hop headers or
+//! the provider's cookies.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use keyrelay_layers::upstream::headers::{for_client, for_upstream};
+//!
+//! let mut request = HeaderMap::new();
+//! request.insert("authorization", "Bearer proxy-key".parse().unwrap());
+//! request.insert("connection", "keep-alive, x-trace".parse().unwrap());
+//! request.insert("x-trace", "1".parse().unwrap());
+//! request.insert("content-type", "application/json".parse().unwrap());
+//! for_upstream(&mut request);
+//! assert_eq!(request.keys().map(|name| name.as_str()).collect::<Vec<_>>(), ["content-type"]);
+//!
+//! let mut response = HeaderMap::new();
+//! response.insert("set-cookie", "session=1".parse().unwrap());
+//! response.insert("x-request-id", "req_123".parse().unwrap());
+//! for_client(&mut response);
+//! assert!(response.get("set-cookie").is_none());
+//! assert_eq!(response["x-upstream-request-id"], "req_123");
+//! ```
 
 use http::{
     HeaderMap,

@@ -13,11 +13,37 @@
 //! cannot be reached or breaks before answering. An upstream error status
 //! (400, 404, 429, 5xx...) is a response like any other and passes through.
 //!
-//! ```no_run
-//! use keyrelay_layers::upstream::{build_client, ClientOptions, UpstreamService};
+//! The request the provider gets is built by [`prepare`], which is pure: here
+//! for an Anthropic provider, without sending anything.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::Request;
+//! use keyrelay_layers::{
+//!     extensions::{Endpoint, RouteTarget}, pool::{KeyPool, Secret}, provider::{Dialect, Provider, ProviderId},
+//!     upstream::{build_client, prepare, ClientOptions, UpstreamService},
+//! };
 //!
 //! let client = build_client(&ClientOptions::default()).unwrap();
-//! let upstream = UpstreamService::new(client);
+//! let _upstream = UpstreamService::new(client); // the innermost service of the stack
+//!
+//! let anthropic = Provider::new("anthropic", "https://api.anthropic.com", Dialect::Anthropic).unwrap();
+//! let keys = vec![Secret::new("sk-ant-1")];
+//! let pool = KeyPool::builder().provider(anthropic, Default::default(), keys).build().unwrap();
+//! let (lease, _in_flight) = pool.provider("anthropic").unwrap().lease().unwrap();
+//!
+//! let body = r#"{"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hi"}]}"#;
+//! let mut req = Request::post("/v1/chat/completions").header("cookie", "session=1").body(Bytes::from(body)).unwrap();
+//! let target = RouteTarget::new(ProviderId::new("anthropic"), "claude-sonnet-4-5", Endpoint::ChatCompletions, false);
+//! req.extensions_mut().insert(target);
+//! req.extensions_mut().insert(lease);
+//!
+//! let (out, _lease, plan) = prepare(req).unwrap();
+//! assert_eq!(out.uri(), "https://api.anthropic.com/v1/messages");
+//! assert_eq!(out.headers()["x-api-key"], "sk-ant-1");
+//! assert_eq!(out.headers()["anthropic-version"], "2023-06-01");
+//! assert!(out.headers().get("cookie").is_none(), "nothing of the client's credentials goes upstream");
+//! assert!(!plan.stream());
 //! ```
 
 mod client;
@@ -72,6 +98,8 @@ const MAX_TRANSLATED_BODY: usize = 32 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 impl UpstreamService {
+    /// Sends through `client` (see [`build_client`]), with
+    /// [`DEFAULT_STREAM_IDLE_TIMEOUT`].
     pub fn new(client: HttpsClient) -> Self {
         Self { client, stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT }
     }

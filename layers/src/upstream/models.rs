@@ -37,9 +37,13 @@ const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ModelInfo {
+    /// `provider/model`, as clients name it in requests.
     pub id: String,
+    /// Always `"model"`.
     pub object: &'static str,
+    /// Always 0: providers' creation times are not kept.
     pub created: u64,
+    /// The provider's id.
     pub owned_by: String,
 }
 
@@ -49,6 +53,27 @@ struct Cached {
 }
 
 /// Fetches and caches each provider's model list.
+///
+/// A provider without keys is not asked, but the models its configuration
+/// names are listed; so this example needs no network:
+///
+/// ```
+/// use std::time::Duration;
+/// use keyrelay_layers::{pool::KeyPool, provider::Provider, upstream::{build_client, ClientOptions, ModelCatalog}};
+///
+/// # tokio_test::block_on(async {
+/// let local = Provider::openai_compatible("local", "http://127.0.0.1:11434/v1")
+///     .unwrap()
+///     .with_models(vec!["qwen3:8b".into()]);
+/// let pool = KeyPool::builder().provider(local, Default::default(), vec![]).build().unwrap();
+/// let client = build_client(&ClientOptions::default()).unwrap();
+/// let catalog = ModelCatalog::new(client, Duration::from_secs(600), Duration::from_secs(5));
+///
+/// let models = catalog.list(&pool).await;
+/// assert_eq!(models.len(), 1);
+/// assert_eq!((models[0].id.as_str(), models[0].owned_by.as_str()), ("local/qwen3:8b", "local"));
+/// # });
+/// ```
 pub struct ModelCatalog {
     client: HttpsClient,
     ttl: Duration,

@@ -24,6 +24,44 @@
 //! Answers: text blocks become `content`, `thinking` blocks
 //! `reasoning_content`, `tool_use` blocks `tool_calls`; `stop_reason` becomes
 //! `finish_reason`; cache reads and writes count as prompt tokens.
+//!
+//! ```
+//! use keyrelay_layers::upstream::dialect::{anthropic, sse::DONE, SseEvent, StreamTranslator};
+//! use serde_json::{json, Value};
+//!
+//! let body = br#"{"model": "anthropic/claude-sonnet-4-5", "stream": true, "messages": [
+//!     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#;
+//! let out = anthropic::chat_request(body, "claude-sonnet-4-5", true).unwrap();
+//! let out: Value = serde_json::from_slice(&out).unwrap();
+//! assert_eq!(out["model"], "claude-sonnet-4-5");
+//! assert_eq!(out["system"], "Be brief.");
+//! assert_eq!(out["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]));
+//! assert_eq!(out["max_tokens"], anthropic::DEFAULT_MAX_TOKENS);
+//!
+//! // The answer's events, as the SSE framer hands them over, become OpenAI chunks.
+//! let mut stream = anthropic::ChatStream::new("claude-sonnet-4-5", false, 1_700_000_000);
+//! let mut sent = Vec::new();
+//! for data in [
+//!     json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+//!     json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello!"}}),
+//!     json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+//!     json!({"type": "message_stop"}),
+//! ] {
+//!     sent.extend(stream.event(&SseEvent { event: None, data: data.to_string() }).unwrap());
+//! }
+//! sent.extend(stream.finish());
+//! assert_eq!(&sent.pop().unwrap()[..], DONE);
+//! let chunks: Vec<Value> = sent
+//!     .iter()
+//!     .map(|event| serde_json::from_slice(event.strip_prefix(b"data: ").unwrap()).unwrap())
+//!     .collect();
+//! assert_eq!(chunks[0]["id"], "chatcmpl-msg_1");
+//! assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+//! assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hello!");
+//! assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+//! assert!(stream.is_complete());
+//! assert_eq!(stream.usage().map(|u| (u.prompt_tokens, u.completion_tokens)), Some((9, 3)));
+//! ```
 
 use std::borrow::Cow;
 

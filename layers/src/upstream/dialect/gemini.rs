@@ -1150,6 +1150,9 @@ struct ChoiceState {
 }
 
 impl ChatStream {
+    /// `model` is the name the answer carries; `include_usage` adds the
+    /// final usage chunk (`choices: []`) OpenAI sends for
+    /// `stream_options.include_usage`.
     pub fn new(model: &str, include_usage: bool, created: u64) -> Self {
         Self {
             model: model.to_owned(),

@@ -19,6 +19,42 @@
 //!   that [`crate::classify`] still reads them;
 //! - `model_ids(body) -> Result<Vec<String>, TranslateError>`: the
 //!   provider's model list.
+//!
+//! A stream is driven the way the upstream service drives it: the provider's
+//! bytes go through an [`SseFramer`], each whole event through the dialect's
+//! [`StreamTranslator`], and [`StreamTranslator::finish`] closes it.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keyrelay_layers::upstream::dialect::{anthropic, SseFramer, StreamTranslator, TranslateError};
+//!
+//! fn translate(chunks: &[&[u8]], translator: &mut dyn StreamTranslator) -> Result<Vec<Bytes>, TranslateError> {
+//!     let mut framer = SseFramer::new();
+//!     let mut out = Vec::new();
+//!     for chunk in chunks {
+//!         for event in framer.push(chunk) {
+//!             out.extend(translator.event(&event)?);
+//!         }
+//!     }
+//!     if let Some(event) = framer.finish() {
+//!         out.extend(translator.event(&event)?);
+//!     }
+//!     out.extend(translator.finish());
+//!     Ok(out)
+//! }
+//!
+//! // A provider error in the middle of a stream fails it, with the provider's message.
+//! let mut stream = anthropic::ChatStream::new("claude-sonnet-4-5", false, 0);
+//! let chunks: [&[u8]; 2] = [
+//!     b"event: error\ndata: {\"type\":\"error\",\"error\":",
+//!     b"{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+//! ];
+//! assert_eq!(translate(&chunks, &mut stream).unwrap_err(), TranslateError::new("Overloaded"));
+//!
+//! // A request the provider's API cannot express is refused before anything is sent.
+//! let two_answers = br#"{"model": "anthropic/claude-sonnet-4-5", "n": 2, "messages": []}"#;
+//! assert!(anthropic::chat_request(two_answers, "claude-sonnet-4-5", false).is_err());
+//! ```
 
 pub mod anthropic;
 pub mod gemini;
@@ -46,6 +82,7 @@ impl fmt::Display for TranslateError {
 impl std::error::Error for TranslateError {}
 
 impl TranslateError {
+    /// An error with this message (shown to the client, or logged).
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }

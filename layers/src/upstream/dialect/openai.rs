@@ -1,5 +1,30 @@
 //! OpenAI and every OpenAI-compatible provider: the body passes through with
 //! only `model` replaced by the provider's own model name.
+//!
+//! Parse records where the `model` token sits; only that token is replaced.
+//! A stream also asks for the usage chunk, which the proxy drops again before
+//! the client sees it (unless the client asked for it too).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keyrelay_layers::{
+//!     extensions::Endpoint, parse::route_target, pool::KeyPool, provider::Provider, upstream::dialect::openai,
+//! };
+//!
+//! let groq = Provider::openai_compatible("groq", "https://api.groq.com/openai/v1").unwrap();
+//! let pool = KeyPool::builder().provider(groq, Default::default(), vec![]).build().unwrap();
+//! let body = Bytes::from_static(br#"{"model": "groq/llama-3.1-8b-instant", "stream": true}"#);
+//! let target = route_target(&body, Endpoint::ChatCompletions, &pool).unwrap();
+//!
+//! let out = openai::rewrite_model(&body, target.model_span().unwrap(), target.model());
+//! assert_eq!(&out[..], br#"{"model": "llama-3.1-8b-instant", "stream": true}"#);
+//! let out = openai::ask_for_stream_usage(&out, target.has_stream_options());
+//! assert_eq!(
+//!     &out[..],
+//!     br#"{"model": "llama-3.1-8b-instant", "stream": true,"stream_options":{"include_usage":true}}"#
+//! );
+//! assert!(openai::is_usage_only_chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#));
+//! ```
 
 use std::ops::Range;
 

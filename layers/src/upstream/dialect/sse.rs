@@ -1,13 +1,28 @@
 //! An incremental server-sent-events framer: bytes in, whole events out.
 //! It keeps only the unfinished tail between pushes, so any split of the
 //! stream (even inside a UTF-8 character or a `\r\n`) gives the same events.
+//!
+//! ```
+//! use keyrelay_layers::upstream::dialect::sse::{encode_event, SseEvent, SseFramer};
+//!
+//! let mut framer = SseFramer::new();
+//! assert!(framer.push(b"event: ping\r\nda").is_empty(), "nothing is whole yet");
+//! let events = framer.push(b"ta: {}\r\n\r\n: a comment\n\ndata: [DO");
+//! assert_eq!(events, [SseEvent { event: Some("ping".into()), data: "{}".into() }]);
+//! assert!(framer.push(b"NE]\n").is_empty(), "no blank line yet");
+//! assert_eq!(framer.finish().unwrap().data, "[DONE]", "the stream's end completes the last event");
+//!
+//! assert_eq!(&encode_event(&events[0])[..], b"event: ping\ndata: {}\n\n");
+//! ```
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// One event: its `event:` name (if any) and its `data:` lines joined by `\n`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SseEvent {
+    /// The `event:` field, when the event has one.
     pub event: Option<String>,
+    /// The `data:` lines, joined by `\n`.
     pub data: String,
 }
 
@@ -21,6 +36,7 @@ pub struct SseFramer {
 }
 
 impl SseFramer {
+    /// A framer at the start of a stream.
     pub fn new() -> Self {
         Self::default()
     }

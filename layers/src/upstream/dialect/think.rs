@@ -15,6 +15,33 @@
 //! [`ThinkSplitter::new`] treats such a `</think>` as content, and
 //! [`ThinkSplitter::already_open`] is for providers whose template is known to
 //! open the block.
+//!
+//! ```
+//! use keyrelay_layers::upstream::dialect::{think::{split_completion, ThinkSplitter}, SseEvent, StreamTranslator};
+//! use serde_json::{json, Value};
+//!
+//! let answer = json!({"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+//!     "message": {"role": "assistant", "content": "<think>2 + 2 = 4</think>\n\nFour."}}]});
+//! let out: Value = serde_json::from_slice(&split_completion(answer.to_string().as_bytes()).unwrap()).unwrap();
+//! assert_eq!(out["choices"][0]["message"]["reasoning_content"], "2 + 2 = 4");
+//! assert_eq!(out["choices"][0]["message"]["content"], "Four.");
+//!
+//! // A stream may split the tags anywhere: only what is still undecided waits.
+//! let mut splitter = ThinkSplitter::new();
+//! let (mut reasoning, mut content) = (String::new(), String::new());
+//! for piece in ["<thi", "nk>2 + 2", " = 4</th", "ink>\n\nFour."] {
+//!     let chunk = json!({"object": "chat.completion.chunk",
+//!         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+//!     for event in splitter.event(&SseEvent { event: None, data: chunk.to_string() }).unwrap() {
+//!         let chunk: Value = serde_json::from_slice(event.strip_prefix(b"data: ").unwrap()).unwrap();
+//!         let delta = &chunk["choices"][0]["delta"];
+//!         reasoning += delta["reasoning_content"].as_str().unwrap_or_default();
+//!         content += delta["content"].as_str().unwrap_or_default();
+//!     }
+//! }
+//! assert!(splitter.finish().is_empty(), "nothing was left held back");
+//! assert_eq!((reasoning.as_str(), content.as_str()), ("2 + 2 = 4", "Four."));
+//! ```
 
 use std::collections::BTreeMap;
 
