@@ -128,9 +128,11 @@ impl<S: fmt::Debug> fmt::Debug for Auth<S> {
 }
 
 impl<S> Auth<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

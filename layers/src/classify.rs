@@ -53,8 +53,10 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Every class, in declaration order.
     pub const ALL: [Self; 5] = [Self::Client, Self::RateLimit, Self::Quota, Self::Credential, Self::Transient];
 
+    /// The class's name in logs, metrics and the state file (`rate_limit`...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
@@ -65,6 +67,7 @@ impl FailureClass {
         }
     }
 
+    /// The class [`as_str`](Self::as_str) names.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
@@ -79,12 +82,14 @@ impl fmt::Display for FailureClass {
 /// A classified upstream failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Failure {
+    /// What the failure means for the key.
     pub class: FailureClass,
     /// When the provider says to come back, capped at [`MAX_HINT`].
     pub retry_after: Option<Duration>,
 }
 
 impl Failure {
+    /// A failure of `class` with no retry hint.
     pub fn new(class: FailureClass) -> Self {
         Self { class, retry_after: None }
     }

@@ -66,6 +66,7 @@ pub struct KeyConcurrencyLayer {
 }
 
 impl KeyConcurrencyLayer {
+    /// The caps come from each provider's options in the pool.
     pub fn new() -> Self {
         Self::default()
     }
@@ -86,9 +87,11 @@ pub struct KeyConcurrency<S> {
 }
 
 impl<S> KeyConcurrency<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -46,6 +46,7 @@ pub struct ModelRules {
 }
 
 impl ModelRules {
+    /// Compiles the globs; blank patterns are skipped.
     pub fn new(ignore: &[String], whitelist: &[String]) -> Self {
         let compile = |patterns: &[String]| {
             patterns
@@ -69,6 +70,7 @@ impl ModelRules {
         }
     }
 
+    /// Whether there is no pattern at all (every model is allowed).
     pub fn is_empty(&self) -> bool {
         self.ignore.is_empty() && self.whitelist.is_empty()
     }
@@ -113,9 +115,11 @@ pub struct ModelFilter<S> {
 }
 
 impl<S> ModelFilter<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

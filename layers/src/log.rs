@@ -65,6 +65,7 @@ const REDACTED_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-ke
 /// Where finished requests go, one [`RequestLogEntry`] each. Called on the
 /// request path: it must not block (queue, or drop).
 pub trait RequestLogSink: Send + Sync + 'static {
+    /// Takes one finished request; must return at once.
     fn record(&self, entry: RequestLogEntry);
 }
 
@@ -72,30 +73,42 @@ pub trait RequestLogSink: Send + Sync + 'static {
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct RequestLogEntry {
+    /// The request id (also in the response's `x-request-id`).
     pub id: String,
     /// Arrival, in milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
+    /// The request's method.
     pub method: String,
+    /// The request's path (without the query string).
     pub path: String,
     /// As received, credential values replaced by `[redacted]`.
     pub request_headers: Vec<(String, String)>,
     /// The body as the proxy read it, at most [`CAPTURE_LIMIT`] bytes.
     pub request_body: Bytes,
+    /// Whether the request body was longer than what is kept.
     pub request_body_truncated: bool,
     /// `None` when the client left before the response headers.
     pub status: Option<u16>,
+    /// As sent to the client.
     pub response_headers: Vec<(String, String)>,
     /// The body as sent to the client, at most [`CAPTURE_LIMIT`] bytes.
     pub response_body: Bytes,
+    /// Whether the response body was longer than what is kept.
     pub response_body_truncated: bool,
     /// The response was a server-sent event stream.
     pub event_stream: bool,
     /// `completed`, `errored` or `cancelled`.
     pub outcome: &'static str,
+    /// From arrival to the response headers; `None` when there were none.
     pub headers_after_ms: Option<u64>,
+    /// From arrival to the end of the response body (or the client leaving).
     pub duration_ms: u64,
+    /// The provider, once Parse knew it.
     pub provider: Option<String>,
+    /// The model's metrics label: the model when configured or listed by
+    /// the provider, else `other`.
     pub model: Option<String>,
+    /// Each upstream attempt, in order.
     pub attempts: Vec<AttemptRecord>,
     /// `(prompt, completion)` tokens when the answer reported them.
     pub tokens: Option<(u64, u64)>,
@@ -117,6 +130,7 @@ impl fmt::Debug for RequestLogLayer {
 }
 
 impl RequestLogLayer {
+    /// Logs without a sink: spans and events only.
     pub fn new() -> Self {
         Self::default()
     }
@@ -150,9 +164,11 @@ impl<S: fmt::Debug> fmt::Debug for RequestLog<S> {
 }
 
 impl<S> RequestLog<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -96,9 +96,11 @@ impl<S: fmt::Debug> fmt::Debug for Parse<S> {
 }
 
 impl<S> Parse<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -20,9 +20,11 @@ use crate::{extensions::Endpoint, filter::ModelRules};
 pub struct ProviderId(Arc<str>);
 
 impl ProviderId {
+    /// The id as configured, e.g. `openai`.
     pub fn new(id: &str) -> Self {
         Self(id.into())
     }
+    /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -64,6 +66,7 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// `openai`, `anthropic` or `gemini`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
@@ -97,6 +100,18 @@ impl fmt::Display for InvalidApiBase {
 impl std::error::Error for InvalidApiBase {}
 
 impl ApiBase {
+    /// Parses an absolute `http(s)://` URL without a query string; any
+    /// `user:password@` is dropped (see [`had_userinfo`](Self::had_userinfo)).
+    ///
+    /// ```
+    /// use keyrelay_layers::provider::ApiBase;
+    ///
+    /// let base = ApiBase::parse("https://user:pass@api.groq.com/openai/v1/").unwrap();
+    /// assert!(base.had_userinfo());
+    /// assert_eq!(base.to_string(), "https://api.groq.com/openai/v1");
+    /// assert_eq!(base.join("models"), "https://api.groq.com/openai/v1/models");
+    /// assert!(ApiBase::parse("api.groq.com/openai/v1").is_err(), "no scheme");
+    /// ```
     pub fn parse(s: &str) -> Result<Self, InvalidApiBase> {
         let invalid = |reason: &str| InvalidApiBase { reason: reason.to_owned() };
         let uri: Uri = s.trim().parse().map_err(|_| invalid("not a URL, expected e.g. https://api.openai.com/v1"))?;
@@ -207,6 +222,7 @@ impl Provider {
         &self.extra_headers
     }
 
+    /// Overrides the dialect's way of sending the key.
     pub fn with_auth(mut self, auth: AuthStyle) -> Self {
         self.auth = auth;
         self
@@ -224,6 +240,7 @@ impl Provider {
         self
     }
 
+    /// The allow and deny globs of this provider's models.
     pub fn model_rules(&self) -> &ModelRules {
         &self.model_rules
     }
@@ -236,6 +253,7 @@ impl Provider {
         self
     }
 
+    /// Whether `<think>` blocks are moved to `reasoning_content`.
     pub fn splits_think_tags(&self) -> bool {
         self.split_think_tags
     }
@@ -248,22 +266,28 @@ impl Provider {
         self
     }
 
+    /// Whether streams ask the upstream for a usage chunk.
     pub fn asks_stream_usage(&self) -> bool {
         self.ask_stream_usage
     }
 
+    /// The provider's id, the `provider/` of model names.
     pub fn id(&self) -> &ProviderId {
         &self.id
     }
+    /// The base URL requests are sent below.
     pub fn api_base(&self) -> &ApiBase {
         &self.api_base
     }
+    /// How the key is sent.
     pub fn auth(&self) -> &AuthStyle {
         &self.auth
     }
+    /// The wire format the provider speaks.
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
+    /// The configured models (see [`with_models`](Self::with_models)).
     pub fn models(&self) -> &[String] {
         &self.models
     }

@@ -44,6 +44,7 @@ pub struct ErrorResponseLayer {
 }
 
 impl ErrorResponseLayer {
+    /// The layer; it has no settings.
     pub fn new() -> Self {
         Self::default()
     }
@@ -73,9 +74,11 @@ impl<S: Clone> Clone for ErrorResponse<S> {
 }
 
 impl<S> ErrorResponse<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -74,6 +74,7 @@ pub struct KeySelectLayer {
 }
 
 impl KeySelectLayer {
+    /// Chooses keys from `pool`.
     pub fn new(pool: Arc<KeyPool>) -> Self {
         Self { pool }
     }
@@ -101,9 +102,11 @@ impl<S: fmt::Debug> fmt::Debug for KeySelect<S> {
 }
 
 impl<S> KeySelect<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -46,6 +46,7 @@ pub struct DeadlineLayer {
 }
 
 impl DeadlineLayer {
+    /// Each request has `timeout` from the moment it enters the layer.
     pub fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
@@ -67,9 +68,11 @@ pub struct DeadlineService<S> {
 }
 
 impl<S> DeadlineService<S> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -151,9 +154,11 @@ pin_project! {
 }
 
 impl<B> DeadlineBody<B> {
+    /// The inner body.
     pub fn get_ref(&self) -> &B {
         &self.inner
     }
+    /// Unwraps the inner body.
     pub fn into_inner(self) -> B {
         self.inner
     }

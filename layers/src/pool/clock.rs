@@ -19,17 +19,36 @@ pub struct PoolClock {
 }
 
 impl PoolClock {
+    /// Tokio's "now" stands for `anchor`; days turn over
+    /// `daily_reset_offset_secs` after 00:00 UTC.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use keyrelay_layers::pool::PoolClock;
+    ///
+    /// let noon = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 12 * 3600);
+    /// let clock = PoolClock::new(noon, 0);
+    /// let now = tokio::time::Instant::now();
+    /// assert_eq!(clock.day(now), 20_000);
+    /// assert_eq!(clock.day(clock.instant_at(clock.now_unix_ms() + 13 * 3_600_000)), 20_001);
+    /// assert!(clock.next_reset(now) - now <= Duration::from_secs(12 * 3600));
+    ///
+    /// // With the day turning over at 13:00 UTC, noon still belongs to the day before.
+    /// assert_eq!(PoolClock::new(noon, 13 * 3600).day(now), 19_999);
+    /// ```
     pub fn new(anchor: SystemTime, daily_reset_offset_secs: u64) -> Self {
         let anchor_unix_ms = anchor.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         Self { anchor_instant: Instant::now(), anchor_unix_ms, daily_reset_offset_secs: daily_reset_offset_secs % DAY }
     }
 
+    /// The wall time of `at`, in milliseconds since the Unix epoch.
     pub fn unix_ms(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.anchor_instant).as_millis() as u64;
         let before = self.anchor_instant.saturating_duration_since(at).as_millis() as u64;
         (self.anchor_unix_ms + since).saturating_sub(before)
     }
 
+    /// The wall time now, in milliseconds since the Unix epoch.
     pub fn now_unix_ms(&self) -> u64 {
         self.unix_ms(Instant::now())
     }

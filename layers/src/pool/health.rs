@@ -24,6 +24,7 @@ const MIN_COOLDOWN: Duration = Duration::from_secs(1);
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum KeyState {
+    /// Usable: no cooldown, mark or switch.
     Ok,
     /// Some model of it is rate limited (or briefly cooling after failures).
     Cooling,
@@ -40,14 +41,23 @@ pub enum KeyState {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Counters {
+    /// Attempts sent.
     pub requests: u64,
+    /// Attempts answered with success.
     pub successes: u64,
+    /// Failures of [`FailureClass::Client`].
     pub failures_client: u64,
+    /// Failures of [`FailureClass::RateLimit`].
     pub failures_rate_limit: u64,
+    /// Failures of [`FailureClass::Quota`].
     pub failures_quota: u64,
+    /// Failures of [`FailureClass::Credential`].
     pub failures_credential: u64,
+    /// Failures of [`FailureClass::Transient`].
     pub failures_transient: u64,
+    /// Prompt tokens the answers reported.
     pub tokens_in: u64,
+    /// Completion tokens the answers reported.
     pub tokens_out: u64,
 }
 

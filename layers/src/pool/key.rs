@@ -20,6 +20,7 @@ use crate::provider::{AuthStyle, Provider, ProviderId};
 pub struct Secret(Arc<str>);
 
 impl Secret {
+    /// Wraps a secret; nothing checks it here.
     pub fn new(secret: impl Into<Arc<str>>) -> Self {
         Self(secret.into())
     }
@@ -43,6 +44,16 @@ impl fmt::Debug for Secret {
 pub struct KeyId(Arc<str>);
 
 impl KeyId {
+    /// The id of `secret` as a key of `provider`.
+    ///
+    /// ```
+    /// use keyrelay_layers::{pool::{KeyId, Secret}, provider::ProviderId};
+    ///
+    /// let id = KeyId::new(&ProviderId::new("openai"), &Secret::new("sk-test"));
+    /// assert!(id.as_str().starts_with("openai:") && id.as_str().len() == "openai:".len() + 8);
+    /// assert!(!id.as_str().contains("sk-test"));
+    /// assert_eq!(format!("{:?}", Secret::new("sk-test")), "Secret(<redacted>)");
+    /// ```
     pub fn new(provider: &ProviderId, secret: &Secret) -> Self {
         let digest = Sha256::digest(secret.expose().as_bytes());
         let mut id = String::with_capacity(provider.as_str().len() + 9);
@@ -54,6 +65,7 @@ impl KeyId {
         Self(id.into())
     }
 
+    /// The id, e.g. `openai:3f9a1c2e`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -125,9 +137,11 @@ impl KeyEntry {
         })
     }
 
+    /// The key's public id.
     pub fn id(&self) -> &KeyId {
         &self.id
     }
+    /// The key itself.
     pub fn secret(&self) -> &Secret {
         &self.secret
     }
@@ -135,6 +149,7 @@ impl KeyEntry {
     pub fn auth_header(&self) -> (&HeaderName, &HeaderValue) {
         (&self.auth_name, &self.auth_value)
     }
+    /// Requests holding this key now (streams until they end).
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
     }

@@ -65,15 +65,18 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProviderOptions {
+    /// How the next key is chosen.
     pub selection: Selection,
     /// Hard cap of requests in flight per (key, model); 0 = no cap.
     pub max_concurrent_per_key: usize,
 }
 
 impl ProviderOptions {
+    /// Options with this strategy and no concurrency cap.
     pub fn new(selection: Selection) -> Self {
         Self { selection, max_concurrent_per_key: 0 }
     }
+    /// Caps requests in flight per (key, model); 0 = no cap.
     pub fn max_concurrent_per_key(mut self, cap: usize) -> Self {
         self.max_concurrent_per_key = cap;
         self
@@ -88,7 +91,9 @@ impl ProviderOptions {
 pub struct ProviderPause {
     /// Distinct keys; 0 turns the pause off.
     pub distinct_keys: usize,
+    /// Within this long of each other.
     pub window: Duration,
+    /// How long the provider is paused.
     pub pause: Duration,
 }
 
@@ -99,6 +104,7 @@ impl Default for ProviderPause {
 }
 
 impl ProviderPause {
+    /// `distinct_keys` rate limited within `window` pause the provider for `pause`.
     pub fn new(distinct_keys: usize, window: Duration, pause: Duration) -> Self {
         Self { distinct_keys, window, pause }
     }
@@ -120,6 +126,7 @@ impl KeyPoolBuilder {
         self.provider_with(provider, ProviderOptions::new(selection), keys)
     }
 
+    /// [`provider`](Self::provider) with every option, not just the strategy.
     pub fn provider_with(mut self, provider: Provider, options: ProviderOptions, keys: Vec<Secret>) -> Self {
         self.providers.push((provider, options, keys));
         self
@@ -139,11 +146,14 @@ impl KeyPoolBuilder {
         self
     }
 
+    /// When rate limits on several keys pause the whole provider
+    /// (default: [`ProviderPause::default`]).
     pub fn provider_pause(mut self, pause: ProviderPause) -> Self {
         self.pause = pause;
         self
     }
 
+    /// The pool; fails when a key cannot be sent as a header value.
     pub fn build(self) -> Result<Arc<KeyPool>, InvalidKey> {
         let clock = PoolClock::new(self.wall_anchor.unwrap_or_else(SystemTime::now), self.daily_reset_offset.as_secs());
         let mut providers = Vec::with_capacity(self.providers.len());
@@ -182,10 +192,12 @@ pub struct KeyPool {
 }
 
 impl KeyPool {
+    /// Starts an empty pool.
     pub fn builder() -> KeyPoolBuilder {
         KeyPoolBuilder::default()
     }
 
+    /// The provider with this id.
     pub fn provider(&self, id: &str) -> Option<&Arc<ProviderPool>> {
         self.by_id.get(id).map(|&index| &self.providers[index])
     }
@@ -195,6 +207,7 @@ impl KeyPool {
         self.providers.iter()
     }
 
+    /// The pool's clock (wall time, days).
     pub fn clock(&self) -> &PoolClock {
         &self.clock
     }
@@ -230,6 +243,7 @@ impl KeyPool {
         self.providers.iter().flat_map(|pool| (0..pool.keys.len()).map(|i| pool.status(i))).collect()
     }
 
+    /// One key's [`KeyStatus`], by id.
     pub fn key_status(&self, id: &str) -> Option<KeyStatus> {
         self.key(id).map(|(pool, index)| pool.status(index))
     }
@@ -260,6 +274,7 @@ pub struct ProviderPool {
 pub enum Choice {
     /// A key, counted in flight until the guard drops.
     Leased(KeyLease, InFlight),
+    /// No key now; why, and when one might be.
     Unavailable(Unavailable),
 }
 
@@ -280,18 +295,23 @@ pub struct Unavailable {
 }
 
 impl ProviderPool {
+    /// The provider's spec.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
     }
+    /// The provider's options.
     pub fn options(&self) -> ProviderOptions {
         self.options
     }
+    /// The provider's strategy.
     pub fn selection(&self) -> Selection {
         self.options.selection
     }
+    /// The keys, in the order they were configured (duplicates dropped).
     pub fn keys(&self) -> &[Arc<KeyEntry>] {
         &self.keys
     }
+    /// The pool's clock.
     pub fn clock(&self) -> &PoolClock {
         &self.clock
     }
@@ -565,18 +585,23 @@ pub struct KeyLease {
 }
 
 impl KeyLease {
+    /// The leased key.
     pub fn key(&self) -> &Arc<KeyEntry> {
         &self.pool.keys[self.index]
     }
+    /// The leased key's id.
     pub fn key_id(&self) -> &KeyId {
         self.key().id()
     }
+    /// The key's provider.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.pool.provider
     }
+    /// The key's provider's id.
     pub fn provider_id(&self) -> &ProviderId {
         self.pool.provider.id()
     }
+    /// The provider's pool the key belongs to.
     pub fn pool(&self) -> &Arc<ProviderPool> {
         &self.pool
     }
@@ -584,6 +609,7 @@ impl KeyLease {
     pub fn auth_header(&self) -> (&HeaderName, &HeaderValue) {
         self.key().auth_header()
     }
+    /// The key's secret.
     pub fn secret(&self) -> &Secret {
         self.key().secret()
     }
@@ -619,12 +645,12 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// A stream broke after its headers: a transient failure of this key.
     /// Counts the tokens a successful answer reported.
     pub fn count_usage(&self, usage: crate::usage::Usage) {
         self.pool.count_usage(self.index, &self.model, usage);
     }
 
+    /// A stream broke after its headers: a transient failure of this key.
     pub fn stream_broke(&self) {
         let labels = [
             ("provider", self.pool.provider.id().as_str().to_owned()),
@@ -661,6 +687,7 @@ pub struct SlotPermit {
 }
 
 impl SlotPermit {
+    /// Holds `permit`; dropping it wakes requests waiting on `pool`.
     pub fn new(permit: OwnedSemaphorePermit, pool: Arc<ProviderPool>) -> Self {
         Self { permit: Some(permit), pool }
     }
@@ -685,9 +712,13 @@ impl fmt::Debug for SlotPermit {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CooldownStatus {
+    /// The model that is cooling on this key.
     pub model: String,
+    /// The failure class that started it (`rate_limit`, `quota`, `transient`).
     pub reason: &'static str,
+    /// When it ends, in milliseconds since the Unix epoch.
     pub until_unix_ms: u64,
+    /// Whole seconds left.
     pub remaining_secs: u64,
 }
 
@@ -696,7 +727,9 @@ pub struct CooldownStatus {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ModelStatus {
+    /// The model's name.
     pub model: String,
+    /// The (key, model) counters of the current day.
     pub today: Counters,
 }
 
@@ -705,14 +738,24 @@ pub struct ModelStatus {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct KeyStatus {
+    /// The key's id (`provider:1a2b3c4d`).
     pub id: String,
+    /// The key's provider.
     pub provider: String,
+    /// The state status pages show.
     pub state: KeyState,
+    /// Requests in flight now.
     pub in_flight: u32,
+    /// Requests sent with the key since start (or since the state file).
     pub requests: u64,
+    /// Last use, in milliseconds since the Unix epoch; `None` if never used.
     pub last_used_unix_ms: Option<u64>,
+    /// When an invalid key may be probed again.
     pub invalid_until_unix_ms: Option<u64>,
+    /// Cooldowns in force, by model.
     pub cooldowns: Vec<CooldownStatus>,
+    /// The key's counters today, over all models.
     pub today: Counters,
+    /// The key's counters today, per model.
     pub models: Vec<ModelStatus>,
 }

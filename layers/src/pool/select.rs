@@ -19,6 +19,7 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// The name in configuration: `least_used` or `round_robin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LeastUsed => "least_used",

@@ -19,8 +19,11 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct PoolSnapshot {
+    /// The format version; [`SNAPSHOT_VERSION`] for what this code writes.
     pub version: u32,
+    /// When it was taken, in milliseconds since the Unix epoch.
     pub saved_at_unix_ms: u64,
+    /// Each key's state, by key id.
     pub keys: BTreeMap<String, KeySnapshot>,
 }
 
@@ -30,35 +33,71 @@ impl Default for PoolSnapshot {
     }
 }
 
+/// One key's saved state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct KeySnapshot {
+    /// Switched off by an operator.
     pub disabled: bool,
+    /// When an invalid key may be probed again (milliseconds since the Unix epoch).
     pub invalid_until_unix_ms: Option<u64>,
+    /// How many times in a row the key was refused (its invalid cooldown escalates).
     pub invalid_strikes: u32,
+    /// Requests sent with the key, ever.
     pub requests: u64,
+    /// Last use, in milliseconds since the Unix epoch (0 if never).
     pub last_used_unix_ms: u64,
+    /// The pool day [`requests_today`](Self::requests_today) counts.
     pub requests_day: u64,
+    /// Requests on `requests_day`, for least-used ranking.
     pub requests_today: u64,
+    /// Per-model state, by model name.
     pub models: BTreeMap<String, ModelSnapshot>,
 }
 
+/// One (key, model)'s saved state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct ModelSnapshot {
+    /// When the cooldown in force ends (milliseconds since the Unix epoch).
     pub cooldown_until_unix_ms: Option<u64>,
+    /// The cooldown's failure class ([`FailureClass::as_str`]).
     pub cooldown_reason: Option<String>,
+    /// The pool day the cooldown started (it ends at that day's reset).
     pub cooldown_day: u64,
+    /// Rate limits in a row (the cooldown ladder's step).
     pub rate_streak: u32,
+    /// The pool day `counters` count.
     pub day: u64,
+    /// The day's counters.
     pub counters: Counters,
 }
 
 impl KeyPool {
+    /// Every key's state now, for [`restore`](Self::restore) after a restart.
+    ///
+    /// ```
+    /// use keyrelay_layers::pool::{KeyPool, Secret, SNAPSHOT_VERSION};
+    /// use keyrelay_layers::provider::Provider;
+    ///
+    /// let build = || {
+    ///     let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+    ///     KeyPool::builder().provider(openai, Default::default(), vec![Secret::new("sk-a")]).build().unwrap()
+    /// };
+    /// let before = build();
+    /// let id = before.provider("openai").unwrap().keys()[0].id().as_str().to_owned();
+    /// before.set_disabled(&id, true);
+    /// let snapshot = before.snapshot();
+    /// assert_eq!(snapshot.version, SNAPSHOT_VERSION);
+    ///
+    /// let after = build();
+    /// assert_eq!(after.restore(&snapshot), 1);
+    /// assert!(after.key_status(&id).unwrap().state == keyrelay_layers::pool::KeyState::Disabled);
+    /// ```
     pub fn snapshot(&self) -> PoolSnapshot {
         let now = Instant::now();
         let clock = self.clock;
