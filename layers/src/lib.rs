@@ -107,6 +107,8 @@
 //!
 //! [keyrelay]: https://example.invalid/keyrelay
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod body;
 pub mod classify;
