@@ -37,7 +37,7 @@ pub const PEEK_LIMIT: usize = 8 * 1024;
 /// No hint keeps a key away longer than this.
 pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The scope of a failure (DESIGN's table).
+/// The scope of a failure (see the table in the [module docs](self)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailureClass {
     /// The request's own fault: returned as is, nobody penalised.

@@ -34,8 +34,8 @@ use http::StatusCode;
 
 use crate::BoxError;
 
-/// What the client is told about a failure: DESIGN's status table, in
-/// OpenAI's error shape.
+/// What the client is told about a failure: the HTTP status each error
+/// struct's docs name, in OpenAI's error shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
     /// The response status.

@@ -2,7 +2,7 @@
 //!
 //! Every error from the layers inside is looked up in
 //! [`ErrorReply::from_error`] and answered in OpenAI's shape,
-//! `{"error": {"message", "type", "param", "code"}}`, with DESIGN's status,
+//! `{"error": {"message", "type", "param", "code"}}`, with the status it gives,
 //! plus `Retry-After` or `Allow` where they apply. From here outward the
 //! error type is [`Infallible`]. The response carries an [`ErrorCode`]
 //! extension for logs and metrics.

@@ -106,7 +106,8 @@ pub struct RetryRotateLayer {
 }
 
 impl RetryRotateLayer {
-    /// Retries as `policy` says (its [`Default`] is DESIGN's).
+    /// Retries as `policy` says; [`RetryPolicy::default`] is one same-key
+    /// retry, after 100 ms.
     pub fn new(policy: RetryPolicy) -> Self {
         Self { policy }
     }
