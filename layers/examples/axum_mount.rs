@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::{Request, State},
-    http::{StatusCode, header::CONTENT_TYPE},
+    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -36,7 +36,7 @@ use keyrelay_layers::{
     parse::ParseLayer,
     pool::{KeyPool, Secret, Selection},
     provider::Provider,
-    respond::ErrorResponseLayer,
+    respond::{ErrorResponseLayer, reply_response},
     retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
     timeout::DeadlineLayer,
@@ -98,15 +98,13 @@ async fn team_auth(State(expected): State<Arc<str>>, mut req: Request, next: Nex
     // Real code compares in constant time, as keyrelay's AuthLayer does.
     let presented = req.headers_mut().remove(TEAM_TOKEN_HEADER);
     if presented.as_ref().and_then(|value| value.to_str().ok()) != Some(&*expected) {
-        let reply = ErrorReply {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "invalid_request_error",
-            code: "invalid_team_token",
-            message: format!("send your team token in `{TEAM_TOKEN_HEADER}`"),
-            retry_after: None,
-            allow: None,
-        };
-        return (reply.status, [(CONTENT_TYPE, "application/json")], reply.to_json()).into_response();
+        let reply = ErrorReply::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_team_token",
+            format!("send your team token in `{TEAM_TOKEN_HEADER}`"),
+        );
+        return reply_response(reply).into_response();
     }
     next.run(req).await
 }

@@ -37,6 +37,7 @@ use crate::BoxError;
 /// What the client is told about a failure: the HTTP status each error
 /// struct's docs name, in OpenAI's error shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErrorReply {
     /// The response status.
     pub status: StatusCode,
@@ -53,8 +54,22 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self { status, kind, code, message, retry_after: None, allow: None }
+    /// A reply for a failure of your own, answered in the same shape as
+    /// keyrelay's (see [`respond::reply_response`](crate::respond::reply_response)).
+    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, code, message: message.into(), retry_after: None, allow: None }
+    }
+
+    /// Adds a `Retry-After` of `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Adds an `Allow` header listing `methods` (for a 405).
+    pub fn with_allow(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     /// Walks the error's source chain for a failure this crate knows; anything

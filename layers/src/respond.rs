@@ -163,7 +163,25 @@ pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Ei
     } else {
         tracing::debug!(code = reply.code, status = reply.status.as_u16(), "{}", reply.message);
     }
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(reply.to_json()))));
+    reply_response(reply).map(Either::Right)
+}
+
+/// The response for an [`ErrorReply`]: status, OpenAI-shaped JSON body,
+/// `Retry-After` and `Allow` where they apply, and the [`ErrorCode`]
+/// extension. For failures of your own that should read like keyrelay's.
+///
+/// ```
+/// use http::StatusCode;
+/// use keyrelay_layers::{error::ErrorReply, respond::reply_response};
+///
+/// let reply = ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "team_budget", "budget spent")
+///     .with_retry_after(30);
+/// let res = reply_response(reply);
+/// assert_eq!(res.status(), 429);
+/// assert_eq!(res.headers()["retry-after"], "30");
+/// ```
+pub fn reply_response(reply: ErrorReply) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(reply.to_json())));
     *res.status_mut() = reply.status;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

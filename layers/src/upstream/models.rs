@@ -181,7 +181,7 @@ impl ModelCatalog {
 
 /// Reads OpenAI's `{"data": [{"id": ...}]}`, or the bare array some
 /// compatible providers answer with.
-pub fn parse_model_list(body: &[u8]) -> Result<Vec<String>, BoxError> {
+pub(crate) fn parse_model_list(body: &[u8]) -> Result<Vec<String>, BoxError> {
     #[derive(Deserialize)]
     struct Entry {
         id: String,
