@@ -51,7 +51,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
-use crate::extensions::{AttemptRecord, ErrorCode, MetricLabels, RequestId};
+use crate::{
+    extensions::{AttemptRecord, ErrorCode, MetricLabels, RequestId},
+    metrics::HandleCache,
+    provider::ProviderId,
+};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -121,6 +125,7 @@ pub struct RequestLogEntry {
 #[derive(Clone, Default)]
 pub struct RequestLogLayer {
     sink: Option<Arc<dyn RequestLogSink>>,
+    handles: Arc<RequestHandles>,
 }
 
 impl fmt::Debug for RequestLogLayer {
@@ -146,7 +151,7 @@ impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner, sink: self.sink.clone() }
+        RequestLog { inner, sink: self.sink.clone(), handles: self.handles.clone() }
     }
 }
 
@@ -155,6 +160,39 @@ impl<S> Layer<S> for RequestLogLayer {
 pub struct RequestLog<S> {
     inner: S,
     sink: Option<Arc<dyn RequestLogSink>>,
+    handles: Arc<RequestHandles>,
+}
+
+/// The request metrics' handles by (provider, model label, status class,
+/// error code); unknown provider and model are `None`.
+type RequestHandles = HandleCache<RequestLabels, RequestMetrics>;
+type RequestLabels = (Option<(ProviderId, Arc<str>)>, &'static str, Option<&'static str>);
+
+#[derive(Clone)]
+struct RequestMetrics {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    first_byte: metrics::Histogram,
+}
+
+impl RequestMetrics {
+    fn resolve((labels, status_class, code): &RequestLabels) -> Self {
+        let (provider, model) = match labels {
+            Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
+            None => ("none".to_owned(), "none".to_owned()),
+        };
+        let labels = [
+            ("provider", provider.clone()),
+            ("model", model),
+            ("status_class", (*status_class).to_owned()),
+            ("error_kind", code.unwrap_or("none").to_owned()),
+        ];
+        let requests = metrics::counter!(crate::metrics::REQUESTS, &labels);
+        let labels = [("provider", provider.clone()), ("status_class", (*status_class).to_owned())];
+        let duration = metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels);
+        let first_byte = metrics::histogram!(crate::metrics::TIME_TO_FIRST_BYTE, "provider" => provider);
+        Self { requests, duration, first_byte }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for RequestLog<S> {
@@ -226,7 +264,7 @@ where
         let capture = record.as_ref().map(|r| r.request_body.clone());
         let req = req.map(|inner| TeeBody { inner, capture });
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, log: Some(Log { span, id, start: Instant::now(), labels, record }) }
+        ResponseFuture { inner, log: Some(Log { handles: self.handles.clone(), span, id, start: Instant::now(), labels, record }) }
     }
 }
 
@@ -238,7 +276,15 @@ fn request_id(headers: &HeaderMap) -> RequestId {
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(id) => RequestId::new(id),
-        None => RequestId::new(&format!("{:032x}", fastrand::u128(..))),
+        None => {
+            // 32 hex digits written in place: no String per request.
+            let random = fastrand::u128(..);
+            let mut hex = [0u8; 32];
+            for (i, digit) in hex.iter_mut().enumerate() {
+                *digit = b"0123456789abcdef"[((random >> (124 - 4 * i)) & 0xf) as usize];
+            }
+            RequestId::new(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+        }
     }
 }
 
@@ -337,6 +383,7 @@ impl Record {
 }
 
 struct Log {
+    handles: Arc<RequestHandles>,
     span: Span,
     id: RequestId,
     start: Instant,
@@ -402,8 +449,10 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // The client left before the response headers: still one event.
-            if let Some(Log { span, start, labels, record, .. }) = this.project().log.take() {
-                Finish { span, start, headers_after_ms: None, status: None, code: None, labels, record }.report("cancelled");
+            if let Some(Log { handles, span, start, labels, record, .. }) = this.project().log.take() {
+                let finish =
+                    Finish { handles, span, start, headers_after_ms: None, status: None, code: None, labels, record };
+                finish.report("cancelled");
             }
         }
     }
@@ -430,14 +479,14 @@ where
             let _entered = log.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let Log { span, id, start, labels, mut record } = this.log.take().expect("checked above");
+        let Log { handles, span, id, start, labels, mut record } = this.log.take().expect("checked above");
         let mut res = match result {
             Ok(res) => res,
             Err(err) => {
                 tracing::warn!(parent: &span, error = %err, duration_ms = start.elapsed().as_millis() as u64, "request failed");
                 if let Some(record) = record {
                     let finish =
-                        Finish { span, start, headers_after_ms: None, status: None, code: None, labels, record: None };
+                        Finish { handles, span, start, headers_after_ms: None, status: None, code: None, labels, record: None };
                     record.send(&finish, "errored");
                 }
                 return Poll::Ready(Err(err));
@@ -460,6 +509,7 @@ where
             record.response_body.clone()
         });
         let mut finish = Some(Finish {
+            handles,
             span,
             start,
             headers_after_ms: Some(headers_after_ms),
@@ -477,6 +527,7 @@ where
 }
 
 struct Finish {
+    handles: Arc<RequestHandles>,
     span: Span,
     start: Instant,
     /// `None` when the client left before the response headers.
@@ -492,23 +543,14 @@ impl Finish {
         if let Some(record) = self.record.take() {
             record.send(&self, outcome);
         }
-        let (provider, model) = match self.labels.get() {
-            Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
-            None => ("none".to_owned(), "none".to_owned()),
-        };
         let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
         let elapsed = self.start.elapsed().as_secs_f64();
-        let labels = [
-            ("provider", provider.clone()),
-            ("model", model),
-            ("status_class", status_class.to_owned()),
-            ("error_kind", self.code.unwrap_or("none").to_owned()),
-        ];
-        metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
-        let labels = [("provider", provider.clone()), ("status_class", status_class.to_owned())];
-        metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed);
+        let key = (self.labels.get().cloned(), status_class, self.code);
+        let handles = self.handles.get(key, RequestMetrics::resolve);
+        handles.requests.increment(1);
+        handles.duration.record(elapsed);
         if let Some(ms) = self.headers_after_ms {
-            metrics::histogram!(crate::metrics::TIME_TO_FIRST_BYTE, "provider" => provider).record(ms as f64 / 1000.0);
+            handles.first_byte.record(ms as f64 / 1000.0);
         }
         tracing::info!(
             parent: &self.span,

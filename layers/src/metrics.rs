@@ -103,3 +103,40 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// Metric handles, resolved once per label set.
+///
+/// Resolving a handle builds a `metrics::Key`: every label value becomes an
+/// owned string and the whole key is hashed into the recorder's registry.
+/// Per request that cost more than the rest of the metrics together, so each
+/// owner of a bounded label set (a provider's keys and models, the request
+/// log's statuses) keeps the handles it resolved. A handle stays bound to the
+/// recorder that was current when it was first resolved.
+pub(crate) struct HandleCache<K, H> {
+    handles: std::sync::Mutex<std::collections::HashMap<K, H>>,
+}
+
+impl<K, H> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        Self { handles: Default::default() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, H: Clone> HandleCache<K, H> {
+    /// The handle for `key`, resolved by `resolve` the first time.
+    pub(crate) fn get(&self, key: K, resolve: impl FnOnce(&K) -> H) -> H {
+        let mut handles = self.handles.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(handle) = handles.get(&key) {
+            return handle.clone();
+        }
+        let handle = resolve(&key);
+        handles.insert(key, handle.clone());
+        handle
+    }
+}
+
+impl<K, H> std::fmt::Debug for HandleCache<K, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleCache").finish_non_exhaustive()
+    }
+}

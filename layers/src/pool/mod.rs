@@ -56,6 +56,7 @@ pub use self::{
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, SNAPSHOT_VERSION},
 };
 use self::{health::Availability, select::Candidate};
+use crate::metrics::HandleCache;
 use crate::{
     classify::{Failure, FailureClass},
     provider::{Provider, ProviderId},
@@ -177,6 +178,8 @@ impl KeyPoolBuilder {
                 pause_state: Mutex::default(),
                 slot_freed: Notify::new(),
                 known_models: Default::default(),
+                attempt_counters: HandleCache::default(),
+                token_counters: HandleCache::default(),
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock }))
@@ -267,6 +270,10 @@ pub struct ProviderPool {
     slot_freed: Notify,
     /// Models the provider listed: safe as metric labels.
     known_models: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
+    /// `keyrelay_upstream_attempts_total` by (key index, outcome).
+    attempt_counters: HandleCache<(usize, &'static str), metrics::Counter>,
+    /// `keyrelay_tokens_total` (prompt, completion) by model label.
+    token_counters: HandleCache<Arc<str>, [metrics::Counter; 2]>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -325,9 +332,11 @@ impl ProviderPool {
     /// `model` when the operator named it or the provider listed it, else
     /// `other`: model names come from clients, and labels must stay few.
     pub fn model_label(&self, model: &str) -> Arc<str> {
-        let named = self.provider.models().iter().any(|m| m == model)
-            || self.known_models.read().unwrap_or_else(|p| p.into_inner()).contains(model);
-        if named { Arc::from(model) } else { Arc::from("other") }
+        static OTHER: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("other"));
+        if let Some(listed) = self.known_models.read().unwrap_or_else(|p| p.into_inner()).get(model) {
+            return listed.clone();
+        }
+        if self.provider.models().iter().any(|m| m == model) { Arc::from(model) } else { OTHER.clone() }
     }
 
     /// Notified whenever a concurrency slot frees or a key comes back.
@@ -512,11 +521,29 @@ impl ProviderPool {
         counters.tokens_in += usage.prompt_tokens;
         counters.tokens_out += usage.completion_tokens;
         drop(health);
-        let (provider, label) = (self.provider.id().as_str().to_owned(), self.model_label(model).to_string());
-        for (kind, tokens) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
-            let labels = [("provider", provider.clone()), ("model", label.clone()), ("kind", kind.to_owned())];
-            metrics::counter!(crate::metrics::TOKENS, &labels).increment(tokens);
-        }
+        let [prompt, completion] = self.token_counters.get(self.model_label(model), |label| {
+            let provider = self.provider.id().as_str().to_owned();
+            ["prompt", "completion"].map(|kind| {
+                let labels = [("provider", provider.clone()), ("model", label.to_string()), ("kind", kind.to_owned())];
+                metrics::counter!(crate::metrics::TOKENS, &labels)
+            })
+        });
+        prompt.increment(usage.prompt_tokens);
+        completion.increment(usage.completion_tokens);
+    }
+
+    /// Counts one upstream attempt of key `index` in
+    /// `keyrelay_upstream_attempts_total`.
+    pub(crate) fn count_attempt(&self, index: usize, outcome: &'static str) {
+        let counter = self.attempt_counters.get((index, outcome), |&(index, outcome)| {
+            let labels = [
+                ("provider", self.provider.id().as_str().to_owned()),
+                ("key", self.keys[index].id().as_str().to_owned()),
+                ("outcome", outcome.to_owned()),
+            ];
+            metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, &labels)
+        });
+        counter.increment(1);
     }
 
     /// The (key, model) concurrency slots, when the provider caps them.
@@ -585,6 +612,11 @@ pub struct KeyLease {
 }
 
 impl KeyLease {
+    /// Counts one attempt on this key in `keyrelay_upstream_attempts_total`.
+    pub(crate) fn count_attempt(&self, outcome: &'static str) {
+        self.pool.count_attempt(self.index, outcome);
+    }
+
     /// The leased key.
     pub fn key(&self) -> &Arc<KeyEntry> {
         &self.pool.keys[self.index]

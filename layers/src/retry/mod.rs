@@ -348,13 +348,8 @@ impl AttemptTrail {
     }
 }
 
-fn count_attempt(lease: &KeyLease, outcome: &str) {
-    let labels = [
-        ("provider", lease.provider_id().as_str().to_owned()),
-        ("key", lease.key_id().as_str().to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
-    metrics::counter!(crate::metrics::UPSTREAM_ATTEMPTS, &labels).increment(1);
+fn count_attempt(lease: &KeyLease, outcome: &'static str) {
+    lease.count_attempt(outcome);
 }
 
 fn count_retry(lease: &KeyLease, kind: &'static str) {
