@@ -113,7 +113,7 @@ pub fn status_class(status: u16) -> &'static str {
 /// log's statuses) keeps the handles it resolved. A handle stays bound to the
 /// recorder that was current when it was first resolved.
 pub(crate) struct HandleCache<K, H> {
-    handles: std::sync::Mutex<std::collections::HashMap<K, H>>,
+    handles: std::sync::Mutex<std::collections::HashMap<K, H, foldhash::fast::RandomState>>,
 }
 
 impl<K, H> Default for HandleCache<K, H> {

@@ -64,23 +64,53 @@ impl UsageTap {
 /// The last `"usage": {...}` object in `tail` that parses; `null` usages
 /// (stream chunks before the last) are skipped.
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
-    const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
-    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
-        let rest = &tail[at + KEY.len()..];
-        let rest = rest.trim_ascii_start();
-        if let Some(rest) = rest.strip_prefix(b":") {
-            let rest = rest.trim_ascii_start();
-            if rest.starts_with(b"{") {
-                let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
-                if let Some(Ok(usage)) = values.next() {
-                    return Some(usage);
-                }
+    while let Some(at) = rfind_usage_key(&tail[..end]) {
+        if let Some(object) = object_after_key(&tail[at + USAGE_KEY.len()..]) {
+            let mut values = serde_json::Deserializer::from_slice(object).into_iter::<Usage>();
+            if let Some(Ok(usage)) = values.next() {
+                return Some(usage);
             }
         }
         end = at;
     }
     None
+}
+
+/// Whether `json` has a `"usage"` key whose value is an object (not `null`).
+pub(crate) fn has_usage_object(json: &[u8]) -> bool {
+    let mut end = json.len();
+    while let Some(at) = rfind_usage_key(&json[..end]) {
+        if object_after_key(&json[at + USAGE_KEY.len()..]).is_some() {
+            return true;
+        }
+        end = at;
+    }
+    false
+}
+
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+/// The start of the last `"usage"` in `bytes`. Looks for the rare byte `g`
+/// and checks around it, which is several times faster than comparing a
+/// window at every position.
+fn rfind_usage_key(bytes: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while let Some(g) = bytes[..end].iter().rposition(|&b| b == b'g') {
+        if let Some(start) = g.checked_sub(4)
+            && bytes.get(start..start + USAGE_KEY.len()) == Some(USAGE_KEY)
+        {
+            return Some(start);
+        }
+        end = g;
+    }
+    None
+}
+
+/// What follows `: ` after a key, when it opens an object.
+fn object_after_key(rest: &[u8]) -> Option<&[u8]> {
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
+    rest.starts_with(b"{").then_some(rest)
 }
 
 #[cfg(test)]

@@ -149,7 +149,9 @@ pub(crate) struct Health {
     pub invalid: Option<Invalid>,
     /// A request is probing an invalid key whose cooldown ended.
     pub probing: bool,
-    pub models: HashMap<Arc<str>, ModelState>,
+    /// foldhash, not SipHash: looked up for every key on every choice, and
+    /// bounded (see `MAX_MODELS_PER_KEY`) so flooding cannot grow it.
+    pub models: HashMap<Arc<str>, ModelState, foldhash::fast::RandomState>,
     /// Requests sent with the key on `requests_day`, for least-used ranking.
     pub requests_today: u64,
     pub requests_day: u64,

@@ -37,7 +37,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, SystemTime},
 };
@@ -176,6 +176,7 @@ impl KeyPoolBuilder {
                 clock,
                 pause: self.pause,
                 pause_state: Mutex::default(),
+                maybe_paused: AtomicBool::new(false),
                 slot_freed: Notify::new(),
                 known_models: Default::default(),
                 attempt_counters: HandleCache::default(),
@@ -267,9 +268,12 @@ pub struct ProviderPool {
     clock: PoolClock,
     pause: ProviderPause,
     pause_state: Mutex<PauseState>,
+    /// Set with `pause_state.until`: choosing a key looks here first, so the
+    /// common case (no pause) takes no lock.
+    maybe_paused: AtomicBool,
     slot_freed: Notify,
     /// Models the provider listed: safe as metric labels.
-    known_models: std::sync::RwLock<std::collections::HashSet<Arc<str>>>,
+    known_models: std::sync::RwLock<std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>>,
     /// `keyrelay_upstream_attempts_total` by (key index, outcome).
     attempt_counters: HandleCache<(usize, &'static str), metrics::Counter>,
     /// `keyrelay_tokens_total` (prompt, completion) by model label.
@@ -444,8 +448,15 @@ impl ProviderPool {
     }
 
     fn paused_until(&self, now: Instant) -> Option<Instant> {
+        if !self.maybe_paused.load(Relaxed) {
+            return None;
+        }
         let state = self.pause_state.lock().unwrap_or_else(|p| p.into_inner());
-        state.until.filter(|&until| until > now)
+        let until = state.until.filter(|&until| until > now);
+        if until.is_none() {
+            self.maybe_paused.store(false, Relaxed);
+        }
+        until
     }
 
     /// Records one attempt's outcome for (key, model): success, or a
@@ -502,6 +513,7 @@ impl ProviderPool {
         distinct.dedup();
         if distinct.len() >= distinct_keys {
             state.until = Some(now + pause);
+            self.maybe_paused.store(true, Relaxed);
             state.recent.clear();
             tracing::warn!(
                 provider = self.provider.id().as_str(),

@@ -76,7 +76,9 @@ pub fn ask_for_stream_usage(body: &Bytes, has_options: bool) -> Bytes {
 /// Whether an SSE event's data is the usage-only chunk the proxy asked for:
 /// `choices` empty and `usage` set.
 pub fn is_usage_only_chunk(data: &str) -> bool {
-    if !data.contains("\"usage\"") {
+    // Every chunk of a stream that asked for usage says `"usage":null`; only
+    // one with a usage object is worth parsing.
+    if !crate::usage::has_usage_object(data.as_bytes()) {
         return false;
     }
     #[derive(serde::Deserialize)]

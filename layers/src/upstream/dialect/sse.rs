@@ -30,8 +30,12 @@ pub struct SseEvent {
 #[derive(Debug, Default)]
 pub struct SseFramer {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no line end: a line split over
+    /// many small chunks is scanned once, not once per chunk.
+    scanned: usize,
     event: Option<String>,
-    data: Vec<String>,
+    /// The data lines so far, joined by `\n`.
+    data: String,
     has_data: bool,
 }
 
@@ -45,7 +49,9 @@ impl SseFramer {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+        while let Some(offset) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            let end = self.scanned + offset;
+            self.scanned = 0;
             let line = self.buf.split_to(end + 1);
             let mut line = &line[..end];
             if line.last() == Some(&b'\r') {
@@ -53,6 +59,7 @@ impl SseFramer {
             }
             self.line(line, &mut events);
         }
+        self.scanned = self.buf.len();
         // A lone `\r` line ending at the very end waits for its `\n` (or
         // the next chunk); SSE also allows bare `\r`, which providers do not send.
         events
@@ -61,6 +68,7 @@ impl SseFramer {
     /// The stream ended: an event without its blank line still counts.
     pub fn finish(&mut self) -> Option<SseEvent> {
         if !self.buf.is_empty() {
+            self.scanned = 0;
             let rest = std::mem::take(&mut self.buf);
             let mut events = Vec::new();
             let line = rest.chunk();
@@ -85,13 +93,15 @@ impl SseFramer {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value).into_owned();
         match field {
             b"data" => {
-                self.data.push(value);
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&String::from_utf8_lossy(value));
                 self.has_data = true;
             }
-            b"event" => self.event = Some(value),
+            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {} // id, retry: not needed by the proxy
         }
     }
@@ -102,7 +112,7 @@ impl SseFramer {
             return None;
         }
         self.has_data = false;
-        let data = std::mem::take(&mut self.data).join("\n");
+        let data = std::mem::take(&mut self.data);
         Some(SseEvent { event, data })
     }
 }
