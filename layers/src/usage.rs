@@ -91,20 +91,9 @@ pub(crate) fn has_usage_object(json: &[u8]) -> bool {
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
-/// The start of the last `"usage"` in `bytes`. Looks for the rare byte `g`
-/// and checks around it, which is several times faster than comparing a
-/// window at every position.
+/// The start of the last `"usage"` in `bytes`.
 fn rfind_usage_key(bytes: &[u8]) -> Option<usize> {
-    let mut end = bytes.len();
-    while let Some(g) = bytes[..end].iter().rposition(|&b| b == b'g') {
-        if let Some(start) = g.checked_sub(4)
-            && bytes.get(start..start + USAGE_KEY.len()) == Some(USAGE_KEY)
-        {
-            return Some(start);
-        }
-        end = g;
-    }
-    None
+    memchr::memmem::rfind(bytes, USAGE_KEY)
 }
 
 /// What follows `: ` after a key, when it opens an object.

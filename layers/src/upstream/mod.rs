@@ -374,6 +374,10 @@ where
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     let Some(data) = frame.data_ref() else { continue };
+                    let whole_events = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
+                    if whole_events && this.framer.is_idle() && this.translator.passes_unchanged(data) {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
                     for event in this.framer.push(data) {
                         match this.translator.event(&event) {
                             Ok(chunks) => chunks.iter().for_each(|c| out.extend_from_slice(c)),
@@ -416,9 +420,9 @@ where
 }
 
 /// Drops the usage-only chunk the proxy asked for on the client's behalf,
-/// after the usage tap inside has counted it. Other events pass as they
-/// came (re-framed; comments and `id:` lines are not kept), and a half event
-/// is held until it is whole.
+/// after the usage tap inside has counted it. A frame of whole events
+/// without it passes untouched; around it events are re-framed (comments and
+/// `id:` lines are not kept), and a half event is held until it is whole.
 pub fn drop_usage_chunk<B>(body: B) -> impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -431,6 +435,10 @@ where
 struct UsageChunkFilter;
 
 impl dialect::StreamTranslator for UsageChunkFilter {
+    fn passes_unchanged(&mut self, frame: &[u8]) -> bool {
+        !crate::usage::has_usage_object(frame)
+    }
+
     fn event(&mut self, event: &dialect::SseEvent) -> Result<Vec<Bytes>, dialect::TranslateError> {
         Ok(if dialect::openai::is_usage_only_chunk(&event.data) {
             Vec::new()

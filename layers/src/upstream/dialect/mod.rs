@@ -104,6 +104,15 @@ pub trait StreamTranslator: Send {
         true
     }
 
+    /// Whether `frame`, one or more whole events that start a fresh event,
+    /// may go to the client exactly as it came because the translator would
+    /// change nothing in it. Passing frames through spares re-framing and
+    /// re-encoding every event; translators that keep state say no.
+    fn passes_unchanged(&mut self, frame: &[u8]) -> bool {
+        let _ = frame;
+        false
+    }
+
     /// The tokens the provider reported, once known (counted for the key
     /// even when the client did not ask to see them).
     fn usage(&self) -> Option<crate::usage::Usage> {

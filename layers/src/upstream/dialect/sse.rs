@@ -45,11 +45,16 @@ impl SseFramer {
         Self::default()
     }
 
+    /// Whether no part of an event is held: the next byte starts a new one.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && !self.has_data && self.event.is_none()
+    }
+
     /// Feeds bytes; returns the events they complete.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(offset) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        while let Some(offset) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
             let end = self.scanned + offset;
             self.scanned = 0;
             let line = self.buf.split_to(end + 1);
