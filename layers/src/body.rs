@@ -121,9 +121,6 @@ where
                     (this.in_flight.as_ref(), this.usage.as_ref().and_then(UsageTap::usage))
                 {
                     in_flight.count_usage(usage);
-                    let span = tracing::Span::current();
-                    span.record("tokens_in", usage.prompt_tokens);
-                    span.record("tokens_out", usage.completion_tokens);
                     if let Some(cell) = this.cell.as_ref() {
                         cell.set_tokens(usage.prompt_tokens, usage.completion_tokens);
                     }

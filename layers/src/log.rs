@@ -237,9 +237,6 @@ where
             model = Empty,
             key = Empty,
             attempts = Empty,
-            tokens_in = Empty,
-            tokens_out = Empty,
-            status = Empty,
         );
         req.extensions_mut().insert(id.clone());
         let labels = MetricLabels::default();
@@ -264,7 +261,10 @@ where
         let capture = record.as_ref().map(|r| r.request_body.clone());
         let req = req.map(|inner| TeeBody { inner, capture });
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, log: Some(Log { handles: self.handles.clone(), span, id, start: Instant::now(), labels, record }) }
+        ResponseFuture {
+            inner,
+            log: Some(Log { handles: self.handles.clone(), span, id, start: Instant::now(), labels, record }),
+        }
     }
 }
 
@@ -485,15 +485,22 @@ where
             Err(err) => {
                 tracing::warn!(parent: &span, error = %err, duration_ms = start.elapsed().as_millis() as u64, "request failed");
                 if let Some(record) = record {
-                    let finish =
-                        Finish { handles, span, start, headers_after_ms: None, status: None, code: None, labels, record: None };
+                    let finish = Finish {
+                        handles,
+                        span,
+                        start,
+                        headers_after_ms: None,
+                        status: None,
+                        code: None,
+                        labels,
+                        record: None,
+                    };
                     record.send(&finish, "errored");
                 }
                 return Poll::Ready(Err(err));
             }
         };
         let status = res.status().as_u16();
-        span.record("status", status);
         let code = res.extensions().get::<ErrorCode>().map(|code| code.0);
         if let Ok(value) = HeaderValue::from_str(id.as_str()) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
@@ -552,9 +559,14 @@ impl Finish {
         if let Some(ms) = self.headers_after_ms {
             handles.first_byte.record(ms as f64 / 1000.0);
         }
+        // Status and tokens go in this one event, not the span: recording a
+        // span field formats it again for every later event of the request.
+        let tokens = self.labels.tokens();
         tracing::info!(
             parent: &self.span,
             status = self.status,
+            tokens_in = tokens.map(|(prompt, _)| prompt),
+            tokens_out = tokens.map(|(_, completion)| completion),
             code = self.code,
             outcome,
             headers_after_ms = self.headers_after_ms,
