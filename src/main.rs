@@ -9,12 +9,6 @@ use keyrelay::{
     telemetry,
 };
 
-/// mimalloc rather than glibc's allocator: a request allocates and frees
-/// dozens of small buffers across threads, and glibc's arenas spent about a
-/// tenth of the proxy's CPU on that (see benches/load).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status for a configuration that cannot run (BSD's EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

@@ -31,11 +31,6 @@ use std::{
 
 use drive::{Mode, Target};
 
-/// The bare hop and the mock get the allocator keyrelay uses, so that the
-/// comparison is of the work done, not of the allocators.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const PROXY_KEY: &str = "bench-proxy-key";
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
 
