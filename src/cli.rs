@@ -25,6 +25,15 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
+    /// [config: server.tls_cert].
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert [config: server.tls_key].
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Write a directory per request (request, response or stream, attempts)
     /// under DATA_DIR/logs/requests [config: server.request_logging].
     #[arg(long)]

@@ -11,6 +11,7 @@ pub mod server;
 pub mod stack;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod token_count;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
@@ -57,6 +58,7 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
+        shed: keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests),
     })
 }
 
@@ -90,6 +92,7 @@ impl Bound {
             header_read_timeout: settings.header_read_timeout,
             max_header_bytes: settings.max_header_bytes,
             shutdown_grace: settings.shutdown_grace,
+            tls: settings.tls.as_ref().map(tls::acceptor).transpose()?,
         };
         Ok(Self {
             listener,
@@ -143,7 +146,8 @@ impl Bound {
 /// The start-up banner: where it listens and what it holds, never a secret.
 pub fn banner(addr: SocketAddr, settings: &Settings, bound: &Bound) -> String {
     let app = bound.app();
-    let mut out = format!("keyrelay listening on http://{addr}\n");
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let mut out = format!("keyrelay listening on {scheme}://{addr}\n");
     let mut any = false;
     for pool in app.pool.providers().filter(|p| !p.keys().is_empty()) {
         any = true;

@@ -17,7 +17,10 @@ const EXIT_CONFIG: u8 = 64;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match config::load(Sources::from_cli(&cli)) {
-        Ok(settings) => settings,
+        Ok(mut settings) => {
+            settings.apply_cli_tls(&cli);
+            settings
+        }
         Err(err) => {
             eprintln!("keyrelay: {err}");
             return ExitCode::from(EXIT_CONFIG);

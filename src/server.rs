@@ -1,24 +1,29 @@
 //! The accept loop: HTTP/1.1 and h2c on one port, graceful shutdown.
 
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{convert::Infallible, fmt, future::Future, time::Duration};
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
     service::TowerToHyperService,
 };
 use keyrelay_layers::BoxError;
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
+use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 /// Inbound connection limits.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// A client that has not sent its request headers within this is cut off.
     pub header_read_timeout: Duration,
@@ -26,6 +31,19 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     /// After a shutdown signal, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this acceptor (HTTP/2 or HTTP/1.1 by ALPN).
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// How a shutdown went.
@@ -78,8 +96,28 @@ where
         };
         let _ = stream.set_nodelay(true);
         let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
-        let (head_timeout, mut stopping) = (options.header_read_timeout, stopping_rx.clone());
+        let (head_timeout, mut stopping, tls) = (options.header_read_timeout, stopping_rx.clone(), options.tls.clone());
         tokio::spawn(async move {
+            if let Some(tls) = tls {
+                // The handshake is bounded like a request head, and a
+                // connection still shaking hands is dropped when shutdown begins.
+                let handshake = tokio::select! {
+                    done = tokio::time::timeout(head_timeout, tls.accept(stream)) => done,
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                };
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => return tracing::debug!(error = %err, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                };
+                // ALPN has chosen the version, so hyper need not sniff it
+                // (and HTTP/1.1's header timeout applies from the start).
+                let builder = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => builder.http2_only(),
+                    _ => builder.http1_only(),
+                };
+                return serve_io(&builder, stream, service, watcher).await;
+            }
             // A connection that never shows its HTTP version is dropped
             // here, and at once when shutdown begins (it has no request in
             // flight), so that it cannot hold up the drain.
@@ -87,12 +125,8 @@ where
                 shown = tokio::time::timeout(head_timeout, version_shown(&stream)) => shown.unwrap_or(false),
                 _ = stopping.wait_for(|stop| *stop) => false,
             };
-            if !shown {
-                return;
-            }
-            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            if let Err(err) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            if shown {
+                serve_io(&builder, stream, service, watcher).await;
             }
         });
     }
@@ -105,6 +139,22 @@ where
     tokio::select! {
         () = graceful.shutdown() => Shutdown::Drained,
         () = tokio::time::sleep(options.shutdown_grace) => Shutdown::GraceExpired,
+    }
+}
+
+/// Serves one connection until it closes, as part of the graceful drain.
+async fn serve_io<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, service: S, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    if let Err(err) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %err, "connection ended with an error");
     }
 }
 

@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use keyrelay_layers::{
     BoxError, ProxyBody,
     auth::AuthLayer,
+    body::GuardedBody,
     concurrency::KeyConcurrencyLayer,
     filter::ModelFilterLayer,
     log::{LoggedBody, RequestLogLayer, TeeBody},
@@ -18,6 +19,7 @@ use keyrelay_layers::{
     respond::{ErrorResponseLayer, ResponseBody},
     retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
+    shed::{Admitted, LoadShedLayer},
     timeout::{DeadlineBody, DeadlineLayer},
     upstream::{HttpsClient, ModelCatalog, UpstreamService},
 };
@@ -44,6 +46,9 @@ pub struct App {
     pub configured_providers: Vec<String>,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
+    /// The cap on proxied requests in flight; shared by every stack built
+    /// from this app (and kept across reloads).
+    pub shed: LoadShedLayer,
 }
 
 /// The response body the server writes.
@@ -99,7 +104,10 @@ where
 
     let proxy = ServiceBuilder::new()
         // Route services share one body type.
-        .map_response(|res: Response<DeadlineBody<ProxyBody>>| res.map(|body| body.boxed_unsync()))
+        .map_response(|res: Response<GuardedBody<DeadlineBody<ProxyBody>, Admitted>>| res.map(|body| body.boxed_unsync()))
+        // Past the cap of requests in flight, answer 503 at once rather
+        // than slow everyone down; a stream holds its place until it ends.
+        .layer(app.shed.clone())
         // Reject strangers before doing any work for them; also strips the
         // client's credentials so they can never be forwarded.
         .layer(auth.clone())

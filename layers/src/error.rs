@@ -105,6 +105,7 @@ impl ErrorReply {
                 UnknownKey,
                 DeadlineExceeded,
                 UpstreamUnreachable,
+                Overloaded,
                 MissingExtension,
             );
             cause = err.source();
@@ -539,6 +540,32 @@ impl Reply for AllKeysCooling {
             ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded", self.to_string());
         reply.retry_after = Some(ceil_secs(self.retry_after).max(1));
         reply
+    }
+}
+
+/// The proxy is at its cap of requests in flight (503, `Retry-After: 1`).
+#[derive(Debug, Default)]
+pub struct Overloaded {
+    _private: (),
+}
+
+impl Overloaded {
+    /// The error [`LoadShedLayer`](crate::shed::LoadShedLayer) answers with.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the proxy is at its limit of requests in flight; retry shortly")
+    }
+}
+impl_error!(Overloaded);
+impl Reply for Overloaded {
+    fn reply(&self) -> ErrorReply {
+        ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "overloaded", self.to_string())
+            .with_retry_after(1)
     }
 }
 

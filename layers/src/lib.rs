@@ -124,6 +124,7 @@ pub mod provider;
 pub mod respond;
 pub mod retry;
 pub mod select;
+pub mod shed;
 pub mod timeout;
 #[cfg(feature = "upstream")]
 pub mod upstream;

@@ -47,9 +47,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub header_read_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// Requests in flight (streams until their last event) past which new
+    /// ones get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
     pub data_dir: String,
     pub state_save_interval_secs: u64,
     pub request_logging: bool,
+    /// PEM certificate chain and private key: serve HTTPS (HTTP/1.1 and
+    /// HTTP/2 by ALPN) instead of plain HTTP.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,9 +68,12 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 30,
+            max_concurrent_requests: 1024,
             data_dir: "data".to_owned(),
             state_save_interval_secs: 30,
             request_logging: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -231,6 +241,16 @@ impl Sources {
     }
 }
 
+impl Settings {
+    /// `--tls-cert` and `--tls-key` (clap makes them go together) over
+    /// whatever the config said.
+    pub fn apply_cli_tls(&mut self, cli: &Cli) {
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            self.tls = Some(TlsFiles { cert: cert.clone(), key: key.clone() });
+        }
+    }
+}
+
 /// One provider, ready for the pool.
 #[derive(Debug)]
 pub struct ProviderSettings {
@@ -239,6 +259,13 @@ pub struct ProviderSettings {
     pub keys: Vec<Secret>,
     /// Named in config or the environment, not merely built in.
     pub configured: bool,
+}
+
+/// PEM files for inbound TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The validated configuration.
@@ -252,6 +279,9 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub max_concurrent_requests: usize,
+    /// Certificate chain and key files, when serving HTTPS.
+    pub tls: Option<TlsFiles>,
     pub admin_key: Option<Secret>,
     pub stream_idle_timeout: Duration,
     /// Time after 00:00 UTC at which daily counters and cooldowns reset.
@@ -358,6 +388,17 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
     if server.max_header_bytes < 8192 {
         return Err(ConfigError("server.max_header_bytes: must be at least 8192".to_owned()));
     }
+    positive("server.max_concurrent_requests", server.max_concurrent_requests as u64)?;
+    let tls = match (&server.tls_cert, &server.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) }),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError(
+                "server.tls_cert and server.tls_key (--tls-cert, --tls-key) go together: give both or neither"
+                    .to_owned(),
+            ));
+        }
+    };
 
     let mut notes = Vec::new();
     let mut providers = Vec::new();
@@ -424,6 +465,8 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         max_header_bytes: server.max_header_bytes,
         header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
         shutdown_grace: Duration::from_secs(server.shutdown_grace_secs),
+        max_concurrent_requests: server.max_concurrent_requests,
+        tls,
         admin_key: config.proxy.admin_api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)),
         stream_idle_timeout: Duration::from_secs(config.proxy.stream_idle_timeout_secs),
         daily_reset: parse_time_of_day(&config.proxy.daily_reset_utc)?,
