@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod persist;
+pub mod reload;
 pub mod request_log;
 pub mod routes;
 pub mod server;
@@ -14,7 +15,13 @@ pub mod telemetry;
 pub mod tls;
 pub mod token_count;
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use keyrelay_layers::{
     BoxError,
@@ -26,6 +33,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 use crate::{
     config::Settings,
     persist::StateFile,
+    reload::{Live, ReloadHandle, ReloadSource, Reloader, ServerShape, SettingsLoader},
     request_log::RequestLogWriter,
     server::{ServerOptions, Shutdown},
     stack::App,
@@ -36,11 +44,40 @@ const MODEL_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the shared state from validated settings.
 pub fn app(settings: &Settings) -> Result<App, BoxError> {
+    let client = build_client(&ClientOptions::default())?;
+    let shed = keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests);
+    app_from(settings, client, shed, None, ReloadHandle::default())
+}
+
+/// The state for reloaded `settings`: keys, providers and proxy settings
+/// anew, carrying over key state, the upstream client, the request log, the
+/// in-flight cap and the reload handle of `current`.
+pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError> {
+    let mut app = app_from(
+        settings,
+        current.client.clone(),
+        current.shed.clone(),
+        Some(current.pool.clone()),
+        current.reload.clone(),
+    )?;
+    app.request_log = current.request_log.clone();
+    Ok(app)
+}
+
+fn app_from(
+    settings: &Settings,
+    client: keyrelay_layers::upstream::HttpsClient,
+    shed: keyrelay_layers::shed::LoadShedLayer,
+    carry_over: Option<Arc<KeyPool>>,
+    reload: ReloadHandle,
+) -> Result<App, BoxError> {
     let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset);
+    if let Some(previous) = carry_over {
+        pool = pool.carry_over(previous);
+    }
     for p in &settings.providers {
         pool = pool.provider_with(p.provider.clone(), p.options, p.keys.clone());
     }
-    let client = build_client(&ClientOptions::default())?;
     Ok(App {
         pool: pool.build()?,
         catalog: Arc::new(ModelCatalog::new(client.clone(), settings.models_cache_ttl, MODEL_LIST_TIMEOUT)),
@@ -58,7 +95,8 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
-        shed: keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests),
+        shed,
+        reload,
     })
 }
 
@@ -72,6 +110,7 @@ pub struct Bound {
     state_save_interval: Duration,
     notes: Vec<String>,
     request_log: Option<RequestLogWriter>,
+    reload_source: Option<ReloadSource>,
 }
 
 impl Bound {
@@ -102,7 +141,15 @@ impl Bound {
             state_save_interval: settings.state_save_interval,
             notes,
             request_log,
+            reload_source: None,
         })
+    }
+
+    /// Lets SIGHUP and `POST /v1/admin/reload` read the configuration again
+    /// with `loader` (the binary passes the same sources it started from).
+    pub fn reload_with(mut self, settings: &Settings, loader: SettingsLoader) -> Self {
+        self.reload_source = Some(ReloadSource { loader, started_with: ServerShape::of(settings) });
+        self
     }
 
     /// What binding learned that the operator should hear (restored state).
@@ -122,8 +169,28 @@ impl Bound {
     /// the pool's state on an interval and once more at the end; with
     /// request logging, writes what is still queued before returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
-        let service = stack::build::<hyper::body::Incoming>(&self.app);
-        let saver = tokio::spawn(self.state.clone().save_every(self.app.pool.clone(), self.state_save_interval));
+        let build = stack::build::<hyper::body::Incoming>;
+        let service = Live::new(build(&self.app));
+        let current = Arc::new(RwLock::new(self.app.clone()));
+        if let Some(ReloadSource { loader, started_with }) = self.reload_source {
+            let reloader = Reloader {
+                loader,
+                app: current.clone(),
+                stack: service.clone(),
+                build,
+                started_with,
+                running: Default::default(),
+            };
+            reloader.install(&self.app.reload);
+            if let Err(err) = reload::on_sighup(self.app.reload.clone()) {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP: reload only through POST /v1/admin/reload");
+            }
+        }
+        let pool_now = {
+            let current = current.clone();
+            move || current.read().unwrap_or_else(|p| p.into_inner()).pool.clone()
+        };
+        let saver = tokio::spawn(self.state.clone().save_every(pool_now.clone(), self.state_save_interval));
         let request_log = self.request_log.map(|writer| {
             let (stop, stopped) = oneshot::channel();
             (stop, tokio::spawn(writer.run(stopped)))
@@ -136,7 +203,7 @@ impl Bound {
                 tracing::warn!(error = %err, "the request log writer failed");
             }
         }
-        if let Err(err) = self.state.save(&self.app.pool).await {
+        if let Err(err) = self.state.save(&pool_now()).await {
             tracing::warn!(path = %self.state.path().display(), error = %err, "cannot save key state at shutdown");
         }
         outcome

@@ -1,4 +1,4 @@
-use std::{io::Write, process::ExitCode};
+use std::{io::Write, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use keyrelay::{
@@ -37,8 +37,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let loader: keyrelay::reload::SettingsLoader = Arc::new(move || {
+        let mut settings = config::load(Sources::from_cli(&cli))?;
+        settings.apply_cli_tls(&cli);
+        Ok(settings)
+    });
     let bound = match Bound::bind(&settings).await {
-        Ok(bound) => bound,
+        Ok(bound) => bound.reload_with(&settings, loader),
         Err(err) => {
             eprintln!("keyrelay: {err}");
             return ExitCode::FAILURE;

@@ -81,12 +81,12 @@ impl StateFile {
 
     /// Saves every `interval` until the task is dropped; failures are
     /// logged, never fatal.
-    pub async fn save_every(self, pool: std::sync::Arc<KeyPool>, interval: Duration) {
+    pub async fn save_every(self, pool: impl Fn() -> std::sync::Arc<KeyPool>, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if let Err(err) = self.save(&pool).await {
+            if let Err(err) = self.save(&pool()).await {
                 tracing::warn!(path = %self.path.display(), error = %err, "cannot save key state");
             }
         }

@@ -27,6 +27,8 @@ pub enum Route {
     KeyAction,
     TokenCount,
     Metrics,
+    /// `POST /v1/admin/reload`
+    AdminReload,
 }
 
 impl Route {
@@ -45,6 +47,7 @@ impl Route {
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),
             "/token-count" => Some((Self::TokenCount, "POST")),
+            "/admin/reload" => Some((Self::AdminReload, "POST")),
             _ if path.starts_with("/keys/") => Some((Self::KeyAction, "POST")),
             _ => None,
         }
@@ -62,6 +65,7 @@ pub struct Router<B> {
     pub key_action: RouteService<B>,
     pub token_count: RouteService<B>,
     pub metrics: RouteService<B>,
+    pub admin_reload: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -75,6 +79,7 @@ impl<B> Clone for Router<B> {
             key_action: self.key_action.clone(),
             token_count: self.token_count.clone(),
             metrics: self.metrics.clone(),
+            admin_reload: self.admin_reload.clone(),
         }
     }
 }
@@ -108,6 +113,7 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::KeyAction => &self.key_action,
             Route::TokenCount => &self.token_count,
             Route::Metrics => &self.metrics,
+            Route::AdminReload => &self.admin_reload,
         };
         Either::Right(svc.clone().oneshot(req))
     }

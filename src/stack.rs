@@ -49,6 +49,8 @@ pub struct App {
     /// The cap on proxied requests in flight; shared by every stack built
     /// from this app (and kept across reloads).
     pub shed: LoadShedLayer,
+    /// What `POST /v1/admin/reload` calls.
+    pub reload: crate::reload::ReloadHandle,
 }
 
 /// The response body the server writes.
@@ -58,7 +60,7 @@ pub type AppBody = LoggedBody<ResponseBody<ProxyBody>>;
 /// `Incoming` in the server; anything in tests).
 pub fn build<B>(
     app: &App,
-) -> impl Service<Request<B>, Response = Response<AppBody>, Error = Infallible, Future: Send> + Clone + Send + 'static
+) -> impl Service<Request<B>, Response = Response<AppBody>, Error = Infallible, Future: Send> + Clone + Send + use<B>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -104,7 +106,9 @@ where
 
     let proxy = ServiceBuilder::new()
         // Route services share one body type.
-        .map_response(|res: Response<GuardedBody<DeadlineBody<ProxyBody>, Admitted>>| res.map(|body| body.boxed_unsync()))
+        .map_response(|res: Response<GuardedBody<DeadlineBody<ProxyBody>, Admitted>>| {
+            res.map(|body| body.boxed_unsync())
+        })
         // Past the cap of requests in flight, answer 503 at once rather
         // than slow everyone down; a stream holds its place until it ends.
         .layer(app.shed.clone())
@@ -163,6 +167,12 @@ where
             route(auth.layer(service_fn(move |req: Request<B>| {
                 let pool = pool.clone();
                 async move { crate::token_count::handle(&pool, limit, req).await }
+            })))
+        },
+        admin_reload: {
+            let handle = app.reload.clone();
+            route(admin_auth.layer(service_fn(move |_: Request<B>| {
+                std::future::ready(Ok::<_, Infallible>(crate::reload::answer(&handle)))
             })))
         },
         metrics: {

@@ -7,8 +7,8 @@ mod support;
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
 use support::{
-    Auth, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, SseReader, TestClient, assert_no_secret, chat_body,
-    chat_completion, closed_port, post, stream_events, within,
+    Auth, Gate, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, Script, SseReader, TestClient, Valve, assert_no_secret,
+    chat_body, chat_completion, closed_port, eventually, post, stream_events, within,
 };
 use tempfile::TempDir;
 use tokio::{
@@ -88,11 +88,21 @@ impl Running {
         format!("http://{}{path}", self.addr)
     }
 
-    /// SIGTERM, then waits (bounded) for the exit and the output.
-    async fn terminate(mut self) -> Exited {
+    /// Sends `signal` (`TERM`, `HUP`, ...) without waiting for anything.
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the child is running");
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        assert!(status.expect("run kill").success(), "kill -{signal} {pid} failed");
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit and the output.
+    async fn terminate(self) -> Exited {
+        self.signal("TERM");
+        self.exited().await
+    }
+
+    /// Waits (bounded) for the exit and the output.
+    async fn exited(mut self) -> Exited {
         let status = within("the binary to exit after SIGTERM", self.child.wait()).await.expect("wait for the child");
         Exited {
             code: status.code(),
@@ -259,4 +269,141 @@ async fn binary_shows_the_bad_value_of_a_variable_that_is_no_secret() {
     let exited = run_to_exit(keyrelay(dir.path(), &[("KEYRELAY_SERVER__HOST", "example.com")], &[])).await;
     assert_eq!(exited.code, Some(EXIT_CONFIG), "stderr:\n{}", exited.stderr);
     assert!(exited.stderr.contains("example.com"), "shows what is wrong:\n{}", exited.stderr);
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_lets_in_flight_requests_and_streams_finish_saves_state_and_exits_0() {
+    let mock = MockUpstream::start().await;
+    let dir = TempDir::new().unwrap();
+    let base = mock.base();
+    let env = [("PROXY_API_KEY", PROXY_KEY), ("OPENAI_API_KEY_1", KEY_ONE), ("OPENAI_API_BASE", base.as_str())];
+    let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
+    let (valve, gate) = (Valve::new(), Gate::new());
+    for _ in 0..3 {
+        mock.push(Script::Hold(valve.clone()));
+    }
+    for _ in 0..2 {
+        mock.push(Script::gated_stream(&gate));
+    }
+    let client = TestClient::http1();
+    let url = running.url("/v1/chat/completions");
+    let mut in_flight = Vec::new();
+    for stream in [false, false, false, true, true] {
+        let (client, url) = (client.clone(), url.clone());
+        in_flight.push(tokio::spawn(async move {
+            let res = client.send(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", stream))).await;
+            let status = res.status();
+            let body = match stream {
+                true => SseReader::new(res.into_body()).rest().await,
+                false => vec![support::Reply::read(res).await.text().to_owned()],
+            };
+            (status, body)
+        }));
+    }
+    eventually("five requests at the upstream", || async { mock.requests().len() == 5 }).await;
+
+    running.signal("TERM");
+    let addr = running.addr;
+    eventually("the listener to close", || async { tokio::net::TcpStream::connect(addr).await.is_err() }).await;
+    valve.open();
+    gate.open();
+    for request in in_flight {
+        let (status, events) = within("an in-flight request to finish", request).await.unwrap();
+        assert_eq!(status, 200);
+        let last = events.last().map(String::as_str);
+        assert!(last == Some("[DONE]") || events.concat().contains("chat.completion"), "{events:?}");
+    }
+    let exited = running.exited().await;
+    assert_eq!(exited.code, Some(0), "stderr:\n{}", exited.stderr);
+    let state = std::fs::read_to_string(dir.path().join("data/state.json")).expect("state saved at shutdown");
+    assert!(state.contains(&support::key_id(KEY_ONE)), "{state}");
+    assert_eq!(mock.requests().len(), 5, "nothing was retried or lost");
+}
+
+#[tokio::test]
+async fn sighup_and_admin_reload_reread_keys_keep_state_and_refuse_a_bad_config() {
+    let mock = MockUpstream::start().await;
+    let dir = TempDir::new().unwrap();
+    let base = mock.base();
+    let dotenv = |keys: &[&str]| {
+        // A short deadline: a key cooling for an hour is not waited for.
+        let mut text = format!("PROXY_API_KEY={PROXY_KEY}\nOPENAI_API_BASE={base}\nGLOBAL_TIMEOUT=5\n");
+        for (i, key) in keys.iter().enumerate() {
+            text.push_str(&format!("OPENAI_API_KEY_{}={key}\n", i + 1));
+        }
+        std::fs::write(dir.path().join(".env"), text).unwrap();
+    };
+    dotenv(&[KEY_ONE]);
+    let running = start(keyrelay(dir.path(), &[], &["--port", "0"])).await;
+    let client = TestClient::http1();
+    let keys = |client: TestClient, url: String| async move {
+        let reply = client.fetch(support::get(&url, Auth::Bearer(PROXY_KEY))).await;
+        reply.json()["data"].as_array().unwrap().clone()
+    };
+    let keys_url = running.url("/v1/keys");
+
+    // Key one cools down for an hour.
+    mock.push_for(KEY_ONE, Script::rate_limited(Some("3600")));
+    let cooled = chat_through(&client, &running).await;
+    assert_eq!(cooled.status, 429);
+
+    // SIGHUP with a second key in .env: it joins, key one keeps its cooldown.
+    dotenv(&[KEY_ONE, KEY_TWO]);
+    running.signal("HUP");
+    let (one, two) = (support::key_id(KEY_ONE), support::key_id(KEY_TWO));
+    eventually("the new key after SIGHUP", || {
+        let (client, url) = (client.clone(), keys_url.clone());
+        async move { keys(client, url).await.len() == 2 }
+    })
+    .await;
+    let listed = keys(client.clone(), keys_url.clone()).await;
+    let state_of = |id: &str| listed.iter().find(|k| k["id"] == id).map(|k| k["state"].clone());
+    assert_eq!(state_of(&one), Some("cooling".into()), "{listed:?}");
+    assert_eq!(state_of(&two), Some("ok".into()), "{listed:?}");
+    let served = chat_through(&client, &running).await;
+    assert_eq!(served.status, 200, "the new key serves at once");
+    assert_eq!(mock.requests_with(KEY_TWO).len(), 1);
+
+    // A broken config file is refused, by SIGHUP and by the admin route;
+    // the running configuration stays.
+    std::fs::write(dir.path().join("config.toml"), "[server\nport = ").unwrap();
+    running.signal("HUP");
+    let reload_url = running.url("/v1/admin/reload");
+    let refused = client.fetch(post(&reload_url, Auth::Bearer(PROXY_KEY), "")).await;
+    support::assert_openai_error(&refused, 400, "invalid_config", "the running one stays");
+    assert_eq!(chat_through(&client, &running).await.status, 200);
+    assert_eq!(keys(client.clone(), keys_url.clone()).await.len(), 2);
+    std::fs::remove_file(dir.path().join("config.toml")).unwrap();
+
+    // Key two leaves, but the request it is serving finishes first.
+    let valve = Valve::new();
+    mock.push_for(KEY_TWO, Script::Hold(valve.clone()));
+    let held = {
+        let (client, url) = (client.clone(), running.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await
+        })
+    };
+    eventually("the held request at the upstream", || async { mock.requests_with(KEY_TWO).len() == 3 }).await;
+    dotenv(&[KEY_ONE]);
+    let reloaded = client.fetch(post(&reload_url, Auth::Bearer(PROXY_KEY), "")).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let report = reloaded.json();
+    assert_eq!(report["keys_removed"], serde_json::json!([two]), "{report}");
+    assert_eq!(report["keys_kept"], 1, "{report}");
+    valve.open();
+    assert_eq!(within("the held request", held).await.unwrap().status, 200);
+    let listed = keys(client.clone(), keys_url.clone()).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["state"], "cooling", "key one still cooling after two reloads");
+
+    let unauthorized = client.fetch(post(&reload_url, Auth::None, "")).await;
+    assert_eq!(unauthorized.status, 401);
+    let exited = running.terminate().await;
+    assert_eq!(exited.code, Some(0));
+    assert!(exited.stderr.contains("configuration reloaded"), "{}", exited.stderr);
+    assert!(exited.stderr.contains("refused"), "{}", exited.stderr);
+    for secret in [PROXY_KEY, KEY_ONE, KEY_TWO] {
+        assert!(!exited.stderr.contains(secret) && !exited.stdout.contains(secret));
+    }
 }

@@ -118,9 +118,37 @@ pub struct KeyPoolBuilder {
     wall_anchor: Option<SystemTime>,
     daily_reset_offset: Duration,
     pause: ProviderPause,
+    carry_over: Option<Arc<KeyPool>>,
 }
 
 impl KeyPoolBuilder {
+    /// Builds the pool as a reload of `previous`: a key it already had (same
+    /// provider, secret and auth header) keeps its state, shared with
+    /// requests still in flight on `previous` — cooldowns, invalid marks,
+    /// counters, in-flight counts and concurrency slots — and a provider
+    /// keeps the models it listed. Keys not given again leave with
+    /// `previous`, once the requests holding them finish.
+    ///
+    /// ```
+    /// use keyrelay_layers::{pool::{KeyPool, Secret}, provider::Provider};
+    ///
+    /// let openai = || Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+    /// let old = KeyPool::builder().provider(openai(), Default::default(), vec![Secret::new("sk-1")]).build().unwrap();
+    /// let (_lease, _in_flight) = old.provider("openai").unwrap().lease().unwrap();
+    /// let new = KeyPool::builder()
+    ///     .carry_over(old.clone())
+    ///     .provider(openai(), Default::default(), vec![Secret::new("sk-1"), Secret::new("sk-2")])
+    ///     .build()
+    ///     .unwrap();
+    /// let statuses = new.key_statuses();
+    /// assert_eq!(statuses.len(), 2);
+    /// assert_eq!(statuses[0].in_flight, 1, "the request on the old pool still counts");
+    /// ```
+    pub fn carry_over(mut self, previous: Arc<KeyPool>) -> Self {
+        self.carry_over = Some(previous);
+        self
+    }
+
     /// Adds a provider (a provider with no keys is known, and its requests
     /// fail with 503). A secret given twice counts once.
     pub fn provider(self, provider: Provider, selection: Selection, keys: Vec<Secret>) -> Self {
@@ -165,8 +193,16 @@ impl KeyPoolBuilder {
                 if keys.iter().any(|key| *key.secret() == secret) {
                     continue;
                 }
-                keys.push(Arc::new(KeyEntry::new(&provider, secret, position + 1)?));
+                let fresh = KeyEntry::new(&provider, secret, position + 1)?;
+                let kept = self.carry_over.as_ref().and_then(|old| old.same_key(&fresh));
+                keys.push(kept.unwrap_or_else(|| Arc::new(fresh)));
             }
+            let known_models = self
+                .carry_over
+                .as_ref()
+                .and_then(|old| old.provider(provider.id().as_str()))
+                .map(|old| old.known_models.read().unwrap_or_else(|p| p.into_inner()).clone())
+                .unwrap_or_default();
             by_id.insert(provider.id().as_str().into(), providers.len());
             providers.push(Arc::new(ProviderPool {
                 provider: Arc::new(provider),
@@ -178,7 +214,7 @@ impl KeyPoolBuilder {
                 pause_state: Mutex::default(),
                 maybe_paused: AtomicBool::new(false),
                 slot_freed: Notify::new(),
-                known_models: Default::default(),
+                known_models: std::sync::RwLock::new(known_models),
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
             }));
@@ -214,6 +250,14 @@ impl KeyPool {
     /// The pool's clock (wall time, days).
     pub fn clock(&self) -> &PoolClock {
         &self.clock
+    }
+
+    /// This pool's entry for the key `fresh` describes, if it is the same
+    /// key sent the same way.
+    fn same_key(&self, fresh: &KeyEntry) -> Option<Arc<KeyEntry>> {
+        let (pool, index) = self.key(fresh.id().as_str())?;
+        let old = &pool.keys[index];
+        (old.secret() == fresh.secret() && old.auth_header() == fresh.auth_header()).then(|| old.clone())
     }
 
     /// The key with this id (`provider:1a2b3c4d`).
