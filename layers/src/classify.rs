@@ -211,8 +211,10 @@ fn parse_reset(value: &str, now: SystemTime) -> Option<Duration> {
     match value.trim().parse::<f64>() {
         Ok(n) if n.is_finite() && n >= SECONDS_EPOCH_FLOOR => {
             let unix_secs = if n >= MILLIS_EPOCH_FLOOR { n / 1000.0 } else { n };
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix_secs);
-            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+            // A moment past what a Duration or the clock can hold is as far
+            // as a hint goes (a `from_secs_f64` or `+` there would panic).
+            let at = Duration::try_from_secs_f64(unix_secs).ok().and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d));
+            Some(at.map_or(MAX_HINT, |at| at.duration_since(now).unwrap_or(Duration::ZERO)))
         }
         _ => parse_duration(value),
     }
@@ -286,7 +288,8 @@ fn body_hint(body: &str) -> Option<Duration> {
             // "try again in 20 seconds"
             let words: Vec<&str> = rest.split_whitespace().take(2).collect();
             if let [n, unit] = words[..] {
-                let n: f64 = n.parse().ok()?;
+                // `parse` takes "nan" and "inf" too: not a number of seconds.
+                let n: f64 = n.parse().ok().filter(|n: &f64| n.is_finite())?;
                 let scale = match unit.trim_end_matches(['.', ',']) {
                     u if u.starts_with("second") => 1.0,
                     u if u.starts_with("minute") => 60.0,

@@ -328,3 +328,27 @@ fn text_the_client_controls_does_not_classify_a_client_error() {
         assert_eq!(answer(404, &[], &vllm).class, Client, "{model} (vLLM)");
     }
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/retry_hints.rs): a reset "moment"
+/// too far out for a `Duration` or the clock panicked in
+/// `Duration::from_secs_f64` / `SystemTime + Duration`; it is the longest
+/// hint instead.
+#[test]
+fn a_reset_moment_beyond_the_clock_is_the_longest_hint_not_a_panic() {
+    for value in ["175000006000050000060001", "1e300", "1.7976931348623157e308", "18446744073709551616"] {
+        assert_eq!(answer(429, &[("x-ratelimit-reset", value)], "").retry_after, Some(MAX_HINT), "{value}");
+    }
+}
+
+/// Found while writing the `retry_hints` fuzz target (its assertion covers
+/// it; a seed keeps it in the corpus): "try again in NaN seconds" parsed
+/// `NaN` as a number, and `Duration::from_secs_f64(NaN)` panicked. Not a
+/// number is no hint.
+#[test]
+fn a_prose_hint_that_is_not_a_number_is_no_hint_not_a_panic() {
+    for body in ["Please try again in NaN seconds.", "retry after nan minutes", "retry in -inf hours"] {
+        let failure = answer(429, &[], body);
+        assert!(failure.retry_after.is_none_or(|d| d <= MAX_HINT), "{body}: {failure:?}");
+    }
+    assert_eq!(answer(429, &[], "retry in nan seconds").retry_after, None);
+}

@@ -405,3 +405,22 @@ fn already_open_reads_the_content_as_reasoning_until_the_closing_tag() {
     let out: Vec<Bytes> = per_event.into_iter().flatten().collect();
     assert_eq!(texts(&out, 0), (String::new(), "Let me think.</think>4".to_owned()));
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/stream_openai.rs): an unnamed event
+/// with more than one `data:` line passed through as `data: line1\nline2`,
+/// so the client's SSE parser dropped every line after the first.
+#[test]
+fn events_passed_through_keep_every_data_line() {
+    let input = b"data: {\"not\":\ndata: \"a chunk\"}\n\nevent: note\ndata: one\ndata: two\n\ndata: [DONE]\n\n";
+    let (per_event, finished) = run(ThinkSplitter::new(), input);
+    assert!(finished.is_empty());
+    let out: Vec<Bytes> = per_event.into_iter().flatten().collect();
+    assert_eq!(
+        parse_events(&out),
+        [
+            SseEvent { event: None, data: "{\"not\":\n\"a chunk\"}".into() },
+            SseEvent { event: Some("note".into()), data: "one\ntwo".into() },
+            SseEvent { event: None, data: "[DONE]".into() },
+        ]
+    );
+}

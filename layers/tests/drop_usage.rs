@@ -52,3 +52,20 @@ async fn a_frame_holding_the_usage_chunk_among_others_keeps_the_others() {
     let out: Vec<u8> = frames_out(frames).await.concat();
     assert_eq!(String::from_utf8(out).unwrap(), format!("{FINISH}{DONE}"));
 }
+
+/// Found by the `stream_openai` fuzz target's check that the filter drops
+/// the usage chunk and nothing else (on a hand-made input; libFuzzer had not
+/// reached it on its own): a usage chunk whose JSON spans two `data:` lines
+/// (`"usage":` on one, the object on the next) passed in a frame untouched,
+/// because the frame's bytes show `"usage":\ndata: {`, not `"usage":{`.
+#[tokio::test]
+async fn a_usage_chunk_split_over_data_lines_is_dropped_too() {
+    for usage in [
+        "data: {\"choices\":[],\"usage\":\ndata: {\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+        "data: {\"choices\":[],\"usage\"\ndata: :{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+    ] {
+        let frames = [FINISH, usage, DONE].map(|s| Bytes::from_static(s.as_bytes())).to_vec();
+        let out: Vec<u8> = frames_out(frames).await.concat();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{FINISH}{DONE}"), "{usage:?}");
+    }
+}

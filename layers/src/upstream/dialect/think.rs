@@ -317,10 +317,10 @@ fn set_delta(delta: &mut Map<String, Value>, split: Split) {
     }
 }
 
-/// An event as it came (its name, and each data line).
+/// An event as it came (its name, and each data line: `data_event` alone
+/// would send the lines after the first without their `data: `).
 fn passthrough(event: &SseEvent) -> Bytes {
-    let Some(name) = &event.event else { return data_event(event.data.as_bytes()) };
-    framed(Some(name), event.data.as_bytes())
+    framed(event.event.as_deref(), event.data.as_bytes())
 }
 
 /// `event:` (if named) and `data:` lines, then the blank line.
