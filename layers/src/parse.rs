@@ -172,8 +172,14 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(borrow, default)]
+    /// `Some` whenever the key is there, `null` included: the usage
+    /// request must then replace it, not add a second `stream_options`.
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(value).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -255,6 +261,8 @@ mod tests {
         assert!(t.has_stream_options() && !t.wants_usage());
         let t = parse(r#"{"model":"openai/x","stream":true}"#).unwrap();
         assert!(!t.has_stream_options() && !t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":null}"#).unwrap();
+        assert!(t.has_stream_options() && !t.wants_usage(), "a null is there, to be replaced");
     }
 
     #[test]

@@ -132,6 +132,12 @@ mod usage_tests {
         let out = ask_for_stream_usage(&Bytes::from_static(br#"{"stream":true,"stream_options":{"x":1}}"#), true);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        // `null` is replaced: a second `stream_options` key could be the one
+        // a provider ignores.
+        let out = ask_for_stream_usage(&Bytes::from_static(br#"{"stream":true,"stream_options":null}"#), true);
+        assert_eq!(String::from_utf8_lossy(&out).matches("stream_options").count(), 1);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"], serde_json::json!({"include_usage": true}));
     }
 
     #[test]
