@@ -11,7 +11,8 @@
 //! request's [`Deadline`], else fails at once with [`AllKeysCooling`] (429
 //! with `Retry-After`). Other failures: [`NoKeyConfigured`] (503, the
 //! provider has no key), [`NoUsableKey`] (503, all invalid or disabled),
-//! [`KeysExhausted`] (every remaining key was excluded), [`UnknownProvider`]
+//! [`KeysExhausted`] (every remaining key was excluded, even when others
+//! cool past the deadline), [`UnknownProvider`]
 //! (400), [`MissingExtension`] (500). Errors of the inner service come back
 //! wrapped in [`LeasedError`], so that retries know which key to blame.
 //!
@@ -231,11 +232,14 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
             }
             continue;
         }
-        if let Some(until) = why.cooling_until {
-            return Err(AllKeysCooling::new(id, target.model(), until - now).into());
-        }
+        // The request failed on every key it could use (transient failures
+        // exclude): that is the upstream's failure (502, with its last error),
+        // not a 429 whose `Retry-After` names another key's long cooldown.
         if why.excluded {
             return Err(KeysExhausted::new(id).into());
+        }
+        if let Some(until) = why.cooling_until {
+            return Err(AllKeysCooling::new(id, target.model(), until - now).into());
         }
         return Err(NoUsableKey::new(id, why.invalid_until.map(|t| t - now)).into());
     }

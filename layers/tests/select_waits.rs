@@ -367,6 +367,25 @@ async fn every_remaining_key_excluded_is_keys_exhausted() {
     assert!(seen.keys().is_empty());
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn keys_excluded_and_the_rest_cooling_past_the_deadline_is_keys_exhausted_not_429() {
+    // The request failed (transiently) on every key it could use; the other
+    // key cools for hours. A 429 would send the client away for those hours
+    // although the failed keys may answer the next request.
+    let pool = plain(&["k1", "k2", "k3"]);
+    let (svc, seen) = stack(&pool);
+    cool(&pool, 2, 3 * 3600);
+    let mut req = request(Some(secs(60)));
+    req.extensions_mut().insert(ExcludedKeys(vec![id("k1"), id("k2")]));
+    let start = Instant::now();
+    let err = within_virtual(svc.oneshot(req)).await.unwrap_err();
+    assert_eq!(Instant::now(), start, "no waiting for a key that cannot come in time");
+    assert!(err.downcast_ref::<KeysExhausted>().is_some(), "{err}");
+    let reply = reply(&err);
+    assert_eq!((reply.status, reply.code, reply.retry_after), (StatusCode::BAD_GATEWAY, "upstream_failed", None));
+    assert!(seen.keys().is_empty());
+}
+
 // === PinnedKey ===
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
