@@ -166,8 +166,9 @@ impl Bound {
     }
 
     /// Serves until `shutdown` resolves and in-flight requests drain, saving
-    /// the pool's state on an interval and once more at the end; with
-    /// request logging, writes what is still queued before returning.
+    /// the pool's state on an interval and once more at the end and running
+    /// the metrics recorder's upkeep; with request logging, writes what is
+    /// still queued before returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let build = stack::build::<hyper::body::Incoming>;
         let service = Live::new(build(&self.app));
@@ -191,12 +192,14 @@ impl Bound {
             move || current.read().unwrap_or_else(|p| p.into_inner()).pool.clone()
         };
         let saver = tokio::spawn(self.state.clone().save_every(pool_now.clone(), self.state_save_interval));
+        let upkeep = tokio::spawn(telemetry::metrics_upkeep(telemetry::METRICS_UPKEEP_INTERVAL));
         let request_log = self.request_log.map(|writer| {
             let (stop, stopped) = oneshot::channel();
             (stop, tokio::spawn(writer.run(stopped)))
         });
         let outcome = server::serve(self.listener, service, &self.options, shutdown).await;
         saver.abort();
+        upkeep.abort();
         if let Some((stop, writer)) = request_log {
             let _ = stop.send(());
             if let Err(err) = writer.await {

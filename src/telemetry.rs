@@ -1,7 +1,7 @@
 //! Logging and metrics setup: tracing to stderr as text or JSON, filtered
 //! by `--log-level`, else `RUST_LOG`, else `info`; the Prometheus recorder.
 
-use std::{io::IsTerminal, sync::OnceLock};
+use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +18,23 @@ pub fn init(level: Option<&str>, format: LogFormat) {
         // One object per line, span fields included: for log shippers.
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// How often [`metrics_upkeep`] drains histogram samples: often enough that
+/// few pile up between two runs (a run takes microseconds).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the recorder's upkeep every `every`, forever. A recorder installed
+/// with `install_recorder` does none by itself: every histogram sample (two
+/// per request) stays in memory until upkeep or a scrape of `/metrics`
+/// drains it, so a proxy nobody scrapes would grow without bound.
+pub async fn metrics_upkeep(every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        metrics_handle().run_upkeep();
     }
 }
 
