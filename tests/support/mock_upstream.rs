@@ -477,6 +477,12 @@ impl MockUpstream {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// Every request so far, in arrival order, forgetting them: a long run
+    /// calls it now and then so that the records do not grow without bound.
+    pub fn take_requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.state.requests.lock().unwrap())
+    }
+
     /// Requests to paths ending with `suffix`, e.g. `/chat/completions`.
     pub fn requests_to(&self, suffix: &str) -> Vec<Recorded> {
         self.requests().into_iter().filter(|r| r.path.ends_with(suffix)).collect()
