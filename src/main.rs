@@ -12,9 +12,24 @@ use keyrelay::{
 /// Exit status for a configuration that cannot run (BSD's EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
-#[tokio::main]
+/// One core (as `taskset`, a container's CPU limit or `TOKIO_WORKER_THREADS=1`
+/// allows) gets tokio's single-threaded runtime: a one-worker multi-thread
+/// runtime pays for work-stealing it cannot use, about a quarter of the
+/// CPU per request in benches/load. More cores get the multi-thread one,
+/// sized by tokio (`TOKIO_WORKER_THREADS` or the cores available).
+fn main() -> ExitCode {
+    let workers = std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|n| n.trim().parse::<usize>().ok());
+    let cores = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    runtime.expect("a tokio runtime").block_on(run())
+}
+
 #[expect(clippy::print_stderr, reason = "start-up failures happen before logging exists, and must reach the operator")]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let settings = match config::load(Sources::from_cli(&cli)) {
         Ok(mut settings) => {

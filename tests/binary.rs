@@ -276,7 +276,14 @@ async fn sigterm_stops_accepting_lets_in_flight_requests_and_streams_finish_save
     let mock = MockUpstream::start().await;
     let dir = TempDir::new().unwrap();
     let base = mock.base();
-    let env = [("PROXY_API_KEY", PROXY_KEY), ("OPENAI_API_KEY_1", KEY_ONE), ("OPENAI_API_BASE", base.as_str())];
+    // One worker: the single-threaded runtime keyrelay picks on one core
+    // (the other tests here run the multi-thread one).
+    let env = [
+        ("PROXY_API_KEY", PROXY_KEY),
+        ("OPENAI_API_KEY_1", KEY_ONE),
+        ("OPENAI_API_BASE", base.as_str()),
+        ("TOKIO_WORKER_THREADS", "1"),
+    ];
     let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
     let (valve, gate) = (Valve::new(), Gate::new());
     for _ in 0..3 {
