@@ -54,9 +54,23 @@ impl Route {
     }
 }
 
-/// Dispatches each request to its route's service.
+/// Dispatches each request to its route's service. Cloning it (once per
+/// request, by the server) shares the table; only the route a request takes
+/// is cloned for it.
 #[derive(Debug)]
 pub struct Router<B> {
+    routes: std::sync::Arc<Routes<B>>,
+}
+
+impl<B> Router<B> {
+    pub fn new(routes: Routes<B>) -> Self {
+        Self { routes: std::sync::Arc::new(routes) }
+    }
+}
+
+/// Each route's service.
+#[derive(Debug)]
+pub struct Routes<B> {
     pub health: RouteService<B>,
     pub proxy: RouteService<B>,
     pub models: RouteService<B>,
@@ -70,17 +84,7 @@ pub struct Router<B> {
 
 impl<B> Clone for Router<B> {
     fn clone(&self) -> Self {
-        Self {
-            health: self.health.clone(),
-            proxy: self.proxy.clone(),
-            models: self.models.clone(),
-            providers: self.providers.clone(),
-            keys: self.keys.clone(),
-            key_action: self.key_action.clone(),
-            token_count: self.token_count.clone(),
-            metrics: self.metrics.clone(),
-            admin_reload: self.admin_reload.clone(),
-        }
+        Self { routes: self.routes.clone() }
     }
 }
 
@@ -104,16 +108,17 @@ impl<B> Service<Request<B>> for Router<B> {
         if !allowed {
             return Either::Left(ready(Err(MethodNotAllowed::new(method).into())));
         }
+        let routes = &*self.routes;
         let svc = match route {
-            Route::Health => &self.health,
-            Route::Proxy => &self.proxy,
-            Route::Models => &self.models,
-            Route::Providers => &self.providers,
-            Route::Keys => &self.keys,
-            Route::KeyAction => &self.key_action,
-            Route::TokenCount => &self.token_count,
-            Route::Metrics => &self.metrics,
-            Route::AdminReload => &self.admin_reload,
+            Route::Health => &routes.health,
+            Route::Proxy => &routes.proxy,
+            Route::Models => &routes.models,
+            Route::Providers => &routes.providers,
+            Route::Keys => &routes.keys,
+            Route::KeyAction => &routes.key_action,
+            Route::TokenCount => &routes.token_count,
+            Route::Metrics => &routes.metrics,
+            Route::AdminReload => &routes.admin_reload,
         };
         Either::Right(svc.clone().oneshot(req))
     }

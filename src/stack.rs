@@ -26,7 +26,7 @@ use keyrelay_layers::{
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::routes::{RouteService, Router};
+use crate::routes::{RouteService, Router, Routes};
 
 /// Everything the stack is built from: shared state and settings.
 #[derive(Clone, Debug)]
@@ -137,7 +137,7 @@ where
         // response streams back untouched.
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
-    Router {
+    Router::new(Routes {
         health: route(service_fn(|_: Request<B>| async { Ok::<_, Infallible>(crate::status::health()) })),
         proxy: BoxCloneSyncService::new(proxy),
         models: {
@@ -184,7 +184,7 @@ where
             let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { auth.clone() };
             route(metrics_auth.layer(scrape))
         },
-    }
+    })
 }
 
 fn route<S, B, E>(svc: S) -> RouteService<B>
