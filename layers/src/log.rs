@@ -230,9 +230,11 @@ where
         let id = request_id(req.headers());
         let span = tracing::info_span!(
             "request",
-            id = id.as_str(),
+            // Shown as is (no quoting and escaping to pay for): the id is
+            // printable ASCII without spaces, as is a parsed URI's path.
+            id = %id.as_str(),
             method = %req.method(),
-            path = req.uri().path(),
+            path = %req.uri().path(),
             provider = Empty,
             model = Empty,
             key = Empty,

@@ -140,7 +140,9 @@ where
             let bytes = read_bounded(body, limit).await?;
             let target = route_target(&bytes, endpoint, &pool)?;
             let span = tracing::Span::current();
-            span.record("provider", target.provider().as_str());
+            // A provider id is one the pool knows: shown as is. The model
+            // comes from the client, so it is quoted and escaped.
+            span.record("provider", tracing::field::display(target.provider().as_str()));
             span.record("model", target.model());
             if let Some(labels) = parts.extensions.get::<MetricLabels>()
                 && let Some(provider) = pool.provider(target.provider().as_str())

@@ -145,7 +145,7 @@ where
             let wants_deadline = wants.deadline.map(|d| d.0);
             let cell = req.extensions().get::<MetricLabels>().cloned();
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
-            tracing::Span::current().record("key", lease.key_id().as_str());
+            tracing::Span::current().record("key", tracing::field::display(lease.key_id().as_str()));
             req.extensions_mut().insert(lease.clone());
             let mut cut =
                 CutByDeadline { lease: Some(lease.clone()), model: target.model().into(), deadline: wants_deadline };
