@@ -212,12 +212,16 @@ fn report(current: &App, next: &App, started_with: &ServerShape, now: &ServerSha
     }
 }
 
-/// The settings a reload cannot change.
+/// The settings a reload cannot change (the body limit can: Parse takes it
+/// from the rebuilt stack).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerShape {
     listen: std::net::SocketAddr,
     tls: Option<crate::config::TlsFiles>,
-    limits: (usize, usize, std::time::Duration, std::time::Duration, usize),
+    max_header_bytes: usize,
+    max_concurrent_requests: usize,
+    header_read_timeout: std::time::Duration,
+    shutdown_grace: std::time::Duration,
     data_dir: std::path::PathBuf,
     request_logging: bool,
 }
@@ -227,13 +231,10 @@ impl ServerShape {
         Self {
             listen: settings.listen,
             tls: settings.tls.clone(),
-            limits: (
-                settings.max_header_bytes,
-                settings.max_concurrent_requests,
-                settings.header_read_timeout,
-                settings.shutdown_grace,
-                settings.max_body_bytes,
-            ),
+            max_header_bytes: settings.max_header_bytes,
+            max_concurrent_requests: settings.max_concurrent_requests,
+            header_read_timeout: settings.header_read_timeout,
+            shutdown_grace: settings.shutdown_grace,
             data_dir: settings.data_dir.clone(),
             request_logging: settings.request_logging,
         }

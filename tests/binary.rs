@@ -4,123 +4,15 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::Path, process::Stdio};
-
 use support::{
     Auth, Gate, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, Script, SseReader, TestClient, Valve, assert_no_secret,
+    binary::{BANNER, Running, keyrelay, run_to_exit, start},
     chat_body, chat_completion, closed_port, eventually, post, stream_events, within,
 };
 use tempfile::TempDir;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
-    process::{Child, ChildStdout, Command},
-    task::JoinHandle,
-};
 
-const BANNER: &str = "keyrelay listening on http://";
 /// The exit status for a configuration that cannot run (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
-
-/// The binary with nothing from this process's environment but `PATH`.
-fn keyrelay(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyrelay"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// A started binary that announced its address.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    stdout: JoinHandle<String>,
-    stderr: JoinHandle<String>,
-}
-
-/// Everything a finished binary printed.
-struct Exited {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn start(mut cmd: Command) -> Running {
-    let mut child = cmd.spawn().expect("start the keyrelay binary");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    // Drain stderr from the start so the child never blocks on a full pipe.
-    let stderr = tokio::spawn(async move {
-        let mut out = String::new();
-        let _ = stderr.read_to_string(&mut out).await;
-        out
-    });
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut seen = String::new();
-    let addr = within("the banner on stdout", async {
-        loop {
-            let mut line = String::new();
-            let n = lines.read_line(&mut line).await.expect("read the child's stdout");
-            assert!(n > 0, "stdout closed before the banner:\n{seen}");
-            seen.push_str(&line);
-            if let Some(addr) = line.trim().strip_prefix(BANNER) {
-                break addr.parse::<SocketAddr>().expect("a socket address");
-            }
-        }
-    })
-    .await;
-    let stdout = tokio::spawn(read_rest(lines, seen));
-    Running { child, addr, stdout, stderr }
-}
-
-async fn read_rest(mut lines: BufReader<ChildStdout>, mut seen: String) -> String {
-    let _ = lines.read_to_string(&mut seen).await;
-    seen
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends `signal` (`TERM`, `HUP`, ...) without waiting for anything.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("the child is running");
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
-        assert!(status.expect("run kill").success(), "kill -{signal} {pid} failed");
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit and the output.
-    async fn terminate(self) -> Exited {
-        self.signal("TERM");
-        self.exited().await
-    }
-
-    /// Waits (bounded) for the exit and the output.
-    async fn exited(mut self) -> Exited {
-        let status = within("the binary to exit after SIGTERM", self.child.wait()).await.expect("wait for the child");
-        Exited {
-            code: status.code(),
-            stdout: within("stdout to close", self.stdout).await.unwrap(),
-            stderr: within("stderr to close", self.stderr).await.unwrap(),
-        }
-    }
-}
-
-/// Runs the binary to completion (bounded).
-async fn run_to_exit(mut cmd: Command) -> Exited {
-    let out = within("the binary to exit", cmd.output()).await.expect("run the keyrelay binary");
-    Exited {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 async fn chat_through(client: &TestClient, running: &Running) -> support::Reply {
     client

@@ -75,17 +75,13 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use keyrelay::{
-    Bound,
-    config::{self, Sources},
-};
 use keyrelay_layers::pool::KeyPool;
 use serde_json::Value;
 use support::{
-    Auth, Gate, INVALID_REQUEST, MockUpstream, PROXY_KEY, Recorded, Script, TestClient, Then, chat_completion, get,
-    stream_events,
+    Auth, Gate, INVALID_REQUEST, MockUpstream, PROXY_KEY, Proxy, Recorded, Script, TestClient, Then, chat_completion,
+    get, stream_events,
 };
-use tokio::{sync::oneshot, time::Instant};
+use tokio::time::Instant;
 
 /// The seed; `KEYRELAY_CHAOS_SEED=N` runs with another one.
 const SEED: u64 = 0xc4a0_5eed_2026_0706;
@@ -128,22 +124,14 @@ const DOOM_EVERY: u64 = 300;
 /// (2 to 3 MB is usual: allocator high-water marks).
 const RSS_GROWTH_LIMIT_KIB: u64 = 10 * 1024;
 
-/// SplitMix64's finaliser: a tiny, good, seedable mixer.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 fn seed() -> u64 {
     static SEED_IN_USE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED_IN_USE.get_or_init(|| std::env::var("KEYRELAY_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED))
+    *SEED_IN_USE.get_or_init(|| support::seed_from("KEYRELAY_CHAOS_SEED", SEED))
 }
 
 /// A random number that is a function of the seed and `parts` only.
 fn draw(parts: &[u64]) -> u64 {
-    parts.iter().fold(seed(), |h, &p| mix(h ^ p))
+    support::draw(seed(), parts)
 }
 
 /// Keeps the draws of request shapes apart from the draws of faults.
@@ -293,38 +281,12 @@ impl Ledger {
     }
 }
 
-/// keyrelay in process, as `support::Proxy` starts it, but keeping a handle
-/// on its pool.
-struct Running {
-    addr: SocketAddr,
-    pool: Arc<KeyPool>,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_proxy(env: Vec<(String, String)>) -> Running {
-    let dir = tempfile::tempdir().expect("a temporary working dir");
-    let mut settings = config::load(Sources {
-        config_path: None,
-        working_dir: dir.path().to_path_buf(),
-        env,
-        host: None,
-        port: Some(0),
-        data_dir: None,
-        request_logging: false,
+async fn start_proxy(env: Vec<(String, String)>) -> Proxy {
+    Proxy::start_with(env, |settings| {
+        settings.global_timeout = DEADLINE;
+        settings.stream_idle_timeout = IDLE;
     })
-    .unwrap_or_else(|err| panic!("chaos configuration refused: {err}"));
-    settings.daily_reset = support::test_daily_reset();
-    settings.global_timeout = DEADLINE;
-    settings.stream_idle_timeout = IDLE;
-    let bound = Bound::bind(&settings).await.unwrap_or_else(|err| panic!("keyrelay did not bind: {err}"));
-    let addr = bound.local_addr().expect("bound address");
-    let pool = bound.app().pool.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(bound.serve(async move {
-        let _ = stopped.await;
-    }));
-    Running { addr, pool, _stop: stop, _dir: dir }
+    .await
 }
 
 /// How one request ended, as the client saw it.
@@ -630,7 +592,7 @@ async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothi
     }
     env.push(("MAX_CONCURRENT_REQUESTS_PER_KEY_OPENAI".to_owned(), OPENAI_CAP.to_string()));
     let proxy = start_proxy(env).await;
-    let url = format!("http://{}/v1/chat/completions", proxy.addr);
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let status_client = TestClient::http1();
 
@@ -647,11 +609,11 @@ async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothi
         let took = started.elapsed();
 
         // Nothing in flight, as `/v1/keys` and the pool itself say.
-        let keys = settled(|| async { keys_in_flight(&status_client, proxy.addr).await.unwrap_or_else(|e| vec![e]) });
+        let keys = settled(|| async { keys_in_flight(&status_client, proxy.addr()).await.unwrap_or_else(|e| vec![e]) });
         if let Err(left) = keys.await {
             failures.push(format!("round {round}: /v1/keys still shows requests in flight: {left:?}"));
         }
-        if let Err(left) = settled(|| async { pool_leftovers(&proxy.pool) }).await {
+        if let Err(left) = settled(|| async { pool_leftovers(proxy.pool()) }).await {
             failures.push(format!("round {round}: the pool still holds requests or permits: {left:?}"));
         }
         // Nor at the upstreams, once the stalled streams are let go.
@@ -702,7 +664,7 @@ async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothi
             *tally.entry(kind).or_default() += n;
         }
         rss.push(rss_kib());
-        println!("round {round}: by provider {by_provider:?}; cooling {:?}", weather(&proxy.pool));
+        println!("round {round}: by provider {by_provider:?}; cooling {:?}", weather(proxy.pool()));
         println!(
             "round {round}: {} requests in {took:?}, {logged} upstream attempts; {round_tally:?}; VmRSS {:?} KiB",
             outcomes.len(),
@@ -768,7 +730,7 @@ async fn memory_stays_flat_without_metrics_scrapes() {
     ];
     let proxy = start_proxy(env).await;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("http://{}/health", proxy.addr);
+    let url = format!("http://{}/health", proxy.addr());
     let mut rss = Vec::new();
     for _ in 0..FLOOD_ROUNDS {
         let next = Arc::new(AtomicUsize::new(0));

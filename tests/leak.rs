@@ -62,7 +62,6 @@ use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
     sync::{Arc, Mutex},
 };
 
@@ -72,17 +71,13 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::{
     Auth, MockUpstream, Recorded, Script, TestClient,
+    binary::{self, Running},
     client::ReqBody,
     closed_port,
     dialect_mocks::{Answer, DialectMock, anthropic, gemini, key_id_of},
     get, post, request, within,
 };
 use tempfile::TempDir;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
-    process::{Child, ChildStdout, Command},
-    task::JoinHandle,
-};
 
 // ---- the secrets -----------------------------------------------------------------
 
@@ -176,85 +171,13 @@ fn context(text: &str, needle: &str) -> String {
 
 // ---- the binary ----------------------------------------------------------------
 
-const BANNER: &str = "keyrelay listening on http://";
-
-/// A started binary that announced its address.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    stdout: JoinHandle<String>,
-    stderr: JoinHandle<String>,
-}
-
-/// Everything a finished binary printed.
-struct Exited {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Starts the binary with nothing from this process's environment but `PATH`.
+/// Starts the binary on the data dir `data_dir` with request logging on:
+/// per-request log directories land in the data dir, which is scanned.
 async fn start(cwd: &Path, data_dir: &Path, env: &[(String, String)]) -> Running {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyrelay"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg("--port")
-        .arg("0")
-        .arg("--data-dir")
-        .arg(data_dir)
-        // Per-request log directories land in the data dir, which is scanned.
-        .arg("--enable-request-logging")
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("start the keyrelay binary");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    // Drained from the start: at debug level the child must never block on
-    // a full pipe.
-    let stderr = tokio::spawn(async move {
-        let mut out = String::new();
-        let _ = stderr.read_to_string(&mut out).await;
-        out
-    });
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut seen = String::new();
-    let addr = within("the banner on stdout", async {
-        loop {
-            let mut line = String::new();
-            let n = lines.read_line(&mut line).await.expect("read the child's stdout");
-            assert!(n > 0, "stdout closed before the banner:\n{seen}");
-            seen.push_str(&line);
-            if let Some(addr) = line.trim().strip_prefix(BANNER) {
-                break addr.parse::<SocketAddr>().expect("a socket address");
-            }
-        }
-    })
-    .await;
-    let stdout = tokio::spawn(read_rest(lines, seen));
-    Running { child, addr, stdout, stderr }
-}
-
-async fn read_rest(mut lines: BufReader<ChildStdout>, mut seen: String) -> String {
-    let _ = lines.read_to_string(&mut seen).await;
-    seen
-}
-
-impl Running {
-    /// SIGTERM, then waits (bounded) for the exit and the output.
-    async fn terminate(mut self) -> Exited {
-        let pid = self.child.id().expect("the child is running");
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        let status = within("the binary to exit after SIGTERM", self.child.wait()).await.expect("wait for the child");
-        Exited {
-            code: status.code(),
-            stdout: within("stdout to close", self.stdout).await.expect("the stdout reader"),
-            stderr: within("stderr to close", self.stderr).await.expect("the stderr reader"),
-        }
-    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let data_dir = data_dir.to_str().expect("a UTF-8 temporary path");
+    let args = ["--port", "0", "--data-dir", data_dir, "--enable-request-logging"];
+    binary::start(binary::keyrelay(cwd, &env, &args)).await
 }
 
 // ---- talking to it -------------------------------------------------------------

@@ -85,16 +85,7 @@ async fn https_serves_http2_and_http1_by_alpn_with_a_self_signed_certificate() {
 async fn unreadable_tls_files_stop_start_up_with_the_file_named() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = keyrelay::config::load(keyrelay::config::Sources {
-        config_path: None,
-        working_dir: dir.path().to_path_buf(),
-        env: openai_env(&mock, 1),
-        host: None,
-        port: Some(0),
-        data_dir: None,
-        request_logging: false,
-    })
-    .unwrap();
+    let mut settings = support::proxy::load_settings(dir.path(), openai_env(&mock, 1), None).unwrap();
     settings.tls = Some(TlsFiles { cert: dir.path().join("missing.pem"), key: dir.path().join("key.pem") });
     let err = keyrelay::Bound::bind(&settings).await.unwrap_err().to_string();
     assert!(err.contains("missing.pem"), "{err}");

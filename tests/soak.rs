@@ -38,21 +38,13 @@ const CONCURRENCY: usize = 12;
 const MODELS: [&str; 4] = ["gpt-4o-mini", "gpt-4o", "o3-mini", "gpt-4.1-nano"];
 const KEYS: [&str; 3] = [KEY_ONE, KEY_TWO, KEY_THREE];
 
-/// SplitMix64: a tiny, good-enough, seedable generator.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 fn seed() -> u64 {
     static SEED_IN_USE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED_IN_USE.get_or_init(|| std::env::var("KEYRELAY_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED))
+    *SEED_IN_USE.get_or_init(|| support::seed_from("KEYRELAY_SOAK_SEED", SEED))
 }
 
 fn draw(parts: &[u64]) -> u64 {
-    parts.iter().fold(seed(), |h, &p| mix(h ^ p))
+    support::draw(seed(), parts)
 }
 
 /// What the upstream does to one attempt.

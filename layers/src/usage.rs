@@ -65,8 +65,8 @@ impl UsageTap {
 /// (stream chunks before the last) are skipped.
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     let mut end = tail.len();
-    while let Some(at) = rfind_usage_key(&tail[..end]) {
-        if let Some(object) = object_after_key(&tail[at + USAGE_KEY.len()..]) {
+    while let Some(at) = memchr::memmem::rfind(&tail[..end], USAGE_KEY) {
+        if let Some(object) = value_after_key(&tail[at + USAGE_KEY.len()..]).filter(|v| v.starts_with(b"{")) {
             let mut values = serde_json::Deserializer::from_slice(object).into_iter::<Usage>();
             if let Some(Ok(usage)) = values.next() {
                 return Some(usage);
@@ -79,27 +79,27 @@ pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
 
 /// Whether `json` has a `"usage"` key whose value is an object (not `null`).
 pub(crate) fn has_usage_object(json: &[u8]) -> bool {
-    let mut end = json.len();
-    while let Some(at) = rfind_usage_key(&json[..end]) {
-        if object_after_key(&json[at + USAGE_KEY.len()..]).is_some() {
-            return true;
-        }
-        end = at;
-    }
-    false
+    usage_values(json).any(|value| value.is_some_and(|v| v.starts_with(b"{")))
+}
+
+/// Whether every `"usage"` key in `json` (a run of SSE events) is
+/// `"usage": null`. A usage object, also one whose value starts on the next
+/// `data:` line (which an SSE framer joins before parsing), says no.
+pub(crate) fn only_null_usage(json: &[u8]) -> bool {
+    usage_values(json).all(|value| value.is_some_and(|v| v.starts_with(b"null")))
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
-/// The start of the last `"usage"` in `bytes`.
-fn rfind_usage_key(bytes: &[u8]) -> Option<usize> {
-    memchr::memmem::rfind(bytes, USAGE_KEY)
+/// What follows each `"usage"` key of `json`, in order: the value after its
+/// colon, or `None` when no colon follows on the same line.
+fn usage_values(json: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    memchr::memmem::find_iter(json, USAGE_KEY).map(move |at| value_after_key(&json[at + USAGE_KEY.len()..]))
 }
 
-/// What follows `: ` after a key, when it opens an object.
-fn object_after_key(rest: &[u8]) -> Option<&[u8]> {
-    let rest = rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
-    rest.starts_with(b"{").then_some(rest)
+/// What follows `: ` after a key.
+fn value_after_key(rest: &[u8]) -> Option<&[u8]> {
+    Some(rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start())
 }
 
 #[cfg(test)]

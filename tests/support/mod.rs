@@ -21,6 +21,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod binary;
 pub mod client;
 pub mod dialect_mocks;
 pub mod mock_upstream;
@@ -171,4 +172,25 @@ pub fn capped_at_midnight(secs: u64) -> u64 {
 pub fn near_capped(got: u64, hint: u64, slack: u64) -> bool {
     let want = capped_at_midnight(hint);
     got <= want && got + slack >= want
+}
+
+/// SplitMix64's finaliser: a tiny, good mixer for seeded, reproducible
+/// fault plans (the soak and chaos tests).
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A random number that is a function of `seed` and `parts` only, so it
+/// does not depend on which request wins a race.
+pub fn draw(seed: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(seed, |h, &p| mix(h ^ p))
+}
+
+/// The seed in the environment variable `var` (to replay a failure), else
+/// `default`.
+pub fn seed_from(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }

@@ -8,6 +8,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use keyrelay::{
@@ -15,6 +16,7 @@ use keyrelay::{
     config::{self, Settings, Sources},
     server::Shutdown,
 };
+use keyrelay_layers::pool::KeyPool;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -32,6 +34,24 @@ pub fn openai_env(mock: &MockUpstream, keys: usize) -> Vec<(String, String)> {
     env
 }
 
+/// Settings as the binary loads them, from `env` and an otherwise empty
+/// working directory `dir`, on port 0.
+pub fn load_settings(
+    dir: &Path,
+    env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
+) -> Result<Settings, config::ConfigError> {
+    config::load(Sources {
+        config_path: None,
+        working_dir: dir.to_path_buf(),
+        env,
+        host: None,
+        port: Some(0),
+        data_dir,
+        request_logging: false,
+    })
+}
+
 /// A running keyrelay.
 #[derive(Debug)]
 pub struct Proxy {
@@ -40,6 +60,7 @@ pub struct Proxy {
     served: JoinHandle<Shutdown>,
     data_dir: PathBuf,
     notes: Vec<String>,
+    pool: Arc<KeyPool>,
     _dir: TempDir,
 }
 
@@ -67,16 +88,8 @@ impl Proxy {
     ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary working dir");
         let env_sets_reset = env.iter().any(|(name, _)| name == "KEYRELAY_PROXY__DAILY_RESET_UTC");
-        let mut settings = config::load(Sources {
-            config_path: None,
-            working_dir: dir.path().to_path_buf(),
-            env,
-            host: None,
-            port: Some(0),
-            data_dir,
-            request_logging: false,
-        })
-        .unwrap_or_else(|err| panic!("test configuration refused: {err}"));
+        let mut settings =
+            load_settings(dir.path(), env, data_dir).unwrap_or_else(|err| panic!("test configuration refused: {err}"));
         if !env_sets_reset {
             // Far from now: no reset, nor a cooldown cut by one, mid-test.
             settings.daily_reset = super::test_daily_reset();
@@ -86,13 +99,19 @@ impl Proxy {
         let addr = bound.local_addr().expect("bound address");
         assert!(addr.ip().is_loopback(), "tests listen on loopback: {addr}");
         let notes = bound.notes().to_vec();
+        let pool = bound.app().pool.clone();
         let data_dir = settings.data_dir.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let served = tokio::spawn(bound.serve(async move {
             // A dropped sender (the test ended) also stops the server.
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), served, data_dir, notes, _dir: dir }
+        Self { addr, shutdown: Some(tx), served, data_dir, notes, pool, _dir: dir }
+    }
+
+    /// The key pool it serves from (the one it started with).
+    pub fn pool(&self) -> &Arc<KeyPool> {
+        &self.pool
     }
 
     /// Where the pool's state file lives.

@@ -436,19 +436,9 @@ struct UsageChunkFilter;
 
 impl dialect::StreamTranslator for UsageChunkFilter {
     fn passes_unchanged(&mut self, frame: &[u8]) -> bool {
-        // Only when every `"usage"` in the frame is `"usage": null`: a usage
-        // object, also one split over data lines (`"usage":\ndata: {...`,
-        // which the framer joins before the event is looked at), is dropped
-        // by `event` below.
-        let mut rest = frame;
-        while let Some(at) = memchr::memmem::find(rest, b"\"usage\"") {
-            rest = &rest[at + b"\"usage\"".len()..];
-            let value = rest.trim_ascii_start().strip_prefix(b":").map(<[u8]>::trim_ascii_start);
-            if !value.is_some_and(|value| value.starts_with(b"null")) {
-                return false;
-            }
-        }
-        true
+        // Any usage object, even one split over data lines, goes through
+        // `event` below, which drops the usage chunk.
+        crate::usage::only_null_usage(frame)
     }
 
     fn event(&mut self, event: &dialect::SseEvent) -> Result<Vec<Bytes>, dialect::TranslateError> {
