@@ -1,11 +1,13 @@
-//! Response body wrappers. Each forwards frames one by one as they arrive:
-//! nothing here buffers.
+//! Response body wrappers. Each forwards frames as they arrive; only
+//! [`CoalescedBody`] holds one back, for one scheduler turn, to send it with
+//! the frames right behind it.
 //!
 //! - [`LeasedBody`]: keeps its key counted in flight until the body is done,
 //!   and reads the token usage at its end;
 //! - [`GuardedBody`]: holds a concurrency permit (or any guard) as long;
 //! - [`IdleTimeoutBody`]: fails a stream that stays silent too long;
-//! - [`SseErrorTail`]: ends a stream that broke with one SSE error event.
+//! - [`SseErrorTail`]: ends a stream that broke with one SSE error event;
+//! - [`CoalescedBody`]: merges data frames that arrive together.
 //!
 //! A stream that breaks after its first event, as RetryRotate hands it to the
 //! client:
@@ -50,6 +52,9 @@ use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
 use crate::{BoxError, ProxyBody, extensions::MetricLabels, pool::InFlight, usage::UsageTap};
+
+mod coalesce;
+pub use coalesce::{CoalescedBody, MAX_BATCH_BYTES};
 
 /// A complete body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {

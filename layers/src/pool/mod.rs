@@ -186,7 +186,7 @@ impl KeyPoolBuilder {
     pub fn build(self) -> Result<Arc<KeyPool>, InvalidKey> {
         let clock = PoolClock::new(self.wall_anchor.unwrap_or_else(SystemTime::now), self.daily_reset_offset.as_secs());
         let mut providers = Vec::with_capacity(self.providers.len());
-        let mut by_id = HashMap::with_capacity(self.providers.len());
+        let mut by_id = HashMap::with_capacity_and_hasher(self.providers.len(), Default::default());
         for (provider, options, secrets) in self.providers {
             let mut keys: Vec<Arc<KeyEntry>> = Vec::with_capacity(secrets.len());
             for (position, secret) in secrets.into_iter().enumerate() {
@@ -227,7 +227,9 @@ impl KeyPoolBuilder {
 #[derive(Debug)]
 pub struct KeyPool {
     providers: Vec<Arc<ProviderPool>>,
-    by_id: HashMap<Box<str>, usize>,
+    // foldhash, not SipHash: looked up several times per request, keyed by
+    // the pool's own provider ids.
+    by_id: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     clock: PoolClock,
 }
 

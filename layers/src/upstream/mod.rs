@@ -76,7 +76,7 @@ pub use self::{
 };
 use crate::{
     BoxError, ProxyBody,
-    body::{IdleTimeoutBody, full},
+    body::{CoalescedBody, IdleTimeoutBody, full},
     error::{MissingExtension, UnsupportedRequest, UpstreamFailed, UpstreamUnreachable},
     extensions::{Endpoint, MetricLabels, RouteTarget, UsageInjected},
     pool::KeyLease,
@@ -269,6 +269,12 @@ async fn answer(
         cell.restart_upstream_with(lease.secret());
     }
     let body = CapturedBody { inner: body, cell: plan.capture.clone() };
+    // Events that arrive in one read leave in one write (see CoalescedBody),
+    // and a stream's first events with the response head.
+    let mut body = CoalescedBody::new(body);
+    if plan.stream && parts.status.is_success() {
+        std::future::poll_fn(|cx| Pin::new(&mut body).poll_prefetch(cx)).await;
+    }
     headers::for_client(&mut parts.headers);
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(lease.clone());
