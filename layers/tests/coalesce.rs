@@ -47,16 +47,14 @@ async fn frames_that_arrive_during_the_turn_join_the_batch() {
     let (tx, body) = channel_body();
     let mut body = pin!(CoalescedBody::new(body));
     tx.send(data("a")).unwrap();
-    let producer = tokio::spawn({
-        let tx = tx.clone();
-        async move {
-            tx.send(data("b")).unwrap();
-            tx.send(data("c")).unwrap();
-        }
-    });
-    // The spawned task runs during the turn the body gives up.
-    let frame = body.frame().await.unwrap().unwrap();
-    producer.await.unwrap();
+    // The producer makes progress during the turn the body gives up (here
+    // in the same task; in the proxy, the connection task).
+    let producer = async {
+        tx.send(data("b")).unwrap();
+        tx.send(data("c")).unwrap();
+    };
+    let (frame, ()) = tokio::join!(body.frame(), producer);
+    let frame = frame.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "abc");
 }
 
