@@ -69,3 +69,21 @@ async fn a_usage_chunk_split_over_data_lines_is_dropped_too() {
         assert_eq!(String::from_utf8(out).unwrap(), format!("{FINISH}{DONE}"), "{usage:?}");
     }
 }
+
+/// A batch of whole events (as `CoalescedBody` makes them) keeps every
+/// other event byte for byte, comments and `id:` lines included: only the
+/// usage chunk's bytes are cut, nothing is re-encoded.
+#[tokio::test]
+async fn a_batch_of_whole_events_loses_only_the_usage_chunk_bytes() {
+    let comment = ": keep-alive\n\n";
+    let with_id = "id: 7\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n";
+    let batch = format!("{CONTENT}{comment}{with_id}{FINISH}{USAGE}{DONE}");
+    let out = frames_out(vec![Bytes::from(batch)]).await;
+    assert_eq!(out.len(), 1, "one frame in, one frame out");
+    assert_eq!(String::from_utf8(out[0].to_vec()).unwrap(), format!("{CONTENT}{comment}{with_id}{FINISH}{DONE}"));
+
+    // A usage object in an event that is not the usage-only chunk stays.
+    let both = "data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}\n\n";
+    let out = frames_out(vec![Bytes::from(format!("{both}{USAGE}{DONE}"))]).await;
+    assert_eq!(String::from_utf8(out.concat()).unwrap(), format!("{both}{DONE}"));
+}

@@ -381,8 +381,15 @@ where
                 Some(Ok(frame)) => {
                     let Some(data) = frame.data_ref() else { continue };
                     let whole_events = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
-                    if whole_events && this.framer.is_idle() && this.translator.passes_unchanged(data) {
-                        return Poll::Ready(Some(Ok(frame)));
+                    if whole_events && this.framer.is_idle() {
+                        if this.translator.passes_unchanged(data) {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        match this.translator.keep_whole_events(data) {
+                            Some(kept) if kept.is_empty() => continue,
+                            Some(kept) => return Poll::Ready(Some(Ok(Frame::data(kept)))),
+                            None => {}
+                        }
                     }
                     for event in this.framer.push(data) {
                         match this.translator.event(&event) {
@@ -427,8 +434,9 @@ where
 
 /// Drops the usage-only chunk the proxy asked for on the client's behalf,
 /// after the usage tap inside has counted it. A frame of whole events
-/// without it passes untouched; around it events are re-framed (comments and
-/// `id:` lines are not kept), and a half event is held until it is whole.
+/// passes as it came, less the usage chunk's bytes; a frame that splits an
+/// event is re-framed (comments and `id:` lines are not kept), and a half
+/// event is held until it is whole.
 pub fn drop_usage_chunk<B>(body: B) -> impl http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -445,6 +453,37 @@ impl dialect::StreamTranslator for UsageChunkFilter {
         // Any usage object, even one split over data lines, goes through
         // `event` below, which drops the usage chunk.
         crate::usage::only_null_usage(frame)
+    }
+
+    fn keep_whole_events(&mut self, frame: &Bytes) -> Option<Bytes> {
+        // Events end at a blank line; with `\r` line ends in play, leave
+        // the framing to the framer.
+        if memchr::memchr(b'\r', frame).is_some() {
+            return None;
+        }
+        let mut kept: Option<BytesMut> = None;
+        let mut kept_from = 0;
+        for at in memchr::memmem::find_iter(frame, b"\"usage\"") {
+            if at < kept_from {
+                continue;
+            }
+            let start = memchr::memmem::rfind(&frame[..at], b"\n\n").map_or(0, |end| end + 2);
+            let end = memchr::memmem::find(&frame[at..], b"\n\n").map(|end| at + end + 2)?;
+            let events = dialect::SseFramer::new().push(&frame[start..end]);
+            let [event] = events.as_slice() else { return None };
+            if dialect::openai::is_usage_only_chunk(&event.data) {
+                kept.get_or_insert_with(|| BytesMut::with_capacity(frame.len()))
+                    .extend_from_slice(&frame[kept_from..start]);
+                kept_from = end;
+            }
+        }
+        Some(match kept {
+            None => frame.clone(),
+            Some(mut kept) => {
+                kept.extend_from_slice(&frame[kept_from..]);
+                kept.freeze()
+            }
+        })
     }
 
     fn event(&mut self, event: &dialect::SseEvent) -> Result<Vec<Bytes>, dialect::TranslateError> {

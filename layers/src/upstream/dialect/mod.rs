@@ -113,6 +113,15 @@ pub trait StreamTranslator: Send {
         false
     }
 
+    /// `frame` (one or more whole events that start a fresh event, like
+    /// [`passes_unchanged`](Self::passes_unchanged)) as the client gets it,
+    /// when that is the provider's events kept or dropped whole, as they
+    /// came; `None` sends every event through [`event`](Self::event).
+    fn keep_whole_events(&mut self, frame: &Bytes) -> Option<Bytes> {
+        let _ = frame;
+        None
+    }
+
     /// The tokens the provider reported, once known (counted for the key
     /// even when the client did not ask to see them).
     fn usage(&self) -> Option<crate::usage::Usage> {
