@@ -20,10 +20,10 @@ use std::{
 
 use serde_json::{Value, json};
 use support::{
-    Auth, PROXY_KEY, Proxy, Reply, SseReader, TestClient, assert_no_secret, assert_openai_error,
+    Auth, Gate, PROXY_KEY, Proxy, Reply, SseReader, TestClient, assert_no_secret, assert_openai_error,
     dialect_mocks::{
-        ANTHROPIC_KEY_ONE, ANTHROPIC_KEY_TWO, Answer, DialectMock, GEMINI_KEY_ONE, GEMINI_KEY_TWO, Seen, StreamGate,
-        anthropic, dialect_env, gemini,
+        ANTHROPIC_KEY_ONE, ANTHROPIC_KEY_TWO, Answer, DialectMock, GEMINI_KEY_ONE, GEMINI_KEY_TWO, Seen, anthropic,
+        dialect_env, gemini,
     },
     get, keys_by_id, post,
 };
@@ -423,7 +423,7 @@ async fn anthropic_max_tokens_defaults_to_4096_and_follows_the_client() {
 async fn anthropic_stream_is_translated_as_it_arrives_with_usage_when_asked() {
     let mock = DialectMock::anthropic().await;
     let (proxy, client) = start(&[&mock], 1).await;
-    let gate = StreamGate::new();
+    let gate = Gate::new();
     // message_start, content_block_start, ping and the first text delta,
     // then the mock holds the rest.
     mock.push(Answer::gated(anthropic::text_stream(), 4, &gate));
@@ -626,7 +626,7 @@ async fn gemini_chat_with_tools_is_translated_both_ways() {
 async fn gemini_stream_is_translated_as_it_arrives_with_usage_when_asked() {
     let mock = DialectMock::gemini().await;
     let (proxy, client) = start(&[&mock], 1).await;
-    let gate = StreamGate::new();
+    let gate = Gate::new();
     mock.push(Answer::gated(gemini::text_stream(), 1, &gate));
 
     let mut request = hello(FLASH, true);
@@ -777,50 +777,46 @@ async fn until_key_one_tried(client: &TestClient, proxy: &Proxy, mock: &DialectM
 #[tokio::test]
 async fn anthropic_rate_limit_rotates_to_the_next_key_and_cools_for_retry_after() {
     let mock = DialectMock::anthropic().await;
-    let (proxy, client) = start(&[&mock], 2).await;
-    mock.push_for(ANTHROPIC_KEY_ONE, anthropic::rate_limited(Some("120")));
-
-    until_key_one_tried(&client, &proxy, &mock, CLAUDE, ANTHROPIC_KEY_ONE).await;
-    let log = mock.log();
-    let at = log.iter().position(|(k, _)| k == ANTHROPIC_KEY_ONE).unwrap();
-    assert_eq!(log[at..], [(ANTHROPIC_KEY_ONE.into(), "status:429".into()), (ANTHROPIC_KEY_TWO.into(), "ok".into())]);
-    for _ in 0..3 {
-        assert_completion(&chat(&client, &proxy, &hello(CLAUDE, false)).await, CLAUDE_UPSTREAM);
-    }
-    assert_eq!(mock.answers(ANTHROPIC_KEY_ONE), ["status:429"], "key one is left alone while it cools");
-
-    let keys = keys(&client, &proxy).await;
-    let one = status(&keys, &mock, ANTHROPIC_KEY_ONE);
-    assert_eq!(one["state"], "cooling", "{one}");
-    assert_eq!(one["provider"], "anthropic", "{one}");
-    let left = only_cooldown(one, CLAUDE_UPSTREAM, "rate_limit");
-    assert!(support::near_capped(left, 120, 10), "cooling for the 120 s of retry-after: {one}");
-    assert_eq!(one["today"]["failures_rate_limit"], 1, "{one}");
-    assert_healthy(status(&keys, &mock, ANTHROPIC_KEY_TWO));
+    rate_limit_rotates_and_cools(&mock, anthropic::rate_limited(Some("120")), (CLAUDE, CLAUDE_UPSTREAM), (120, 10))
+        .await;
 }
 
 #[tokio::test]
 async fn gemini_resource_exhausted_rotates_and_cools_for_its_retry_delay() {
     let mock = DialectMock::gemini().await;
-    let (proxy, client) = start(&[&mock], 2).await;
-    mock.push_for(GEMINI_KEY_ONE, gemini::rate_limited("30s"));
+    rate_limit_rotates_and_cools(&mock, gemini::rate_limited("30s"), (FLASH, FLASH_UPSTREAM), (30, 5)).await;
+}
 
-    until_key_one_tried(&client, &proxy, &mock, FLASH, GEMINI_KEY_ONE).await;
+/// Key one answers `rate_limited` once: the request goes on to key two, and
+/// key one cools (alone) for the provider's hint, `hint` seconds give or
+/// take `slack`.
+async fn rate_limit_rotates_and_cools(
+    mock: &DialectMock,
+    rate_limited: Answer,
+    (model, upstream_model): (&str, &str),
+    (hint, slack): (u64, u64),
+) {
+    let [key_one, key_two] = mock.flavor().keys();
+    let (proxy, client) = start(&[mock], 2).await;
+    mock.push_for(key_one, rate_limited);
+
+    until_key_one_tried(&client, &proxy, mock, model, key_one).await;
     let log = mock.log();
-    let at = log.iter().position(|(k, _)| k == GEMINI_KEY_ONE).unwrap();
-    assert_eq!(log[at..], [(GEMINI_KEY_ONE.into(), "status:429".into()), (GEMINI_KEY_TWO.into(), "ok".into())]);
+    let at = log.iter().position(|(k, _)| k == key_one).unwrap();
+    assert_eq!(log[at..], [(key_one.into(), "status:429".into()), (key_two.into(), "ok".into())]);
     for _ in 0..3 {
-        assert_completion(&chat(&client, &proxy, &hello(FLASH, false)).await, FLASH_UPSTREAM);
+        assert_completion(&chat(&client, &proxy, &hello(model, false)).await, upstream_model);
     }
-    assert_eq!(mock.answers(GEMINI_KEY_ONE), ["status:429"], "key one is left alone while it cools");
+    assert_eq!(mock.answers(key_one), ["status:429"], "key one is left alone while it cools");
 
     let keys = keys(&client, &proxy).await;
-    let one = status(&keys, &mock, GEMINI_KEY_ONE);
+    let one = status(&keys, mock, key_one);
     assert_eq!(one["state"], "cooling", "{one}");
-    let left = only_cooldown(one, FLASH_UPSTREAM, "rate_limit");
-    assert!(support::near_capped(left, 30, 5), "cooling for Google's retryDelay of 30 s: {one}");
+    assert_eq!(one["provider"], mock.flavor().provider(), "{one}");
+    let left = only_cooldown(one, upstream_model, "rate_limit");
+    assert!(support::near_capped(left, hint, slack), "cooling for the provider's {hint} s: {one}");
     assert_eq!(one["today"]["failures_rate_limit"], 1, "{one}");
-    assert_healthy(status(&keys, &mock, GEMINI_KEY_TWO));
+    assert_healthy(status(&keys, mock, key_two));
 }
 
 #[tokio::test]
@@ -1013,7 +1009,7 @@ async fn a_silent_provider_stream_ends_with_an_error_event_after_the_idle_timeou
     .await;
     let client = TestClient::http1();
     // The gate never opens: the provider goes quiet after its first text.
-    let gate = StreamGate::new();
+    let gate = Gate::new();
     ant.push(Answer::gated(anthropic::text_stream(), 4, &gate));
     gem.push(Answer::gated(gemini::text_stream(), 1, &gate));
     for (mock, model, key) in [(&ant, CLAUDE, ANTHROPIC_KEY_ONE), (&gem, FLASH, GEMINI_KEY_ONE)] {

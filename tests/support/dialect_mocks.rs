@@ -33,7 +33,7 @@
 //! answered. Answers are scripted like [`super::MockUpstream`]'s: per key
 //! first ([`DialectMock::push_for`], then [`DialectMock::always_for`]), then
 //! for any key ([`DialectMock::push`]), else the default above. Streams can
-//! be held half way ([`Answer::gated`]) until a [`StreamGate`] opens.
+//! be held half way ([`Answer::gated`]) until a [`Gate`] opens.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -65,7 +65,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::{BoxError, PROXY_KEY};
+use super::{BoxError, Gate, PROXY_KEY};
 
 /// Anthropic pool keys (each contains `SECRET`, so leak checks catch them).
 pub const ANTHROPIC_KEY_ONE: &str = "sk-ant-api03-SECRET-one-aaaa";
@@ -128,32 +128,6 @@ pub fn dialect_env(mocks: &[&DialectMock], keys: usize) -> Vec<(String, String)>
     env
 }
 
-/// Holds a gated stream half way until opened; cloning shares it.
-#[derive(Clone, Debug)]
-pub struct StreamGate(Arc<watch::Sender<bool>>);
-
-impl StreamGate {
-    pub fn new() -> Self {
-        Self(Arc::new(watch::channel(false).0))
-    }
-
-    pub fn open(&self) {
-        self.0.send_replace(true);
-    }
-
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        // The sender lives in `self`: the channel cannot close here.
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
-impl Default for StreamGate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// How the mock answers one request.
 #[derive(Clone, Debug)]
 pub enum Answer {
@@ -165,7 +139,7 @@ pub enum Answer {
     /// `200 text/event-stream` with these events (each already framed),
     /// one frame each; with a gate, the first `before` events go out, then
     /// the stream waits for the gate, then sends the rest.
-    Events { events: Vec<String>, gate: Option<(usize, StreamGate)> },
+    Events { events: Vec<String>, gate: Option<(usize, Gate)> },
     /// `200 application/json` and the first bytes of this body, then
     /// nothing more (the connection stays open).
     Stall { body: String },
@@ -191,7 +165,7 @@ impl Answer {
     }
 
     /// A stream that sends `before` events, waits for `gate`, then the rest.
-    pub fn gated(events: Vec<String>, before: usize, gate: &StreamGate) -> Self {
+    pub fn gated(events: Vec<String>, before: usize, gate: &Gate) -> Self {
         Self::Events { events, gate: Some((before, gate.clone())) }
     }
 
@@ -457,7 +431,7 @@ fn json_response(status: u16, body: impl Into<Bytes>) -> Response<MockBody> {
     res
 }
 
-fn event_stream(state: Arc<State>, events: Vec<String>, gate: Option<(usize, StreamGate)>) -> Response<MockBody> {
+fn event_stream(state: Arc<State>, events: Vec<String>, gate: Option<(usize, Gate)>) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(events.len() + 1);
     tokio::spawn(async move {
         let total = events.len();

@@ -147,7 +147,7 @@ impl Gate {
         self.0.send_replace(true);
     }
 
-    async fn wait(&self) {
+    pub(super) async fn wait(&self) {
         let mut rx = self.0.subscribe();
         // The sender lives in `self`, so the channel cannot close here.
         let _ = rx.wait_for(|open| *open).await;

@@ -271,14 +271,14 @@ async fn answer(
     let body = CapturedBody { inner: body, cell: plan.capture.clone() };
     // Events that arrive in one read leave in one write (see CoalescedBody),
     // and a stream's first events with the response head.
+    let success = parts.status.is_success();
     let mut body = CoalescedBody::new(body);
-    if plan.stream && parts.status.is_success() {
+    if plan.stream && success {
         std::future::poll_fn(|cx| Pin::new(&mut body).poll_prefetch(cx)).await;
     }
     headers::for_client(&mut parts.headers);
     parts.extensions = http::Extensions::new();
     parts.extensions.insert(lease.clone());
-    let success = parts.status.is_success();
     if plan.usage_injected && success {
         parts.extensions.insert(UsageInjected);
     }
@@ -463,12 +463,20 @@ impl dialect::StreamTranslator for UsageChunkFilter {
         }
         let mut kept: Option<BytesMut> = None;
         let mut kept_from = 0;
+        // Each event is looked at once, however many `"usage"` keys it has.
+        let mut looked_to = 0;
         for at in memchr::memmem::find_iter(frame, b"\"usage\"") {
-            if at < kept_from {
+            if at < looked_to {
                 continue;
             }
             let start = memchr::memmem::rfind(&frame[..at], b"\n\n").map_or(0, |end| end + 2);
             let end = memchr::memmem::find(&frame[at..], b"\n\n").map(|end| at + end + 2)?;
+            looked_to = end;
+            // With usage asked for, every chunk says `"usage":null`: only
+            // an event with a usage object is worth framing and parsing.
+            if crate::usage::only_null_usage(&frame[start..end]) {
+                continue;
+            }
             let events = dialect::SseFramer::new().push(&frame[start..end]);
             let [event] = events.as_slice() else { return None };
             if dialect::openai::is_usage_only_chunk(&event.data) {
