@@ -4,7 +4,7 @@
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderName, Request, Response, header::AUTHORIZATION};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use keyrelay_layers::{
@@ -12,6 +12,7 @@ use keyrelay_layers::{
     auth::AuthLayer,
     body::GuardedBody,
     concurrency::KeyConcurrencyLayer,
+    credentials::CREDENTIAL_HEADERS,
     filter::ModelFilterLayer,
     log::{LoggedBody, RequestLogLayer, TeeBody},
     parse::ParseLayer,
@@ -71,7 +72,7 @@ where
     };
     ServiceBuilder::new()
         // Mark credentials sensitive before anything could log a header.
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, HeaderName::from_static("x-api-key")]))
+        .layer(SetSensitiveRequestHeadersLayer::new(CREDENTIAL_HEADERS.iter().cloned()))
         // Outermost observer: sees every request, including refused ones,
         // and the final status after errors became responses. With request
         // logging it copies both bodies (bounded) as they pass.
@@ -138,7 +139,12 @@ where
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
     Router::new(Routes {
-        health: route(service_fn(|_: Request<B>| async { Ok::<_, Infallible>(crate::status::health()) })),
+        health: route(service_fn(|_: Request<B>| async {
+            // Probed all day: its completion line is logged at debug level.
+            let mut res = crate::status::health();
+            res.extensions_mut().insert(keyrelay_layers::log::Quiet);
+            Ok::<_, Infallible>(res)
+        })),
         proxy: BoxCloneSyncService::new(proxy),
         models: {
             let (pool, catalog) = (app.pool.clone(), app.catalog.clone());

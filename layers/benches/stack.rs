@@ -26,9 +26,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use keyrelay_layers::{
     BoxError, ProxyBody,
     auth::AuthLayer,
-    body::full,
+    body::{SseErrorTail, full},
     concurrency::KeyConcurrencyLayer,
-    extensions::UsageInjected,
     filter::ModelFilterLayer,
     log::{LoggedBody, RequestLogLayer},
     parse::ParseLayer,
@@ -37,6 +36,7 @@ use keyrelay_layers::{
     retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
     timeout::{DeadlineBody, DeadlineLayer},
+    upstream::drop_usage_chunk,
 };
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
@@ -44,9 +44,8 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncS
 const PROXY_KEY: &str = "sk-proxy-bench-0123456789";
 
 /// Answers every request at once: the completion JSON, or `events` as a
-/// stream of separate frames. Like `UpstreamService`, it names the leased
-/// key on the answer and marks the usage chunk it was asked for, which the
-/// layers outside act on (recording the outcome, dropping that chunk).
+/// stream of separate frames. Like `UpstreamService`, it drops the usage
+/// chunk it was asked for and ends a broken stream with an error event.
 fn upstream(
     events: Option<Arc<[Bytes]>>,
 ) -> impl Service<Request<Bytes>, Response = Response<ProxyBody>, Error = BoxError, Future: Send> + Clone + Send + Sync
@@ -54,8 +53,8 @@ fn upstream(
     service_fn(move |req: Request<Bytes>| {
         let events = events.clone();
         async move {
-            let lease = req.extensions().get::<KeyLease>().cloned();
-            let mut res = match events {
+            assert!(req.extensions().get::<KeyLease>().is_some(), "KeySelect leased a key");
+            let res = match events {
                 None => {
                     let mut res = Response::new(full(common::COMPLETION));
                     res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -63,17 +62,12 @@ fn upstream(
                 }
                 Some(events) => {
                     let frames: Vec<Result<_, BoxError>> = events.iter().cloned().map(|e| Ok(Frame::data(e))).collect();
-                    let mut res = Response::new(StreamBody::new(stream::iter(frames)).boxed_unsync());
+                    let body = SseErrorTail::new(drop_usage_chunk(StreamBody::new(stream::iter(frames))));
+                    let mut res = Response::new(body.boxed_unsync());
                     res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                    if lease.is_some() {
-                        res.extensions_mut().insert(UsageInjected);
-                    }
                     res
                 }
             };
-            if let Some(lease) = lease {
-                res.extensions_mut().insert(lease);
-            }
             Ok(res)
         }
     })

@@ -3,8 +3,9 @@
 //! The key may come as `Authorization: Bearer <key>` (OpenAI SDKs) or
 //! `x-api-key: <key>` (Anthropic-style clients). Both are compared against
 //! the configured key in constant time (over SHA-256 digests, so the length
-//! leaks nothing either), and both headers are removed before the request
-//! goes further: the client's credential is never forwarded upstream.
+//! leaks nothing either), and every [credential header](crate::credentials)
+//! is removed before the request goes further: the client's credential is
+//! never forwarded upstream.
 //!
 //! Reads no extension; writes none. Fails with [`Unauthorized`] (401).
 //!
@@ -27,20 +28,12 @@
 //! # });
 //! ```
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
-use futures_util::{
-    TryFutureExt,
-    future::{Either, ErrInto, Ready, ready},
-};
 use http::{HeaderMap, Request, header::AUTHORIZATION};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower::{Layer, Service};
+use tower::{Layer, filter::Predicate};
 
 use crate::{
     BoxError,
@@ -67,7 +60,7 @@ fn digest(key: &Secret) -> [u8; 32] {
 /// Applies [`Auth`].
 #[derive(Clone)]
 pub struct AuthLayer {
-    expected: Option<Arc<Expected>>,
+    check: KeyCheck,
 }
 
 impl AuthLayer {
@@ -79,7 +72,8 @@ impl AuthLayer {
     /// Every request must carry one of `keys`.
     pub fn require_any(keys: Vec<Secret>) -> Self {
         let accepted = keys.iter().map(digest).collect();
-        Self { expected: Some(Arc::new(Expected { name: "PROXY_API_KEY", accepted, forbidden: Vec::new() })) }
+        let expected = Expected { name: "PROXY_API_KEY", accepted, forbidden: Vec::new() };
+        Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
     }
 
     /// Admin routes: the admin key is required; the proxy key is refused
@@ -90,19 +84,19 @@ impl AuthLayer {
             accepted: vec![digest(&admin)],
             forbidden: proxy.iter().map(digest).collect(),
         };
-        Self { expected: Some(Arc::new(expected)) }
+        Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
     }
 
     /// No key is checked (the binary allows this only on loopback binds);
     /// client credential headers are still stripped.
     pub fn disabled() -> Self {
-        Self { expected: None }
+        Self { check: KeyCheck { expected: None } }
     }
 }
 
 impl fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer").field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("AuthLayer").field("enabled", &self.check.expected.is_some()).finish()
     }
 }
 
@@ -110,55 +104,37 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, expected: self.expected.clone() }
+        tower::filter::Filter::new(inner, self.check.clone())
     }
 }
 
 /// Rejects requests without the proxy key; see the [module docs](self).
+/// tower's `Filter` does the plumbing (readiness is the inner service's;
+/// errors become [`BoxError`]); [`KeyCheck`] decides.
+pub type Auth<S> = tower::filter::Filter<S, KeyCheck>;
+
+/// The predicate behind [`Auth`]: checks the key, then strips every
+/// credential header so the client's key can never be forwarded.
 #[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
+pub struct KeyCheck {
     expected: Option<Arc<Expected>>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+impl fmt::Debug for KeyCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth").field("inner", &self.inner).field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("KeyCheck").field("enabled", &self.expected.is_some()).finish()
     }
 }
 
-impl<S> Auth<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+impl<B> Predicate<Request<B>> for KeyCheck {
+    type Request = Request<B>;
 
-impl<S, B> Service<Request<B>> for Auth<S>
-where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Either<Ready<Result<S::Response, BoxError>>, ErrInto<S::Future, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(expected) = &self.expected
-            && let Err(rejection) = check(req.headers(), expected)
-        {
-            return Either::Left(ready(Err(rejection)));
+    fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
+        if let Some(expected) = &self.expected {
+            check(req.headers(), expected)?;
         }
         strip_client_credentials(req.headers_mut());
-        Either::Right(self.inner.call(req).err_into())
+        Ok(req)
     }
 }
 
@@ -189,8 +165,9 @@ fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
 }
 
 fn strip_client_credentials(headers: &mut HeaderMap) {
-    headers.remove(AUTHORIZATION);
-    headers.remove(X_API_KEY);
+    for name in &crate::credentials::CREDENTIAL_HEADERS {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 //! [`CoalescedBody`] holds one back, for one scheduler turn, to send it with
 //! the frames right behind it.
 //!
-//! - [`LeasedBody`]: keeps its key counted in flight until the body is done,
-//!   and reads the token usage at its end;
-//! - [`GuardedBody`]: holds a concurrency permit (or any guard) as long;
+//! - [`GuardedBody`]: holds a guard (a concurrency permit, or a key's
+//!   in-flight count: [`LeasedBody`]) until the body is done;
 //! - [`IdleTimeoutBody`]: fails a stream that stays silent too long;
 //! - [`SseErrorTail`]: ends a stream that broke with one SSE error event;
 //! - [`CoalescedBody`]: merges data frames that arrive together.
@@ -29,7 +28,7 @@
 //!     Ok(Frame::data(Bytes::from("data: {\"choices\":[]}\n\n"))),
 //!     Err(BoxError::from("connection reset")),
 //! ]));
-//! let body = SseErrorTail::new(LeasedBody::new(upstream, in_flight));
+//! let body = SseErrorTail::new(LeasedBody::new(upstream, Some(in_flight)));
 //! assert_eq!(provider.keys()[0].in_flight(), 1, "the body holds its key");
 //!
 //! let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
@@ -51,7 +50,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, ProxyBody, extensions::MetricLabels, pool::InFlight, usage::UsageTap};
+use crate::{BoxError, ProxyBody, pool::InFlight};
 
 mod coalesce;
 pub use coalesce::{CoalescedBody, MAX_BATCH_BYTES};
@@ -61,89 +60,10 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
-pin_project! {
-    /// A response body that keeps its key counted in flight until the body
-    /// ends, fails, or is dropped (the client went away). A stream holds its
-    /// key for as long as it runs, not just until its headers. A body that
-    /// fails counts as a transient failure of its key.
-    #[derive(Debug)]
-    pub struct LeasedBody<B> {
-        #[pin]
-        inner: B,
-        in_flight: Option<InFlight>,
-        usage: Option<UsageTap>,
-        cell: Option<MetricLabels>,
-    }
-}
-
-impl<B> LeasedBody<B> {
-    /// `in_flight` is released when `inner` ends, fails, or is dropped.
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, in_flight: Some(in_flight), usage: None, cell: None }
-    }
-
-    /// Also reads the token usage at the end of the body and counts it for
-    /// the key (for successful answers).
-    pub fn counting_usage(mut self) -> Self {
-        self.usage = Some(UsageTap::default());
-        self
-    }
-
-    /// Also stores the usage it reads in the request's shared cell.
-    pub fn usage_into(mut self, cell: Option<MetricLabels>) -> Self {
-        self.cell = cell;
-        self
-    }
-}
-
-impl<B> Body for LeasedBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let (Some(tap), Some(Ok(frame))) = (this.usage.as_mut(), &frame)
-            && let Some(data) = frame.data_ref()
-        {
-            tap.push(data);
-        }
-        // Release at the end as soon as it is known: a body whose last frame
-        // says end-of-stream may never be polled again.
-        match &frame {
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
-            Some(Err(_)) => {
-                if let Some(in_flight) = this.in_flight.take() {
-                    in_flight.stream_broke();
-                }
-            }
-            _ => {
-                if let (Some(in_flight), Some(usage)) =
-                    (this.in_flight.as_ref(), this.usage.as_ref().and_then(UsageTap::usage))
-                {
-                    in_flight.count_usage(usage);
-                    if let Some(cell) = this.cell.as_ref() {
-                        cell.set_tokens(usage.prompt_tokens, usage.completion_tokens);
-                    }
-                }
-                drop(this.in_flight.take());
-            }
-        }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// A response body that keeps its key counted in flight until the body
+/// ends, fails, or is dropped (the client went away): a stream holds its key
+/// for as long as it runs, not just until its headers.
+pub type LeasedBody<B> = GuardedBody<B, InFlight>;
 
 pin_project! {
     /// A response body that holds a guard (a concurrency permit) until the
@@ -382,7 +302,7 @@ mod tests {
         let in_flight = || provider.keys()[0].in_flight();
 
         let (_, guard) = provider.lease().unwrap();
-        let mut body = LeasedBody::new(frames(vec![Ok("one"), Ok("two")]), guard);
+        let mut body = LeasedBody::new(frames(vec![Ok("one"), Ok("two")]), Some(guard));
         assert_eq!(in_flight(), 1);
         body.frame().await.unwrap().unwrap();
         assert_eq!(in_flight(), 1, "still streaming");
@@ -391,17 +311,17 @@ mod tests {
         assert_eq!(in_flight(), 0, "released at the end");
 
         let (_, guard) = provider.lease().unwrap();
-        let mut body = LeasedBody::new(frames(vec![Err("boom")]), guard);
+        let mut body = LeasedBody::new(frames(vec![Err("boom")]), Some(guard));
         assert!(body.frame().await.unwrap().is_err());
         assert_eq!(in_flight(), 0, "released on error");
 
         let (_, guard) = provider.lease().unwrap();
-        let body = LeasedBody::new(frames(vec![Ok("never read")]), guard);
+        let body = LeasedBody::new(frames(vec![Ok("never read")]), Some(guard));
         drop(body);
         assert_eq!(in_flight(), 0, "released when the client goes away");
 
         let (_, guard) = provider.lease().unwrap();
-        let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"whole")), guard);
+        let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"whole")), Some(guard));
         body.frame().await.unwrap().unwrap();
         assert_eq!(in_flight(), 0, "released on the last frame, before any further poll");
     }

@@ -6,12 +6,18 @@
 //! | extension | inserted by | read by |
 //! |---|---|---|
 //! | [`RequestId`] | RequestLog (from `x-request-id` or generated) | anyone logging |
+//! | [`RequestRecord`](crate::record::RequestRecord) | RequestLog | written through named methods by Parse, RetryRotate and the usage meter; read by RequestLog |
+//! | [`Endpoint`] | the router, when it has recognised the path (optional) | Parse (else it reads the path) |
 //! | [`Deadline`] | Deadline | anyone who waits (key selection, retries) |
 //! | [`RouteTarget`] | Parse | RetryRotate, KeySelect, KeyConcurrency, Upstream |
-//! | [`ExcludedKeys`], [`PinnedKey`], [`Attempt`] | RetryRotate (each attempt) | KeySelect |
+//! | [`ExcludedKeys`], [`PinnedKey`] | RetryRotate (each attempt) | KeySelect |
 //! | [`KeyLease`](crate::pool::KeyLease) | KeySelect | KeyConcurrency, Upstream |
-//! | *response* [`KeyLease`](crate::pool::KeyLease) | Upstream (copied from the request) | RetryRotate (which key to blame) |
+//! | *response* [`KeyLease`](crate::pool::KeyLease) | KeySelect (the key it leased) | RetryRotate (which key to blame) |
 //! | *response* [`ErrorCode`] | ErrorResponse | RequestLog |
+//!
+//! No extension holds a secret: a [`KeyLease`](crate::pool::KeyLease)
+//! names its key and lets the upstream service send it, and every
+//! extension is dropped before a request leaves the proxy.
 //!
 //! A layer that misses one it needs fails with
 //! [`MissingExtension`](crate::error::MissingExtension) (500): the stack is
@@ -181,6 +187,10 @@ impl RouteTarget {
     pub fn model(&self) -> &str {
         &self.model
     }
+    /// The model name, shared.
+    pub(crate) fn model_arc(&self) -> Arc<str> {
+        self.model.clone()
+    }
     /// The inbound endpoint the request came to.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
@@ -204,129 +214,6 @@ pub struct ExcludedKeys(pub Vec<KeyId>);
 /// The key to use when it is available: a same-key retry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinnedKey(pub KeyId);
-
-/// Which attempt of the request this is, from 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attempt(pub u32);
-
-/// A cell RequestLog puts in the request and inner layers fill, shared by
-/// every clone of the request: the provider and model labels of its metrics
-/// (Parse), each upstream attempt (RetryRotate) and the token usage
-/// (KeySelect's body), for the request log.
-#[derive(Clone, Debug, Default)]
-pub struct MetricLabels(Arc<RequestCell>);
-
-#[derive(Debug, Default)]
-struct RequestCell {
-    labels: std::sync::OnceLock<(ProviderId, Arc<str>)>,
-    attempts: std::sync::Mutex<Vec<AttemptRecord>>,
-    tokens: std::sync::OnceLock<(u64, u64)>,
-    /// Set when a request log wants the upstream's own bytes.
-    capture_upstream: std::sync::atomic::AtomicBool,
-    /// The raw answer of the latest attempt that got one (bounded), and
-    /// whether it was cut.
-    upstream: std::sync::Mutex<(bytes::BytesMut, bool)>,
-    /// The keys the captured answers were sent with, to redact what
-    /// providers echo of them.
-    secrets: std::sync::Mutex<Vec<crate::pool::Secret>>,
-}
-
-/// One upstream attempt of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AttemptRecord {
-    /// The key's id (a fingerprint, never the secret).
-    pub key: String,
-    /// `success` or the failure class (`rate_limit`, `transient`...).
-    pub outcome: &'static str,
-    /// The upstream's status; `None` when it could not be reached.
-    pub status: Option<u16>,
-    /// From the attempt's start to its answer's headers.
-    pub ms: u64,
-}
-
-impl AttemptRecord {
-    /// One attempt with `key` (its id), ending in `outcome` after `ms`.
-    pub fn new(key: &str, outcome: &'static str, status: Option<u16>, ms: u64) -> Self {
-        Self { key: key.to_owned(), outcome, status, ms }
-    }
-}
-
-impl MetricLabels {
-    /// Records the request's provider and model label; the first call wins.
-    pub fn set(&self, provider: ProviderId, model_label: Arc<str>) {
-        let _already = self.0.labels.set((provider, model_label));
-    }
-    /// `(provider, model label)`, once Parse knew them.
-    pub fn get(&self) -> Option<&(ProviderId, Arc<str>)> {
-        self.0.labels.get()
-    }
-    /// Appends one upstream attempt to the request's trail.
-    pub fn push_attempt(&self, attempt: AttemptRecord) {
-        self.0.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(attempt);
-    }
-    /// The attempts so far, in order.
-    pub fn attempts(&self) -> Vec<AttemptRecord> {
-        self.0.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-    /// The answer's `(prompt, completion)` tokens; the first report wins.
-    pub fn set_tokens(&self, prompt: u64, completion: u64) {
-        let _already = self.0.tokens.set((prompt, completion));
-    }
-    /// The answer's `(prompt, completion)` tokens, once reported.
-    pub fn tokens(&self) -> Option<(u64, u64)> {
-        self.0.tokens.get().copied()
-    }
-
-    /// Asks the upstream service to keep the provider's own answer bytes.
-    pub fn capture_upstream(&self) {
-        self.0.capture_upstream.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    /// Whether [`capture_upstream`](Self::capture_upstream) was called.
-    pub fn captures_upstream(&self) -> bool {
-        self.0.capture_upstream.load(std::sync::atomic::Ordering::Relaxed)
-    }
-    /// A new attempt's answer begins, sent with `secret`: what an earlier
-    /// one left is dropped.
-    pub fn restart_upstream_with(&self, secret: &crate::pool::Secret) {
-        self.0.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(secret.clone());
-        self.restart_upstream();
-    }
-
-    /// A new attempt's answer begins: what an earlier one left is dropped.
-    pub fn restart_upstream(&self) {
-        let mut upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        upstream.0.clear();
-        upstream.1 = false;
-    }
-    /// Keeps `data` of the upstream's answer, at most `limit` bytes in all.
-    pub fn push_upstream(&self, data: &[u8], limit: usize) {
-        let mut upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let room = limit.saturating_sub(upstream.0.len());
-        upstream.0.extend_from_slice(&data[..data.len().min(room)]);
-        upstream.1 |= data.len() > room;
-    }
-    /// The upstream's own answer bytes and whether they were cut, with the
-    /// keys they were sent with (and anything key-shaped) redacted:
-    /// providers echo keys in their errors.
-    pub fn upstream(&self) -> (bytes::Bytes, bool) {
-        let (raw, truncated) = {
-            let upstream = self.0.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (String::from_utf8_lossy(&upstream.0).into_owned(), upstream.1)
-        };
-        let secrets = self.0.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut text = crate::error::redact(&raw, "");
-        for secret in secrets.iter() {
-            text = crate::error::redact(&text, secret.expose());
-        }
-        (bytes::Bytes::from(text), truncated)
-    }
-}
-
-/// On a response: the proxy asked the upstream for a usage chunk the
-/// client did not ask for; it is counted, then dropped before the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UsageInjected;
 
 /// The few-valued code of the error a response carries, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

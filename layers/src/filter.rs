@@ -17,18 +17,10 @@
 //! assert_eq!(rules.check("o1-preview"), Err("*"));
 //! ```
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
-use futures_util::{
-    TryFutureExt,
-    future::{Either, ErrInto, Ready, ready},
-};
 use http::Request;
-use tower::{Layer, Service};
+use tower::{Layer, filter::Predicate};
 use wildmatch::WildMatch;
 
 use crate::{
@@ -89,13 +81,13 @@ impl fmt::Debug for ModelRules {
 /// Applies [`ModelFilter`].
 #[derive(Clone, Debug)]
 pub struct ModelFilterLayer {
-    pool: Arc<KeyPool>,
+    rules: ModelCheck,
 }
 
 impl ModelFilterLayer {
     /// Each provider's rules come from its [`Provider`](crate::provider::Provider).
     pub fn new(pool: Arc<KeyPool>) -> Self {
-        Self { pool }
+        Self { rules: ModelCheck { pool } }
     }
 }
 
@@ -103,57 +95,31 @@ impl<S> Layer<S> for ModelFilterLayer {
     type Service = ModelFilter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ModelFilter { inner, pool: self.pool.clone() }
+        tower::filter::Filter::new(inner, self.rules.clone())
     }
 }
 
-/// Refuses blocked models; see the [module docs](self).
+/// Refuses blocked models; see the [module docs](self). tower's `Filter`
+/// does the plumbing; [`ModelCheck`] decides.
+pub type ModelFilter<S> = tower::filter::Filter<S, ModelCheck>;
+
+/// The predicate behind [`ModelFilter`]: the provider's rules over the
+/// request's [`RouteTarget`].
 #[derive(Clone, Debug)]
-pub struct ModelFilter<S> {
-    inner: S,
+pub struct ModelCheck {
     pool: Arc<KeyPool>,
 }
 
-impl<S> ModelFilter<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+impl<B> Predicate<Request<B>> for ModelCheck {
+    type Request = Request<B>;
 
-impl<S, B> Service<Request<B>> for ModelFilter<S>
-where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Either<Ready<Result<S::Response, BoxError>>, ErrInto<S::Future, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.check(&req) {
-            Ok(()) => Either::Right(self.inner.call(req).err_into()),
-            Err(err) => Either::Left(ready(Err(err))),
-        }
-    }
-}
-
-impl<S> ModelFilter<S> {
-    fn check<B>(&self, req: &Request<B>) -> Result<(), BoxError> {
+    fn check(&mut self, req: Request<B>) -> Result<Request<B>, BoxError> {
         let target = req.extensions().get::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
         let Some(pool) = self.pool.provider(target.provider().as_str()) else {
-            return Ok(()); // KeySelect answers for unknown providers
+            return Ok(req); // KeySelect answers for unknown providers
         };
         match pool.provider().model_rules().check(target.model()) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(req),
             Err(pattern) => Err(ModelBlocked::new(target.provider().as_str(), target.model(), pattern).into()),
         }
     }

@@ -1,13 +1,16 @@
 //! `RequestLogLayer`: one tracing span per request and one event when it ends.
 //!
 //! The span (`request`) carries the request id (the client's `x-request-id`
-//! when it is sane, else a generated one), method and path; inner layers fill
-//! `provider`, `model`, `key`, `attempts` (each attempt's key, outcome and
-//! duration) and `tokens_in` / `tokens_out` as they learn them, and this
-//! layer records `status`. When the response body ends, fails, or is dropped because the
-//! client left, one `request finished` event reports the status, the total
-//! duration, the time to response headers and how the body ended. The
-//! request id is echoed in the response's `x-request-id` header.
+//! when it is sane, else a generated one), method and path. Inner layers
+//! write what they learn into the request's [`RequestRecord`] (this layer
+//! puts it in the request): provider and model, each attempt's key, outcome
+//! and duration, the tokens. When the response body ends, fails, or is
+//! dropped because the client left, one `request finished` event reports
+//! each of them once, with the status, the total duration, the time to
+//! response headers and how the answer ended (`completed`, `errored` — also
+//! a stream that broke after its headers — or `cancelled`). A response
+//! marked [`Quiet`] reports at `debug` level. The request id is echoed in
+//! the response's `x-request-id` header.
 //!
 //! With a [`RequestLogSink`] ([`RequestLogLayer::with_sink`]) it also keeps
 //! a copy (at most [`CAPTURE_LIMIT`] bytes each) of the request body as the
@@ -16,7 +19,8 @@
 //! (credential headers redacted). The sink must not block; writing is its
 //! business. Without a sink nothing is copied.
 //!
-//! Writes [`RequestId`]; reads the response's [`ErrorCode`].
+//! Writes [`RequestId`] and [`RequestRecord`]; reads the response's
+//! [`ErrorCode`] and [`Quiet`].
 //!
 //! ```
 //! use http::{Request, Response};
@@ -49,12 +53,13 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
-use tracing::{Span, field::Empty};
+use tracing::Span;
 
 use crate::{
-    extensions::{AttemptRecord, ErrorCode, MetricLabels, RequestId},
+    extensions::{ErrorCode, RequestId},
     metrics::HandleCache,
     provider::ProviderId,
+    record::{AttemptRecord, RequestRecord},
 };
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,8 +68,11 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// How much of each body a [`RequestLogEntry`] keeps.
 pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 
-/// Header values a [`RequestLogEntry`] never holds.
-const REDACTED_HEADERS: &[&str] = &["authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie"];
+/// A response extension that asks for the completion event at `debug`
+/// level rather than `info`: routes that are polled all day (`/health`)
+/// would drown the log. Metrics and the request log still count them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quiet;
 
 /// Where finished requests go, one [`RequestLogEntry`] each. Called on the
 /// request path: it must not block (queue, or drop).
@@ -235,16 +243,9 @@ where
             id = %id.as_str(),
             method = %req.method(),
             path = %req.uri().path(),
-            provider = Empty,
-            model = Empty,
-            key = Empty,
-            attempts = Empty,
         );
         req.extensions_mut().insert(id.clone());
-        let labels = MetricLabels::default();
-        if self.sink.is_some() {
-            labels.capture_upstream();
-        }
+        let labels = if self.sink.is_some() { RequestRecord::capturing_upstream() } else { RequestRecord::default() };
         req.extensions_mut().insert(labels.clone());
         let record = self.sink.as_ref().map(|sink| {
             Box::new(Record {
@@ -295,7 +296,7 @@ fn redacted(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
-            let value = if value.is_sensitive() || REDACTED_HEADERS.contains(&name.as_str()) {
+            let value = if value.is_sensitive() || crate::credentials::is_credential(name) {
                 "[redacted]".to_owned()
             } else {
                 String::from_utf8_lossy(value.as_bytes()).into_owned()
@@ -353,12 +354,11 @@ impl Record {
     fn send(self, finish: &Finish, outcome: &'static str) {
         let (request_body, request_body_truncated) = self.request_body.take();
         let (response_body, response_body_truncated) = self.response_body.take();
-        let labels = finish.labels.get();
+        let route = finish.labels.route();
         // Kept only where the provider's bytes differ from the client's
         // (a translated dialect, a dropped usage chunk, a re-framed stream).
-        let (upstream, upstream_truncated) = finish.labels.upstream();
         let upstream_body =
-            (!upstream.is_empty() && upstream != response_body).then_some((upstream, upstream_truncated));
+            finish.labels.upstream().filter(|(upstream, _)| !upstream.is_empty() && *upstream != response_body);
         self.sink.record(RequestLogEntry {
             id: self.id,
             started_unix_ms: self.started_unix_ms,
@@ -375,10 +375,10 @@ impl Record {
             outcome,
             headers_after_ms: finish.headers_after_ms,
             duration_ms: finish.start.elapsed().as_millis() as u64,
-            provider: labels.map(|(provider, _)| provider.as_str().to_owned()),
-            model: labels.map(|(_, model)| model.to_string()),
+            provider: route.map(|route| route.provider.as_str().to_owned()),
+            model: route.map(|route| route.model_label.to_string()),
             attempts: finish.labels.attempts(),
-            tokens: finish.labels.tokens(),
+            tokens: finish.labels.usage().map(|usage| (usage.prompt_tokens, usage.completion_tokens)),
             upstream_body,
         });
     }
@@ -389,7 +389,7 @@ struct Log {
     span: Span,
     id: RequestId,
     start: Instant,
-    labels: MetricLabels,
+    labels: RequestRecord,
     record: Option<Box<Record>>,
 }
 
@@ -453,7 +453,7 @@ pin_project! {
             // The client left before the response headers: still one event.
             if let Some(Log { handles, span, start, labels, record, .. }) = this.project().log.take() {
                 let finish =
-                    Finish { handles, span, start, headers_after_ms: None, status: None, code: None, labels, record };
+                    Finish { handles, span, start, headers_after_ms: None, status: None, code: None, quiet: false, labels, record };
                 finish.report("cancelled");
             }
         }
@@ -494,6 +494,7 @@ where
                         headers_after_ms: None,
                         status: None,
                         code: None,
+                        quiet: false,
                         labels,
                         record: None,
                     };
@@ -504,6 +505,7 @@ where
         };
         let status = res.status().as_u16();
         let code = res.extensions().get::<ErrorCode>().map(|code| code.0);
+        let quiet = res.extensions().get::<Quiet>().is_some();
         if let Ok(value) = HeaderValue::from_str(id.as_str()) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
@@ -524,6 +526,7 @@ where
             headers_after_ms: Some(headers_after_ms),
             status: Some(status),
             code,
+            quiet,
             labels,
             record,
         });
@@ -543,38 +546,70 @@ struct Finish {
     headers_after_ms: Option<u64>,
     status: Option<u16>,
     code: Option<&'static str>,
-    labels: MetricLabels,
+    /// The response asked for a quiet completion event (see [`Quiet`]).
+    quiet: bool,
+    labels: RequestRecord,
     record: Option<Box<Record>>,
 }
 
 impl Finish {
     fn report(mut self, outcome: &'static str) {
+        // A stream that broke after its headers ended with an error event,
+        // which is a clean end of the body but not of the answer.
+        let outcome = if outcome == "completed" && self.labels.broken() { "errored" } else { outcome };
         if let Some(record) = self.record.take() {
             record.send(&self, outcome);
         }
         let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
         let elapsed = self.start.elapsed().as_secs_f64();
-        let key = (self.labels.get().cloned(), status_class, self.code);
+        let route = self.labels.route();
+        let key = (route.map(|r| (r.provider.clone(), r.model_label.clone())), status_class, self.code);
         let handles = self.handles.get(key, RequestMetrics::resolve);
         handles.requests.increment(1);
         handles.duration.record(elapsed);
         if let Some(ms) = self.headers_after_ms {
             handles.first_byte.record(ms as f64 / 1000.0);
         }
-        // Status and tokens go in this one event, not the span: recording a
-        // span field formats it again for every later event of the request.
-        let tokens = self.labels.tokens();
-        tracing::info!(
-            parent: &self.span,
-            status = self.status,
-            tokens_in = tokens.map(|(prompt, _)| prompt),
-            tokens_out = tokens.map(|(_, completion)| completion),
-            code = self.code,
-            outcome,
-            headers_after_ms = self.headers_after_ms,
-            duration_ms = self.start.elapsed().as_millis() as u64,
-            "request finished"
-        );
+        // Everything the request learned goes in this one event, each field
+        // once with its final value: fields recorded on the span would be
+        // formatted again (and appended again) at every later record.
+        let usage = self.labels.usage();
+        let attempts = Attempts(&self.labels);
+        macro_rules! finished {
+            ($level:expr) => {
+                tracing::event!(
+                    parent: &self.span,
+                    $level,
+                    status = self.status,
+                    provider = route.map(|r| tracing::field::display(r.provider.as_str())),
+                    model = route.map(|r| &*r.model),
+                    key = self.labels.last_key().map(tracing::field::display),
+                    attempts = (self.labels.attempt_count() > 0).then_some(tracing::field::display(&attempts)),
+                    tokens_in = usage.map(|u| u.prompt_tokens),
+                    tokens_out = usage.map(|u| u.completion_tokens),
+                    code = self.code,
+                    outcome,
+                    headers_after_ms = self.headers_after_ms,
+                    duration_ms = self.start.elapsed().as_millis() as u64,
+                    "request finished"
+                )
+            };
+        }
+        if self.quiet {
+            finished!(tracing::Level::DEBUG);
+        } else {
+            finished!(tracing::Level::INFO);
+        }
+    }
+}
+
+/// The attempts trail as the completion event shows it:
+/// `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`.
+struct Attempts<'a>(&'a RequestRecord);
+
+impl fmt::Display for Attempts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_attempts(f)
     }
 }
 

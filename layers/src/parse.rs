@@ -8,8 +8,9 @@
 //! the first `/`, so `openrouter/meta-llama/llama-3-70b` goes to provider
 //! `openrouter` with model `meta-llama/llama-3-70b`.
 //!
-//! Reads nothing; writes [`RouteTarget`]. Records `provider` and `model` in
-//! the current tracing span. Fails with [`InvalidBody`], [`MissingModel`],
+//! Reads the [`Endpoint`] a router recognised (else the path); writes
+//! [`RouteTarget`], and the provider and model into the request's
+//! [`RequestRecord`]. Fails with [`InvalidBody`], [`MissingModel`],
 //! [`InvalidModel`], [`UnknownProvider`] (400), [`BodyTooLarge`] (413) or
 //! [`RouteNotFound`] (404) for a path that is not a proxied endpoint.
 //!
@@ -49,13 +50,14 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::{
     BoxError,
     error::{BodyTooLarge, InvalidBody, InvalidModel, MissingModel, RouteNotFound, UnknownProvider},
-    extensions::{Endpoint, MetricLabels, RouteTarget},
+    extensions::{Endpoint, RouteTarget},
     pool::KeyPool,
+    record::RequestRecord,
 };
 
 /// Applies [`Parse`].
@@ -119,37 +121,37 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready to read a body: the inner service's readiness is
+        // taken once the body is in, so a slow upload holds nothing inside.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The service that was polled ready is the one to call; a fresh
-        // clone stays behind for the next request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
         let pool = self.pool.clone();
         let limit = self.max_body_bytes;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let endpoint = Endpoint::from_path(parts.uri.path()).ok_or_else(|| RouteNotFound::new(parts.uri.path()))?;
+            // The router, when there is one, has already said which endpoint.
+            let endpoint = match parts.extensions.get::<Endpoint>() {
+                Some(endpoint) => *endpoint,
+                None => Endpoint::from_path(parts.uri.path()).ok_or_else(|| RouteNotFound::new(parts.uri.path()))?,
+            };
             let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > limit as u64) {
                 return Err(BodyTooLarge::new(limit as u64).into());
             }
             let bytes = read_bounded(body, limit).await?;
             let target = route_target(&bytes, endpoint, &pool)?;
-            let span = tracing::Span::current();
-            // A provider id is one the pool knows: shown as is. The model
-            // comes from the client, so it is quoted and escaped.
-            span.record("provider", tracing::field::display(target.provider().as_str()));
-            span.record("model", target.model());
-            if let Some(labels) = parts.extensions.get::<MetricLabels>()
+            if let Some(record) = parts.extensions.get::<RequestRecord>()
                 && let Some(provider) = pool.provider(target.provider().as_str())
             {
-                labels.set(target.provider().clone(), provider.model_label(target.model()));
+                let label = provider.model_label(target.model());
+                record.set_route(target.provider().clone(), target.model_arc(), label);
             }
             parts.extensions.insert(target);
+            let inner = inner.ready().await.map_err(Into::into)?;
             inner.call(Request::from_parts(parts, bytes)).await.map_err(Into::into)
         })
     }

@@ -17,7 +17,10 @@
 //! wrapped in [`LeasedError`], so that retries know which key to blame.
 //!
 //! Reads [`RouteTarget`], [`ExcludedKeys`], [`PinnedKey`], [`Deadline`];
-//! writes [`KeyLease`]. Records `key` in the current tracing span.
+//! writes [`KeyLease`] into the request (for KeyConcurrency and the
+//! upstream) and into the response (for RetryRotate: which key answered).
+//! The time a request waits for a key is nobody's fault: an attempt starts
+//! when its key is leased, and a wait the deadline ends blames no key.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -56,7 +59,7 @@ use std::{
 
 use http::{Request, Response};
 use tokio::time::{Instant, sleep_until};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::{
     BoxError,
@@ -64,7 +67,7 @@ use crate::{
     error::{
         AllKeysCooling, KeysExhausted, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey, UnknownProvider,
     },
-    extensions::{Deadline, ExcludedKeys, MetricLabels, PinnedKey, RouteTarget},
+    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
     pool::{Choice, InFlight, KeyLease, KeyPool},
 };
 
@@ -125,14 +128,15 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready to choose: the inner service's readiness is taken
+        // after the wait for a key, which may be long, so that no slot of
+        // the inner service is held while waiting.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The service that was polled ready is the one to call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
         let pool = self.pool.clone();
         Box::pin(async move {
             let target =
@@ -142,46 +146,21 @@ where
                 pinned: req.extensions_mut().remove::<PinnedKey>(),
                 deadline: req.extensions().get::<Deadline>().copied(),
             };
-            let wants_deadline = wants.deadline.map(|d| d.0);
-            let cell = req.extensions().get::<MetricLabels>().cloned();
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
-            tracing::Span::current().record("key", tracing::field::display(lease.key_id().as_str()));
             req.extensions_mut().insert(lease.clone());
-            let mut cut =
-                CutByDeadline { lease: Some(lease.clone()), model: target.model().into(), deadline: wants_deadline };
-            let result = inner.call(req).await;
-            cut.lease = None;
-            match result {
-                Ok(res) => {
-                    let success = res.status().is_success();
-                    Ok(res.map(|body| {
-                        let body = LeasedBody::new(body, in_flight);
-                        if success { body.counting_usage().usage_into(cell) } else { body }
-                    }))
+            let called = match inner.ready().await.map_err(Into::into) {
+                Ok(inner) => inner.call(req).await.map_err(Into::into),
+                Err(err) => Err(err),
+            };
+            match called {
+                Ok(mut res) => {
+                    // The answer names its key, for RetryRotate to judge.
+                    res.extensions_mut().insert(lease);
+                    Ok(res.map(|body| LeasedBody::new(body, Some(in_flight))))
                 }
-                Err(err) => Err(LeasedError::new(lease, err.into()).into()),
+                Err(err) => Err(LeasedError::new(lease, err).into()),
             }
         })
-    }
-}
-
-/// Blames the key for an attempt still waiting for its answer when the
-/// deadline cut it off (a hanging upstream); a client that leaves earlier
-/// blames nobody.
-struct CutByDeadline {
-    lease: Option<KeyLease>,
-    model: std::sync::Arc<str>,
-    deadline: Option<Instant>,
-}
-
-impl Drop for CutByDeadline {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take()
-            && self.deadline.is_some_and(|d| d <= Instant::now())
-        {
-            let hang = crate::classify::Failure::new(crate::classify::FailureClass::Transient);
-            let _cooling_until = lease.record(&self.model, Err(hang));
-        }
     }
 }
 

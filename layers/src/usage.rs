@@ -40,11 +40,26 @@ pub struct Usage {
 #[derive(Debug, Default)]
 pub struct UsageTap {
     tail: BytesMut,
+    /// The latest frame, not yet copied: a body of one frame (most whole
+    /// answers, once coalesced) is read in place.
+    last: Option<bytes::Bytes>,
 }
 
 impl UsageTap {
+    /// Sees the next frame of the body, without copying it until another
+    /// one follows.
+    pub fn push_bytes(&mut self, frame: &bytes::Bytes) {
+        if let Some(previous) = self.last.take() {
+            self.push(&previous);
+        }
+        self.last = Some(frame.clone());
+    }
+
     /// Sees the next chunk of the body; only the tail is kept.
     pub fn push(&mut self, chunk: &[u8]) {
+        if let Some(previous) = self.last.take() {
+            self.push(&previous);
+        }
         if chunk.len() >= TAIL {
             self.tail.clear();
             self.tail.extend_from_slice(&chunk[chunk.len() - TAIL..]);
@@ -57,7 +72,15 @@ impl UsageTap {
 
     /// The usage in what was seen, if any.
     pub fn usage(&self) -> Option<Usage> {
-        usage_in_tail(&self.tail)
+        match &self.last {
+            None => usage_in_tail(&self.tail),
+            Some(last) if self.tail.is_empty() => usage_in_tail(&last[last.len().saturating_sub(TAIL)..]),
+            Some(last) => {
+                let mut tail = self.tail.clone();
+                tail.extend_from_slice(last);
+                usage_in_tail(&tail[tail.len().saturating_sub(TAIL)..])
+            }
+        }
     }
 }
 
@@ -130,6 +153,12 @@ mod tests {
             }
             assert!(tap.tail.len() <= TAIL);
             assert_eq!(tap.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 4 }), "split {split}");
+            let mut frames = UsageTap::default();
+            for chunk in body.as_bytes().chunks(split) {
+                frames.push_bytes(&bytes::Bytes::copy_from_slice(chunk));
+            }
+            assert!(frames.tail.len() <= TAIL);
+            assert_eq!(frames.usage(), tap.usage(), "frames of {split}");
         }
     }
 }

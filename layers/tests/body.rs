@@ -20,7 +20,7 @@ use support::{MockBody, in_flight, pool, within};
 async fn leased_body_forwards_frames_size_hint_and_end_of_stream() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
     let (_, guard) = pool.provider("openai").unwrap().lease().unwrap();
-    let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"hello")), guard);
+    let mut body = LeasedBody::new(Full::new(Bytes::from_static(b"hello")), Some(guard));
     assert_eq!(body.size_hint().exact(), Some(5));
     assert!(!body.is_end_stream());
     assert_eq!(in_flight(&pool, "openai"), [1]);
@@ -38,7 +38,7 @@ async fn leased_body_holds_the_key_across_pending_polls_and_trailers() {
     let pool = pool(Selection::LeastUsed, &["k1"]);
     let (_, guard) = pool.provider("openai").unwrap().lease().unwrap();
     let (tx, inner) = MockBody::channel();
-    let mut body = LeasedBody::new(inner, guard);
+    let mut body = LeasedBody::new(inner, Some(guard));
 
     let mut next = task::spawn(body.frame());
     assert_pending!(next.poll());

@@ -9,7 +9,10 @@ use http_body_util::{BodyExt, Empty, Full};
 use keyrelay_layers::{
     BoxError,
     extensions::{ErrorCode, RequestId},
-    log::{LoggedBody, RequestLog, RequestLogLayer, TeeBody},
+    log::{LoggedBody, Quiet, RequestLog, RequestLogLayer, TeeBody},
+    provider::ProviderId,
+    record::{AttemptRecord, RequestRecord},
+    usage::Usage,
 };
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
@@ -211,23 +214,69 @@ async fn finished_reports_the_status_and_the_error_code_of_the_response() {
 }
 
 #[tokio::test]
-async fn inner_layers_fill_provider_model_and_key_in_the_request_span() {
+async fn the_completion_event_reports_what_inner_layers_recorded_each_field_once() {
     let (captured, _guard) = capture();
-    let svc = RequestLogLayer::new().layer(service_fn(|_: Req| {
-        // What Parse and KeySelect do in their `call`.
-        let span = tracing::Span::current();
-        span.record("provider", "openai");
-        span.record("model", "gpt-4o");
-        span.record("key", "openai:0e1ec0f0");
+    let svc = RequestLogLayer::new().layer(service_fn(|req: Req| {
+        // What Parse, RetryRotate and the usage meter write.
+        let record = req.extensions().get::<RequestRecord>().expect("RequestLog put a record in").clone();
+        record.set_route(ProviderId::new("openai"), "gpt-4o".into(), "gpt-4o".into());
+        for (key, outcome, status) in [
+            ("openai:0e1ec0f0", "rate_limit", 429),
+            ("openai:1a2b3c4d", "transient", 502),
+            ("openai:1a2b3c4d", "transient", 502),
+            ("openai:5e6f7a8b", "success", 200),
+        ] {
+            record.push_attempt(AttemptRecord::new(key, outcome, Some(status), 7));
+        }
+        record.set_usage(Usage { prompt_tokens: 12, completion_tokens: 5 });
         async { Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new())) }
     }));
     drop(within(svc.oneshot(Request::new(()))).await.unwrap());
     let events = finished(&captured);
     assert_eq!(events.len(), 1);
-    let spans = &events[0].spans;
-    assert_eq!(spans.get("provider"), Some("openai"));
-    assert_eq!(spans.get("model"), Some("gpt-4o"));
-    assert_eq!(spans.get("key"), Some("openai:0e1ec0f0"));
+    let event = &events[0];
+    assert_eq!(event.field("provider"), Some("openai"));
+    assert_eq!(event.field("model"), Some("gpt-4o"));
+    assert_eq!(event.field("key"), Some("openai:5e6f7a8b"), "the key that answered");
+    let attempts = event.field("attempts").unwrap();
+    assert_eq!(attempts.matches("openai:").count(), 4, "{attempts}");
+    assert!(attempts.starts_with("openai:0e1ec0f0 rate_limit 7ms, "), "{attempts}");
+    assert_eq!((event.field("tokens_in"), event.field("tokens_out")), (Some("12"), Some("5")));
+    // The span holds none of them, so a formatter that appends span
+    // records cannot show any of them twice.
+    for name in ["provider", "model", "key", "attempts", "tokens_in"] {
+        assert_eq!(event.spans.0.get(name), None, "{name} is the event's, not the span's");
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_response_reports_at_debug_level() {
+    let (captured, _guard) = capture();
+    let svc = RequestLogLayer::new().layer(service_fn(|_: Req| async {
+        let mut res = Response::new(Empty::<Bytes>::new());
+        res.extensions_mut().insert(Quiet);
+        Ok::<_, BoxError>(res)
+    }));
+    drop(within(svc.clone().oneshot(Request::new(()))).await.unwrap());
+    let events = finished(&captured);
+    assert_eq!(events.len(), 1, "still reported");
+    assert_eq!(events[0].level, tracing::Level::DEBUG);
+}
+
+#[tokio::test]
+async fn a_stream_that_broke_after_its_headers_is_errored_though_its_body_ended() {
+    let (captured, _guard) = capture();
+    let svc = RequestLogLayer::new().layer(service_fn(|req: Req| {
+        // The usage meter marks the break; the body then ends cleanly with
+        // an error event.
+        req.extensions().get::<RequestRecord>().unwrap().mark_broken();
+        async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"data: {\"error\":{}}\n\n")))) }
+    }));
+    let res = within(svc.oneshot(Request::new(()))).await.unwrap();
+    within(res.into_body().collect()).await.unwrap();
+    let events = finished(&captured);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].field("outcome"), Some("errored"));
 }
 
 #[tokio::test]

@@ -14,13 +14,13 @@ use keyrelay_layers::{
     parse::ParseLayer,
     pool::{KeyPool, Secret, Selection},
     provider::Provider,
+    record::RequestRecord,
 };
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_test::mock;
-use tracing::{Instrument, field::Empty};
 
-use support::{MockBody, NOWHERE, capture, polled, reply, within};
+use support::{MockBody, NOWHERE, polled, reply, within};
 
 const LIMIT: usize = 256;
 
@@ -238,17 +238,16 @@ async fn an_inner_error_passes_through_as_itself() {
 }
 
 #[tokio::test]
-async fn calls_the_inner_service_that_was_polled_ready() {
-    // tower-test's mock panics when a clone that was not polled ready is
-    // called, so this checks the ready service is the one that is moved into
-    // the future.
+async fn takes_the_inner_readiness_only_once_the_body_is_in() {
+    // A slow upload must hold nothing inside: Parse is ready at once, and
+    // waits for the inner service's readiness after reading the body.
+    // tower-test's mock panics when a service not polled ready is called.
     let (mut svc, mut handle) = mock::spawn_layer::<Request<Bytes>, Response<()>, _>(ParseLayer::new(pool(), LIMIT));
     handle.allow(0);
-    assert_pending!(svc.poll_ready::<Request<Full<Bytes>>>());
-    handle.allow(1);
-    assert!(svc.is_woken());
     assert_ready_ok!(svc.poll_ready::<Request<Full<Bytes>>>());
-    let fut = svc.call(post("/v1/chat/completions", r#"{"model":"openai/gpt-4o"}"#));
+    let mut fut = tokio_test::task::spawn(svc.call(post("/v1/chat/completions", r#"{"model":"openai/gpt-4o"}"#)));
+    assert_pending!(fut.poll(), "waits for the inner service's readiness");
+    handle.allow(1);
     let answer = async {
         let (req, responder) = handle.next_request().await.unwrap();
         assert_eq!(target(&req).model(), "gpt-4o");
@@ -259,21 +258,24 @@ async fn calls_the_inner_service_that_was_polled_ready() {
 }
 
 #[tokio::test]
-async fn records_provider_and_model_in_the_current_span() {
-    let (captured, _guard) = capture();
-    let inner = service_fn(|_: Request<Bytes>| async {
-        tracing::info!("inner called");
+async fn records_provider_and_model_in_the_request_record() {
+    let inner = service_fn(|_: Request<Bytes>| async { Ok::<_, BoxError>(Response::new(())) });
+    let record = RequestRecord::default();
+    let mut req = post("/v1/chat/completions", r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#);
+    req.extensions_mut().insert(record.clone());
+    ParseLayer::new(pool(), LIMIT).layer(inner).oneshot(req).await.unwrap();
+    let route = record.route().expect("Parse wrote the route");
+    assert_eq!((route.provider.as_str(), &*route.model), ("openrouter", "meta-llama/llama-3-70b"));
+    assert_eq!(&*route.model_label, "other", "an unknown model is not a metrics label");
+}
+
+#[tokio::test]
+async fn the_endpoint_a_router_recognised_wins_over_the_path() {
+    let inner = service_fn(|req: Request<Bytes>| async move {
+        assert_eq!(target(&req).endpoint(), Endpoint::Embeddings);
         Ok::<_, BoxError>(Response::new(()))
     });
-    let span = tracing::info_span!("request", provider = Empty, model = Empty);
-    ParseLayer::new(pool(), LIMIT)
-        .layer(inner)
-        .oneshot(post("/v1/chat/completions", r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#))
-        .instrument(span)
-        .await
-        .unwrap();
-    let events = captured.named("inner called");
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].spans.get("provider"), Some("openrouter"));
-    assert_eq!(events[0].spans.get("model"), Some("meta-llama/llama-3-70b"));
+    let mut req = post("/some/mount/point", r#"{"model":"openai/text-embedding-3-small"}"#);
+    req.extensions_mut().insert(Endpoint::Embeddings);
+    ParseLayer::new(pool(), LIMIT).layer(inner).oneshot(req).await.unwrap();
 }

@@ -282,32 +282,24 @@ async fn round_robin_cycles_through_the_keys_in_order() {
 }
 
 #[tokio::test]
-async fn poll_ready_waits_for_the_inner_service() {
-    let (mut svc, mut handle) =
-        mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(pool(Selection::LeastUsed, &["k1"])));
-    handle.allow(0);
-    assert_pending!(svc.poll_ready());
-    handle.allow(1);
-    assert!(svc.is_woken());
-    assert_ready_ok!(svc.poll_ready());
-}
-
-#[tokio::test]
-async fn records_the_chosen_key_in_the_current_span() {
-    use tracing::Instrument;
-
-    let (captured, _guard) = support::capture();
+async fn the_inner_readiness_is_taken_after_the_key_is_chosen() {
+    // Always ready to choose; the inner service's readiness is awaited once
+    // a key is leased, so a long wait for a key holds nothing inside.
     let pool = pool(Selection::LeastUsed, &["k1"]);
-    let inner = service_fn(|_: Req| async {
-        tracing::info!("inner called");
-        Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
-    });
-    let span = tracing::info_span!("request", key = tracing::field::Empty);
-    let res = KeySelectLayer::new(pool.clone()).layer(inner).oneshot(routed(())).instrument(span).await.unwrap();
-    drop(res);
-    let events = captured.named("inner called");
-    assert_eq!(events.len(), 1);
-    let expected = key_id("openai", "k1");
-    assert_eq!(events[0].spans.get("key"), Some(expected.as_str()));
-    assert!(!format!("{:?}", captured.all()).contains("\"k1\""), "the secret itself is never logged");
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Response<()>, _>(KeySelectLayer::new(pool.clone()));
+    handle.allow(0);
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = tokio_test::task::spawn(svc.call(routed(())));
+    assert_pending!(fut.poll(), "waits for the inner service");
+    assert_eq!(in_flight(&pool, "openai"), [1], "with its key leased");
+    handle.allow(1);
+    let answer = async {
+        let (req, responder) = handle.next_request().await.unwrap();
+        assert!(req.extensions().get::<KeyLease>().is_some());
+        responder.send_response(Response::new(()));
+    };
+    let (res, ()) = within(async { tokio::join!(fut, answer) }).await;
+    let res = res.unwrap();
+    let lease = res.extensions().get::<KeyLease>().expect("the answer names its key");
+    assert_eq!(lease.key_id(), &key_id("openai", "k1"));
 }

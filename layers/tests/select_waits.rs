@@ -58,7 +58,7 @@ fn stack(pool: &Arc<KeyPool>) -> (Svc, Seen) {
     });
     let svc = KeySelectLayer::new(pool.clone())
         .layer(KeyConcurrencyLayer::new().layer(inner))
-        .map_response(|res| res.map(|body| body.boxed_unsync()));
+        .map_response(|res| res.map(|body| body.map_err(BoxError::from).boxed_unsync()));
     (BoxCloneService::new(svc), seen)
 }
 

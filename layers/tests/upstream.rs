@@ -314,8 +314,7 @@ async fn send(req: Request<Bytes>) -> Result<Response<keyrelay_layers::ProxyBody
     within(svc.call(req)).await
 }
 
-/// Through RetryRotate too, which is what ends a broken stream with an
-/// error event.
+/// Through RetryRotate too, as in the stack.
 async fn send_retrying(req: Request<Bytes>) -> Result<Response<keyrelay_layers::ProxyBody>, BoxError> {
     use keyrelay_layers::retry::RetryRotateLayer;
     let svc = tower::Layer::layer(&RetryRotateLayer::default(), UpstreamService::new(client()));
@@ -374,14 +373,21 @@ async fn the_provider_sees_the_leased_key_and_the_clients_body() {
 }
 
 #[tokio::test]
-async fn the_key_lease_is_copied_onto_the_response() {
+async fn the_answer_names_the_key_key_select_leased_and_nothing_else() {
     let mock = MockUpstream::start(|_| full(StatusCode::OK, "application/json", "{}")).await;
     let pool = pool_at(&mock.api_base(), Selection::RoundRobin, &["k1", "k2"]);
     let _first = pool.provider("openai").unwrap().lease();
     let res = send(chat(&pool, CHAT_BODY, false)).await.unwrap();
-    let lease = res.extensions().get::<KeyLease>().expect("KeyLease on the response");
-    assert_eq!(lease.key_id(), &key_id("openai", "k2"));
-    assert_eq!(mock.seen()[0].headers["authorization"], "Bearer k2");
+    assert!(res.extensions().get::<KeyLease>().is_none(), "the upstream's answer carries no extension");
+    let svc = tower::Layer::layer(
+        &keyrelay_layers::select::KeySelectLayer::new(pool.clone()),
+        UpstreamService::new(client()),
+    );
+    let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(CHAT_BODY.as_bytes())).unwrap();
+    req.extensions_mut().insert(target(false));
+    let res = within(svc.oneshot(req)).await.unwrap();
+    let lease = res.extensions().get::<KeyLease>().expect("KeySelect names the key on the response");
+    assert_eq!(mock.seen()[1].headers["authorization"], format!("Bearer {}", lease.secret().expose()));
 }
 
 #[tokio::test]
@@ -432,11 +438,11 @@ fn sse_data(text: &str) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn a_stream_that_breaks_midway_ends_with_one_stream_broken_event() {
+async fn a_stream_that_breaks_midway_ends_with_one_stream_broken_event_and_counts_against_its_key() {
     let (tx, body) = MockBody::channel();
     let mock = MockUpstream::start(streaming(body)).await;
     let pool = pool_at(&mock.api_base(), Selection::LeastUsed, &["k1"]);
-    let res = send_retrying(chat(&pool, CHAT_BODY, true)).await.unwrap();
+    let res = send(chat(&pool, CHAT_BODY, true)).await.unwrap();
     let mut body = res.into_body();
     tx.data("data: {\"n\":1}\n\n");
     within(body.frame()).await.unwrap().unwrap();
@@ -451,6 +457,7 @@ async fn a_stream_that_breaks_midway_ends_with_one_stream_broken_event() {
     assert_eq!(error["error"]["code"], "stream_broken");
     assert_eq!(error["error"]["type"], "upstream_error");
     assert!(error["error"]["param"].is_null());
+    assert_eq!(pool.key_statuses()[0].today.failures_transient, 1, "the break is its key's transient failure");
     drop(tx);
 }
 
@@ -831,8 +838,7 @@ async fn a_request_log_gets_the_providers_own_bytes_where_they_differ() {
             UpstreamService::new(client()),
         ),
     );
-    let cell = keyrelay_layers::extensions::MetricLabels::default();
-    cell.capture_upstream();
+    let cell = keyrelay_layers::record::RequestRecord::capturing_upstream();
     let mut req = Request::post("/v1/chat/completions").body(Bytes::from_static(CHAT_BODY.as_bytes())).unwrap();
     req.extensions_mut().insert(target(true));
     req.extensions_mut().insert(cell.clone());
@@ -843,8 +849,10 @@ async fn a_request_log_gets_the_providers_own_bytes_where_they_differ() {
     tx.data("data: [DONE]\n\n");
     drop(tx);
     let sent = within(res.into_body().collect()).await.unwrap().to_bytes();
-    let (upstream, truncated) = cell.upstream();
+    let (upstream, truncated) = cell.upstream().expect("captured at the end of the answer");
     assert!(!truncated);
     assert!(!String::from_utf8_lossy(&sent).contains("usage"), "the client's copy has no usage chunk");
     assert!(String::from_utf8_lossy(&upstream).contains(usage), "the provider's copy does");
+    let tokens = cell.usage().expect("the meter counted the dropped chunk");
+    assert_eq!((tokens.prompt_tokens, tokens.completion_tokens), (7, 3));
 }

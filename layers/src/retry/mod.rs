@@ -7,8 +7,8 @@
 //! never touched), records the outcome in the pool through the response's
 //! [`KeyLease`], and decides ([`policy::next`]):
 //!
-//! - success: the response goes to the client; a stream is wrapped so that
-//!   a break after its `200` ends it with one SSE error event;
+//! - success: the response goes to the client (a stream that breaks after
+//!   its `200` is the upstream service's to end with an SSE error event);
 //! - client error (400, 404, 422...): returned as it is, no penalty;
 //! - rate limit, quota, credential: the pool cooled or marked the key, so
 //!   the next attempt picks another at once;
@@ -22,8 +22,9 @@
 //! layer answers [`UpstreamFailed`] (502) carrying the last upstream error,
 //! with secrets redacted.
 //!
-//! Reads [`RouteTarget`] and [`Deadline`]; writes [`ExcludedKeys`],
-//! [`PinnedKey`] and [`Attempt`] on each attempt.
+//! Reads [`RouteTarget`] and [`Deadline`]; writes [`ExcludedKeys`] and
+//! [`PinnedKey`] on each attempt, and each attempt's key, outcome and time
+//! into the request's [`RequestRecord`].
 //!
 //! Two keys, the first rate limited: one request, two attempts, and the key
 //! that answered 429 cools for this model.
@@ -42,10 +43,10 @@
 //! let keys = vec![Secret::new("sk-limited"), Secret::new("sk-fresh")];
 //! let pool = KeyPool::builder().provider(openai, Selection::RoundRobin, keys).build().unwrap();
 //!
-//! // Stands in for `UpstreamService`, which also copies the lease onto its answer.
+//! // Stands in for `UpstreamService` (KeySelect puts the lease on its answer).
 //! let upstream = service_fn(|req: Request<Bytes>| async move {
 //!     let lease = req.extensions().get::<KeyLease>().unwrap().clone();
-//!     let mut res = match lease.secret().expose() {
+//!     let res = match lease.secret().expose() {
 //!         "sk-limited" => {
 //!             let mut res = Response::new(full(r#"{"error":{"message":"Rate limit reached","code":null}}"#));
 //!             *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
@@ -53,7 +54,6 @@
 //!         }
 //!         _ => Response::new(full(r#"{"id":"chatcmpl-1"}"#)),
 //!     };
-//!     res.extensions_mut().insert(lease);
 //!     Ok::<_, BoxError>(res)
 //! });
 //! let svc = RetryRotateLayer::new(RetryPolicy::default()).layer(KeySelectLayer::new(pool.clone()).layer(upstream));
@@ -80,7 +80,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, StatusCode, header::CONTENT_ENCODING};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -90,13 +90,13 @@ use self::policy::Next;
 pub use self::policy::RetryPolicy;
 use crate::{
     BoxError, ProxyBody,
-    body::SseErrorTail,
     classify::{Failure, FailureClass, PEEK_LIMIT, classify},
     error::{
         AllKeysCooling, KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable,
     },
-    extensions::{Attempt, AttemptRecord, Deadline, ExcludedKeys, MetricLabels, PinnedKey, RouteTarget},
+    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
     pool::{KeyId, KeyLease},
+    record::{AttemptRecord, RequestRecord},
 };
 
 /// Applies [`RetryRotate`].
@@ -207,7 +207,13 @@ where
     let mut same_key_failures = 0u32;
     let mut last_failure: Option<String> = None;
     let mut attempt = 0u32;
-    let mut trail = AttemptTrail { text: String::new(), cell: pristine.extensions().get::<MetricLabels>().cloned() };
+    let record = pristine.extensions().get::<RequestRecord>().cloned();
+    let trail = |lease: &KeyLease, outcome: &'static str, status: Option<u16>, started: Instant| {
+        if let Some(record) = &record {
+            let ms = started.elapsed().as_millis() as u64;
+            record.push_attempt(AttemptRecord::new(lease.key_id().as_str(), outcome, status, ms));
+        }
+    };
     loop {
         attempt += 1;
         let started = Instant::now();
@@ -216,7 +222,6 @@ where
         if let Some(key) = &pinned {
             req.extensions_mut().insert(PinnedKey(key.clone()));
         }
-        req.extensions_mut().insert(Attempt(attempt));
         let ready: Result<&mut S, BoxError> = svc.ready().await.map_err(Into::into);
         let result: Result<Response<ResBody>, BoxError> = match ready {
             Ok(svc) => svc.call(req).await.map_err(Into::into),
@@ -227,20 +232,20 @@ where
             Ok(res) => {
                 let Some(lease) = res.extensions().get::<KeyLease>().cloned() else {
                     // Not an upstream answer this layer can judge.
-                    return Ok(finish(res, &target));
+                    return Ok(finish(res));
                 };
                 let status = res.status();
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
-                    trail.push(&lease, "success", Some(status.as_u16()), started);
-                    return Ok(finish(res, &target));
+                    trail(&lease, "success", Some(status.as_u16()), started);
+                    return Ok(finish(res));
                 }
                 let (res, peeked) = peek(res).await;
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail.push(&lease, failure.class.as_str(), Some(status.as_u16()), started);
+                trail(&lease, failure.class.as_str(), Some(status.as_u16()), started);
                 tracing::info!(
                     attempt,
                     key = lease.key_id().as_str(),
@@ -276,7 +281,7 @@ where
                 let failure = Failure::new(FailureClass::Transient);
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail.push(&lease, failure.class.as_str(), None, started);
+                trail(&lease, failure.class.as_str(), None, started);
                 tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
@@ -325,29 +330,6 @@ where
     }
 }
 
-/// Each attempt's key, outcome and duration, written to the request span
-/// as it grows: `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`,
-/// and to the request's shared cell for the request log.
-struct AttemptTrail {
-    text: String,
-    cell: Option<MetricLabels>,
-}
-
-impl AttemptTrail {
-    fn push(&mut self, lease: &KeyLease, outcome: &'static str, status: Option<u16>, started: Instant) {
-        use std::fmt::Write;
-        if !self.text.is_empty() {
-            self.text.push_str(", ");
-        }
-        let ms = started.elapsed().as_millis() as u64;
-        let _ = write!(self.text, "{} {outcome} {ms}ms", lease.key_id());
-        tracing::Span::current().record("attempts", self.text.as_str());
-        if let Some(cell) = &self.cell {
-            cell.push_attempt(AttemptRecord::new(lease.key_id().as_str(), outcome, status, ms));
-        }
-    }
-}
-
 fn count_attempt(lease: &KeyLease, outcome: &'static str) {
     lease.count_attempt(outcome);
 }
@@ -357,30 +339,13 @@ fn count_retry(lease: &KeyLease, kind: &'static str) {
     metrics::counter!(crate::metrics::RETRIES, &labels).increment(1);
 }
 
-/// The response that goes to the client: boxed, and for a stream, ended by
-/// an SSE error event should it break after this point.
-fn finish<B>(mut res: Response<B>, target: &RouteTarget) -> Response<ProxyBody>
+/// The response that goes to the client, boxed.
+fn finish<B>(res: Response<B>) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let plain = res.headers().get(CONTENT_ENCODING).is_none_or(|e| e == "identity");
-    if target.stream() && res.status().is_success() && plain {
-        // The events may be re-framed, a usage chunk dropped or an error
-        // event added: a provider's Content-Length no longer holds.
-        res.headers_mut().remove(http::header::CONTENT_LENGTH);
-        let provider = target.provider().as_str().to_owned();
-        #[cfg(feature = "upstream")]
-        if res.extensions().get::<crate::extensions::UsageInjected>().is_some() {
-            return res.map(|body| {
-                let body = crate::upstream::drop_usage_chunk(body);
-                SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync()
-            });
-        }
-        res.map(|body| SseErrorTail::new(body).counting_chunks_of(provider).boxed_unsync())
-    } else {
-        res.map(|body| body.map_err(Into::into).boxed_unsync())
-    }
+    res.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
 /// Reads at most [`PEEK_LIMIT`] bytes of an error body, and gives back a

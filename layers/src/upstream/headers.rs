@@ -42,16 +42,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Credentials a client may send to the proxy (or mistakenly, for another
-/// provider); the upstream only ever sees the key the proxy chose.
-const CLIENT_CREDENTIALS: [HeaderName; 5] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("x-goog-api-key"),
-    HeaderName::from_static("api-key"),
-    header::COOKIE,
-];
-
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
@@ -71,7 +61,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// and no `Content-Length` (the body may be rewritten).
 pub fn for_upstream(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    for name in &CLIENT_CREDENTIALS {
+    // The upstream only ever sees the key the proxy chose.
+    for name in &crate::credentials::CREDENTIAL_HEADERS {
         headers.remove(name);
     }
     headers.remove(header::HOST);

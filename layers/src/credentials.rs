@@ -1,0 +1,31 @@
+//! The request headers that carry credentials, named once for everyone who
+//! must treat them specially: Auth reads and strips them, the upstream
+//! service never forwards them, the request log redacts them, and the binary
+//! marks them sensitive before anything could log a header.
+//!
+//! ```
+//! use http::HeaderName;
+//! use keyrelay_layers::credentials::{is_credential, CREDENTIAL_HEADERS};
+//!
+//! assert!(is_credential(&HeaderName::from_static("x-goog-api-key")));
+//! assert!(!is_credential(&HeaderName::from_static("content-type")));
+//! assert!(CREDENTIAL_HEADERS.iter().any(|h| h == "authorization"));
+//! ```
+
+use http::{HeaderName, header};
+
+/// Where clients put keys (the proxy's, or by mistake a provider's):
+/// `Authorization` (Bearer), Anthropic's `x-api-key`, Gemini's
+/// `x-goog-api-key`, Azure's `api-key`, and cookies.
+pub static CREDENTIAL_HEADERS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+    header::COOKIE,
+];
+
+/// Whether `name` is one of [`CREDENTIAL_HEADERS`].
+pub fn is_credential(name: &HeaderName) -> bool {
+    CREDENTIAL_HEADERS.iter().any(|credential| credential == name)
+}

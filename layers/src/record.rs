@@ -1,0 +1,191 @@
+//! [`RequestRecord`]: what one request learned on its way through the
+//! stack, for the completion log line, the metrics and the request log.
+//!
+//! RequestLog puts one record in each request's extensions and reads it when
+//! the request ends. Each field has one writer, named by its method:
+//!
+//! | field | written by | through |
+//! |---|---|---|
+//! | provider and model label | Parse | [`RequestRecord::set_route`] |
+//! | each upstream attempt (key, outcome, status, time) | RetryRotate | [`RequestRecord::push_attempt`] |
+//! | token usage | the usage meter on the answer's body | [`RequestRecord::set_usage`] |
+//! | a stream that broke after its headers | the usage meter | [`RequestRecord::mark_broken`] |
+//! | the provider's own bytes (request log only, redacted) | the upstream's capture | [`RequestRecord::set_upstream`] |
+//!
+//! The record holds identities and numbers only: no secret, no lease, no
+//! guard. Captured upstream bytes are redacted before they are stored, by
+//! the body that saw them with the key it sent.
+//!
+//! ```
+//! use keyrelay_layers::{provider::ProviderId, record::{AttemptRecord, RequestRecord}, usage::Usage};
+//!
+//! let record = RequestRecord::default();
+//! let seen_by_log = record.clone(); // every clone is the same record
+//! record.set_route(ProviderId::new("openai"), "gpt-4o".into(), "gpt-4o".into());
+//! record.push_attempt(AttemptRecord::new("openai:1a2b3c4d", "rate_limit", Some(429), 120));
+//! record.push_attempt(AttemptRecord::new("openai:5e6f7a8b", "success", Some(200), 310));
+//! record.set_usage(Usage { prompt_tokens: 9, completion_tokens: 2 });
+//!
+//! assert_eq!(seen_by_log.route().unwrap().model_label.as_ref(), "gpt-4o");
+//! assert_eq!(seen_by_log.attempt_count(), 2);
+//! assert_eq!(seen_by_log.last_key().as_deref(), Some("openai:5e6f7a8b"));
+//! assert_eq!(seen_by_log.usage().unwrap().completion_tokens, 2);
+//! assert!(!seen_by_log.broken());
+//! ```
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
+
+use bytes::Bytes;
+
+use crate::{provider::ProviderId, usage::Usage};
+
+/// One request's record; clones share it. See the [module docs](self).
+#[derive(Clone, Default)]
+pub struct RequestRecord(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    route: OnceLock<RouteInfo>,
+    /// Whether a request log wants the provider's own bytes.
+    capture_upstream: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    attempts: Vec<AttemptRecord>,
+    usage: Option<Usage>,
+    broken: bool,
+    upstream: Option<(Bytes, bool)>,
+}
+
+/// Where a request went, as Parse learned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteInfo {
+    /// The provider named by the model's prefix.
+    pub provider: ProviderId,
+    /// The model as the upstream knows it (the client's words, for logs).
+    pub model: Arc<str>,
+    /// The model's metrics label: the model when it is known to be real
+    /// (configured, listed, or answered with success), else `other`.
+    pub model_label: Arc<str>,
+}
+
+/// One upstream attempt of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptRecord {
+    /// The key's id (a fingerprint, never the secret).
+    pub key: String,
+    /// `success` or the failure class (`rate_limit`, `transient`...).
+    pub outcome: &'static str,
+    /// The upstream's status; `None` when it could not be reached.
+    pub status: Option<u16>,
+    /// From the moment the key was leased to the answer's headers: a wait
+    /// for a key is not part of any attempt.
+    pub ms: u64,
+}
+
+impl AttemptRecord {
+    /// One attempt with `key` (its id), ending in `outcome` after `ms`.
+    pub fn new(key: &str, outcome: &'static str, status: Option<u16>, ms: u64) -> Self {
+        Self { key: key.to_owned(), outcome, status, ms }
+    }
+}
+
+impl RequestRecord {
+    /// A record whose request log also wants the provider's own bytes.
+    pub fn capturing_upstream() -> Self {
+        Self(Arc::new(Inner { capture_upstream: true, ..Inner::default() }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parse: the request's provider, model and model label; the first
+    /// call wins.
+    pub fn set_route(&self, provider: ProviderId, model: Arc<str>, model_label: Arc<str>) {
+        let _already = self.0.route.set(RouteInfo { provider, model, model_label });
+    }
+    /// Where the request went, once Parse knew it.
+    pub fn route(&self) -> Option<&RouteInfo> {
+        self.0.route.get()
+    }
+
+    /// RetryRotate: one more upstream attempt.
+    pub fn push_attempt(&self, attempt: AttemptRecord) {
+        self.state().attempts.push(attempt);
+    }
+    /// The attempts so far, in order.
+    pub fn attempts(&self) -> Vec<AttemptRecord> {
+        self.state().attempts.clone()
+    }
+    /// How many upstream attempts were made.
+    pub fn attempt_count(&self) -> usize {
+        self.state().attempts.len()
+    }
+    /// The key of the last attempt.
+    pub fn last_key(&self) -> Option<String> {
+        self.state().attempts.last().map(|a| a.key.clone())
+    }
+    /// Writes the attempts as `key outcome Nms` joined by `, `, into `out`.
+    pub fn write_attempts(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        for (i, a) in self.state().attempts.iter().enumerate() {
+            if i > 0 {
+                out.write_str(", ")?;
+            }
+            write!(out, "{} {} {}ms", a.key, a.outcome, a.ms)?;
+        }
+        Ok(())
+    }
+
+    /// The usage meter: the answer's tokens; the first report wins.
+    pub fn set_usage(&self, usage: Usage) {
+        self.state().usage.get_or_insert(usage);
+    }
+    /// The answer's tokens, once counted.
+    pub fn usage(&self) -> Option<Usage> {
+        self.state().usage
+    }
+
+    /// The usage meter: the answer broke after its headers went out (the
+    /// client got an error event, or a cut body).
+    pub fn mark_broken(&self) {
+        self.state().broken = true;
+    }
+    /// Whether the answer broke after its headers.
+    pub fn broken(&self) -> bool {
+        self.state().broken
+    }
+
+    /// Whether a request log wants the provider's own bytes.
+    pub fn captures_upstream(&self) -> bool {
+        self.0.capture_upstream
+    }
+    /// The upstream's capture: the latest attempt's answer, already
+    /// redacted, and whether it was cut.
+    pub fn set_upstream(&self, redacted: Bytes, truncated: bool) {
+        self.state().upstream = Some((redacted, truncated));
+    }
+    /// The provider's own answer bytes (redacted) and whether they were cut.
+    pub fn upstream(&self) -> Option<(Bytes, bool)> {
+        self.state().upstream.clone()
+    }
+}
+
+impl fmt::Debug for RequestRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("RequestRecord")
+            .field("route", &self.0.route.get())
+            .field("attempts", &state.attempts)
+            .field("usage", &state.usage)
+            .field("broken", &state.broken)
+            .finish_non_exhaustive()
+    }
+}
