@@ -17,13 +17,27 @@
 //! | `temperature`, `top_p` | the same, but only one (`temperature`), and neither with thinking |
 //! | `reasoning_effort` | `thinking` with a token budget |
 //! | `user` | `metadata.user_id` |
+//! | `response_format` `json_schema` / `json_object` | one forced tool whose input is the answer (below) |
 //!
-//! Other OpenAI fields are ignored. What Anthropic cannot express (`n > 1`,
-//! audio, files by id, a legacy `function` role) is a [`TranslateError`].
+//! Other OpenAI fields are ignored when they change nothing in the answer's
+//! shape (`seed`, which Anthropic does not have; `frequency_penalty`,
+//! `presence_penalty`, `logit_bias`...). What Anthropic cannot express is a
+//! [`TranslateError`] naming it: `n > 1`, `logprobs` / `top_logprobs`, audio
+//! in or out, files by id, a legacy `function` role, and `response_format`
+//! next to client tools or thinking.
 //!
 //! Answers: text blocks become `content`, `thinking` blocks
 //! `reasoning_content`, `tool_use` blocks `tool_calls`; `stop_reason` becomes
 //! `finish_reason`; cache reads and writes count as prompt tokens.
+//!
+//! Structured outputs: Anthropic follows a JSON schema only for a tool's
+//! input, so `response_format` becomes a tool standing for the answer and a
+//! `tool_choice` forcing it, and the request's [`AnswerHints::json_via_tool`]
+//! makes that tool's input the answer's `content` (a JSON string), whole or
+//! streamed (`input_json_delta` pieces as `content` pieces), with finish
+//! reason `stop` and no `tool_calls`: what OpenAI's SDK `parse()` and
+//! LangChain's `with_structured_output` read. Only [`Anthropic`] (the
+//! [`ProviderDialect`]) carries the hint from request to answer.
 //!
 //! ```
 //! use keyrelay_layers::upstream::dialect::{anthropic, sse::DONE, SseEvent, StreamTranslator};
@@ -68,13 +82,71 @@ mod messages;
 mod models;
 mod request;
 mod response;
+mod shape;
 mod stream;
 mod tools;
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
 
 pub use self::{
     error::error_body, models::model_ids, request::chat_request, response::chat_response, stream::ChatStream,
 };
-use super::TranslateError;
+use super::{
+    AnswerHints, OutboundRequest, ProviderDialect, StreamTranslator, TranslateError, Translated, provider::no_endpoint,
+};
+use crate::{extensions::Endpoint, provider::Dialect};
+
+/// Anthropic's Messages API as a [`ProviderDialect`]: chat completions only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Anthropic;
+
+impl ProviderDialect for Anthropic {
+    fn request(&self, req: &OutboundRequest<'_>) -> Result<Translated, TranslateError> {
+        match req.endpoint {
+            Endpoint::ChatCompletions => {
+                let (body, hints) = request::translate(req.body, req.model, req.stream)?;
+                Ok(Translated { path: Cow::Borrowed(chat_path()), body, hints })
+            }
+            endpoint => Err(no_endpoint(Dialect::Anthropic, endpoint)),
+        }
+    }
+
+    fn answer(
+        &self,
+        endpoint: Endpoint,
+        body: &Bytes,
+        model: &str,
+        created: u64,
+        hints: AnswerHints,
+    ) -> Result<Bytes, TranslateError> {
+        match endpoint {
+            Endpoint::ChatCompletions => response::completion(body, model, created, hints),
+            endpoint => Err(no_endpoint(Dialect::Anthropic, endpoint)),
+        }
+    }
+
+    fn stream(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        include_usage: bool,
+        created: u64,
+        hints: AnswerHints,
+    ) -> Option<Box<dyn StreamTranslator>> {
+        let stream = ChatStream::with_hints(model, include_usage, created, hints);
+        (endpoint == Endpoint::ChatCompletions).then(|| Box::new(stream) as Box<dyn StreamTranslator>)
+    }
+
+    fn error_body(&self, status: u16, body: &Bytes) -> Bytes {
+        error_body(status, body)
+    }
+
+    fn model_ids(&self, body: &[u8]) -> Result<Vec<String>, TranslateError> {
+        model_ids(body)
+    }
+}
 
 /// Sent as the `anthropic-version` header.
 pub const API_VERSION: &str = "2023-06-01";

@@ -7,16 +7,24 @@ use serde_json::{Map, Value, json};
 use super::{
     DEFAULT_MAX_TOKENS, TranslateError, echo, fail,
     messages::translate_messages,
+    shape::{JsonAnswer, refuse_unexpressible_shapes},
     tools::{translate_tool, translate_tool_choice},
 };
-
-// ---------------------------------------------------------------------------
-// Requests
-// ---------------------------------------------------------------------------
+use crate::upstream::dialect::AnswerHints;
 
 /// The Anthropic Messages request for an OpenAI chat request; `model` is the
 /// upstream model name.
+///
+/// A `response_format` asking for JSON becomes a forced tool whose input is
+/// the answer: translate the answer with
+/// [`ProviderDialect`](crate::upstream::dialect::ProviderDialect), which
+/// carries that over, not with [`chat_response`](super::chat_response).
 pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, TranslateError> {
+    translate(body, model, stream).map(|(body, _)| body)
+}
+
+/// [`chat_request`], and what its answer's translation must know.
+pub(super) fn translate(body: &[u8], model: &str, stream: bool) -> Result<(Bytes, AnswerHints), TranslateError> {
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("the request body is not valid JSON: {e}")))?;
     let Value::Object(mut request) = request else {
@@ -32,6 +40,8 @@ pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Tra
             None => return fail("`n` must be a positive integer"),
         }
     }
+    refuse_unexpressible_shapes(&request)?;
+    let json_answer = JsonAnswer::asked_by(&request)?;
 
     let messages = match request.get_mut("messages").map(Value::take) {
         Some(Value::Array(messages)) if !messages.is_empty() => messages,
@@ -107,7 +117,14 @@ pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Tra
         }
         Some(_) => return fail("`tools` must be an array"),
     };
-    if !tools.is_empty() {
+    let mut hints = AnswerHints::default();
+    if let Some(json_answer) = json_answer {
+        json_answer.refuse_conflicts(&request, !tools.is_empty(), thinking)?;
+        let (tool, choice) = json_answer.forced_tool();
+        out.insert("tool_choice".into(), choice);
+        out.insert("tools".into(), json!([tool]));
+        hints.json_via_tool = true;
+    } else if !tools.is_empty() {
         let mut choice = match present(&request, "tool_choice") {
             Some(choice) => translate_tool_choice(choice)?,
             None => json!({"type": "auto"}),
@@ -131,11 +148,11 @@ pub fn chat_request(body: &[u8], model: &str, stream: bool) -> Result<Bytes, Tra
 
     let body = serde_json::to_vec(&Value::Object(out))
         .map_err(|e| TranslateError::new(format!("cannot encode the Anthropic request: {e}")))?;
-    Ok(Bytes::from(body))
+    Ok((Bytes::from(body), hints))
 }
 
 /// A field that is there and not `null`.
-fn present<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+pub(super) fn present<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
     object.get(field).filter(|v| !v.is_null())
 }
 

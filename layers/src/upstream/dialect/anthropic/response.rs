@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{TranslateError, fail};
+use crate::upstream::dialect::AnswerHints;
 
 /// Token counts as Anthropic reports them; a field that is absent or `null` is unknown.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
@@ -57,9 +58,12 @@ struct PromptTokensDetails {
 }
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
-pub(super) fn finish_reason(stop_reason: &str) -> &'static str {
+pub(super) fn finish_reason(stop_reason: &str, hints: AnswerHints) -> &'static str {
     match stop_reason {
         "max_tokens" | "model_context_window_exceeded" => "length",
+        // The forced tool standing for `response_format` was used: the
+        // structured answer is complete.
+        "tool_use" if hints.json_via_tool => "stop",
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
         // end_turn, stop_sequence, pause_turn and reasons yet to come.
@@ -134,6 +138,12 @@ struct FunctionCall {
 /// An OpenAI `chat.completion` for Anthropic's whole answer; `model` is the
 /// name the client asked for.
 pub fn chat_response(body: &[u8], model: &str, created: u64) -> Result<Bytes, TranslateError> {
+    completion(body, model, created, AnswerHints::default())
+}
+
+/// [`chat_response`], for the request that `hints` came from: with
+/// `json_via_tool`, the forced tool's input is the answer's `content`.
+pub(super) fn completion(body: &[u8], model: &str, created: u64, hints: AnswerHints) -> Result<Bytes, TranslateError> {
     let message: AnthropicMessage = serde_json::from_slice(body)
         .map_err(|e| TranslateError::new(format!("Anthropic's answer is not a Messages API message: {e}")))?;
     if message.kind.as_deref().is_some_and(|k| k != "message") {
@@ -146,6 +156,11 @@ pub fn chat_response(body: &[u8], model: &str, created: u64) -> Result<Bytes, Tr
         match block.kind.as_str() {
             "text" => text.get_or_insert_default().push_str(block.text.as_deref().unwrap_or("")),
             "thinking" => reasoning.get_or_insert_default().push_str(block.thinking.as_deref().unwrap_or("")),
+            // The tool standing for `response_format`: its input, as the
+            // model wrote it, is the structured answer.
+            "tool_use" if hints.json_via_tool => {
+                text.get_or_insert_default().push_str(block.input.as_deref().map_or("{}", RawValue::get));
+            }
             "tool_use" => {
                 let (Some(id), Some(name)) = (block.id, block.name) else {
                     return fail("Anthropic's answer has a tool_use block without id or name");
@@ -170,7 +185,7 @@ pub fn chat_response(body: &[u8], model: &str, created: u64) -> Result<Bytes, Tr
         choices: [CompletionChoice {
             index: 0,
             message: CompletionMessage { role: "assistant", content, reasoning_content: reasoning, tool_calls },
-            finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn")),
+            finish_reason: finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn"), hints),
         }],
         usage: message.usage.openai(),
     };
@@ -226,5 +241,46 @@ mod tests {
         ] {
             assert!(chat_response(body, "m", 0).is_err(), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    /// A forced-tool answer as the Messages API sends it.
+    const JSON_ANSWER: &str = r#"{"id":"msg_01Aq9w938a90dw8q","type":"message","role":"assistant",
+        "model":"claude-sonnet-4-5-20250929","content":[{"type":"tool_use","id":"toolu_01A09q90qw90lq917835lq9",
+        "name":"math_response","input":{"steps":["8x = -30","x = -3.75"],"final_answer":"x = -3.75"}}],
+        "stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":89}}"#;
+
+    fn json_answer(body: &str) -> Value {
+        let hints = AnswerHints { json_via_tool: true, ..AnswerHints::default() };
+        serde_json::from_slice(&completion(body.as_bytes(), "claude-sonnet-4-5", 5, hints).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_forced_tool_answer_is_the_content() {
+        let out = json_answer(JSON_ANSWER);
+        let message = &out["choices"][0]["message"];
+        assert_eq!(
+            message,
+            &json!({"role": "assistant", "content": r#"{"steps":["8x = -30","x = -3.75"],"final_answer":"x = -3.75"}"#})
+        );
+        let parsed: Value = serde_json::from_str(message["content"].as_str().unwrap()).unwrap();
+        assert_eq!(parsed["final_answer"], "x = -3.75");
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(out["usage"]["completion_tokens"], 89);
+
+        // Cut short, it says so; without the hint it is the tool call it was.
+        let cut = JSON_ANSWER.replace(r#""stop_reason":"tool_use""#, r#""stop_reason":"max_tokens""#);
+        assert_eq!(json_answer(&cut)["choices"][0]["finish_reason"], "length");
+        let plain: Value =
+            serde_json::from_slice(&chat_response(JSON_ANSWER.as_bytes(), "claude-sonnet-4-5", 5).unwrap()).unwrap();
+        assert_eq!(plain["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "math_response");
+        assert_eq!(plain["choices"][0]["finish_reason"], "tool_calls");
+
+        // A refusal in words instead of the tool stays words.
+        let refused = json_answer(
+            r#"{"id":"msg_2","type":"message","content":[{"type":"text","text":"I can't help with that."}],
+            "stop_reason":"refusal","usage":{"input_tokens":1,"output_tokens":2}}"#,
+        );
+        assert_eq!(refused["choices"][0]["message"]["content"], "I can't help with that.");
+        assert_eq!(refused["choices"][0]["finish_reason"], "content_filter");
     }
 }

@@ -10,7 +10,7 @@ use super::{
     response::{AnthropicUsage, Usage, finish_reason},
 };
 use crate::upstream::dialect::{
-    StreamTranslator,
+    AnswerHints, StreamTranslator,
     sse::{self, SseEvent},
 };
 
@@ -122,6 +122,9 @@ struct FunctionDelta<'a> {
 enum Block {
     /// A client tool call: its OpenAI `tool_calls` index.
     Tool(u32),
+    /// The forced tool standing for `response_format`: its input is the
+    /// answer's `content`.
+    JsonAnswer,
     /// Text, thinking, and blocks the client never sees (server tools,
     /// redacted thinking): their deltas say what they are.
     Other,
@@ -143,6 +146,7 @@ pub struct ChatStream {
     ended: bool,
     usage_sent: bool,
     done: bool,
+    hints: AnswerHints,
 }
 
 impl ChatStream {
@@ -150,6 +154,12 @@ impl ChatStream {
     /// final usage chunk (`choices: []`) OpenAI sends for
     /// `stream_options.include_usage`.
     pub fn new(model: &str, include_usage: bool, created: u64) -> Self {
+        Self::with_hints(model, include_usage, created, AnswerHints::default())
+    }
+
+    /// [`new`](Self::new), for the request that `hints` came from: with
+    /// `json_via_tool`, the forced tool's input streams as `content`.
+    pub(super) fn with_hints(model: &str, include_usage: bool, created: u64, hints: AnswerHints) -> Self {
         Self {
             id: "chatcmpl-".to_owned(),
             model: model.to_owned(),
@@ -162,6 +172,7 @@ impl ChatStream {
             ended: false,
             usage_sent: false,
             done: false,
+            hints,
         }
     }
 
@@ -236,6 +247,7 @@ impl StreamTranslator for ChatStream {
                     return Ok(out);
                 };
                 let kind = match block.kind.as_ref() {
+                    "tool_use" if self.hints.json_via_tool => Block::JsonAnswer,
                     "tool_use" => {
                         let index = self.tools;
                         self.tools += 1;
@@ -287,16 +299,23 @@ impl StreamTranslator for ChatStream {
                     "input_json_delta" => {
                         // Server tools (web search) stream their input too; only
                         // the client's own tool calls are passed on.
-                        if let Some(Block::Tool(index)) = self.block(data.index)
-                            && let Some(fragment) = delta.partial_json.as_deref().filter(|f| !f.is_empty())
-                        {
-                            let call = ToolCallDelta {
-                                index,
-                                id: None,
-                                kind: None,
-                                function: FunctionDelta { name: None, arguments: fragment },
-                            };
-                            out.push(self.chunk(Delta { tool_calls: Some([call]), ..Delta::default() }, None));
+                        let Some(fragment) = delta.partial_json.as_deref().filter(|f| !f.is_empty()) else {
+                            return Ok(out);
+                        };
+                        match self.block(data.index) {
+                            Some(Block::Tool(index)) => {
+                                let call = ToolCallDelta {
+                                    index,
+                                    id: None,
+                                    kind: None,
+                                    function: FunctionDelta { name: None, arguments: fragment },
+                                };
+                                out.push(self.chunk(Delta { tool_calls: Some([call]), ..Delta::default() }, None));
+                            }
+                            Some(Block::JsonAnswer) => {
+                                out.push(self.chunk(Delta { content: Some(fragment), ..Delta::default() }, None));
+                            }
+                            Some(Block::Other) | None => {}
                         }
                     }
                     // signature_delta, citations_delta: nothing OpenAI can carry.
@@ -309,7 +328,7 @@ impl StreamTranslator for ChatStream {
                     self.usage.update(usage);
                 }
                 if let Some(reason) = data.delta.and_then(|d| d.stop_reason) {
-                    out.push(self.chunk(Delta::default(), Some(finish_reason(&reason))));
+                    out.push(self.chunk(Delta::default(), Some(finish_reason(&reason, self.hints))));
                 }
                 self.ended = true;
             }
@@ -446,5 +465,64 @@ mod tests {
         let mut stream = ChatStream::new("m", false, 1);
         let out = stream.event(&event("message_start", json!({"message": {"id": "msg_9"}}))).unwrap();
         assert!(text(&out)[0].contains(r#""id":"chatcmpl-msg_9""#));
+    }
+
+    /// A forced-tool stream as the Messages API sends it.
+    const JSON_STREAM: &str = concat!(
+        "event: message_start\n",
+        r#"data: {"type":"message_start","message":{"id":"msg_014p7gG3wDgGV9EUtLvnow3U","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":2},"content":[],"stop_reason":null}}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","name":"math_response","input":{}}}"#,
+        "\n\nevent: ping\n",
+        r#"data: {"type": "ping"}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"steps\": [\"8x = -30\""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":", \"x = -3.75\"], \"final_answer\": \"x = -3.75\"}"}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        "\n\nevent: message_delta\n",
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}"#,
+        "\n\nevent: message_stop\n",
+        r#"data: {"type":"message_stop"}"#,
+        "\n\n",
+    );
+
+    /// The stream cut into `size`-byte pieces, through the framer.
+    fn chunks_of(stream: &mut ChatStream, size: usize) -> Vec<Value> {
+        let mut framer = sse::SseFramer::new();
+        let mut out = Vec::new();
+        for piece in JSON_STREAM.as_bytes().chunks(size) {
+            for event in framer.push(piece) {
+                out.extend(stream.event(&event).unwrap());
+            }
+        }
+        assert!(framer.finish().is_none());
+        assert!(stream.is_complete());
+        out.extend(stream.finish());
+        assert_eq!(&out.pop().unwrap()[..], sse::DONE);
+        out.iter().map(|c| serde_json::from_slice(c.strip_prefix(b"data: ").unwrap()).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_forced_tool_streams_as_content() {
+        let hints = AnswerHints { json_via_tool: true, ..AnswerHints::default() };
+        for size in [1, 7, 64, JSON_STREAM.len()] {
+            let chunks = chunks_of(&mut ChatStream::with_hints("claude-sonnet-4-5", true, 5, hints), size);
+            assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()), "{chunks:?}");
+            let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            let answer: Value = serde_json::from_str(&content).unwrap();
+            assert_eq!(answer, json!({"steps": ["8x = -30", "x = -3.75"], "final_answer": "x = -3.75"}));
+            let finish: Vec<&Value> =
+                chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+            assert_eq!(finish, [&json!("stop")]);
+            assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 89);
+        }
+        // Without the hint the same stream is the tool call it was.
+        let chunks = chunks_of(&mut ChatStream::new("claude-sonnet-4-5", false, 5), 64);
+        assert_eq!(chunks[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "math_response");
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
     }
 }

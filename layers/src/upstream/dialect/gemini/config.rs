@@ -70,6 +70,7 @@ pub(super) fn generation_config(
     request: &Map<String, Value>,
     body: &[u8],
 ) -> Result<Map<String, Value>, TranslateError> {
+    refuse_unexpressible_shapes(request)?;
     let mut config = Map::new();
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK")] {
         if let Some(value) = number(request, from)? {
@@ -141,6 +142,38 @@ pub(super) fn generation_config(
     Ok(config)
 }
 
+/// Refuses answer shapes this translation cannot give. Gemini has token
+/// log probabilities (`responseLogprobs`, `logprobs`), but in a shape of its
+/// own (`logprobsResult`) that is not translated into OpenAI's
+/// `choices[].logprobs`: a client asking for them would get an answer
+/// without them. Audio output needs Gemini's speech models and a
+/// `speechConfig`, and comes back as audio parts OpenAI's `message.audio`
+/// does not carry.
+fn refuse_unexpressible_shapes(request: &Map<String, Value>) -> Result<(), TranslateError> {
+    match request.get("logprobs") {
+        None | Some(Value::Null | Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            return Err(err(
+                "`logprobs` is not supported for Gemini models: their log probabilities are not translated",
+            ));
+        }
+        Some(_) => return Err(err("`logprobs` must be a boolean")),
+    }
+    if request.get("top_logprobs").is_some_and(|n| !n.is_null() && n.as_u64() != Some(0)) {
+        return Err(err(
+            "`top_logprobs` is not supported for Gemini models: their log probabilities are not translated",
+        ));
+    }
+    let audio_modality = request
+        .get("modalities")
+        .and_then(Value::as_array)
+        .is_some_and(|modalities| modalities.iter().any(|m| m == "audio"));
+    if audio_modality || request.get("audio").is_some_and(|a| !a.is_null()) {
+        return Err(err("audio output (`modalities: [\"audio\"]`, `audio`) is not supported for Gemini models"));
+    }
+    Ok(())
+}
+
 /// A numeric field, if present and not null.
 fn number(request: &Map<String, Value>, key: &str) -> Result<Option<Value>, TranslateError> {
     match request.get(key) {
@@ -179,5 +212,28 @@ mod tests {
             let out = request(json!({ "messages": [user("hi")], "reasoning_effort": effort }), "m").unwrap();
             assert_eq!(out["generationConfig"]["thinkingConfig"], expected, "{effort}");
         }
+    }
+
+    #[test]
+    fn answer_shapes_not_translated_are_refused_and_the_seed_kept() {
+        let with = |fields: Value| {
+            let mut body = json!({ "messages": [user("hi")] });
+            body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            request(body, "gemini-2.5-flash")
+        };
+        for (fields, expected) in [
+            (json!({ "logprobs": true }), "`logprobs` is not supported for Gemini"),
+            (json!({ "logprobs": 1 }), "`logprobs` must be a boolean"),
+            (json!({ "top_logprobs": 5 }), "`top_logprobs` is not supported for Gemini"),
+            (json!({ "modalities": ["text", "audio"] }), "audio output"),
+            (json!({ "audio": { "voice": "alloy", "format": "mp3" } }), "audio output"),
+        ] {
+            let error = with(fields.clone()).expect_err(&fields.to_string());
+            assert!(error.0.contains(expected), "{fields}: {error} (wanted {expected:?})");
+        }
+        let out =
+            with(json!({ "logprobs": false, "top_logprobs": null, "seed": 7, "modalities": ["text"], "audio": null }))
+                .unwrap();
+        assert_eq!(out["generationConfig"], json!({ "seed": 7 }));
     }
 }

@@ -4,10 +4,26 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{TranslateError, err, error::error_message, parse_object, to_bytes};
+use crate::upstream::dialect::AnswerHints;
 
 /// A `batchEmbedContents` request for an OpenAI embeddings request.
 pub fn embeddings_request(body: &[u8], model: &str) -> Result<Bytes, TranslateError> {
+    translate(body, model).map(|(body, _)| body)
+}
+
+/// [`embeddings_request`], and what its answer's translation must know
+/// (whether the client wants base64 vectors), from one parse of the body.
+pub(super) fn translate(body: &[u8], model: &str) -> Result<(Bytes, AnswerHints), TranslateError> {
     let request = parse_object(body, "the embeddings request")?;
+    let hints = AnswerHints {
+        embeddings_base64: match request.get("encoding_format") {
+            None | Some(Value::Null) => false,
+            Some(format) if format == "float" => false,
+            Some(format) if format == "base64" => true,
+            Some(_) => return Err(err("`encoding_format` must be float or base64")),
+        },
+        ..AnswerHints::default()
+    };
     const TEXT_ONLY: &str = "Gemini embeds text: `input` must be a string or an array of strings (not token ids)";
     let texts: Vec<&str> = match request.get("input") {
         Some(Value::String(text)) => vec![text.as_str()],
@@ -34,12 +50,17 @@ pub fn embeddings_request(body: &[u8], model: &str) -> Result<Bytes, TranslateEr
             request
         })
         .collect();
-    Ok(to_bytes(&json!({ "requests": requests })))
+    Ok((to_bytes(&json!({ "requests": requests })), hints))
 }
 
 /// Whether an OpenAI embeddings request asks for base64 vectors (the
 /// OpenAI SDKs do by default); if so, answer with
 /// [`embeddings_response_encoded`]`(.., true)`.
+///
+/// To be removed once the upstream service uses
+/// [`ProviderDialect`](crate::upstream::dialect::ProviderDialect), whose
+/// `request` learns this while translating, without a second parse
+/// ([`AnswerHints::embeddings_base64`]).
 pub fn embeddings_want_base64(request: &[u8]) -> bool {
     serde_json::from_slice::<Value>(request)
         .ok()
@@ -119,5 +140,24 @@ mod tests {
             assert_eq!(encode_base64(input.as_bytes()), expected);
         }
         assert_eq!(encode_base64(&[0xfb, 0xff]), "+/8=");
+    }
+
+    #[test]
+    fn the_body_is_read_once_for_the_vectors_and_their_encoding() {
+        let translate = |body: &str| translate(body.as_bytes(), "text-embedding-004").map(|(_, h)| h.embeddings_base64);
+        assert_eq!(translate(r#"{"input":"hi","encoding_format":"base64"}"#), Ok(true));
+        assert_eq!(translate(r#"{"input":"hi","encoding_format":"float"}"#), Ok(false));
+        assert_eq!(translate(r#"{"input":"hi","encoding_format":null}"#), Ok(false));
+        assert_eq!(translate(r#"{"input":"hi"}"#), Ok(false));
+        let error = translate(r#"{"input":"hi","encoding_format":"binary"}"#).unwrap_err();
+        assert_eq!(error.0, "`encoding_format` must be float or base64");
+        // The old way still answers the same.
+        assert!(embeddings_want_base64(br#"{"input":"hi","encoding_format":"base64"}"#));
+        let (body, _) = translate_body(r#"{"input":["a","b"],"dimensions":8}"#);
+        assert_eq!(body, embeddings_request(br#"{"input":["a","b"],"dimensions":8}"#, "m").unwrap());
+    }
+
+    fn translate_body(body: &str) -> (Bytes, AnswerHints) {
+        translate(body.as_bytes(), "m").unwrap()
     }
 }

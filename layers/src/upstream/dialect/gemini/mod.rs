@@ -45,6 +45,14 @@
 //! - `reasoning_effort` becomes a `thinkingBudget` (minimal 512, low 1024,
 //!   medium 8192, high 24576; none 0) with `includeThoughts`, and thought
 //!   parts come back as `reasoning_content`.
+//! - `response_format` is `responseMimeType` (and `responseSchema`), `seed`
+//!   is `seed`, `n` is `candidateCount`. `logprobs` / `top_logprobs` and
+//!   audio output are refused: Gemini's own log probabilities and audio
+//!   parts are not translated, and an answer silently without them breaks
+//!   the client that asked.
+//! - Embeddings: `encoding_format: "base64"` (the OpenAI SDKs' default) is
+//!   learned while translating the request ([`AnswerHints`]) and the
+//!   vectors come back as base64 of little-endian `f32`s.
 
 mod config;
 mod content;
@@ -56,7 +64,7 @@ mod response;
 mod schema;
 mod stream;
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -69,7 +77,63 @@ pub use self::{
     response::chat_response,
     stream::ChatStream,
 };
-use super::TranslateError;
+use super::{AnswerHints, OutboundRequest, ProviderDialect, StreamTranslator, TranslateError, Translated};
+use crate::extensions::Endpoint;
+
+/// Gemini's API as a [`ProviderDialect`]: chat completions and embeddings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gemini;
+
+impl ProviderDialect for Gemini {
+    fn request(&self, req: &OutboundRequest<'_>) -> Result<Translated, TranslateError> {
+        let (model, stream) = (req.model, req.stream);
+        match req.endpoint {
+            Endpoint::ChatCompletions => Ok(Translated {
+                path: Cow::Owned(chat_path(model, stream)),
+                body: chat_request(req.body, model, stream)?,
+                hints: AnswerHints::default(),
+            }),
+            Endpoint::Embeddings => {
+                let (body, hints) = embeddings::translate(req.body, model)?;
+                Ok(Translated { path: Cow::Owned(embeddings_path(model)), body, hints })
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        endpoint: Endpoint,
+        body: &Bytes,
+        model: &str,
+        created: u64,
+        hints: AnswerHints,
+    ) -> Result<Bytes, TranslateError> {
+        match endpoint {
+            Endpoint::ChatCompletions => chat_response(body, model, created),
+            Endpoint::Embeddings => embeddings_response_encoded(body, model, hints.embeddings_base64),
+        }
+    }
+
+    fn stream(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        include_usage: bool,
+        created: u64,
+        _: AnswerHints,
+    ) -> Option<Box<dyn StreamTranslator>> {
+        let stream = ChatStream::new(model, include_usage, created);
+        (endpoint == Endpoint::ChatCompletions).then(|| Box::new(stream) as Box<dyn StreamTranslator>)
+    }
+
+    fn error_body(&self, status: u16, body: &Bytes) -> Bytes {
+        error_body(status, body)
+    }
+
+    fn model_ids(&self, body: &[u8]) -> Result<Vec<String>, TranslateError> {
+        model_ids(body)
+    }
+}
 
 /// Where every path below is appended.
 pub const BASE_URL: &str = "https://generativelanguage.googleapis.com";
