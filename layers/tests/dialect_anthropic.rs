@@ -20,7 +20,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use keyrelay_layers::{
     classify::{FailureClass, classify},
-    upstream::dialect::{SseFramer, StreamTranslator, anthropic},
+    extensions::Endpoint,
+    provider::Dialect,
+    upstream::dialect::{OutboundRequest, SseFramer, StreamTranslator, anthropic, for_dialect},
 };
 use serde_json::{Value, json, value::RawValue};
 
@@ -279,4 +281,81 @@ fn the_constants_the_wiring_uses() {
     assert_eq!(anthropic::chat_path(), "v1/messages");
     let out = json(&anthropic::chat_request(br#"{"messages":[{"role":"user","content":"hi"}]}"#, "m", false).unwrap());
     assert_eq!(out["max_tokens"], anthropic::DEFAULT_MAX_TOKENS);
+}
+
+/// What the OpenAI SDK's `chat.completions.parse(response_format=CalendarEvent)` sends.
+const PARSE_REQUEST: &str = r#"{"model":"anthropic/claude-sonnet-4-5","messages":[
+    {"role":"system","content":"Extract the event information."},
+    {"role":"user","content":"Alice and Bob are going to a science fair on Friday."}],
+    "response_format":{"type":"json_schema","json_schema":{"name":"CalendarEvent","strict":true,"schema":{
+    "type":"object","properties":{"name":{"title":"Name","type":"string"},"date":{"title":"Date","type":"string"},
+    "participants":{"items":{"type":"string"},"title":"Participants","type":"array"}},
+    "required":["name","date","participants"],"title":"CalendarEvent","additionalProperties":false}}}}"#;
+
+#[test]
+fn structured_outputs_through_the_dialect_trait() {
+    let anthropic = for_dialect(Dialect::Anthropic);
+    let body = Bytes::from_static(PARSE_REQUEST.as_bytes());
+    let model = "claude-sonnet-4-5";
+    let out = anthropic.request(&OutboundRequest::new(Endpoint::ChatCompletions, &body, model, true)).unwrap();
+    assert_eq!(out.path, "v1/messages");
+    assert!(out.hints.json_via_tool);
+    let sent = json(&out.body);
+    assert_eq!(sent["tools"][0]["name"], "CalendarEvent");
+    assert_eq!(sent["tools"][0]["input_schema"]["required"], json!(["name", "date", "participants"]));
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "CalendarEvent", "disable_parallel_tool_use": true})
+    );
+    let expected = json!({"name": "Science Fair", "date": "Friday", "participants": ["Alice", "Bob"]});
+
+    // The whole answer: the tool's input is the content, as the SDK parses it.
+    let answer = Bytes::from_static(br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+        "content":[{"type":"tool_use","id":"toolu_01","name":"CalendarEvent","input":{"name":"Science Fair","date":"Friday","participants":["Alice","Bob"]}}],
+        "stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":410,"output_tokens":62}}"#);
+    let completion = json(&anthropic.answer(Endpoint::ChatCompletions, &answer, model, CREATED, out.hints).unwrap());
+    let message = &completion["choices"][0]["message"];
+    assert!(message.get("tool_calls").is_none());
+    assert_eq!(json(message["content"].as_str().unwrap().as_bytes()), expected);
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+
+    // The stream: the input's pieces are content pieces, cut anywhere.
+    let events = [
+        r#"{"type":"message_start","message":{"id":"msg_02","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":410,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_02","name":"CalendarEvent","input":{}}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"name\": \"Science Fair\", \"da"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"te\": \"Friday\", \"participants\": [\"Alice\", \"Bob\"]}"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":62}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let wire: String = events
+        .iter()
+        .map(|data| {
+            let name = json(data.as_bytes())["type"].as_str().unwrap().to_owned();
+            format!("event: {name}\ndata: {data}\n\n")
+        })
+        .collect();
+    for size in [1, 13, wire.len()] {
+        let mut stream = anthropic.stream(Endpoint::ChatCompletions, model, true, CREATED, out.hints).unwrap();
+        let mut framer = SseFramer::new();
+        let mut sent = Vec::new();
+        for piece in wire.as_bytes().chunks(size) {
+            for event in framer.push(piece) {
+                sent.extend(stream.event(&event).unwrap());
+            }
+        }
+        sent.extend(stream.finish());
+        assert!(stream.is_complete());
+        assert_eq!(&sent.pop().unwrap()[..], b"data: [DONE]\n\n");
+        let chunks: Vec<Value> = sent.iter().map(|e| json(e.strip_prefix(b"data: ").unwrap())).collect();
+        let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(json(content.as_bytes()), expected);
+        assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        let finishes: Vec<&Value> =
+            chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+        assert_eq!(finishes, [&json!("stop")]);
+        assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 62);
+    }
 }

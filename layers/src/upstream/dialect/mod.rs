@@ -1,10 +1,41 @@
 //! Provider wire dialects: pure functions that turn the client's OpenAI
 //! request into the provider's and the provider's answers back into
-//! OpenAI's, with no I/O. One file per dialect; `sse` is the incremental
+//! OpenAI's, with no I/O. One module per dialect; `sse` is the incremental
 //! event framer they share.
 //!
-//! Every dialect that translates (not `openai`, which passes bodies through)
-//! offers the same shape of API:
+//! Each dialect is a [`ProviderDialect`], found by [`for_dialect`]: the
+//! upstream service asks it for the provider's path and body
+//! ([`ProviderDialect::request`]), keeps the [`AnswerHints`] that come back,
+//! and hands them to [`ProviderDialect::answer`] or
+//! [`ProviderDialect::stream`] with the provider's answer. Adding a dialect
+//! is adding a module that implements the trait and one line in
+//! [`for_dialect`].
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keyrelay_layers::{extensions::Endpoint, provider::Dialect, upstream::dialect::{for_dialect, OutboundRequest}};
+//!
+//! let anthropic = for_dialect(Dialect::Anthropic);
+//! let body = Bytes::from_static(br#"{"model": "anthropic/claude-sonnet-4-5",
+//!     "messages": [{"role": "user", "content": "Hi"}]}"#);
+//! let out = anthropic.request(&OutboundRequest::new(Endpoint::ChatCompletions, &body, "claude-sonnet-4-5", false)).unwrap();
+//! assert_eq!(out.path, "v1/messages");
+//!
+//! let answer = br#"{"id": "msg_1", "type": "message", "role": "assistant",
+//!     "content": [{"type": "text", "text": "Hello!"}], "stop_reason": "end_turn",
+//!     "usage": {"input_tokens": 9, "output_tokens": 3}}"#;
+//! let completion = anthropic.answer(Endpoint::ChatCompletions, &Bytes::from_static(answer), "claude-sonnet-4-5", 0, out.hints);
+//! let completion: serde_json::Value = serde_json::from_slice(&completion.unwrap()).unwrap();
+//! assert_eq!(completion["choices"][0]["message"]["content"], "Hello!");
+//!
+//! // What the provider's API cannot express is refused before anything is sent.
+//! let embeddings = Bytes::from_static(br#"{"model": "anthropic/x", "input": "Hi"}"#);
+//! assert!(anthropic.request(&OutboundRequest::new(Endpoint::Embeddings, &embeddings, "x", false)).is_err());
+//! ```
+//!
+//! The translating dialects also keep the free functions they had before
+//! the trait (`anthropic::chat_request`, `gemini::chat_response`,
+//! `ChatStream::new`...), which the fuzz targets and benches drive:
 //!
 //! - `chat_request(body, model, stream) -> Result<Bytes, TranslateError>`:
 //!   the provider's request body for an OpenAI chat request (`model` is the
@@ -19,6 +50,9 @@
 //!   that [`crate::classify`] still reads them;
 //! - `model_ids(body) -> Result<Vec<String>, TranslateError>`: the
 //!   provider's model list.
+//!
+//! They take no [`AnswerHints`]: an answer shaped by the request (an
+//! Anthropic `response_format`, Gemini's base64 embeddings) needs the trait.
 //!
 //! A stream is driven the way the upstream service drives it: the provider's
 //! bytes go through an [`SseFramer`], each whole event through the dialect's
@@ -59,6 +93,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+mod provider;
 pub mod sse;
 pub mod think;
 
@@ -66,7 +101,10 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use self::sse::{SseEvent, SseFramer};
+pub use self::{
+    provider::{AnswerHints, OutboundRequest, ProviderDialect, Translated, for_dialect},
+    sse::{SseEvent, SseFramer},
+};
 
 /// A client request the provider's format cannot express, or a provider
 /// answer that is not what its format promises.

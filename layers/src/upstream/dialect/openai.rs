@@ -26,9 +26,47 @@
 //! assert!(openai::is_usage_only_chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#));
 //! ```
 
-use std::ops::Range;
+use std::{borrow::Cow, ops::Range};
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{AnswerHints, OutboundRequest, ProviderDialect, StreamTranslator, TranslateError, Translated};
+use crate::extensions::Endpoint;
+
+/// OpenAI's API as a [`ProviderDialect`]: the pass-through. Its request
+/// only gets the provider's model name ([`rewrite_model`]); answers,
+/// streams and errors go to the client as they came. Asking for the usage
+/// chunk ([`ask_for_stream_usage`]) and splitting `<think>` tags
+/// ([`super::think`]) depend on the provider's settings, not on the wire
+/// format, and stay with the upstream service.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenAi;
+
+impl ProviderDialect for OpenAi {
+    fn request(&self, req: &OutboundRequest<'_>) -> Result<Translated, TranslateError> {
+        let body = match &req.model_span {
+            Some(span) => rewrite_model(req.body, span.clone(), req.model),
+            None => req.body.clone(),
+        };
+        Ok(Translated { path: Cow::Borrowed(req.endpoint.path_suffix()), body, hints: AnswerHints::default() })
+    }
+
+    fn answer(&self, _: Endpoint, body: &Bytes, _: &str, _: u64, _: AnswerHints) -> Result<Bytes, TranslateError> {
+        Ok(body.clone())
+    }
+
+    fn stream(&self, _: Endpoint, _: &str, _: bool, _: u64, _: AnswerHints) -> Option<Box<dyn StreamTranslator>> {
+        None
+    }
+
+    fn error_body(&self, _: u16, body: &Bytes) -> Bytes {
+        body.clone()
+    }
+
+    fn model_ids(&self, body: &[u8]) -> Result<Vec<String>, TranslateError> {
+        crate::upstream::models::parse_model_list(body).map_err(|e| TranslateError::new(e.to_string()))
+    }
+}
 
 /// Replaces the JSON string token at `span` (quotes included) with `model`.
 ///
