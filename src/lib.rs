@@ -2,6 +2,7 @@
 //! keys. The binary is thin: CLI, config, the stack from
 //! [`keyrelay_layers`], and a hyper server.
 
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod persist;

@@ -70,6 +70,10 @@ where
         Some(queue) => RequestLogLayer::new().with_sink(Arc::new(queue.clone())),
         None => RequestLogLayer::new(),
     };
+    let request_log = match crate::telemetry::access_log() {
+        Some(access) => request_log.with_access_log(access),
+        None => request_log,
+    };
     ServiceBuilder::new()
         // Mark credentials sensitive before anything could log a header.
         .layer(SetSensitiveRequestHeadersLayer::new(CREDENTIAL_HEADERS.iter().cloned()))

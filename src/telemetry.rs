@@ -8,7 +8,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// The completion-line writer, once [`init`] installed the subscriber it
+/// writes beside.
+pub fn access_log() -> Option<std::sync::Arc<dyn keyrelay_layers::log::AccessLog>> {
+    ACCESS_LOG.get().cloned()
+}
+
+static ACCESS_LOG: OnceLock<std::sync::Arc<dyn keyrelay_layers::log::AccessLog>> = OnceLock::new();
+
 pub fn init(level: Option<&str>, format: LogFormat) {
+    // The completion line of every request is written by keyrelay itself,
+    // in the subscriber's layout (see access_log.rs).
+    let _ = ACCESS_LOG.set(std::sync::Arc::new(crate::access_log::StderrAccessLog::new(format)));
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())

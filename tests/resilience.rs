@@ -639,32 +639,25 @@ async fn hanging_key_is_504_within_the_deadline_and_the_other_key_answers() {
     eventually("the hung upstream request to be dropped", || async { mock.in_flight(KEY_ONE) == 0 }).await;
 }
 
-/// DESIGN lists "upstream timeout" among transient failures ("no cooldown
-/// unless it repeats"). An attempt the deadline cuts while it waits for a
-/// hanging upstream counts against its key (it once counted for nothing:
-/// `/v1/keys` showed no failure, and a key that always hangs kept taking
-/// every other request, each of which timed out).
+/// The deadline is keyrelay's own (issue 12): a slow answer it cut off is
+/// not its key's fault. Counting it once made a long generation that met
+/// the deadline cost the key a strike per client retry, cool it after
+/// three, and turn the next request into a 429 that said "rate limit".
+/// So a hang the deadline cuts is a 504 and nothing else: no failure, no
+/// cooldown, and the key still serves.
 #[tokio::test]
-async fn hanging_key_counts_as_a_transient_failure_and_cools_when_it_repeats() {
-    let (mock, proxy, client) = impatient(2, 100).await;
+async fn a_deadline_the_proxy_imposed_blames_no_key() {
+    let (mock, proxy, client) = impatient(1, 100).await;
     mock.always_for(KEY_ONE, Script::Hang);
-
-    let reply = chat(&client, &proxy).await;
-    assert!(reply.status == 504 || reply.status == 200, "{}", reply.text());
-    if reply.status == 200 {
+    for _ in 0..4 {
         let reply = chat(&client, &proxy).await;
         assert_openai_error(&reply, 504, "deadline_exceeded", "deadline");
     }
+    assert_eq!(mock.requests_with(KEY_ONE).len(), 4, "the key was never cooled nor benched");
     let keys_now = keys(&client, &proxy).await;
     let one = status(&keys_now, KEY_ONE);
-    assert_eq!(one["today"]["failures_transient"], 1, "the hang is a transient failure of key one: {one}");
-
-    // Hanging again and again, it should cool (three in a row) and stop
-    // costing requests their deadline.
-    for _ in 0..8 {
-        let _ = chat(&client, &proxy).await;
-    }
-    assert!(mock.requests_with(KEY_ONE).len() <= 3, "key one keeps being chosen: {:?}", answers(&mock, KEY_ONE));
+    assert_eq!(one["today"]["failures_transient"], 0, "{one}");
+    assert_eq!(one["state"], "ok", "{one}");
 }
 
 // ---- client errors -------------------------------------------------------------------

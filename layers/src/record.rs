@@ -133,15 +133,9 @@ impl RequestRecord {
     pub fn last_key(&self) -> Option<String> {
         self.state().attempts.last().map(|a| a.key.clone())
     }
-    /// Writes the attempts as `key outcome Nms` joined by `, `, into `out`.
-    pub fn write_attempts(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        for (i, a) in self.state().attempts.iter().enumerate() {
-            if i > 0 {
-                out.write_str(", ")?;
-            }
-            write!(out, "{} {} {}ms", a.key, a.outcome, a.ms)?;
-        }
-        Ok(())
+    /// Calls `f` with the attempts so far, without copying them.
+    pub fn with_attempts<R>(&self, f: impl FnOnce(&[AttemptRecord]) -> R) -> R {
+        f(&self.state().attempts)
     }
 
     /// The usage meter: the answer's tokens; the first report wins.

@@ -14,7 +14,9 @@ use std::{
 use http::{HeaderMap, StatusCode};
 use keyrelay_layers::{
     classify::{FailureClass, classify},
-    upstream::dialect::{SseFramer, StreamTranslator, TranslateError, gemini},
+    extensions::Endpoint,
+    provider::Dialect,
+    upstream::dialect::{OutboundRequest, SseFramer, StreamTranslator, TranslateError, for_dialect, gemini},
 };
 use serde_json::Value;
 
@@ -213,8 +215,13 @@ fn embeddings_translate_both_ways() {
     check_json(&response, "embeddings_response.openai.json");
 
     // The OpenAI SDKs ask for base64 by default: little-endian f32s.
-    assert!(gemini::embeddings_want_base64(br#"{"input":"x","encoding_format":"base64"}"#));
-    assert!(!gemini::embeddings_want_base64(&read("embeddings.openai.json")));
+    let hints = |body: &[u8]| {
+        let body = bytes::Bytes::copy_from_slice(body);
+        let request = OutboundRequest::new(Endpoint::Embeddings, &body, "text-embedding-004", false);
+        for_dialect(Dialect::Gemini).request(&request).unwrap().hints.embeddings_base64
+    };
+    assert!(hints(br#"{"input":"x","encoding_format":"base64"}"#));
+    assert!(!hints(&read("embeddings.openai.json")));
     let body = br#"{"embeddings":[{"values":[1.0,-2.5]}]}"#;
     let out = json(&gemini::embeddings_response_encoded(body, "m", true).unwrap());
     assert_eq!(out["data"][0]["embedding"], "AACAPwAAIMA=");

@@ -72,15 +72,9 @@ pub(super) async fn answer(
             (false, _) => {
                 parts.headers.remove(CONTENT_ENCODING);
                 parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                let translator: Box<dyn dialect::StreamTranslator> = match plan.dialect {
-                    Dialect::Anthropic => {
-                        Box::new(dialect::anthropic::ChatStream::new(&plan.model, plan.include_usage, now()))
-                    }
-                    Dialect::Gemini => {
-                        Box::new(dialect::gemini::ChatStream::new(&plan.model, plan.include_usage, now()))
-                    }
-                    _ => Box::new(dialect::think::ThinkSplitter::new()),
-                };
+                let translator = dialect::for_dialect(plan.dialect)
+                    .stream(plan.endpoint, &plan.model, plan.include_usage, now(), plan.hints)
+                    .unwrap_or_else(|| Box::new(dialect::think::ThinkSplitter::new()));
                 TranslatedStream::new(body, translator, Some(meter)).boxed_unsync()
             }
         };
@@ -109,15 +103,11 @@ pub(super) async fn answer(
         // An error body that breaks or is huge: what matters is its status.
         Err(_) => Bytes::new(),
     };
-    let translated = match (plan.dialect, plan.endpoint, success) {
-        (Dialect::OpenAi, _, _) => dialect::think::split_completion(&bytes),
-        (Dialect::Anthropic, _, true) => dialect::anthropic::chat_response(&bytes, &plan.model, now()),
-        (Dialect::Anthropic, _, false) => Ok(dialect::anthropic::error_body(parts.status.as_u16(), &bytes)),
-        (_, Endpoint::Embeddings, true) => {
-            dialect::gemini::embeddings_response_encoded(&bytes, &plan.model, plan.embeddings_base64)
-        }
-        (_, _, true) => dialect::gemini::chat_response(&bytes, &plan.model, now()),
-        (_, _, false) => Ok(dialect::gemini::error_body(parts.status.as_u16(), &bytes)),
+    let provider_dialect = dialect::for_dialect(plan.dialect);
+    let translated = match (plan.dialect, success) {
+        (Dialect::OpenAi, _) => dialect::think::split_completion(&bytes),
+        (_, true) => provider_dialect.answer(plan.endpoint, &bytes, &plan.model, now(), plan.hints),
+        (_, false) => Ok(provider_dialect.error_body(parts.status.as_u16(), &bytes)),
     };
     let translated = translated.map_err(|err| {
         let provider = lease.provider_id().as_str();

@@ -27,8 +27,9 @@ pub struct Plan {
     pub(super) endpoint: Endpoint,
     pub(super) stream: bool,
     pub(super) include_usage: bool,
-    /// OpenAI SDKs ask for base64 embeddings by default.
-    pub(super) embeddings_base64: bool,
+    /// What the request said that shapes the answer (base64 embeddings,
+    /// a structured answer through a forced tool...).
+    pub(super) hints: dialect::AnswerHints,
     /// Move `<think>` blocks out of the content (an OpenAI-compatible
     /// provider's opt-in).
     pub(super) split_think: bool,
@@ -65,44 +66,24 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
         && provider.dialect() == Dialect::OpenAi
         && provider.asks_stream_usage()
         && target.endpoint() == Endpoint::ChatCompletions;
-    let embeddings_base64 = provider.dialect() == Dialect::Gemini
-        && target.endpoint() == Endpoint::Embeddings
-        && dialect::gemini::embeddings_want_base64(&body);
-    let (uri, body) = match (provider.dialect(), target.endpoint()) {
-        (Dialect::OpenAi, endpoint) => {
-            let body = match target.model_span() {
-                Some(span) => dialect::openai::rewrite_model(&body, span, model),
-                None => body,
-            };
-            let body = match usage_injected {
-                true => dialect::openai::ask_for_stream_usage(&body, target.has_stream_options()),
-                false => body,
-            };
-            (provider.endpoint_uri(endpoint), body)
-        }
-        (Dialect::Anthropic, Endpoint::ChatCompletions) => (
-            provider.api_base().join(dialect::anthropic::chat_path()),
-            dialect::anthropic::chat_request(&body, model, stream).map_err(unsupported)?,
-        ),
-        (Dialect::Gemini, Endpoint::ChatCompletions) => (
-            provider.api_base().join(&dialect::gemini::chat_path(model, stream)),
-            dialect::gemini::chat_request(&body, model, stream).map_err(unsupported)?,
-        ),
-        (Dialect::Gemini, Endpoint::Embeddings) => (
-            provider.api_base().join(&dialect::gemini::embeddings_path(model)),
-            dialect::gemini::embeddings_request(&body, model).map_err(unsupported)?,
-        ),
-        (dialect, endpoint) => {
-            let what = format!("the {} API has no {} endpoint", dialect.as_str(), endpoint.path_suffix());
-            return Err(UnsupportedRequest::new(provider.id().as_str(), &what).into());
-        }
+    let outbound =
+        dialect::OutboundRequest::new(target.endpoint(), &body, model, stream).with_model_span(target.model_span());
+    let translated = dialect::for_dialect(provider.dialect()).request(&outbound).map_err(unsupported)?;
+    let uri = match provider.dialect() {
+        // Joined once, when the provider was built.
+        Dialect::OpenAi => provider.endpoint_uri(target.endpoint()),
+        _ => provider.api_base().join(&translated.path),
+    };
+    let body = match usage_injected {
+        true => dialect::openai::ask_for_stream_usage(&translated.body, target.has_stream_options()),
+        false => translated.body,
     };
     let plan = Plan {
         dialect: provider.dialect(),
         endpoint: target.endpoint(),
         stream,
         include_usage,
-        embeddings_base64,
+        hints: translated.hints,
         split_think: provider.splits_think_tags(),
         usage_injected,
         record,

@@ -53,20 +53,6 @@ pub(super) fn translate(body: &[u8], model: &str) -> Result<(Bytes, AnswerHints)
     Ok((to_bytes(&json!({ "requests": requests })), hints))
 }
 
-/// Whether an OpenAI embeddings request asks for base64 vectors (the
-/// OpenAI SDKs do by default); if so, answer with
-/// [`embeddings_response_encoded`]`(.., true)`.
-///
-/// To be removed once the upstream service uses
-/// [`ProviderDialect`](crate::upstream::dialect::ProviderDialect), whose
-/// `request` learns this while translating, without a second parse
-/// ([`AnswerHints::embeddings_base64`]).
-pub fn embeddings_want_base64(request: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(request)
-        .ok()
-        .is_some_and(|r| r.get("encoding_format").and_then(Value::as_str) == Some("base64"))
-}
-
 /// An OpenAI embeddings answer (float vectors) from a `batchEmbedContents` answer.
 pub fn embeddings_response(body: &[u8], model: &str) -> Result<Bytes, TranslateError> {
     embeddings_response_encoded(body, model, false)
@@ -151,8 +137,6 @@ mod tests {
         assert_eq!(translate(r#"{"input":"hi"}"#), Ok(false));
         let error = translate(r#"{"input":"hi","encoding_format":"binary"}"#).unwrap_err();
         assert_eq!(error.0, "`encoding_format` must be float or base64");
-        // The old way still answers the same.
-        assert!(embeddings_want_base64(br#"{"input":"hi","encoding_format":"base64"}"#));
         let (body, _) = translate_body(r#"{"input":["a","b"],"dimensions":8}"#);
         assert_eq!(body, embeddings_request(br#"{"input":["a","b"],"dimensions":8}"#, "m").unwrap());
     }

@@ -70,7 +70,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 pub use self::{
-    embeddings::{embeddings_request, embeddings_response, embeddings_response_encoded, embeddings_want_base64},
+    embeddings::{embeddings_request, embeddings_response, embeddings_response_encoded},
     error::error_body,
     models::{model_ids, next_page_token},
     request::chat_request,

@@ -38,35 +38,41 @@
 //! # });
 //! ```
 
+mod access;
+mod body;
+mod entry;
+
 use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     task::{Context, Poll, ready},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Request, Response, header::HeaderName};
-use http_body::{Body, Frame, SizeHint};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header::HeaderName};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
-use tracing::Span;
+use tracing::{Level, Span};
 
+use self::entry::{Capture, Record, redacted};
+pub use self::{
+    access::{AccessLog, AttemptsTrail, Completion},
+    body::{LoggedBody, TeeBody},
+    entry::{CAPTURE_LIMIT, RequestLogEntry, RequestLogSink},
+};
 use crate::{
     extensions::{ErrorCode, RequestId},
     metrics::HandleCache,
     provider::ProviderId,
-    record::{AttemptRecord, RequestRecord},
+    record::RequestRecord,
 };
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// How much of each body a [`RequestLogEntry`] keeps.
-pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 
 /// A response extension that asks for the completion event at `debug`
 /// level rather than `info`: routes that are polled all day (`/health`)
@@ -74,71 +80,20 @@ pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Quiet;
 
-/// Where finished requests go, one [`RequestLogEntry`] each. Called on the
-/// request path: it must not block (queue, or drop).
-pub trait RequestLogSink: Send + Sync + 'static {
-    /// Takes one finished request; must return at once.
-    fn record(&self, entry: RequestLogEntry);
-}
-
-/// One finished request, for a [`RequestLogSink`].
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct RequestLogEntry {
-    /// The request id (also in the response's `x-request-id`).
-    pub id: String,
-    /// Arrival, in milliseconds since the Unix epoch.
-    pub started_unix_ms: u64,
-    /// The request's method.
-    pub method: String,
-    /// The request's path (without the query string).
-    pub path: String,
-    /// As received, credential values replaced by `[redacted]`.
-    pub request_headers: Vec<(String, String)>,
-    /// The body as the proxy read it, at most [`CAPTURE_LIMIT`] bytes.
-    pub request_body: Bytes,
-    /// Whether the request body was longer than what is kept.
-    pub request_body_truncated: bool,
-    /// `None` when the client left before the response headers.
-    pub status: Option<u16>,
-    /// As sent to the client.
-    pub response_headers: Vec<(String, String)>,
-    /// The body as sent to the client, at most [`CAPTURE_LIMIT`] bytes.
-    pub response_body: Bytes,
-    /// Whether the response body was longer than what is kept.
-    pub response_body_truncated: bool,
-    /// The response was a server-sent event stream.
-    pub event_stream: bool,
-    /// `completed`, `errored` or `cancelled`.
-    pub outcome: &'static str,
-    /// From arrival to the response headers; `None` when there were none.
-    pub headers_after_ms: Option<u64>,
-    /// From arrival to the end of the response body (or the client leaving).
-    pub duration_ms: u64,
-    /// The provider, once Parse knew it.
-    pub provider: Option<String>,
-    /// The model's metrics label: the model when configured or listed by
-    /// the provider, else `other`.
-    pub model: Option<String>,
-    /// Each upstream attempt, in order.
-    pub attempts: Vec<AttemptRecord>,
-    /// `(prompt, completion)` tokens when the answer reported them.
-    pub tokens: Option<(u64, u64)>,
-    /// The provider's own answer bytes (at most [`CAPTURE_LIMIT`], and
-    /// whether they were cut) where they differ from what the client got.
-    pub upstream_body: Option<(Bytes, bool)>,
-}
-
 /// Applies [`RequestLog`].
 #[derive(Clone, Default)]
 pub struct RequestLogLayer {
     sink: Option<Arc<dyn RequestLogSink>>,
+    access: Option<Arc<dyn AccessLog>>,
     handles: Arc<RequestHandles>,
 }
 
 impl fmt::Debug for RequestLogLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestLogLayer").field("sink", &self.sink.is_some()).finish()
+        f.debug_struct("RequestLogLayer")
+            .field("sink", &self.sink.is_some())
+            .field("access_log", &self.access.is_some())
+            .finish()
     }
 }
 
@@ -153,13 +108,21 @@ impl RequestLogLayer {
         self.sink = Some(sink);
         self
     }
+
+    /// Writes the completion line through `access` instead of a `tracing`
+    /// event (see [`AccessLog`]); the subscriber's level filter still
+    /// decides whether it is written.
+    pub fn with_access_log(mut self, access: Arc<dyn AccessLog>) -> Self {
+        self.access = Some(access);
+        self
+    }
 }
 
 impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner, sink: self.sink.clone(), handles: self.handles.clone() }
+        RequestLog { inner, sink: self.sink.clone(), access: self.access.clone(), handles: self.handles.clone() }
     }
 }
 
@@ -168,6 +131,7 @@ impl<S> Layer<S> for RequestLogLayer {
 pub struct RequestLog<S> {
     inner: S,
     sink: Option<Arc<dyn RequestLogSink>>,
+    access: Option<Arc<dyn AccessLog>>,
     handles: Arc<RequestHandles>,
 }
 
@@ -263,10 +227,11 @@ where
         });
         let capture = record.as_ref().map(|r| r.request_body.clone());
         let req = req.map(|inner| TeeBody { inner, capture });
+        let line = Line { access: self.access.clone(), id, method: req.method().clone(), uri: req.uri().clone() };
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
             inner,
-            log: Some(Log { handles: self.handles.clone(), span, id, start: Instant::now(), labels, record }),
+            log: Some(Log { handles: self.handles.clone(), span, line, start: Instant::now(), labels, record }),
         }
     }
 }
@@ -291,153 +256,13 @@ fn request_id(headers: &HeaderMap) -> RequestId {
     }
 }
 
-/// Header pairs with credential values redacted.
-fn redacted(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let value = if value.is_sensitive() || crate::credentials::is_credential(name) {
-                "[redacted]".to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            (name.as_str().to_owned(), value)
-        })
-        .collect()
-}
-
-/// A bounded copy of a body, shared between the body and its [`Record`].
-#[derive(Clone, Debug, Default)]
-struct Capture(Arc<Mutex<CaptureBuf>>);
-
-#[derive(Debug, Default)]
-struct CaptureBuf {
-    bytes: Vec<u8>,
-    truncated: bool,
-}
-
-impl Capture {
-    fn push(&self, data: &impl Buf) {
-        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let chunk = data.chunk();
-        // A non-contiguous buffer only shows its first part without copying.
-        let mut truncated = chunk.len() < data.remaining();
-        let room = CAPTURE_LIMIT.saturating_sub(buf.bytes.len());
-        if chunk.len() > room {
-            truncated = true;
-        }
-        buf.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        buf.truncated |= truncated;
-    }
-
-    fn take(&self) -> (Bytes, bool) {
-        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        (Bytes::from(std::mem::take(&mut buf.bytes)), buf.truncated)
-    }
-}
-
-/// What a [`RequestLogEntry`] is built from, kept only with a sink.
-struct Record {
-    sink: Arc<dyn RequestLogSink>,
-    id: String,
-    started_unix_ms: u64,
-    method: String,
-    path: String,
-    request_headers: Vec<(String, String)>,
-    request_body: Capture,
-    response_headers: Vec<(String, String)>,
-    response_body: Capture,
-    event_stream: bool,
-}
-
-impl Record {
-    fn send(self, finish: &Finish, outcome: &'static str) {
-        let (request_body, request_body_truncated) = self.request_body.take();
-        let (response_body, response_body_truncated) = self.response_body.take();
-        let route = finish.labels.route();
-        // Kept only where the provider's bytes differ from the client's
-        // (a translated dialect, a dropped usage chunk, a re-framed stream).
-        let upstream_body =
-            finish.labels.upstream().filter(|(upstream, _)| !upstream.is_empty() && *upstream != response_body);
-        self.sink.record(RequestLogEntry {
-            id: self.id,
-            started_unix_ms: self.started_unix_ms,
-            method: self.method,
-            path: self.path,
-            request_headers: self.request_headers,
-            request_body,
-            request_body_truncated,
-            status: finish.status,
-            response_headers: self.response_headers,
-            response_body,
-            response_body_truncated,
-            event_stream: self.event_stream,
-            outcome,
-            headers_after_ms: finish.headers_after_ms,
-            duration_ms: finish.start.elapsed().as_millis() as u64,
-            provider: route.map(|route| route.provider.as_str().to_owned()),
-            model: route.map(|route| route.model_label.to_string()),
-            attempts: finish.labels.attempts(),
-            tokens: finish.labels.usage().map(|usage| (usage.prompt_tokens, usage.completion_tokens)),
-            upstream_body,
-        });
-    }
-}
-
 struct Log {
     handles: Arc<RequestHandles>,
     span: Span,
-    id: RequestId,
+    line: Line,
     start: Instant,
     labels: RequestRecord,
     record: Option<Box<Record>>,
-}
-
-pin_project! {
-    /// The request body the inner service reads: as it came, copied (bounded)
-    /// for the request log when there is a sink.
-    pub struct TeeBody<B> {
-        #[pin]
-        inner: B,
-        capture: Option<Capture>,
-    }
-}
-
-impl<B> TeeBody<B> {
-    /// A body that copies nothing (for building requests outside RequestLog).
-    pub fn new(inner: B) -> Self {
-        Self { inner, capture: None }
-    }
-}
-
-impl<B> fmt::Debug for TeeBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TeeBody").finish_non_exhaustive()
-    }
-}
-
-impl<B: Body> Body for TeeBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
-            && let Some(data) = frame.data_ref()
-        {
-            capture.push(data);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 pin_project! {
@@ -451,9 +276,19 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // The client left before the response headers: still one event.
-            if let Some(Log { handles, span, start, labels, record, .. }) = this.project().log.take() {
-                let finish =
-                    Finish { handles, span, start, headers_after_ms: None, status: None, code: None, quiet: false, labels, record };
+            if let Some(Log { handles, span, line, start, labels, record }) = this.project().log.take() {
+                let finish = Finish {
+                    handles,
+                    span,
+                    line,
+                    start,
+                    headers_after_ms: None,
+                    status: None,
+                    code: None,
+                    quiet: false,
+                    labels,
+                    record,
+                };
                 finish.report("cancelled");
             }
         }
@@ -481,7 +316,7 @@ where
             let _entered = log.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let Log { handles, span, id, start, labels, mut record } = this.log.take().expect("checked above");
+        let Log { handles, span, line, start, labels, mut record } = this.log.take().expect("checked above");
         let mut res = match result {
             Ok(res) => res,
             Err(err) => {
@@ -490,6 +325,7 @@ where
                     let finish = Finish {
                         handles,
                         span,
+                        line,
                         start,
                         headers_after_ms: None,
                         status: None,
@@ -506,7 +342,7 @@ where
         let status = res.status().as_u16();
         let code = res.extensions().get::<ErrorCode>().map(|code| code.0);
         let quiet = res.extensions().get::<Quiet>().is_some();
-        if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        if let Ok(value) = HeaderValue::from_str(line.id.as_str()) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         let headers_after_ms = start.elapsed().as_millis() as u64;
@@ -522,6 +358,7 @@ where
         let mut finish = Some(Finish {
             handles,
             span,
+            line,
             start,
             headers_after_ms: Some(headers_after_ms),
             status: Some(status),
@@ -538,9 +375,18 @@ where
     }
 }
 
+/// What the completion line says of the request itself.
+struct Line {
+    access: Option<Arc<dyn AccessLog>>,
+    id: RequestId,
+    method: Method,
+    uri: Uri,
+}
+
 struct Finish {
     handles: Arc<RequestHandles>,
     span: Span,
+    line: Line,
     start: Instant,
     /// `None` when the client left before the response headers.
     headers_after_ms: Option<u64>,
@@ -561,123 +407,76 @@ impl Finish {
             record.send(&self, outcome);
         }
         let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let elapsed = self.start.elapsed();
         let route = self.labels.route();
         let key = (route.map(|r| (r.provider.clone(), r.model_label.clone())), status_class, self.code);
         let handles = self.handles.get(key, RequestMetrics::resolve);
         handles.requests.increment(1);
-        handles.duration.record(elapsed);
+        handles.duration.record(elapsed.as_secs_f64());
         if let Some(ms) = self.headers_after_ms {
             handles.first_byte.record(ms as f64 / 1000.0);
         }
-        // Everything the request learned goes in this one event, each field
-        // once with its final value: fields recorded on the span would be
-        // formatted again (and appended again) at every later record.
-        let usage = self.labels.usage();
-        let attempts = Attempts(&self.labels);
-        macro_rules! finished {
-            ($level:expr) => {
-                tracing::event!(
-                    parent: &self.span,
-                    $level,
-                    status = self.status,
-                    provider = route.map(|r| tracing::field::display(r.provider.as_str())),
-                    model = route.map(|r| &*r.model),
-                    key = self.labels.last_key().map(tracing::field::display),
-                    attempts = (self.labels.attempt_count() > 0).then_some(tracing::field::display(&attempts)),
-                    tokens_in = usage.map(|u| u.prompt_tokens),
-                    tokens_out = usage.map(|u| u.completion_tokens),
-                    code = self.code,
-                    outcome,
-                    headers_after_ms = self.headers_after_ms,
-                    duration_ms = self.start.elapsed().as_millis() as u64,
-                    "request finished"
-                )
-            };
-        }
-        if self.quiet {
-            finished!(tracing::Level::DEBUG);
-        } else {
-            finished!(tracing::Level::INFO);
-        }
-    }
-}
-
-/// The attempts trail as the completion event shows it:
-/// `openai:1a2b3c4d rate_limit 120ms, openai:5e6f7a8b success 310ms`.
-struct Attempts<'a>(&'a RequestRecord);
-
-impl fmt::Display for Attempts<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.write_attempts(f)
-    }
-}
-
-pin_project! {
-    /// A response body that reports, once, how and when it ended.
-    pub struct LoggedBody<B> {
-        #[pin]
-        inner: B,
-        finish: Option<Finish>,
-        capture: Option<Capture>,
-    }
-
-    impl<B> PinnedDrop for LoggedBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(finish) = this.project().finish.take() {
-                finish.report("cancelled");
-            }
-        }
-    }
-}
-
-impl<B> fmt::Debug for LoggedBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoggedBody").finish_non_exhaustive()
-    }
-}
-
-impl<B> Body for LoggedBody<B>
-where
-    B: Body,
-    B::Error: fmt::Display,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = {
-            let _entered = this.finish.as_ref().map(|finish| finish.span.enter());
-            ready!(this.inner.as_mut().poll_frame(cx))
+        let level = if self.quiet { Level::DEBUG } else { Level::INFO };
+        // The subscriber's filter decides, for an access log too.
+        let enabled = match level {
+            Level::DEBUG => tracing::enabled!(Level::DEBUG),
+            _ => tracing::enabled!(Level::INFO),
         };
-        if let (Some(capture), Some(Ok(frame))) = (this.capture.as_ref(), &frame)
-            && let Some(data) = frame.data_ref()
-        {
-            capture.push(data);
+        if !enabled {
+            return;
         }
-        match &frame {
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
-            Some(Ok(_)) | None => {
-                if let Some(finish) = this.finish.take() {
-                    finish.report("completed");
-                }
+        self.labels.with_attempts(|attempts| {
+            let line = Completion {
+                level,
+                id: self.line.id.as_str(),
+                method: &self.line.method,
+                path: self.line.uri.path(),
+                status: self.status,
+                provider: route.map(|r| r.provider.as_str()),
+                model: route.map(|r| &*r.model),
+                attempts,
+                tokens: self.labels.usage(),
+                code: self.code,
+                outcome,
+                headers_after_ms: self.headers_after_ms,
+                duration_ms: elapsed.as_millis() as u64,
+            };
+            match &self.line.access {
+                Some(access) => access.write(&line),
+                None => finished(&self.span, &line),
             }
-            Some(Err(err)) => {
-                if let Some(finish) = this.finish.take() {
-                    tracing::warn!(parent: &finish.span, error = %err, "response body failed");
-                    finish.report("errored");
-                }
-            }
-        }
-        Poll::Ready(frame)
+        });
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+/// The completion line as a `tracing` event. Everything the request
+/// learned goes in this one event, each field once with its final value:
+/// fields recorded on the span would be formatted again (and appended
+/// again) at every later record.
+fn finished(span: &Span, line: &Completion<'_>) {
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                parent: span,
+                $level,
+                status = line.status,
+                provider = line.provider.map(tracing::field::display),
+                model = line.model,
+                key = line.key().map(tracing::field::display),
+                attempts = (!line.attempts.is_empty()).then_some(tracing::field::debug(AttemptsTrail(line.attempts))),
+                tokens_in = line.tokens.map(|u| u.prompt_tokens),
+                tokens_out = line.tokens.map(|u| u.completion_tokens),
+                code = line.code,
+                outcome = line.outcome,
+                headers_after_ms = line.headers_after_ms,
+                duration_ms = line.duration_ms,
+                "request finished"
+            )
+        };
     }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    if line.level == Level::DEBUG {
+        event!(Level::DEBUG);
+    } else {
+        event!(Level::INFO);
     }
 }
