@@ -13,6 +13,8 @@
 //!   (so a developer's `.env` or `config.toml` is never read).
 //! - [`client`]: a small hyper client (HTTP/1.1 or h2c) and readers for
 //!   whole bodies, OpenAI error bodies and SSE streams.
+//! - [`sdk`]: answers checked the way the OpenAI SDK reads them (chat
+//!   completions, streams folded chunk by chunk, embeddings).
 //!
 //! Every wait is bounded by [`WAIT`], so a bug fails a test instead of
 //! hanging it. Nothing here reaches the network beyond loopback.
@@ -24,6 +26,7 @@ pub mod binary;
 pub mod client;
 pub mod mock;
 pub mod proxy;
+pub mod sdk;
 
 use std::{future::Future, time::Duration};
 
