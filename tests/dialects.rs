@@ -469,18 +469,21 @@ async fn anthropic_max_tokens_defaults_to_4096_and_follows_the_client() {
 
 #[tokio::test]
 async fn streams_are_translated_as_they_arrive_with_usage_when_asked() {
-    // The stream's id, where it goes upstream and what the request body holds.
+    // How many events the client reads up to the first text (where it is
+    // fixed), the stream's id, where it goes upstream and what the request
+    // body holds.
     let cases = [
-        (Side::anthropic().await, "chatcmpl-msg_01StreamText", "/v1/messages", None, ("stream", json!(true))),
+        (Side::anthropic().await, None, "chatcmpl-msg_01StreamText", "/v1/messages", None, ("stream", json!(true))),
         (
             Side::gemini().await,
+            Some(1),
             "chatcmpl-resp-stream-1",
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
             Some("alt=sse"),
             ("contents", json!([{"role": "user", "parts": [{"text": "Say hello"}]}])),
         ),
     ];
-    for (side, id, path, query, (field, value)) in cases {
+    for (side, events_to_hello, id, path, query, (field, value)) in cases {
         let (mock, model) = (&side.mock, side.model);
         let (proxy, client) = start(&[mock], 1).await;
         let gate = Gate::new();
@@ -491,9 +494,14 @@ async fn streams_are_translated_as_they_arrive_with_usage_when_asked() {
         request["stream_options"] = json!({"include_usage": true});
         let mut sse = open_stream(&client, &proxy, &request).await;
         let mut streamed = Streamed::default();
+        let mut read = 0;
         while streamed.content != "Hello" {
             let event = sse.next_event().await.expect("events before the gate opens");
             streamed.feed(&event);
+            read += 1;
+        }
+        if let Some(events) = events_to_hello {
+            assert_eq!(read, events, "{model}: the role and the first text come together");
         }
         assert_eq!(streamed.role.as_deref(), Some("assistant"), "{model}");
         assert_eq!(streamed.id, id);
