@@ -565,16 +565,27 @@ fn weather(pool: &KeyPool) -> BTreeMap<String, usize> {
 /// Both tests measure this process's memory: one at a time.
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// This process's resident set, when the platform says (Linux).
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// This process's resident set (`VmRSS` in `/proc/self/status`, Linux).
+/// Both memory checks rest on it, so a platform that cannot tell fails the
+/// test: a leak check that cannot measure must not pass.
+#[track_caller]
+fn rss_kib() -> u64 {
+    const SOURCE: &str = "/proc/self/status";
+    let status = std::fs::read_to_string(SOURCE)
+        .unwrap_or_else(|err| panic!("cannot measure resident memory for the leak check: reading {SOURCE}: {err}"));
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_else(|| {
+        panic!("cannot measure resident memory for the leak check: no VmRSS line in {SOURCE}:\n{status}")
+    });
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or_else(|| {
+        panic!("cannot measure resident memory for the leak check: unreadable VmRSS in {SOURCE}: {line:?}")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothing_in_flight_and_memory_flat() {
     let _alone = ALONE.lock().await;
+    // Fail at once, not after the load, where memory cannot be measured.
+    rss_kib();
     let ledger = Arc::new(Ledger::default());
     let mut mocks = Vec::new();
     let mut env = vec![("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned())];
@@ -666,7 +677,7 @@ async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothi
         rss.push(rss_kib());
         println!("round {round}: by provider {by_provider:?}; cooling {:?}", weather(proxy.pool()));
         println!(
-            "round {round}: {} requests in {took:?}, {logged} upstream attempts; {round_tally:?}; VmRSS {:?} KiB",
+            "round {round}: {} requests in {took:?}, {logged} upstream attempts; {round_tally:?}; VmRSS {} KiB",
             outcomes.len(),
             rss[round]
         );
@@ -696,13 +707,12 @@ async fn thousands_of_requests_through_every_fault_end_as_prescribed_leave_nothi
 
     // Memory is flat once warm: the proxy, the mocks and the client all live
     // in this process, and each round does the same work.
-    if let (Some(Some(warm)), Some(Some(end))) = (rss.get(1), rss.last()) {
-        assert!(
-            end.saturating_sub(*warm) < RSS_GROWTH_LIMIT_KIB,
-            "{replay}: resident memory grew from {warm} KiB after round 1 to {end} KiB after round {}: {rss:?}",
-            ROUNDS - 1
-        );
-    }
+    let (warm, end) = (rss[1], rss[ROUNDS - 1]);
+    assert!(
+        end.saturating_sub(warm) < RSS_GROWTH_LIMIT_KIB,
+        "{replay}: resident memory grew from {warm} KiB after round 1 to {end} KiB after round {}: {rss:?}",
+        ROUNDS - 1
+    );
 }
 
 /// Cheap requests for the flood below.
@@ -722,6 +732,8 @@ const FLOOD_GROWTH_LIMIT_KIB: u64 = 1536;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_stays_flat_without_metrics_scrapes() {
     let _alone = ALONE.lock().await;
+    // Fail at once, not after the load, where memory cannot be measured.
+    rss_kib();
     let mock = MockUpstream::start().await;
     let env = vec![
         ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
@@ -751,13 +763,12 @@ async fn memory_stays_flat_without_metrics_scrapes() {
             worker.await.expect("a flood worker");
         }
         rss.push(rss_kib());
-        println!("{FLOOD_PER_ROUND} requests to /health; VmRSS {:?} KiB", rss.last().copied().flatten());
+        println!("{FLOOD_PER_ROUND} requests to /health; VmRSS {} KiB", rss[rss.len() - 1]);
     }
-    if let (Some(Some(first)), Some(Some(last))) = (rss.first(), rss.last()) {
-        assert!(
-            last.saturating_sub(*first) < FLOOD_GROWTH_LIMIT_KIB,
-            "resident memory grew from {first} KiB to {last} KiB over {} cheap requests: {rss:?}",
-            (FLOOD_ROUNDS - 1) * FLOOD_PER_ROUND
-        );
-    }
+    let (first, last) = (rss[0], rss[FLOOD_ROUNDS - 1]);
+    assert!(
+        last.saturating_sub(first) < FLOOD_GROWTH_LIMIT_KIB,
+        "resident memory grew from {first} KiB to {last} KiB over {} cheap requests: {rss:?}",
+        (FLOOD_ROUNDS - 1) * FLOOD_PER_ROUND
+    );
 }

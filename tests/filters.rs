@@ -7,9 +7,9 @@ mod support;
 
 use serde_json::{Value, json};
 use support::{
-    Auth, MockUpstream, PROXY_KEY, Proxy, Reply, TestClient, assert_no_secret, assert_openai_error,
-    dialect_mocks::{DialectMock, dialect_env},
-    get, keys_by_id, openai_env, post,
+    Auth, MockUpstream, PROXY_KEY, Proxy, Reply, TestClient, assert_no_secret, assert_openai_error, get, keys_by_id,
+    mock::{MockUpstream as DialectMock, dialect_env},
+    openai_env, post,
 };
 
 const CHAT: &str = "/v1/chat/completions";

@@ -40,12 +40,6 @@
 //!   echoing the key, 500s echoing it; and a custom provider `vault` with a
 //!   password in its base URL's userinfo and no key (listed by
 //!   `/v1/providers` with the userinfo hidden; a request gets 503);
-//!
-//! The mix runs twice: as described (this passes), and with `local`'s base
-//! URL carrying the password in its userinfo too, so that every call to it
-//! goes through a URL with credentials. That second test is ignored: at
-//! debug level hyper-util's connection pool logs the URL's authority,
-//! userinfo included (see its `ignore` reason).
 //! - bad requests: not JSON, no model, no provider prefix, unknown provider,
 //!   unknown URL, wrong method; no proxy key, wrong ones by both headers
 //!   (a guess, the client's own OpenAI key, a pool key, the admin key);
@@ -55,6 +49,12 @@
 //!   `/metrics`, `/health`;
 //! - then a restart on the same data dir: the state is restored (a key left
 //!   disabled stays disabled), a few more requests, a stop.
+//!
+//! The mix runs twice: as described, and with `local`'s base
+//! URL carrying the password in its userinfo too, so that every call to it
+//! goes through a URL with credentials (at debug level hyper-util's
+//! connection pool logs the URL's authority, so keyrelay must drop the
+//! userinfo before any request is made).
 
 mod support;
 
@@ -73,9 +73,9 @@ use support::{
     Auth, MockUpstream, Recorded, Script, TestClient,
     binary::{self, Running},
     client::ReqBody,
-    closed_port,
-    dialect_mocks::{Answer, DialectMock, anthropic, gemini, key_id_of},
-    get, post, request, within,
+    closed_port, get, key_id_of,
+    mock::{anthropic, gemini},
+    post, request, within,
 };
 use tempfile::TempDir;
 
@@ -353,8 +353,8 @@ impl TagScripts {
 struct Mocks {
     openai: MockUpstream,
     faults: TagScripts,
-    anthropic: DialectMock,
-    gemini: DialectMock,
+    anthropic: MockUpstream,
+    gemini: MockUpstream,
     /// The custom provider `local`, with a key, behind a base URL that
     /// carries the password in its userinfo when `local_userinfo`.
     local: MockUpstream,
@@ -375,8 +375,8 @@ impl Mocks {
         Self {
             openai,
             faults,
-            anthropic: DialectMock::anthropic().await,
-            gemini: DialectMock::gemini().await,
+            anthropic: MockUpstream::anthropic().await,
+            gemini: MockUpstream::gemini().await,
             local: MockUpstream::start().await,
             local_userinfo,
             vault_port: closed_port(),
@@ -546,40 +546,65 @@ async fn openai_traffic(s: &mut Session, mocks: &Mocks, ids: &Ids) {
     expect(&s.chat("an upstream 400", GPT, false, Some("client-400")).await, 400, "");
 }
 
+/// One translating provider's row for [`dialect_traffic`]: its faults in
+/// its own words.
+struct DialectFaults<'a> {
+    mock: &'a MockUpstream,
+    model: &'static str,
+    key: &'static str,
+    id: &'a str,
+    /// A 500 whose message echoes the key.
+    echoing: Script,
+    /// Text, then the provider's own error event.
+    broken: Vec<String>,
+    /// A rate limit with a 60 s hint.
+    limited: Script,
+    /// The provider's answer to a bad key.
+    refused: Script,
+}
+
 /// Anthropic and Gemini, one key each.
 async fn dialect_traffic(s: &mut Session, mocks: &Mocks, ids: &Ids) {
-    for (mock, model, key, id) in
-        [(&mocks.anthropic, CLAUDE, ANTHROPIC_KEY, &ids.anthropic), (&mocks.gemini, FLASH, GEMINI_KEY, &ids.gemini)]
-    {
-        let name = mock.flavor().provider();
+    let rows = [
+        DialectFaults {
+            mock: &mocks.anthropic,
+            model: CLAUDE,
+            key: ANTHROPIC_KEY,
+            id: &ids.anthropic,
+            echoing: anthropic::server_error_echoing_key(),
+            broken: anthropic::broken_stream(),
+            limited: anthropic::rate_limited(Some("60")),
+            refused: anthropic::invalid_key(),
+        },
+        DialectFaults {
+            mock: &mocks.gemini,
+            model: FLASH,
+            key: GEMINI_KEY,
+            id: &ids.gemini,
+            echoing: gemini::internal_echoing_key(),
+            broken: gemini::broken_stream(),
+            limited: gemini::rate_limited("60s"),
+            refused: gemini::invalid_key(),
+        },
+    ];
+    for DialectFaults { mock, model, key, id, echoing, broken, limited, refused } in rows {
+        let name = mock.dialect().provider();
         expect(&s.chat(&format!("{name} chat"), model, false, None).await, 200, "");
         expect_stream_done(&s.chat(&format!("{name} stream"), model, true, None).await);
 
         // 500s echoing the key, retried once, then given up: 502.
-        let echoing = match mock.flavor() {
-            support::dialect_mocks::Flavor::Anthropic => anthropic::server_error_echoing_key(),
-            support::dialect_mocks::Flavor::Gemini => gemini::internal_echoing_key(),
-        };
         mock.push_for(key, echoing.clone());
         mock.push_for(key, echoing);
         expect(&s.chat(&format!("{name} 500s"), model, false, None).await, 502, "upstream_failed");
 
         // The provider's own error event in the middle of a stream.
-        let broken = match mock.flavor() {
-            support::dialect_mocks::Flavor::Anthropic => anthropic::broken_stream(),
-            support::dialect_mocks::Flavor::Gemini => gemini::broken_stream(),
-        };
-        mock.push_for(key, Answer::events(broken));
+        mock.push_for(key, Script::events(broken));
         let got = s.chat(&format!("{name} broken stream"), model, true, None).await;
         assert_eq!(got.status, 200, "{}", got.body);
         assert!(got.body.contains("error"), "ends with an error event: {}", got.body);
         s.admin(id, "reset").await;
 
         // A rate limit past the deadline: keyrelay's own 429.
-        let limited = match mock.flavor() {
-            support::dialect_mocks::Flavor::Anthropic => anthropic::rate_limited(Some("60")),
-            support::dialect_mocks::Flavor::Gemini => gemini::rate_limited("60s"),
-        };
         mock.push_for(key, limited);
         let got = s.chat(&format!("{name} rate limited"), model, false, None).await;
         expect(&got, 429, "rate_limit_exceeded");
@@ -587,10 +612,6 @@ async fn dialect_traffic(s: &mut Session, mocks: &Mocks, ids: &Ids) {
         s.admin(id, "reset").await;
 
         // The key refused: no usable key left.
-        let refused = match mock.flavor() {
-            support::dialect_mocks::Flavor::Anthropic => anthropic::invalid_key(),
-            support::dialect_mocks::Flavor::Gemini => gemini::invalid_key(),
-        };
         mock.push_for(key, refused);
         let got = s.chat(&format!("{name} key refused"), model, false, None).await;
         assert!(matches!(got.status, 401 | 403 | 502 | 503), "{}: {}", got.status, got.body);

@@ -12,7 +12,7 @@ use support::{
     KEY_ONE, KEY_TWO, PROXY_KEY, SECRETS, assert_no_secret, chat_body,
     client::{Auth, TestClient, post},
     key_id,
-    mock_upstream::{MockUpstream, Script},
+    mock::{MockUpstream, Script},
     proxy::{Proxy, openai_env},
 };
 

@@ -8,9 +8,9 @@ mod support;
 
 use serde_json::{Value, json};
 use support::{
-    Auth, MockUpstream, PROXY_KEY, Proxy, Reply, TestClient, assert_no_secret, assert_openai_error,
-    dialect_mocks::{DialectMock, dialect_env},
-    keys_by_id, openai_env, post, request,
+    Auth, MockUpstream, PROXY_KEY, Proxy, Reply, TestClient, assert_no_secret, assert_openai_error, keys_by_id,
+    mock::{MockUpstream as DialectMock, dialect_env},
+    openai_env, post, request,
 };
 use tiktoken_rs::{ChatCompletionRequestMessage, CoreBPE, FunctionCall, num_tokens_from_messages};
 

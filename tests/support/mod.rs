@@ -1,19 +1,20 @@
 //! Shared harness for keyrelay's end-to-end tests.
 //!
-//! - [`mock_upstream`]: an OpenAI-speaking upstream on `127.0.0.1:0` that
-//!   replays `tests/fixtures/openai/*`, records every request it sees and
-//!   can be scripted per request or per pool key (status + headers + body,
-//!   429/401/402/5xx, hang, close, reset, held, gated or broken stream),
-//!   counting requests in flight per key.
+//! - [`mock`]: an upstream on `127.0.0.1:0` that speaks OpenAI's,
+//!   Anthropic's or Gemini's wire format (chat whole and streamed,
+//!   embeddings, model lists, each provider's auth header and error
+//!   bodies), records every request it sees and can be scripted per
+//!   request or per pool key with the same faults for every dialect
+//!   (status + headers + body, 429 with or without `Retry-After`, 5xx,
+//!   hang, stall, close, reset, held, gated or broken stream), counting
+//!   requests in flight per key.
 //! - [`proxy`]: keyrelay itself, in process, on `127.0.0.1:0`, configured
 //!   from an explicit environment and an empty temporary working directory
 //!   (so a developer's `.env` or `config.toml` is never read).
-//! - [`dialect_mocks`]: upstreams that speak Anthropic's Messages API and
-//!   Google's Gemini API (chat whole and streamed, embeddings, model lists,
-//!   their own error bodies), checking each provider's auth headers,
-//!   recording requests and scriptable per key.
 //! - [`client`]: a small hyper client (HTTP/1.1 or h2c) and readers for
 //!   whole bodies, OpenAI error bodies and SSE streams.
+//! - [`sdk`]: answers checked the way the OpenAI SDK reads them (chat
+//!   completions, streams folded chunk by chunk, embeddings).
 //!
 //! Every wait is bounded by [`WAIT`], so a bug fails a test instead of
 //! hanging it. Nothing here reaches the network beyond loopback.
@@ -23,17 +24,17 @@
 
 pub mod binary;
 pub mod client;
-pub mod dialect_mocks;
-pub mod mock_upstream;
+pub mod mock;
 pub mod proxy;
+pub mod sdk;
 
 use std::{future::Future, time::Duration};
 
 pub use self::{
     client::{Auth, Reply, SseReader, TestClient, assert_openai_error, chunked, get, post, request},
-    mock_upstream::{
-        BEARER_PLACEHOLDER, Gate, INVALID_REQUEST, MockUpstream, Recorded, Script, Then, Valve, chat_completion,
-        stream_events,
+    mock::{
+        Dialect, Gate, INVALID_REQUEST, KEY_PLACEHOLDER, MockUpstream, Recorded, Script, Then, Valve, chat_completion,
+        dialect_env, key_id_of, stream_events,
     },
     proxy::{Proxy, openai_env},
 };
@@ -51,6 +52,12 @@ pub const PROXY_KEY: &str = "proxy-SECRET-key";
 pub const KEY_ONE: &str = "sk-test-SECRET-one-1111";
 pub const KEY_TWO: &str = "sk-test-SECRET-two-2222";
 pub const KEY_THREE: &str = "sk-test-SECRET-three-3333";
+/// Anthropic pool keys.
+pub const ANTHROPIC_KEY_ONE: &str = "sk-ant-api03-SECRET-one-aaaa";
+pub const ANTHROPIC_KEY_TWO: &str = "sk-ant-api03-SECRET-two-bbbb";
+/// Gemini pool keys.
+pub const GEMINI_KEY_ONE: &str = "AIzaSy-SECRET-gemini-one-cccc";
+pub const GEMINI_KEY_TWO: &str = "AIzaSy-SECRET-gemini-two-dddd";
 /// The key of a custom (`LOCAL_API_BASE`) provider.
 pub const LOCAL_KEY: &str = "local-SECRET-key-4444";
 /// A key a client might mistakenly send along (its own OpenAI key).
@@ -61,7 +68,19 @@ pub const ADMIN_KEY: &str = "admin-SECRET-key-6666";
 /// Every secret the tests configure. None of them may ever appear in a
 /// response body, a status route or the binary's output; all contain
 /// `SECRET`, which no legitimate output does.
-pub const SECRETS: &[&str] = &[PROXY_KEY, KEY_ONE, KEY_TWO, KEY_THREE, LOCAL_KEY, CLIENT_OWN_KEY, ADMIN_KEY];
+pub const SECRETS: &[&str] = &[
+    PROXY_KEY,
+    KEY_ONE,
+    KEY_TWO,
+    KEY_THREE,
+    ANTHROPIC_KEY_ONE,
+    ANTHROPIC_KEY_TWO,
+    GEMINI_KEY_ONE,
+    GEMINI_KEY_TWO,
+    LOCAL_KEY,
+    CLIENT_OWN_KEY,
+    ADMIN_KEY,
+];
 
 /// Fails if `text` shows any configured secret.
 #[track_caller]
@@ -96,11 +115,7 @@ pub fn chat_body(model: &str, stream: bool) -> String {
 /// The id the proxy shows for an `openai` pool key: `openai:` plus the
 /// first 8 hex digits of the key's SHA-256.
 pub fn key_id(secret: &str) -> String {
-    use keyrelay_layers::{
-        pool::{KeyId, Secret},
-        provider::ProviderId,
-    };
-    KeyId::new(&ProviderId::new("openai"), &Secret::new(secret)).as_str().to_owned()
+    key_id_of("openai", secret)
 }
 
 /// `GET /v1/keys` with `auth`, checked (200, JSON, no secret), as a map

@@ -20,18 +20,13 @@ use keyrelay_layers::pool::KeyPool;
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, within};
+use super::{Dialect, MockUpstream, dialect_env, within};
 
 /// The usual environment: the proxy key, `keys` pool keys for `openai`
 /// (`OPENAI_API_KEY_1`, `_2`, ...) and `OPENAI_API_BASE` at the mock.
 pub fn openai_env(mock: &MockUpstream, keys: usize) -> Vec<(String, String)> {
-    let pool = [KEY_ONE, KEY_TWO, KEY_THREE];
-    assert!(keys <= pool.len(), "at most {} test keys", pool.len());
-    let mut env = vec![("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()), ("OPENAI_API_BASE".to_owned(), mock.base())];
-    for (i, key) in pool[..keys].iter().enumerate() {
-        env.push((format!("OPENAI_API_KEY_{}", i + 1), (*key).to_owned()));
-    }
-    env
+    assert_eq!(mock.dialect(), Dialect::OpenAi, "openai_env wants an OpenAI mock");
+    dialect_env(&[mock], keys)
 }
 
 /// Settings as the binary loads them, from `env` and an otherwise empty
