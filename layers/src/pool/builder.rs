@@ -12,27 +12,50 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{InvalidKey, KeyEntry, KeyPool, PoolClock, ProviderPool, Secret, Selection};
+use super::{InvalidKey, KeyEntry, KeyPool, PoolClock, ProviderPool, Secret, Selection, labels::ModelLabels};
 use crate::{metrics::HandleCache, provider::Provider};
 
 /// Per-provider settings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProviderOptions {
     /// How the next key is chosen.
     pub selection: Selection,
     /// Hard cap of requests in flight per (key, model); 0 = no cap.
     pub max_concurrent_per_key: usize,
+    /// Most distinct models learned as metric labels from the provider's
+    /// successful answers (see [`ProviderPool::model_label`]); configured
+    /// and listed models do not count. Default [`DEFAULT_MAX_MODEL_LABELS`].
+    pub max_model_labels: usize,
+}
+
+/// The default of [`ProviderOptions::max_model_labels`]: more than the
+/// models a deployment really uses on one provider (a provider's whole
+/// catalogue is listed, not learned), few enough that an upstream accepting
+/// any name adds at most this many label values to each per-model series.
+pub const DEFAULT_MAX_MODEL_LABELS: usize = 100;
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self::new(Selection::default())
+    }
 }
 
 impl ProviderOptions {
-    /// Options with this strategy and no concurrency cap.
+    /// Options with this strategy, no concurrency cap, and the default cap
+    /// of learned model labels.
     pub fn new(selection: Selection) -> Self {
-        Self { selection, max_concurrent_per_key: 0 }
+        Self { selection, max_concurrent_per_key: 0, max_model_labels: DEFAULT_MAX_MODEL_LABELS }
     }
     /// Caps requests in flight per (key, model); 0 = no cap.
     pub fn max_concurrent_per_key(mut self, cap: usize) -> Self {
         self.max_concurrent_per_key = cap;
+        self
+    }
+    /// Caps the distinct models learned as metric labels from successful
+    /// answers; 0 learns none (only configured and listed models are labels).
+    pub fn max_model_labels(mut self, cap: usize) -> Self {
+        self.max_model_labels = cap;
         self
     }
 }
@@ -150,12 +173,8 @@ impl KeyPoolBuilder {
                 let kept = self.carry_over.as_ref().and_then(|old| old.same_key(&fresh));
                 keys.push(kept.unwrap_or_else(|| Arc::new(fresh)));
             }
-            let known_models = self
-                .carry_over
-                .as_ref()
-                .and_then(|old| old.provider(provider.id().as_str()))
-                .map(|old| old.known_models.read().unwrap_or_else(|p| p.into_inner()).clone())
-                .unwrap_or_default();
+            let previous = self.carry_over.as_ref().and_then(|old| old.provider(provider.id().as_str()));
+            let labels = ModelLabels::new(provider.models(), options.max_model_labels, previous.map(|p| &p.labels));
             by_id.insert(provider.id().as_str().into(), providers.len());
             providers.push(Arc::new(ProviderPool {
                 provider: Arc::new(provider),
@@ -167,7 +186,7 @@ impl KeyPoolBuilder {
                 pause_state: Mutex::default(),
                 maybe_paused: AtomicBool::new(false),
                 slot_freed: Notify::new(),
-                known_models: std::sync::RwLock::new(known_models),
+                labels,
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
             }));

@@ -40,7 +40,7 @@ mod status;
 use std::{collections::HashMap, sync::Arc};
 
 pub use self::{
-    builder::{KeyPoolBuilder, ProviderOptions, ProviderPause},
+    builder::{DEFAULT_MAX_MODEL_LABELS, KeyPoolBuilder, ProviderOptions, ProviderPause},
     clock::{PoolClock, invalid_ladder, rate_limit_ladder},
     health::{Counters, KeyState},
     key::{InvalidKey, KeyEntry, KeyId, Secret},

@@ -17,6 +17,7 @@ use tokio::{
 use super::{
     InFlight, KeyEntry, KeyId, KeyLease, PoolClock, ProviderOptions, ProviderPause, Selection,
     health::Availability,
+    labels::ModelLabels,
     select::{self, Candidate},
 };
 use crate::{
@@ -44,8 +45,8 @@ pub struct ProviderPool {
     /// common case (no pause) takes no lock.
     pub(super) maybe_paused: AtomicBool,
     pub(super) slot_freed: Notify,
-    /// Models the provider listed: safe as metric labels.
-    pub(super) known_models: std::sync::RwLock<std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>>,
+    /// The models that are metric labels, not `other`.
+    pub(super) labels: ModelLabels,
     /// `keyrelay_upstream_attempts_total` by (key index, outcome).
     pub(super) attempt_counters: HandleCache<(usize, &'static str), metrics::Counter>,
     /// `keyrelay_tokens_total` (prompt, completion) by model label.
@@ -75,6 +76,30 @@ pub struct Unavailable {
     pub excluded: bool,
     /// The earliest time an invalid key may be probed.
     pub invalid_until: Option<Instant>,
+    /// Whether what ends at [`cooling_until`](Self::cooling_until) is a rate
+    /// limit: a rate-limit or quota cooldown, or a provider pause (which
+    /// rate limits on several keys start). `false` when the first key back
+    /// is only resting after repeated transient failures (5xx, resets,
+    /// timeouts): the upstream is struggling and the client was not rate
+    /// limited, so it should hear 503
+    /// [`KeysRecovering`](crate::error::KeysRecovering), not 429. When
+    /// cooldowns of both kinds end at the same instant, `true`. Always
+    /// `false` without `cooling_until`.
+    pub rate_limited: bool,
+}
+
+impl Unavailable {
+    /// Keeps the earliest cooldown end, and whether it is a rate limit's.
+    fn cooling(&mut self, until: Instant, rate_limited: bool) {
+        match self.cooling_until {
+            Some(earliest) if earliest < until => {}
+            Some(earliest) if earliest == until => self.rate_limited |= rate_limited,
+            _ => {
+                self.cooling_until = Some(until);
+                self.rate_limited = rate_limited;
+            }
+        }
+    }
 }
 
 impl ProviderPool {
@@ -137,9 +162,7 @@ impl ProviderPool {
                     candidates.push(candidate);
                 }
                 Availability::Full => why.full = true,
-                Availability::CoolingUntil(until) => {
-                    why.cooling_until = Some(why.cooling_until.map_or(until, |t| t.min(until)));
-                }
+                Availability::Cooling { until, rate_limited } => why.cooling(until, rate_limited),
                 Availability::Unusable => {
                     if let Some(invalid) = health.invalid.filter(|_| !health.disabled) {
                         let until = invalid.until.max(now);
@@ -153,7 +176,15 @@ impl ProviderPool {
             // are over; with every key invalid or disabled, the pause is moot.
             let key_ready = if candidates.is_empty() { why.cooling_until } else { Some(now) };
             if let Some(ready) = key_ready.or(why.full.then_some(now)) {
-                why.cooling_until = Some(ready.max(pause));
+                // Rate limits on several keys started the pause: when it ends
+                // the wait, the wait is a rate limit's. A key cooling longer
+                // (`ready` is then its cooldown's end) keeps its own kind.
+                if pause >= ready {
+                    why.cooling_until = Some(pause);
+                    why.rate_limited = true;
+                } else {
+                    why.cooling_until = Some(ready);
+                }
             }
             return Choice::Unavailable(why);
         }
@@ -189,7 +220,7 @@ impl ProviderPool {
         let now = Instant::now();
         let today = self.clock.day(now);
         let keys = self.keys.iter().filter_map(|key| match key.health().availability(model, now, today) {
-            Availability::CoolingUntil(until) => Some(until),
+            Availability::Cooling { until, .. } => Some(until),
             _ => None,
         });
         keys.chain(self.paused_until(now)).min()
@@ -221,7 +252,18 @@ impl ProviderPool {
     pub fn record(&self, index: usize, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
         let now = Instant::now();
         let key = &self.keys[index];
-        let started = key.health().record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        let mut health = key.health();
+        let started = health.record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        // A model the provider answered with success is a real model: a
+        // metric label. Only the first success per (key, model) asks.
+        let unsettled_success = outcome.is_ok() && health.models.get(model).is_some_and(|m| !m.label_settled);
+        drop(health);
+        if unsettled_success
+            && self.labels.accepted(self.provider.id().as_str(), model)
+            && let Some(state) = key.health().models.get_mut(model)
+        {
+            state.label_settled = true;
+        }
         let labels = || [("provider", self.provider.id().as_str().to_owned()), ("key", key.id().as_str().to_owned())];
         if let Some(cooldown) = started {
             let [provider, key_label] = labels();
