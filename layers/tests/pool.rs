@@ -1,6 +1,10 @@
 //! KeyPool on a paused clock: the rate-limit ladder, hints, quota until the
 //! daily reset, invalid keys and their single probe, transient streaks,
-//! provider pauses, admin switches, `/v1/keys` statuses, and snapshots.
+//! whether a wait is a rate limit's, provider pauses, admin switches,
+//! `/v1/keys` statuses, snapshots, and model labels.
+//!
+//! Over 600 lines on purpose: every section shares the helpers below, and
+//! each reads on its own.
 //!
 //! The pool's wall clock is pinned to 2026-01-01 12:00 UTC at build time and
 //! moves with tokio's paused clock, so every cooldown end is exact.
@@ -15,8 +19,8 @@ use std::{
 use keyrelay_layers::{
     classify::{Failure, FailureClass},
     pool::{
-        Choice, KeyId, KeyPool, KeyPoolBuilder, KeyState, KeyStatus, PoolSnapshot, ProviderPause, ProviderPool,
-        Selection, Unavailable,
+        Choice, DEFAULT_MAX_MODEL_LABELS, KeyId, KeyPool, KeyPoolBuilder, KeyState, KeyStatus, PoolSnapshot,
+        ProviderOptions, ProviderPause, ProviderPool, Selection, Unavailable,
     },
 };
 use tokio::time::{Instant, advance};
@@ -371,6 +375,69 @@ async fn client_failures_never_penalise_a_key() {
     assert_eq!((k1.state, k1.cooldowns.len(), k1.today.failures_client), (KeyState::Ok, 0, 20));
 }
 
+// === rate limited or recovering ===
+
+/// Three transient failures in a row: (key, model) rests for 10 s.
+fn rest(p: &ProviderPool, index: usize, model: &str) -> Instant {
+    (0..3).filter_map(|_| p.record(index, model, failure(FailureClass::Transient, None))).last().unwrap()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn keys_resting_after_transient_failures_are_not_rate_limited() {
+    let pool = build(&["k1", "k2"]);
+    let p = openai_of(&pool);
+    let until = rest(p, 0, "m");
+    rest(p, 1, "m");
+    let why = pick(p, "m").unwrap_err();
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(until), false));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn rate_limits_and_quota_are_rate_limited() {
+    let pool = build(&["k1"]);
+    let p = openai_of(&pool);
+    rate_limit(p, 0, "m", Some(5)).unwrap();
+    assert!(pick(p, "m").unwrap_err().rate_limited);
+    p.record(0, "q", failure(FailureClass::Quota, None)).unwrap();
+    assert!(pick(p, "q").unwrap_err().rate_limited);
+    assert_eq!(pick(p, "fresh-model"), Ok(0), "other models are free");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_first_cooldown_to_end_decides_and_a_tie_is_a_rate_limit() {
+    let pool = build(&["k1", "k2"]);
+    let p = openai_of(&pool);
+    // k1 rests 10 s, k2 is rate limited for 60 s: the wait is k1's rest.
+    let rested = rest(p, 0, "m");
+    rate_limit(p, 1, "m", Some(60)).unwrap();
+    let why = pick(p, "m").unwrap_err();
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), false));
+    // k2 rate limited for 5 s ends first: a rate limit.
+    let limited = rate_limit(p, 1, "n", Some(5)).unwrap();
+    rest(p, 0, "n");
+    let why = pick(p, "n").unwrap_err();
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(limited), true));
+    // Both end at once.
+    rest(p, 0, "t");
+    rate_limit(p, 1, "t", Some(10)).unwrap();
+    assert!(pick(p, "t").unwrap_err().rate_limited);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_provider_pause_is_a_rate_limit_unless_a_rest_outlasts_it() {
+    let pool = builder(&["k1", "k2", "k3", "k4"]).provider_pause(ProviderPause::new(3, secs(10), secs(5))).build();
+    let pool = pool.unwrap();
+    let p = openai_of(&pool);
+    let rested = rest(p, 3, "m");
+    for i in 0..3 {
+        rate_limit(p, i, "m", Some(60)).unwrap();
+    }
+    let why = pick(p, "free-model").unwrap_err();
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(Instant::now() + secs(5)), true), "the pause");
+    let why = pick(p, "m").unwrap_err();
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), false), "k4's rest outlasts the 5 s pause");
+}
+
 // === provider pause ===
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -633,4 +700,62 @@ async fn snapshots_never_hold_a_secret() {
     for secret in keys {
         assert!(json.contains(key_id("openai", secret).as_str()), "keyed by id: {json}");
     }
+}
+
+// === model labels ===
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_the_provider_accepted_becomes_a_label() {
+    let pool = build(&["k1", "k2"]);
+    let p = openai_of(&pool);
+    assert_eq!(&*p.model_label("gpt-4o"), "other", "not configured, listed or accepted yet");
+    p.record(0, "gpt-4o", failure(FailureClass::Client, None));
+    p.record(0, "gpt-4o", failure(FailureClass::Transient, None));
+    assert_eq!(&*p.model_label("gpt-4o"), "other", "a failure proves nothing");
+    success(p, 0, "gpt-4o");
+    assert_eq!(&*p.model_label("gpt-4o"), "gpt-4o");
+    success(p, 1, "gpt-4o");
+    success(p, 0, "");
+    assert_eq!(&*p.model_label(""), "other", "a request without a model teaches nothing");
+    let long = "m".repeat(200);
+    success(p, 0, &long);
+    assert_eq!(&*p.model_label(&long), "other", "too long for a label");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn accepted_models_are_capped_per_provider_but_configured_and_listed_ones_are_not() {
+    assert_eq!(ProviderOptions::default().max_model_labels, DEFAULT_MAX_MODEL_LABELS);
+    let configured = openai(NOWHERE).with_models(vec!["configured".to_owned()]);
+    let options = ProviderOptions::new(Selection::LeastUsed).max_model_labels(2);
+    let pool = KeyPool::builder().wall_clock(noon()).provider_with(configured, options, secrets(&["k1"])).build();
+    let pool = pool.unwrap();
+    let p = openai_of(&pool);
+    p.learn_models(&["listed-1".to_owned(), "listed-2".to_owned()]);
+    for model in ["configured", "listed-1", "listed-2", "a", "b", "c"] {
+        success(p, 0, model);
+    }
+    let labels: Vec<_> = ["configured", "listed-1", "listed-2", "a", "b", "c"].map(|m| p.model_label(m)).into();
+    assert_eq!(
+        labels.iter().map(|l| &**l).collect::<Vec<_>>(),
+        ["configured", "listed-1", "listed-2", "a", "b", "other"]
+    );
+    // Listing an accepted model frees its place under the cap.
+    p.learn_models(&["a".to_owned()]);
+    success(p, 0, "c");
+    assert_eq!(&*p.model_label("c"), "c");
+    success(p, 0, "d");
+    assert_eq!(&*p.model_label("d"), "other");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_reload_keeps_accepted_and_listed_labels() {
+    let old = build(&["k1"]);
+    success(openai_of(&old), 0, "accepted");
+    openai_of(&old).learn_models(&["listed".to_owned()]);
+    let new = builder(&["k1"]).carry_over(old.clone()).build().unwrap();
+    let p = openai_of(&new);
+    assert_eq!((&*p.model_label("accepted"), &*p.model_label("listed")), ("accepted", "listed"));
+    // The carried key already settled "accepted": a model new to the pool still teaches it.
+    success(p, 0, "new");
+    assert_eq!(&*p.model_label("new"), "new");
 }

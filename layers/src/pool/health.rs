@@ -103,6 +103,9 @@ pub(crate) struct ModelState {
     pub counters: Counters,
     /// `None` without a concurrency cap.
     pub slots: Option<Arc<Semaphore>>,
+    /// A success of this model has settled its metric label (see
+    /// `labels.rs`): later successes need not look at the labels' lock.
+    pub label_settled: bool,
 }
 
 impl ModelState {
@@ -114,6 +117,7 @@ impl ModelState {
             day,
             counters: Counters::default(),
             slots: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
+            label_settled: false,
         }
     }
 
@@ -166,7 +170,12 @@ pub(crate) enum Availability {
         free_slots: Option<usize>,
     },
     Full,
-    CoolingUntil(Instant),
+    /// Cooling for this model until `until`; `rate_limited` when the
+    /// cooldown is a rate limit's or quota's, not one after transient failures.
+    Cooling {
+        until: Instant,
+        rate_limited: bool,
+    },
     Unusable,
 }
 
@@ -210,7 +219,8 @@ impl Health {
             return Availability::Ready { probe, free_slots: None };
         };
         if let Some(cooldown) = state.active_cooldown(now, today) {
-            return Availability::CoolingUntil(cooldown.until);
+            let rate_limited = matches!(cooldown.class, FailureClass::RateLimit | FailureClass::Quota);
+            return Availability::Cooling { until: cooldown.until, rate_limited };
         }
         match &state.slots {
             Some(slots) if slots.available_permits() == 0 => Availability::Full,

@@ -1,0 +1,155 @@
+//! What a chosen key hands out: the [`KeyLease`] identity, the [`InFlight`]
+//! guard, and [`SlotPermit`].
+
+use std::{
+    fmt,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
+
+use http::{HeaderName, HeaderValue};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+
+use super::{KeyEntry, KeyId, ProviderPool, Secret};
+use crate::{
+    classify::{Failure, FailureClass},
+    provider::{Provider, ProviderId},
+};
+
+/// The key chosen for one attempt: an identity, cheap to clone, carried in
+/// request extensions to the upstream and copied onto the response.
+#[derive(Clone)]
+pub struct KeyLease {
+    pub(super) pool: Arc<ProviderPool>,
+    pub(super) index: usize,
+}
+
+impl KeyLease {
+    /// Counts one attempt on this key in `keyrelay_upstream_attempts_total`.
+    pub(crate) fn count_attempt(&self, outcome: &'static str) {
+        self.pool.count_attempt(self.index, outcome);
+    }
+
+    /// The leased key.
+    pub fn key(&self) -> &Arc<KeyEntry> {
+        &self.pool.keys[self.index]
+    }
+    /// The leased key's id.
+    pub fn key_id(&self) -> &KeyId {
+        self.key().id()
+    }
+    /// The key's provider.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.pool.provider
+    }
+    /// The key's provider's id.
+    pub fn provider_id(&self) -> &ProviderId {
+        self.pool.provider.id()
+    }
+    /// The provider's pool the key belongs to.
+    pub fn pool(&self) -> &Arc<ProviderPool> {
+        &self.pool
+    }
+    /// The header (name, sensitive value) that authenticates this key.
+    pub fn auth_header(&self) -> (&HeaderName, &HeaderValue) {
+        self.key().auth_header()
+    }
+    /// The key's secret.
+    pub fn secret(&self) -> &Secret {
+        self.key().secret()
+    }
+    /// Records this attempt's outcome for (key, `model`); returns the end
+    /// of the cooldown it started, if any.
+    pub fn record(&self, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
+        self.pool.record(self.index, model, outcome)
+    }
+    /// The (key, `model`) concurrency slots, when capped.
+    pub fn slots(&self, model: &str) -> Option<Arc<Semaphore>> {
+        self.pool.slots(self.index, model)
+    }
+
+    /// Counts the tokens an answer reported for (key, `model`).
+    pub fn count_usage(&self, model: &str, usage: crate::usage::Usage) {
+        self.pool.count_usage(self.index, model, usage);
+    }
+}
+
+impl fmt::Debug for KeyLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyLease").field(self.key_id()).finish()
+    }
+}
+
+/// Holds one request in a key's in-flight count until dropped. It lives in
+/// the response body, so a stream counts until its last byte.
+pub struct InFlight {
+    pub(super) pool: Arc<ProviderPool>,
+    pub(super) index: usize,
+    pub(super) model: Arc<str>,
+    pub(super) probe: bool,
+}
+
+impl InFlight {
+    /// Counts the tokens a successful answer reported.
+    pub fn count_usage(&self, usage: crate::usage::Usage) {
+        self.pool.count_usage(self.index, &self.model, usage);
+    }
+
+    /// A stream broke after its headers: a transient failure of this key.
+    pub fn stream_broke(&self) {
+        let labels = [
+            ("provider", self.pool.provider.id().as_str().to_owned()),
+            ("key", self.pool.keys[self.index].id().as_str().to_owned()),
+        ];
+        metrics::counter!(crate::metrics::STREAM_BREAKS, &labels).increment(1);
+        let _cooling_until = self.pool.record(self.index, &self.model, Err(Failure::new(FailureClass::Transient)));
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight").field("key", self.pool.keys[self.index].id()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let key = &self.pool.keys[self.index];
+        key.in_flight.fetch_sub(1, Relaxed);
+        if self.probe {
+            // The probe ended without a verdict (the client left): let
+            // another request probe.
+            key.health().probing = false;
+        }
+        self.pool.slot_freed.notify_waiters();
+    }
+}
+
+/// A (key, model) concurrency permit that wakes waiting requests when freed.
+pub struct SlotPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<ProviderPool>,
+}
+
+impl SlotPermit {
+    /// Holds `permit`; dropping it wakes requests waiting on `pool`.
+    pub fn new(permit: OwnedSemaphorePermit, pool: Arc<ProviderPool>) -> Self {
+        Self { permit: Some(permit), pool }
+    }
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        // Released before the wake-up, so the woken request finds it free.
+        drop(self.permit.take());
+        self.pool.slot_freed.notify_waiters();
+    }
+}
+
+impl fmt::Debug for SlotPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotPermit").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,342 @@
+//! [`ProviderPool`]: one provider's keys, and choosing and recording them.
+
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    },
+};
+
+use tokio::{
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
+
+use super::{
+    InFlight, KeyEntry, KeyId, KeyLease, PoolClock, ProviderOptions, ProviderPause, Selection,
+    health::Availability,
+    labels::ModelLabels,
+    select::{self, Candidate},
+};
+use crate::{
+    classify::{Failure, FailureClass},
+    metrics::HandleCache,
+    provider::Provider,
+};
+
+#[derive(Debug, Default)]
+pub(super) struct PauseState {
+    recent: VecDeque<(usize, Instant)>,
+    until: Option<Instant>,
+}
+
+/// One provider and its keys.
+pub struct ProviderPool {
+    pub(super) provider: Arc<Provider>,
+    pub(super) options: ProviderOptions,
+    pub(super) keys: Box<[Arc<KeyEntry>]>,
+    pub(super) cursor: AtomicUsize,
+    pub(super) clock: PoolClock,
+    pub(super) pause: ProviderPause,
+    pub(super) pause_state: Mutex<PauseState>,
+    /// Set with `pause_state.until`: choosing a key looks here first, so the
+    /// common case (no pause) takes no lock.
+    pub(super) maybe_paused: AtomicBool,
+    pub(super) slot_freed: Notify,
+    /// The models that are metric labels, not `other`.
+    pub(super) labels: ModelLabels,
+    /// `keyrelay_upstream_attempts_total` by (key index, outcome).
+    pub(super) attempt_counters: HandleCache<(usize, &'static str), metrics::Counter>,
+    /// `keyrelay_tokens_total` (prompt, completion) by model label.
+    pub(super) token_counters: HandleCache<Arc<str>, [metrics::Counter; 2]>,
+}
+
+/// The answer of [`ProviderPool::choose`].
+#[derive(Debug)]
+pub enum Choice {
+    /// A key, counted in flight until the guard drops.
+    Leased(KeyLease, InFlight),
+    /// No key now; why, and when one might be.
+    Unavailable(Unavailable),
+}
+
+/// Why no key could be chosen, and when one might be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The provider has no key at all.
+    pub no_keys: bool,
+    /// The earliest end of a cooldown (or of a provider pause) among keys
+    /// not excluded.
+    pub cooling_until: Option<Instant>,
+    /// Some key is usable but has no free slot: wait on [`ProviderPool::slot_freed`].
+    pub full: bool,
+    /// Some keys were skipped because the request already tried them.
+    pub excluded: bool,
+    /// The earliest time an invalid key may be probed.
+    pub invalid_until: Option<Instant>,
+    /// Whether what ends at [`cooling_until`](Self::cooling_until) is a rate
+    /// limit: a rate-limit or quota cooldown, or a provider pause (which
+    /// rate limits on several keys start). `false` when the first key back
+    /// is only resting after repeated transient failures (5xx, resets,
+    /// timeouts): the upstream is struggling and the client was not rate
+    /// limited, so it should hear 503
+    /// [`KeysRecovering`](crate::error::KeysRecovering), not 429. When
+    /// cooldowns of both kinds end at the same instant, `true`. Always
+    /// `false` without `cooling_until`.
+    pub rate_limited: bool,
+}
+
+impl Unavailable {
+    /// Keeps the earliest cooldown end, and whether it is a rate limit's.
+    fn cooling(&mut self, until: Instant, rate_limited: bool) {
+        match self.cooling_until {
+            Some(earliest) if earliest < until => {}
+            Some(earliest) if earliest == until => self.rate_limited |= rate_limited,
+            _ => {
+                self.cooling_until = Some(until);
+                self.rate_limited = rate_limited;
+            }
+        }
+    }
+}
+
+impl ProviderPool {
+    /// The provider's spec.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+    /// The provider's options.
+    pub fn options(&self) -> ProviderOptions {
+        self.options
+    }
+    /// The provider's strategy.
+    pub fn selection(&self) -> Selection {
+        self.options.selection
+    }
+    /// The keys, in the order they were configured (duplicates dropped).
+    pub fn keys(&self) -> &[Arc<KeyEntry>] {
+        &self.keys
+    }
+    /// The pool's clock.
+    pub fn clock(&self) -> &PoolClock {
+        &self.clock
+    }
+
+    /// Notified whenever a concurrency slot frees or a key comes back.
+    pub fn slot_freed(&self) -> &Notify {
+        &self.slot_freed
+    }
+
+    /// Chooses a key for `model` by the provider's strategy among keys that
+    /// are not excluded, disabled, invalid (unless due for their one probe),
+    /// cooling for this model, or full. `pinned` is taken when available
+    /// (same-key retries). The chosen key counts in flight until the
+    /// returned guard drops.
+    pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
+        let paused = self.paused_until(now);
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(self.keys.len());
+        for (index, key) in self.keys.iter().enumerate() {
+            if excluded.contains(key.id()) {
+                why.excluded = true;
+                continue;
+            }
+            let health = key.health();
+            match health.availability(model, now, today) {
+                Availability::Ready { .. } => {
+                    let candidate = Candidate {
+                        index,
+                        in_flight: key.in_flight(),
+                        requests: health.requests_on(today),
+                        last_used_unix_ms: key.last_used_unix_ms(),
+                    };
+                    if pinned == Some(key.id()) {
+                        candidates.clear();
+                        candidates.push(candidate);
+                        break;
+                    }
+                    candidates.push(candidate);
+                }
+                Availability::Full => why.full = true,
+                Availability::Cooling { until, rate_limited } => why.cooling(until, rate_limited),
+                Availability::Unusable => {
+                    if let Some(invalid) = health.invalid.filter(|_| !health.disabled) {
+                        let until = invalid.until.max(now);
+                        why.invalid_until = Some(why.invalid_until.map_or(until, |t| t.min(until)));
+                    }
+                }
+            }
+        }
+        if let Some(pause) = paused {
+            // Usable again when both the pause and the first key's cooldown
+            // are over; with every key invalid or disabled, the pause is moot.
+            let key_ready = if candidates.is_empty() { why.cooling_until } else { Some(now) };
+            if let Some(ready) = key_ready.or(why.full.then_some(now)) {
+                // Rate limits on several keys started the pause: when it ends
+                // the wait, the wait is a rate limit's. A key cooling longer
+                // (`ready` is then its cooldown's end) keeps its own kind.
+                if pause >= ready {
+                    why.cooling_until = Some(pause);
+                    why.rate_limited = true;
+                } else {
+                    why.cooling_until = Some(ready);
+                }
+            }
+            return Choice::Unavailable(why);
+        }
+        let Some(index) = select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor) else {
+            return Choice::Unavailable(why);
+        };
+        let key = &self.keys[index];
+        let mut health = key.health();
+        // Checked again under the lock: another request may have taken the
+        // last slot or the probe since the scan.
+        let probe = match health.availability(model, now, today) {
+            Availability::Ready { probe, .. } => probe,
+            _ => {
+                drop(health);
+                why.full = true;
+                return Choice::Unavailable(why);
+            }
+        };
+        health.probing |= probe;
+        health.count_request(today);
+        health.model(model, today, self.options.max_concurrent_per_key, now).counters.requests += 1;
+        drop(health);
+        key.in_flight.fetch_add(1, Relaxed);
+        key.requests.fetch_add(1, Relaxed);
+        key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
+        let lease = KeyLease { pool: self.clone(), index };
+        let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
+        Choice::Leased(lease, guard)
+    }
+
+    /// When the first key cooling for `model` comes back, if any is cooling.
+    pub fn earliest_cooldown(&self, model: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let keys = self.keys.iter().filter_map(|key| match key.health().availability(model, now, today) {
+            Availability::Cooling { until, .. } => Some(until),
+            _ => None,
+        });
+        keys.chain(self.paused_until(now)).min()
+    }
+
+    /// [`choose`](Self::choose) for a request without a model, excluding nothing.
+    pub fn lease(self: &Arc<Self>) -> Option<(KeyLease, InFlight)> {
+        match self.choose("", &[], None) {
+            Choice::Leased(lease, in_flight) => Some((lease, in_flight)),
+            Choice::Unavailable(_) => None,
+        }
+    }
+
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        if !self.maybe_paused.load(Relaxed) {
+            return None;
+        }
+        let state = self.pause_state.lock().unwrap_or_else(|p| p.into_inner());
+        let until = state.until.filter(|&until| until > now);
+        if until.is_none() {
+            self.maybe_paused.store(false, Relaxed);
+        }
+        until
+    }
+
+    /// Records one attempt's outcome for (key, model): success, or a
+    /// classified failure that may cool the model, mark the key invalid, or
+    /// pause the provider. Returns the end of the cooldown it started.
+    pub fn record(&self, index: usize, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
+        let now = Instant::now();
+        let key = &self.keys[index];
+        let mut health = key.health();
+        let started = health.record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        // A model the provider answered with success is a real model: a
+        // metric label. Only the first success per (key, model) asks.
+        let unsettled_success = outcome.is_ok() && health.models.get(model).is_some_and(|m| !m.label_settled);
+        drop(health);
+        if unsettled_success
+            && self.labels.accepted(self.provider.id().as_str(), model)
+            && let Some(state) = key.health().models.get_mut(model)
+        {
+            state.label_settled = true;
+        }
+        let labels = || [("provider", self.provider.id().as_str().to_owned()), ("key", key.id().as_str().to_owned())];
+        if let Some(cooldown) = started {
+            let [provider, key_label] = labels();
+            metrics::counter!(
+                crate::metrics::COOLDOWNS,
+                &[provider, key_label, ("class", cooldown.class.as_str().to_owned())]
+            )
+            .increment(1);
+            tracing::info!(
+                key = key.id().as_str(),
+                model,
+                class = cooldown.class.as_str(),
+                cooldown_secs = cooldown.until.saturating_duration_since(now).as_secs_f64(),
+                "key cooling down for this model"
+            );
+        }
+        match outcome {
+            Err(failure) if failure.class == FailureClass::Credential => {
+                tracing::warn!(key = key.id().as_str(), "key refused by the provider: marked invalid");
+                let [provider, key_label] = labels();
+                metrics::counter!(
+                    crate::metrics::COOLDOWNS,
+                    &[provider, key_label, ("class", "credential".to_owned())]
+                )
+                .increment(1);
+            }
+            Err(failure) if failure.class == FailureClass::RateLimit => self.note_rate_limit(index, now),
+            _ => {}
+        }
+        // A probe that ended, or a success, may free a waiting request.
+        self.slot_freed.notify_waiters();
+        started.map(|c| c.until)
+    }
+
+    fn note_rate_limit(&self, index: usize, now: Instant) {
+        let ProviderPause { distinct_keys, window, pause } = self.pause;
+        if distinct_keys == 0 || self.keys.len() < distinct_keys {
+            return;
+        }
+        let mut state = self.pause_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.recent.retain(|&(_, at)| now.saturating_duration_since(at) <= window);
+        state.recent.push_back((index, now));
+        let mut distinct: Vec<usize> = state.recent.iter().map(|&(i, _)| i).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() >= distinct_keys {
+            state.until = Some(now + pause);
+            self.maybe_paused.store(true, Relaxed);
+            state.recent.clear();
+            tracing::warn!(
+                provider = self.provider.id().as_str(),
+                keys = distinct.len(),
+                pause_secs = pause.as_secs_f64(),
+                "several keys rate limited at once: pausing the provider"
+            );
+        }
+    }
+
+    /// The (key, model) concurrency slots, when the provider caps them.
+    pub fn slots(&self, index: usize, model: &str) -> Option<Arc<Semaphore>> {
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let mut health = self.keys[index].health();
+        health.model(model, today, self.options.max_concurrent_per_key, now).slots.clone()
+    }
+}
+
+impl fmt::Debug for ProviderPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderPool")
+            .field("provider", self.provider.id())
+            .field("options", &self.options)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}

@@ -1,0 +1,99 @@
+//! What `/v1/keys` shows of a key: ids, states, cooldowns and counters,
+//! never a secret.
+
+use tokio::time::Instant;
+
+use super::{Counters, KeyState, ProviderPool};
+
+/// One cooldown as `/v1/keys` shows it.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct CooldownStatus {
+    /// The model that is cooling on this key.
+    pub model: String,
+    /// The failure class that started it (`rate_limit`, `quota`, `transient`).
+    pub reason: &'static str,
+    /// When it ends, in milliseconds since the Unix epoch.
+    pub until_unix_ms: u64,
+    /// Whole seconds left.
+    pub remaining_secs: u64,
+}
+
+/// One model's counters today.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct ModelStatus {
+    /// The model's name.
+    pub model: String,
+    /// The (key, model) counters of the current day.
+    pub today: Counters,
+}
+
+/// One key as `/v1/keys` shows it.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct KeyStatus {
+    /// The key's id (`provider:1a2b3c4d`).
+    pub id: String,
+    /// The key's provider.
+    pub provider: String,
+    /// The state status pages show.
+    pub state: KeyState,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Requests sent with the key since start (or since the state file).
+    pub requests: u64,
+    /// Last use, in milliseconds since the Unix epoch; `None` if never used.
+    pub last_used_unix_ms: Option<u64>,
+    /// When an invalid key may be probed again.
+    pub invalid_until_unix_ms: Option<u64>,
+    /// Cooldowns in force, by model.
+    pub cooldowns: Vec<CooldownStatus>,
+    /// The key's counters today, over all models.
+    pub today: Counters,
+    /// The key's counters today, per model.
+    pub models: Vec<ModelStatus>,
+}
+
+impl ProviderPool {
+    pub(super) fn status(&self, index: usize) -> KeyStatus {
+        let key = &self.keys[index];
+        let now = Instant::now();
+        let today = self.clock.day(now);
+        let health = key.health();
+        let mut today_counters = Counters::default();
+        let mut cooldowns = Vec::new();
+        let mut models: Vec<ModelStatus> = Vec::new();
+        for (model, state) in &health.models {
+            if let Some(c) = state.active_cooldown(now, today) {
+                cooldowns.push(CooldownStatus {
+                    model: model.to_string(),
+                    reason: c.class.as_str(),
+                    until_unix_ms: self.clock.unix_ms(c.until),
+                    remaining_secs: c.until.saturating_duration_since(now).as_secs(),
+                });
+            }
+            if state.day == today && !model.is_empty() {
+                today_counters.add(&state.counters);
+                models.push(ModelStatus { model: model.to_string(), today: state.counters.clone() });
+            }
+        }
+        cooldowns.sort_by(|a, b| a.model.cmp(&b.model));
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        KeyStatus {
+            id: key.id().as_str().to_owned(),
+            provider: self.provider.id().as_str().to_owned(),
+            state: health.state(now, today),
+            in_flight: key.in_flight(),
+            requests: key.requests(),
+            last_used_unix_ms: Some(key.last_used_unix_ms()).filter(|&ms| ms > 0),
+            invalid_until_unix_ms: health.invalid.map(|i| self.clock.unix_ms(i.until)),
+            cooldowns,
+            today: today_counters,
+            models,
+        }
+    }
+}
