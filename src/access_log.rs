@@ -53,7 +53,11 @@ impl AccessLog for StderrAccessLog {
 /// as tracing-subscriber's fmt layer writes the event without colours.
 pub fn text(out: &mut String, line: &Completion<'_>, now: SystemTime) -> std::fmt::Result {
     timestamp(out, now)?;
-    write!(out, " {:>5} request{{id={} method={} path={}}}: request finished", line.level, line.id, line.method, line.path)?;
+    write!(
+        out,
+        " {:>5} request{{id={} method={} path={}}}: request finished",
+        line.level, line.id, line.method, line.path
+    )?;
     if let Some(status) = line.status {
         write!(out, " status={status}")?;
     }
@@ -122,7 +126,12 @@ pub fn json(out: &mut String, line: &Completion<'_>, now: SystemTime) -> std::fm
     // The id is printable ASCII without spaces, but may hold a quote.
     out.push_str("\"id\":");
     write!(out, "{}", serde_json::Value::from(line.id))?;
-    write!(out, ",\"method\":\"{}\",\"path\":{},\"name\":\"request\"}}}}", line.method, serde_json::Value::from(line.path))
+    write!(
+        out,
+        ",\"method\":\"{}\",\"path\":{},\"name\":\"request\"}}}}",
+        line.method,
+        serde_json::Value::from(line.path)
+    )
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber's default timer.

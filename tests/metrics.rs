@@ -92,9 +92,13 @@ async fn metrics_tell_which_key_fails_why_and_how_often() {
     );
     assert!(!series(text, "keyrelay_time_to_first_byte_seconds_bucket", &["provider=\"openai\""]).is_empty(), "{text}");
     assert!(!series(text, "keyrelay_stream_chunks_total", &["provider=\"openai\""]).is_empty(), "{text}");
-    // A model nobody named nor listed is `other`: clients choose model names.
-    assert!(!text.contains("model=\"gpt-4o-mini\""), "{text}");
-    assert!(text.contains("model=\"other\""), "{text}");
+    // A model is a label once the upstream accepted it (issue 12: it was
+    // `other` until someone called `GET /v1/models`): every successful
+    // request and its tokens carry the model's name.
+    let named = series(text, "keyrelay_requests_total", &["model=\"gpt-4o-mini\"", "status_class=\"2xx\""]);
+    assert_eq!(named.iter().map(|l| value(l)).sum::<f64>(), 4.0, "{text}");
+    assert!(series(text, "keyrelay_requests_total", &["model=\"other\"", "status_class=\"2xx\""]).is_empty(), "{text}");
+    assert!(!series(text, "keyrelay_tokens_total", &["model=\"gpt-4o-mini\""]).is_empty(), "{text}");
 }
 
 #[tokio::test]

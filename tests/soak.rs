@@ -236,6 +236,12 @@ fn check(outcome: &Outcome, attempts: &[Fault]) {
                     assert!(last != Some(Fault::Hang), "{what}");
                 }
                 (502, "upstream_failed") | (503, "no_usable_key") => assert!(last != Some(Fault::Hang), "{what}"),
+                // Every key rests after repeated failures: not a rate limit
+                // (issue 12), but as definite about when to come back.
+                (503, "upstream_unavailable") => {
+                    let after: u64 = reply.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    assert!(after >= 1, "{what}: 503 with a Retry-After");
+                }
                 (504, "deadline_exceeded") => {
                     assert_eq!(last, Some(Fault::Hang), "{what}: only a hang reaches the deadline");
                 }

@@ -6,7 +6,8 @@
 //!
 //! | field | written by | through |
 //! |---|---|---|
-//! | provider and model label | Parse | [`RequestRecord::set_route`] |
+//! | provider, model and model label | Parse | [`RequestRecord::set_route`] |
+//! | model label, once the provider accepted the model | RetryRotate | [`RequestRecord::set_model_label`] |
 //! | each upstream attempt (key, outcome, status, time) | RetryRotate | [`RequestRecord::push_attempt`] |
 //! | token usage | the usage meter on the answer's body | [`RequestRecord::set_usage`] |
 //! | a stream that broke after its headers | the usage meter | [`RequestRecord::mark_broken`] |
@@ -26,7 +27,7 @@
 //! record.push_attempt(AttemptRecord::new("openai:5e6f7a8b", "success", Some(200), 310));
 //! record.set_usage(Usage { prompt_tokens: 9, completion_tokens: 2 });
 //!
-//! assert_eq!(seen_by_log.route().unwrap().model_label.as_ref(), "gpt-4o");
+//! assert_eq!(seen_by_log.model_label().as_deref(), Some("gpt-4o"));
 //! assert_eq!(seen_by_log.attempt_count(), 2);
 //! assert_eq!(seen_by_log.last_key().as_deref(), Some("openai:5e6f7a8b"));
 //! assert_eq!(seen_by_log.usage().unwrap().completion_tokens, 2);
@@ -56,6 +57,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
+    model_label: Option<Arc<str>>,
     attempts: Vec<AttemptRecord>,
     usage: Option<Usage>,
     broken: bool,
@@ -70,9 +72,6 @@ pub struct RouteInfo {
     pub provider: ProviderId,
     /// The model as the upstream knows it (the client's words, for logs).
     pub model: Arc<str>,
-    /// The model's metrics label: the model when it is known to be real
-    /// (configured, listed, or answered with success), else `other`.
-    pub model_label: Arc<str>,
 }
 
 /// One upstream attempt of a request.
@@ -110,11 +109,24 @@ impl RequestRecord {
     /// Parse: the request's provider, model and model label; the first
     /// call wins.
     pub fn set_route(&self, provider: ProviderId, model: Arc<str>, model_label: Arc<str>) {
-        let _already = self.0.route.set(RouteInfo { provider, model, model_label });
+        if self.0.route.set(RouteInfo { provider, model }).is_ok() {
+            self.state().model_label = Some(model_label);
+        }
     }
     /// Where the request went, once Parse knew it.
     pub fn route(&self) -> Option<&RouteInfo> {
         self.0.route.get()
+    }
+
+    /// RetryRotate, on success: the model's label again, now that the
+    /// provider accepted the model (which may make it a label).
+    pub fn set_model_label(&self, model_label: Arc<str>) {
+        self.state().model_label = Some(model_label);
+    }
+    /// The model's metrics label: the model when it is known to be real
+    /// (configured, listed, or answered with success), else `other`.
+    pub fn model_label(&self) -> Option<Arc<str>> {
+        self.state().model_label.clone()
     }
 
     /// RetryRotate: one more upstream attempt.
@@ -133,7 +145,8 @@ impl RequestRecord {
     pub fn last_key(&self) -> Option<String> {
         self.state().attempts.last().map(|a| a.key.clone())
     }
-    /// Calls `f` with the attempts so far, without copying them.
+    /// Calls `f` with the attempts so far, without copying them. The
+    /// record is locked meanwhile: `f` must not call the record again.
     pub fn with_attempts<R>(&self, f: impl FnOnce(&[AttemptRecord]) -> R) -> R {
         f(&self.state().attempts)
     }

@@ -9,7 +9,9 @@
 //! When every usable key is full, the request waits for a slot; when every
 //! key is cooling, it waits for the earliest if that comes before the
 //! request's [`Deadline`], else fails at once with [`AllKeysCooling`] (429
-//! with `Retry-After`). Other failures: [`NoKeyConfigured`] (503, the
+//! with `Retry-After`) when the wait is a rate limit's or a quota's, or with
+//! [`KeysRecovering`] (503 with `Retry-After`) when the keys only rest
+//! after repeated upstream failures. Other failures: [`NoKeyConfigured`] (503, the
 //! provider has no key), [`NoUsableKey`] (503, all invalid or disabled),
 //! [`KeysExhausted`] (every remaining key was excluded, even when others
 //! cool past the deadline), [`UnknownProvider`]
@@ -65,7 +67,8 @@ use crate::{
     BoxError,
     body::LeasedBody,
     error::{
-        AllKeysCooling, KeysExhausted, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey, UnknownProvider,
+        AllKeysCooling, KeysExhausted, KeysRecovering, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey,
+        UnknownProvider,
     },
     extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
     pool::{Choice, InFlight, KeyLease, KeyPool},
@@ -218,7 +221,13 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
             return Err(KeysExhausted::new(id).into());
         }
         if let Some(until) = why.cooling_until {
-            return Err(AllKeysCooling::new(id, target.model(), until - now).into());
+            // 429 only when the wait is a rate limit's or a quota's; keys
+            // resting after upstream failures are the upstream's trouble.
+            return Err(if why.rate_limited {
+                AllKeysCooling::new(id, target.model(), until - now).into()
+            } else {
+                KeysRecovering::new(id, target.model(), until - now).into()
+            });
         }
         return Err(NoUsableKey::new(id, why.invalid_until.map(|t| t - now)).into());
     }

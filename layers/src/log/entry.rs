@@ -152,7 +152,7 @@ impl Record {
             headers_after_ms: finish.headers_after_ms,
             duration_ms: finish.start.elapsed().as_millis() as u64,
             provider: route.map(|route| route.provider.as_str().to_owned()),
-            model: route.map(|route| route.model_label.to_string()),
+            model: route.and(finish.labels.model_label()).map(|label| label.to_string()),
             attempts: finish.labels.attempts(),
             tokens: finish.labels.usage().map(|usage| (usage.prompt_tokens, usage.completion_tokens)),
             upstream_body,

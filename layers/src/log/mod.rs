@@ -409,7 +409,8 @@ impl Finish {
         let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
         let elapsed = self.start.elapsed();
         let route = self.labels.route();
-        let key = (route.map(|r| (r.provider.clone(), r.model_label.clone())), status_class, self.code);
+        let labels = route.map(|r| (r.provider.clone(), self.labels.model_label().unwrap_or_else(|| r.model.clone())));
+        let key = (labels, status_class, self.code);
         let handles = self.handles.get(key, RequestMetrics::resolve);
         handles.requests.increment(1);
         handles.duration.record(elapsed.as_secs_f64());
@@ -425,6 +426,8 @@ impl Finish {
         if !enabled {
             return;
         }
+        // Read before the attempts, whose lock the line borrows them under.
+        let tokens = self.labels.usage();
         self.labels.with_attempts(|attempts| {
             let line = Completion {
                 level,
@@ -435,7 +438,7 @@ impl Finish {
                 provider: route.map(|r| r.provider.as_str()),
                 model: route.map(|r| &*r.model),
                 attempts,
-                tokens: self.labels.usage(),
+                tokens,
                 code: self.code,
                 outcome,
                 headers_after_ms: self.headers_after_ms,

@@ -24,9 +24,17 @@ use crate::{
 pub struct KeyLease {
     pub(super) pool: Arc<ProviderPool>,
     pub(super) index: usize,
+    /// When the key was chosen: an attempt's time starts here, so a wait
+    /// for a key is no attempt's.
+    pub(super) leased_at: tokio::time::Instant,
 }
 
 impl KeyLease {
+    /// When the key was chosen for this attempt.
+    pub fn leased_at(&self) -> tokio::time::Instant {
+        self.leased_at
+    }
+
     /// Counts one attempt on this key in `keyrelay_upstream_attempts_total`.
     pub(crate) fn count_attempt(&self, outcome: &'static str) {
         self.pool.count_attempt(self.index, outcome);

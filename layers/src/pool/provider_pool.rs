@@ -210,7 +210,7 @@ impl ProviderPool {
         key.in_flight.fetch_add(1, Relaxed);
         key.requests.fetch_add(1, Relaxed);
         key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
-        let lease = KeyLease { pool: self.clone(), index };
+        let lease = KeyLease { pool: self.clone(), index, leased_at: now };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
         Choice::Leased(lease, guard)
     }

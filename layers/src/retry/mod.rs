@@ -208,15 +208,16 @@ where
     let mut last_failure: Option<String> = None;
     let mut attempt = 0u32;
     let record = pristine.extensions().get::<RequestRecord>().cloned();
-    let trail = |lease: &KeyLease, outcome: &'static str, status: Option<u16>, started: Instant| {
+    // An attempt's time starts when its key was leased: a wait for a key
+    // is no attempt's.
+    let trail = |lease: &KeyLease, outcome: &'static str, status: Option<u16>| {
         if let Some(record) = &record {
-            let ms = started.elapsed().as_millis() as u64;
+            let ms = lease.leased_at().elapsed().as_millis() as u64;
             record.push_attempt(AttemptRecord::new(lease.key_id().as_str(), outcome, status, ms));
         }
     };
     loop {
         attempt += 1;
-        let started = Instant::now();
         let mut req = attempt_request(&pristine);
         req.extensions_mut().insert(ExcludedKeys(excluded.clone()));
         if let Some(key) = &pinned {
@@ -238,14 +239,18 @@ where
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
-                    trail(&lease, "success", Some(status.as_u16()), started);
+                    trail(&lease, "success", Some(status.as_u16()));
+                    if let Some(record) = &record {
+                        // Accepted by the provider, the model may be a label now.
+                        record.set_model_label(lease.pool().model_label(model));
+                    }
                     return Ok(finish(res));
                 }
                 let (res, peeked) = peek(res).await;
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail(&lease, failure.class.as_str(), Some(status.as_u16()), started);
+                trail(&lease, failure.class.as_str(), Some(status.as_u16()));
                 tracing::info!(
                     attempt,
                     key = lease.key_id().as_str(),
@@ -281,7 +286,7 @@ where
                 let failure = Failure::new(FailureClass::Transient);
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
-                trail(&lease, failure.class.as_str(), None, started);
+                trail(&lease, failure.class.as_str(), None);
                 tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
