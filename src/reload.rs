@@ -19,6 +19,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use keyrelay_layers::BoxError;
 use serde::Serialize;
@@ -88,9 +89,16 @@ pub struct ReloadReport {
 }
 
 /// A service that hands each request to the stack current at its arrival.
-/// (A mutex, held only to clone the stack, so the stack need not be `Sync`.)
+///
+/// Requests read the current stack through an [`ArcSwap`]: a load is a few
+/// atomic operations and never waits, not even behind a reload in progress,
+/// so the hot path takes no lock. Each request then clones the stack it
+/// loaded (a few `Arc`s: tower's `call` wants it `&mut`). A reload stores a
+/// new stack in one atomic swap; requests already running keep the clone of
+/// the old one and finish on it, and the old stack is freed with the last of
+/// them.
 #[derive(Debug)]
-pub struct Live<S>(Arc<Mutex<S>>);
+pub struct Live<S>(Arc<ArcSwap<S>>);
 
 impl<S> Clone for Live<S> {
     fn clone(&self) -> Self {
@@ -100,11 +108,11 @@ impl<S> Clone for Live<S> {
 
 impl<S> Live<S> {
     pub fn new(stack: S) -> Self {
-        Self(Arc::new(Mutex::new(stack)))
+        Self(Arc::new(ArcSwap::from_pointee(stack)))
     }
 
     fn replace(&self, stack: S) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = stack;
+        self.0.store(Arc::new(stack));
     }
 }
 
@@ -122,7 +130,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let stack = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The guard is dropped at the end of the statement: nothing is held
+        // while the request runs but its own clone.
+        let stack = S::clone(&self.0.load());
         stack.oneshot(req)
     }
 }
@@ -159,7 +169,7 @@ impl<S, F> fmt::Debug for Reloader<S, F> {
 
 impl<S, F> Reloader<S, F>
 where
-    S: Send + 'static,
+    S: Send + Sync + 'static,
     F: Fn(&App) -> S + Send + Sync + 'static,
 {
     /// Makes `handle` run this reloader.
