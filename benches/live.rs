@@ -6,6 +6,8 @@
 //! `cargo bench --bench live`; it prints ns per call on one thread and on
 //! every core at once (where a lock would be contended).
 
+#![allow(clippy::disallowed_methods)] // a bench measures wall-clock time
+
 use std::{
     convert::Infallible,
     future::{Ready, ready},
