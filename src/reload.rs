@@ -292,3 +292,60 @@ pub fn answer(handle: &ReloadHandle) -> Response<keyrelay_layers::ProxyBody> {
     };
     reply_response(reply).map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        pin::Pin,
+        sync::{Arc, Weak},
+    };
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A stack that answers its name, once `open` lets it.
+    #[derive(Clone)]
+    struct Named {
+        name: &'static str,
+        open: Arc<Semaphore>,
+    }
+
+    impl Service<Request<()>> for Named {
+        type Response = &'static str;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<&'static str, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<()>) -> Self::Future {
+            let (name, open) = (self.name, self.open.clone());
+            Box::pin(async move {
+                let _go = open.acquire().await;
+                Ok(name)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_finishes_on_the_stack_it_arrived_on() {
+        let open = Arc::new(Semaphore::new(0));
+        let live = Live::new(Named { name: "old", open: open.clone() });
+        let old: Weak<Semaphore> = Arc::downgrade(&open);
+        drop(open);
+
+        // `call` picks the stack at once: this request has arrived.
+        let in_flight = tokio::spawn(live.clone().call(Request::new(())));
+        live.replace(Named { name: "new", open: Arc::new(Semaphore::new(1)) });
+        assert_eq!(live.clone().oneshot(Request::new(())).await.unwrap(), "new", "a new request takes the new stack");
+        assert!(!in_flight.is_finished(), "the old request still runs");
+
+        // The old stack lives while its request does, and goes with it.
+        old.upgrade().expect("the old stack is still held by its request").add_permits(1);
+        assert_eq!(in_flight.await.unwrap().unwrap(), "old");
+        assert!(old.upgrade().is_none(), "the old stack is freed with its last request");
+    }
+}
