@@ -34,7 +34,10 @@ pub enum Route<'p> {
     Providers,
     Keys,
     /// `POST /v1/keys/{id}/{disable|enable|reset}`; the id as the path has it.
-    KeyAction { id: &'p str, action: KeyAction },
+    KeyAction {
+        id: &'p str,
+        action: KeyAction,
+    },
     TokenCount,
     Metrics,
     /// `POST /v1/admin/reload`

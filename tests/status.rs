@@ -6,11 +6,11 @@ mod support;
 
 use std::collections::BTreeSet;
 
+use http::Method;
 use keyrelay_layers::{
     pool::{KeyId, Secret},
     provider::ProviderId,
 };
-use http::Method;
 use serde_json::{Value, json};
 use support::{
     Auth, KEY_ONE, KEY_TWO, LOCAL_KEY, MockUpstream, PROXY_KEY, Proxy, Reply, Script, TestClient, assert_no_secret,
