@@ -19,6 +19,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use keyrelay_layers::BoxError;
 use serde::Serialize;
@@ -88,9 +89,16 @@ pub struct ReloadReport {
 }
 
 /// A service that hands each request to the stack current at its arrival.
-/// (A mutex, held only to clone the stack, so the stack need not be `Sync`.)
+///
+/// Requests read the current stack through an [`ArcSwap`]: a load is a few
+/// atomic operations and never waits, not even behind a reload in progress,
+/// so the hot path takes no lock. Each request then clones the stack it
+/// loaded (a few `Arc`s: tower's `call` wants it `&mut`). A reload stores a
+/// new stack in one atomic swap; requests already running keep the clone of
+/// the old one and finish on it, and the old stack is freed with the last of
+/// them.
 #[derive(Debug)]
-pub struct Live<S>(Arc<Mutex<S>>);
+pub struct Live<S>(Arc<ArcSwap<S>>);
 
 impl<S> Clone for Live<S> {
     fn clone(&self) -> Self {
@@ -100,11 +108,11 @@ impl<S> Clone for Live<S> {
 
 impl<S> Live<S> {
     pub fn new(stack: S) -> Self {
-        Self(Arc::new(Mutex::new(stack)))
+        Self(Arc::new(ArcSwap::from_pointee(stack)))
     }
 
     fn replace(&self, stack: S) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = stack;
+        self.0.store(Arc::new(stack));
     }
 }
 
@@ -122,7 +130,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let stack = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The guard is dropped at the end of the statement: nothing is held
+        // while the request runs but its own clone.
+        let stack = S::clone(&self.0.load());
         stack.oneshot(req)
     }
 }
@@ -159,7 +169,7 @@ impl<S, F> fmt::Debug for Reloader<S, F> {
 
 impl<S, F> Reloader<S, F>
 where
-    S: Send + 'static,
+    S: Send + Sync + 'static,
     F: Fn(&App) -> S + Send + Sync + 'static,
 {
     /// Makes `handle` run this reloader.
@@ -281,4 +291,61 @@ pub fn answer(handle: &ReloadHandle) -> Response<keyrelay_layers::ProxyBody> {
         }
     };
     reply_response(reply).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        pin::Pin,
+        sync::{Arc, Weak},
+    };
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A stack that answers its name, once `open` lets it.
+    #[derive(Clone)]
+    struct Named {
+        name: &'static str,
+        open: Arc<Semaphore>,
+    }
+
+    impl Service<Request<()>> for Named {
+        type Response = &'static str;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<&'static str, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<()>) -> Self::Future {
+            let (name, open) = (self.name, self.open.clone());
+            Box::pin(async move {
+                let _go = open.acquire().await;
+                Ok(name)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_finishes_on_the_stack_it_arrived_on() {
+        let open = Arc::new(Semaphore::new(0));
+        let live = Live::new(Named { name: "old", open: open.clone() });
+        let old: Weak<Semaphore> = Arc::downgrade(&open);
+        drop(open);
+
+        // `call` picks the stack at once: this request has arrived.
+        let in_flight = tokio::spawn(live.clone().call(Request::new(())));
+        live.replace(Named { name: "new", open: Arc::new(Semaphore::new(1)) });
+        assert_eq!(live.clone().oneshot(Request::new(())).await.unwrap(), "new", "a new request takes the new stack");
+        assert!(!in_flight.is_finished(), "the old request still runs");
+
+        // The old stack lives while its request does, and goes with it.
+        old.upgrade().expect("the old stack is still held by its request").add_permits(1);
+        assert_eq!(in_flight.await.unwrap().unwrap(), "old");
+        assert!(old.upgrade().is_none(), "the old stack is freed with its last request");
+    }
 }

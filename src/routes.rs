@@ -1,6 +1,11 @@
 //! Path and method to service. No framework: a match over a handful of
 //! paths. Unknown paths are 404 and wrong methods 405 (with `Allow`), both
 //! before auth, like OpenAI's own API.
+//!
+//! The router decides once what a path says and hands it on as a request
+//! extension, so that no handler parses the path again: the proxy route gets
+//! its [`Endpoint`], `GET /v1/models/{id}` a [`RequestedModel`], and
+//! `POST /v1/keys/{id}/{action}` a [`KeyChange`].
 
 use std::task::{Context, Poll};
 
@@ -9,32 +14,41 @@ use http::{Method, Request, Response};
 use keyrelay_layers::{
     BoxError, ProxyBody,
     error::{MethodNotAllowed, RouteNotFound},
+    extensions::Endpoint,
 };
 use tower::{Service, ServiceExt, util::BoxCloneSyncService, util::Oneshot};
 
 /// A route's service, boxed so that routes of different shapes fit one table.
 pub type RouteService<B> = BoxCloneSyncService<Request<B>, Response<ProxyBody>, BoxError>;
 
-/// The routes keyrelay serves.
+/// The routes keyrelay serves, with what their paths carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'p> {
     Health,
-    Proxy,
+    /// `POST /v1/chat/completions` or `/v1/embeddings`.
+    Proxy(Endpoint),
     Models,
+    /// `GET /v1/models/{id}`: the id as the path has it, percent-escapes
+    /// and all (`openai%2Fgpt-4o` or `openai/gpt-4o`).
+    Model(&'p str),
     Providers,
     Keys,
-    /// `POST /v1/keys/{id}/{disable|enable|reset}`
-    KeyAction,
+    /// `POST /v1/keys/{id}/{disable|enable|reset}`; the id as the path has it.
+    KeyAction {
+        id: &'p str,
+        action: KeyAction,
+    },
     TokenCount,
     Metrics,
     /// `POST /v1/admin/reload`
     AdminReload,
 }
 
-impl Route {
-    /// Recognises a path; the `/v1` prefix is optional on OpenAI routes so
-    /// that clients configured with or without it both work.
-    pub fn recognize(path: &str) -> Option<(Self, &'static str)> {
+impl<'p> Route<'p> {
+    /// Recognises a path, and names the method it takes; the `/v1` prefix
+    /// is optional on OpenAI routes so that clients configured with or
+    /// without it both work.
+    pub fn recognize(path: &'p str) -> Option<(Self, &'static str)> {
         match path {
             "/health" => return Some((Self::Health, "GET")),
             "/metrics" => return Some((Self::Metrics, "GET")),
@@ -42,16 +56,111 @@ impl Route {
         }
         let path = path.strip_prefix("/v1").unwrap_or(path).trim_end_matches('/');
         match path {
-            "/chat/completions" | "/embeddings" => Some((Self::Proxy, "POST")),
+            "/chat/completions" => Some((Self::Proxy(Endpoint::ChatCompletions), "POST")),
+            "/embeddings" => Some((Self::Proxy(Endpoint::Embeddings), "POST")),
             "/models" => Some((Self::Models, "GET")),
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),
             "/token-count" => Some((Self::TokenCount, "POST")),
             "/admin/reload" => Some((Self::AdminReload, "POST")),
-            _ if path.starts_with("/keys/") => Some((Self::KeyAction, "POST")),
+            _ => {
+                if let Some(id) = path.strip_prefix("/models/") {
+                    // Model ids hold slashes (`openrouter/meta-llama/llama-3-70b`),
+                    // sent raw or as `%2F`: everything after `/models/` is the id.
+                    return Some((Self::Model(id), "GET"));
+                }
+                let (id, action) = path.strip_prefix("/keys/")?.rsplit_once('/')?;
+                let action = KeyAction::from_segment(action)?;
+                (!id.is_empty()).then_some((Self::KeyAction { id, action }, "POST"))
+            }
+        }
+    }
+}
+
+/// What an operator can do to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAction {
+    /// Take the key out of rotation until enabled again.
+    Disable,
+    /// Put a disabled key back into rotation.
+    Enable,
+    /// Forget the key's cooldowns and failures.
+    Reset,
+}
+
+impl KeyAction {
+    fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "disable" => Some(Self::Disable),
+            "enable" => Some(Self::Enable),
+            "reset" => Some(Self::Reset),
             _ => None,
         }
     }
+
+    /// The action as the path names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Enable => "enable",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Request extension of `POST /v1/keys/{id}/{action}`: the key id
+/// (percent-decoded) and the action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    pub id: String,
+    pub action: KeyAction,
+}
+
+/// Request extension of `GET /v1/models/{id}`: the model the path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestedModel {
+    /// The id, percent-decoded (`openai%2Fgpt-4o` is `openai/gpt-4o`).
+    Id(String),
+    /// The path's id as sent, whose percent-escapes do not decode (to
+    /// UTF-8): no model has such an id.
+    Malformed(String),
+}
+
+impl RequestedModel {
+    fn from_path(id: &str) -> Self {
+        match percent_decode(id) {
+            Some(decoded) => Self::Id(decoded),
+            None => Self::Malformed(id.to_owned()),
+        }
+    }
+}
+
+/// Decodes a path segment's `%XX` escapes; `None` when an escape is cut
+/// short, is not hexadecimal, or the bytes are not UTF-8. (`+` stays `+`:
+/// it means a space only in query strings.)
+pub fn percent_decode(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_owned());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            // `from_str_radix` would take a sign: check the digits first.
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Dispatches each request to its route's service. Cloning it (once per
@@ -72,10 +181,14 @@ impl<B> Router<B> {
 #[derive(Debug)]
 pub struct Routes<B> {
     pub health: RouteService<B>,
+    /// Finds the request's [`Endpoint`] in its extensions.
     pub proxy: RouteService<B>,
     pub models: RouteService<B>,
+    /// `GET /v1/models/{id}`; finds a [`RequestedModel`] in the extensions.
+    pub model: RouteService<B>,
     pub providers: RouteService<B>,
     pub keys: RouteService<B>,
+    /// Finds a [`KeyChange`] in the request's extensions.
     pub key_action: RouteService<B>,
     pub token_count: RouteService<B>,
     pub metrics: RouteService<B>,
@@ -86,6 +199,14 @@ impl<B> Clone for Router<B> {
     fn clone(&self) -> Self {
         Self { routes: self.routes.clone() }
     }
+}
+
+/// What the router learned from the path, for the route's service.
+enum Learned {
+    Nothing,
+    Endpoint(Endpoint),
+    Model(RequestedModel),
+    KeyChange(KeyChange),
 }
 
 impl<B> Service<Request<B>> for Router<B> {
@@ -100,7 +221,7 @@ impl<B> Service<Request<B>> for Router<B> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some((route, method)) = Route::recognize(req.uri().path()) else {
             return Either::Left(ready(Err(RouteNotFound::new(req.uri().path()).into())));
         };
@@ -109,18 +230,37 @@ impl<B> Service<Request<B>> for Router<B> {
             return Either::Left(ready(Err(MethodNotAllowed::new(method).into())));
         }
         let routes = &*self.routes;
-        let svc = match route {
-            Route::Health => &routes.health,
-            Route::Proxy => &routes.proxy,
-            Route::Models => &routes.models,
-            Route::Providers => &routes.providers,
-            Route::Keys => &routes.keys,
-            Route::KeyAction => &routes.key_action,
-            Route::TokenCount => &routes.token_count,
-            Route::Metrics => &routes.metrics,
-            Route::AdminReload => &routes.admin_reload,
+        let (svc, learned) = match route {
+            Route::Health => (&routes.health, Learned::Nothing),
+            Route::Proxy(endpoint) => (&routes.proxy, Learned::Endpoint(endpoint)),
+            Route::Models => (&routes.models, Learned::Nothing),
+            Route::Model(id) => (&routes.model, Learned::Model(RequestedModel::from_path(id))),
+            Route::Providers => (&routes.providers, Learned::Nothing),
+            Route::Keys => (&routes.keys, Learned::Nothing),
+            Route::KeyAction { id, action } => {
+                // Key ids are `provider:hex`; a client may escape the colon.
+                let id = percent_decode(id).unwrap_or_else(|| id.to_owned());
+                (&routes.key_action, Learned::KeyChange(KeyChange { id, action }))
+            }
+            Route::TokenCount => (&routes.token_count, Learned::Nothing),
+            Route::Metrics => (&routes.metrics, Learned::Nothing),
+            Route::AdminReload => (&routes.admin_reload, Learned::Nothing),
         };
-        Either::Right(svc.clone().oneshot(req))
+        let svc = svc.clone();
+        let extensions = req.extensions_mut();
+        match learned {
+            Learned::Nothing => {}
+            Learned::Endpoint(endpoint) => {
+                extensions.insert(endpoint);
+            }
+            Learned::Model(model) => {
+                extensions.insert(model);
+            }
+            Learned::KeyChange(change) => {
+                extensions.insert(change);
+            }
+        }
+        Either::Right(svc.oneshot(req))
     }
 }
 
@@ -130,14 +270,96 @@ mod tests {
 
     #[test]
     fn recognizes_routes_with_and_without_v1() {
-        assert_eq!(Route::recognize("/v1/chat/completions"), Some((Route::Proxy, "POST")));
-        assert_eq!(Route::recognize("/chat/completions"), Some((Route::Proxy, "POST")));
-        assert_eq!(Route::recognize("/v1/embeddings/"), Some((Route::Proxy, "POST")));
+        let chat = Route::Proxy(Endpoint::ChatCompletions);
+        assert_eq!(Route::recognize("/v1/chat/completions"), Some((chat, "POST")));
+        assert_eq!(Route::recognize("/chat/completions"), Some((chat, "POST")));
+        assert_eq!(Route::recognize("/v1/embeddings/"), Some((Route::Proxy(Endpoint::Embeddings), "POST")));
         assert_eq!(Route::recognize("/v1/models"), Some((Route::Models, "GET")));
+        assert_eq!(Route::recognize("/v1/models/"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
-        assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((Route::KeyAction, "POST")));
+        let reset = Route::KeyAction { id: "openai:1a2b3c4d", action: KeyAction::Reset };
+        assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((reset, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
         assert_eq!(Route::recognize("/v1/completions"), None);
         assert_eq!(Route::recognize("/"), None);
+    }
+
+    #[test]
+    fn a_model_id_is_the_rest_of_the_path_slashes_and_all() {
+        for (path, id) in [
+            ("/v1/models/openai%2Fgpt-4o", "openai%2Fgpt-4o"),
+            ("/v1/models/openai/gpt-4o", "openai/gpt-4o"),
+            ("/models/openrouter/meta-llama/llama-3-70b/", "openrouter/meta-llama/llama-3-70b"),
+        ] {
+            assert_eq!(Route::recognize(path), Some((Route::Model(id), "GET")), "{path}");
+        }
+        // Not `/v1` + `beta/models/...`: Gemini's paths are not OpenAI's.
+        assert_eq!(Route::recognize("/v1beta/models/gemini-2.0-flash"), None);
+    }
+
+    #[test]
+    fn key_paths_without_a_known_action_or_an_id_are_no_route() {
+        for path in ["/v1/keys/openai:1a2b3c4d", "/v1/keys/openai:1a2b3c4d/explode", "/v1/keys//reset", "/v1/keys/"] {
+            assert!(!matches!(Route::recognize(path), Some((Route::KeyAction { .. }, _))), "{path}");
+        }
+    }
+
+    /// What a route's service found in its request's extensions.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Seen(&'static str, Option<Endpoint>, Option<RequestedModel>, Option<KeyChange>);
+
+    fn seeing(route: &'static str) -> RouteService<()> {
+        BoxCloneSyncService::new(tower::service_fn(move |req: Request<()>| {
+            let ext = req.extensions();
+            let seen = Seen(route, ext.get().copied(), ext.get().cloned(), ext.get().cloned());
+            let mut res = Response::new(keyrelay_layers::body::full(bytes::Bytes::new()));
+            res.extensions_mut().insert(seen);
+            std::future::ready(Ok::<_, BoxError>(res))
+        }))
+    }
+
+    async fn seen(router: &Router<()>, method: Method, path: &str) -> Seen {
+        let req = Request::builder().method(method).uri(path).body(()).unwrap();
+        let res = router.clone().oneshot(req).await.unwrap();
+        res.extensions().get::<Seen>().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_router_hands_on_what_the_path_said() {
+        let router = Router::new(Routes {
+            health: seeing("health"),
+            proxy: seeing("proxy"),
+            models: seeing("models"),
+            model: seeing("model"),
+            providers: seeing("providers"),
+            keys: seeing("keys"),
+            key_action: seeing("key_action"),
+            token_count: seeing("token_count"),
+            metrics: seeing("metrics"),
+            admin_reload: seeing("admin_reload"),
+        });
+        let chat = Some(Endpoint::ChatCompletions);
+        assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));
+        let embeddings = Some(Endpoint::Embeddings);
+        assert_eq!(seen(&router, Method::POST, "/embeddings").await, Seen("proxy", embeddings, None, None));
+        let model = Some(RequestedModel::Id("openai/gpt-4o".to_owned()));
+        assert_eq!(seen(&router, Method::GET, "/v1/models/openai%2Fgpt-4o").await, Seen("model", None, model, None));
+        let malformed = Some(RequestedModel::Malformed("openai%2".to_owned()));
+        assert_eq!(seen(&router, Method::HEAD, "/v1/models/openai%2").await, Seen("model", None, malformed, None));
+        let change = Some(KeyChange { id: "openai:1a2b3c4d".to_owned(), action: KeyAction::Disable });
+        let path = "/v1/keys/openai%3A1a2b3c4d/disable";
+        assert_eq!(seen(&router, Method::POST, path).await, Seen("key_action", None, None, change));
+        assert_eq!(seen(&router, Method::GET, "/v1/models").await, Seen("models", None, None, None));
+    }
+
+    #[test]
+    fn percent_decoding_takes_escapes_and_refuses_broken_ones() {
+        assert_eq!(percent_decode("openai%2Fgpt-4o").as_deref(), Some("openai/gpt-4o"));
+        assert_eq!(percent_decode("openai%2fgpt-4o").as_deref(), Some("openai/gpt-4o"));
+        assert_eq!(percent_decode("a%3Ab+c").as_deref(), Some("a:b+c"));
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        for broken in ["%", "a%2", "%zz", "%+1", "%-1", "%FF", "%C3"] {
+            assert_eq!(percent_decode(broken), None, "{broken}");
+        }
     }
 }

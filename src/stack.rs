@@ -154,6 +154,13 @@ where
             let (pool, catalog) = (app.pool.clone(), app.catalog.clone());
             route(auth.layer(service_fn(move |_: Request<B>| crate::status::models(pool.clone(), catalog.clone()))))
         },
+        model: {
+            let (pool, catalog) = (app.pool.clone(), app.catalog.clone());
+            route(auth.layer(service_fn(move |req: Request<B>| {
+                let requested = req.extensions().get::<crate::routes::RequestedModel>().cloned();
+                crate::status::model(pool.clone(), catalog.clone(), requested)
+            })))
+        },
         providers: {
             let (pool, configured) = (app.pool.clone(), Arc::new(app.configured_providers.clone()));
             route(auth.layer(service_fn(move |_: Request<B>| {
@@ -169,7 +176,7 @@ where
         key_action: {
             let pool = app.pool.clone();
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
-                std::future::ready(crate::status::key_action(&pool, req.uri().path()))
+                std::future::ready(crate::status::key_action(&pool, req.extensions().get()))
             })))
         },
         token_count: {

@@ -5,15 +5,19 @@ use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::BodyExt;
 use keyrelay_layers::{
     BoxError, ProxyBody,
     body::full,
-    error::{RouteNotFound, UnknownKey},
+    error::{ErrorReply, MissingExtension, UnknownKey},
     pool::{KeyPool, KeyState},
+    respond::reply_response,
     upstream::ModelCatalog,
 };
 use serde::Serialize;
 use serde_json::json;
+
+use crate::routes::{KeyAction, KeyChange, RequestedModel};
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
@@ -32,6 +36,48 @@ pub fn health() -> Response<ProxyBody> {
 pub async fn models(pool: Arc<KeyPool>, catalog: Arc<ModelCatalog>) -> Result<Response<ProxyBody>, Infallible> {
     let data = catalog.list(&pool).await;
     Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
+}
+
+/// `GET /v1/models/{id}`: OpenAI's model object, from the same list as
+/// `GET /v1/models` (so the operator's allow and deny lists apply), or 404
+/// `model_not_found`.
+pub async fn model(
+    pool: Arc<KeyPool>,
+    catalog: Arc<ModelCatalog>,
+    requested: Option<RequestedModel>,
+) -> Result<Response<ProxyBody>, BoxError> {
+    let id = match requested {
+        Some(RequestedModel::Id(id)) => id,
+        Some(RequestedModel::Malformed(raw)) => return Ok(model_not_found(&raw)),
+        None => return Err(MissingExtension::new("RequestedModel").into()),
+    };
+    // The catalog answers whole lists (cached for its TTL); looking the id
+    // up in one is what makes this route agree with `GET /v1/models`.
+    let found = catalog.list(&pool).await.into_iter().find(|m| m.id == id);
+    Ok(match found {
+        Some(model) => json(StatusCode::OK, &model),
+        None => model_not_found(&id),
+    })
+}
+
+/// Ids longer than this are cut in the 404's message (as other errors
+/// echo what the client sent).
+const ECHO_LIMIT: usize = 120;
+
+fn model_not_found(id: &str) -> Response<ProxyBody> {
+    let shown = match id.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}...", &id[..cut]),
+        None => id.to_owned(),
+    };
+    let reply = ErrorReply::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!(
+            "the model `{shown}` does not exist or is not served here; GET /v1/models lists the models available, as `provider/model`"
+        ),
+    );
+    reply_response(reply).map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// `GET /v1/providers`: configured providers, their keys counted by state.
@@ -59,20 +105,19 @@ pub fn providers(pool: &KeyPool, configured: &[String]) -> Response<ProxyBody> {
 }
 
 /// `POST /v1/keys/{id}/{disable|enable|reset}`: answers the key's new status.
-pub fn key_action(pool: &KeyPool, path: &str) -> Result<Response<ProxyBody>, BoxError> {
-    let rest = path.strip_prefix("/v1").unwrap_or(path).strip_prefix("/keys/").unwrap_or_default();
-    let Some((id, action)) = rest.rsplit_once('/') else {
-        return Err(RouteNotFound::new(path).into());
+/// `change` is what the router read from the path.
+pub fn key_action(pool: &KeyPool, change: Option<&KeyChange>) -> Result<Response<ProxyBody>, BoxError> {
+    let Some(KeyChange { id, action }) = change else {
+        return Err(MissingExtension::new("KeyChange").into());
     };
     let found = match action {
-        "disable" => pool.set_disabled(id, true),
-        "enable" => pool.set_disabled(id, false),
-        "reset" => pool.reset(id),
-        _ => return Err(RouteNotFound::new(path).into()),
+        KeyAction::Disable => pool.set_disabled(id, true),
+        KeyAction::Enable => pool.set_disabled(id, false),
+        KeyAction::Reset => pool.reset(id),
     };
     match pool.key_status(id).filter(|_| found) {
         Some(status) => {
-            tracing::info!(key = id, action, "key changed by an operator");
+            tracing::info!(key = id.as_str(), action = action.as_str(), "key changed by an operator");
             Ok(json(StatusCode::OK, &status))
         }
         None => Err(UnknownKey::new(id).into()),

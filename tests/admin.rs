@@ -245,6 +245,9 @@ async fn unknown_key_ids_and_actions_are_404_and_other_methods_405() {
     for path in [format!("/v1/keys/{id}/explode"), format!("/v1/keys/{id}")] {
         let reply = client.fetch(request(Method::POST, &proxy.url(&path), admin)).await;
         assert_openai_error(&reply, 404, "unknown_url", "no route for");
+        // Routing comes before auth: no key is needed to learn there is no such route.
+        let reply = client.fetch(request(Method::POST, &proxy.url(&path), Auth::None)).await;
+        assert_openai_error(&reply, 404, "unknown_url", "no route for");
     }
     let reply = client.fetch(get(&proxy.url(&format!("/v1/keys/{id}/disable")), admin)).await;
     assert_openai_error(&reply, 405, "method_not_allowed", "use POST");
@@ -254,5 +257,10 @@ async fn unknown_key_ids_and_actions_are_404_and_other_methods_405() {
     let reply = client.fetch(request(Method::POST, &proxy.url(&format!("/keys/{id}/disable")), admin)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["state"], "disabled");
+    // A client that percent-encodes the id's colon names the same key.
+    let escaped = id.replace(':', "%3A");
+    let reply = client.fetch(request(Method::POST, &proxy.url(&format!("/v1/keys/{escaped}/enable")), admin)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!((reply.json()["id"].as_str(), reply.json()["state"].as_str()), (Some(id.as_str()), Some("ok")));
     assert!(mock.requests().is_empty(), "no admin route reaches the upstream");
 }

@@ -130,3 +130,42 @@ async fn past_the_cap_requests_get_503_with_retry_after_and_the_admitted_ones_fi
     let after = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await;
     assert_eq!(after.status, 200, "places are free again once the answers ended");
 }
+
+/// Holds `held` chat requests at the upstream, then sends one more: its status.
+async fn one_more_after_holding(env: Vec<(String, String)>, mock: &MockUpstream, held: usize) -> u16 {
+    let valve = Valve::new();
+    for _ in 0..held {
+        mock.push(Script::Hold(valve.clone()));
+    }
+    let proxy = Proxy::start(env).await;
+    let client = TestClient::http1();
+    let url = proxy.url("/v1/chat/completions");
+    let holding: Vec<_> = (0..held)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await
+            })
+        })
+        .collect();
+    eventually("the held requests reach the upstream", || async { mock.requests().len() == held }).await;
+    let one_more = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await;
+    valve.open();
+    for request in holding {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    one_more.status.as_u16()
+}
+
+#[tokio::test]
+async fn max_concurrent_requests_comes_from_the_environment_and_zero_means_no_limit() {
+    let mock = MockUpstream::start().await;
+    let mut env = openai_env(&mock, 2);
+    env.push(("MAX_CONCURRENT_REQUESTS".to_owned(), "2".to_owned()));
+    assert_eq!(one_more_after_holding(env, &mock, 2).await, 503, "the env's cap of 2 applies");
+
+    let mock = MockUpstream::start().await;
+    let mut env = openai_env(&mock, 2);
+    env.push(("MAX_CONCURRENT_REQUESTS".to_owned(), "0".to_owned()));
+    assert_eq!(one_more_after_holding(env, &mock, 4).await, 200, "0: no cap, and start-up accepts it");
+}

@@ -1,18 +1,20 @@
-//! The routes beside the proxy: `/v1/models`, `/v1/providers`, `/v1/keys`
-//! and `/health`. They answer JSON and never show a secret.
+//! The routes beside the proxy: `/v1/models`, `/v1/models/{id}`,
+//! `/v1/providers`, `/v1/keys` and `/health`. They answer JSON and never
+//! show a secret.
 
 mod support;
 
 use std::collections::BTreeSet;
 
+use http::Method;
 use keyrelay_layers::{
     pool::{KeyId, Secret},
     provider::ProviderId,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{
     Auth, KEY_ONE, KEY_TWO, LOCAL_KEY, MockUpstream, PROXY_KEY, Proxy, Reply, Script, TestClient, assert_no_secret,
-    chat_body, closed_port, get, openai_env, post,
+    assert_openai_error, chat_body, closed_port, get, openai_env, post, request,
 };
 
 fn push_env(env: &mut Vec<(String, String)>, name: &str, value: impl Into<String>) {
@@ -191,4 +193,82 @@ async fn status_routes_accept_the_proxy_key_by_x_api_key_too() {
         assert_eq!(reply.status, 200, "{path}: {}", reply.text());
         assert_no_secret(path, reply.text());
     }
+}
+
+/// The `client.models.retrieve(...)` setup: openai at the mock with a
+/// configured model and a deny list, and openrouter (same mock) with a model
+/// whose name holds a slash.
+async fn retrieve_setup() -> (MockUpstream, Proxy, TestClient) {
+    let mock = MockUpstream::start().await;
+    let mut env = openai_env(&mock, 1);
+    push_env(&mut env, "KEYRELAY_PROVIDERS__OPENAI__MODELS", r#"["extra-model"]"#);
+    push_env(&mut env, "IGNORE_MODELS_OPENAI", "text-embedding-*");
+    push_env(&mut env, "OPENROUTER_API_BASE", mock.base());
+    push_env(&mut env, "OPENROUTER_API_KEY", LOCAL_KEY);
+    push_env(&mut env, "KEYRELAY_PROVIDERS__OPENROUTER__MODELS", r#"["meta-llama/llama-3-70b"]"#);
+    let proxy = Proxy::start(env).await;
+    (mock, proxy, TestClient::http1())
+}
+
+#[tokio::test]
+async fn models_retrieve_answers_the_model_object_however_the_slash_is_sent() {
+    let (_mock, proxy, client) = retrieve_setup().await;
+    for (path, id, owner) in [
+        // The OpenAI SDKs percent-encode the id; other clients send it raw.
+        ("/v1/models/openai%2Fgpt-4o-mini", "openai/gpt-4o-mini", "openai"),
+        ("/v1/models/openai%2fgpt-4o-mini", "openai/gpt-4o-mini", "openai"),
+        ("/v1/models/openai/gpt-4o-mini", "openai/gpt-4o-mini", "openai"),
+        ("/models/openai/extra-model", "openai/extra-model", "openai"),
+        ("/v1/models/openrouter/meta-llama/llama-3-70b", "openrouter/meta-llama/llama-3-70b", "openrouter"),
+        ("/v1/models/openrouter%2Fmeta-llama%2Fllama-3-70b", "openrouter/meta-llama/llama-3-70b", "openrouter"),
+        ("/v1/models/openrouter/meta-llama%2Fllama-3-70b/", "openrouter/meta-llama/llama-3-70b", "openrouter"),
+    ] {
+        let reply = fetch(&client, &proxy, path).await;
+        assert_eq!(reply.json(), json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }), "{path}");
+    }
+
+    // Every model the list shows can be retrieved as the list shows it.
+    let list = fetch(&client, &proxy, "/v1/models").await.json();
+    for model in list["data"].as_array().unwrap() {
+        let path = format!("/v1/models/{}", model["id"].as_str().unwrap().replace('/', "%2F"));
+        assert_eq!(&fetch(&client, &proxy, &path).await.json(), model, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn models_retrieve_of_an_unknown_blocked_or_malformed_id_is_404_model_not_found() {
+    let (_mock, proxy, client) = retrieve_setup().await;
+    for (path, named) in [
+        ("/v1/models/openai%2Fnope", "openai/nope"),
+        ("/v1/models/gpt-4o-mini", "gpt-4o-mini"),
+        ("/v1/models/nope/gpt-4o-mini", "nope/gpt-4o-mini"),
+        // Denied by IGNORE_MODELS_OPENAI: the list does not show it either.
+        ("/v1/models/openai/text-embedding-3-small", "openai/text-embedding-3-small"),
+        // Escapes that do not decode are no model's id, never a 500.
+        ("/v1/models/openai%2", "openai%2"),
+        ("/v1/models/openai%ZZgpt", "openai%ZZgpt"),
+        ("/v1/models/openai%FF", "openai%FF"),
+    ] {
+        let reply = client.fetch(get(&proxy.url(path), Auth::Bearer(PROXY_KEY))).await;
+        assert_openai_error(&reply, 404, "model_not_found", &format!("`{named}`"));
+        assert_openai_error(&reply, 404, "model_not_found", "GET /v1/models");
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn models_retrieve_takes_the_auth_of_the_list_and_only_get() {
+    let (mock, proxy, client) = retrieve_setup().await;
+    let url = proxy.url("/v1/models/openai%2Fgpt-4o-mini");
+    let reply = client.fetch(get(&url, Auth::None)).await;
+    assert_openai_error(&reply, 401, "invalid_api_key", "");
+    let reply = client.fetch(get(&url, Auth::Bearer("not-the-key"))).await;
+    assert_openai_error(&reply, 401, "invalid_api_key", "");
+    assert!(mock.requests_to("/models").is_empty(), "refused before the catalog is read");
+
+    let reply = client.fetch(get(&url, Auth::XApiKey(PROXY_KEY))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client.fetch(request(Method::POST, &url, Auth::Bearer(PROXY_KEY))).await;
+    assert_openai_error(&reply, 405, "method_not_allowed", "use GET");
+    assert_eq!(reply.header("allow"), Some("GET"));
 }

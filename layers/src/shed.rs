@@ -6,6 +6,9 @@
 //! A request counts from its arrival until its response body ends (a stream
 //! holds its place until the last event), fails, or the client leaves.
 //!
+//! A cap of `0` means no cap, as `server.max_concurrent_requests = 0` does:
+//! the layer then counts nothing and costs a request no atomic operation.
+//!
 //! ```
 //! use bytes::Bytes;
 //! use http::{Request, Response};
@@ -46,7 +49,8 @@ use crate::{BoxError, body::GuardedBody, error::Overloaded};
 /// Applies [`LoadShed`]; clones share one count.
 #[derive(Clone, Debug)]
 pub struct LoadShedLayer {
-    gate: Arc<Gate>,
+    /// `None`: no cap, nothing counted.
+    gate: Option<Arc<Gate>>,
 }
 
 #[derive(Debug)]
@@ -56,14 +60,22 @@ struct Gate {
 }
 
 impl LoadShedLayer {
-    /// Admits at most `max` requests at once; `0` admits none.
+    /// Admits at most `max` requests at once; `0` means no cap (and no
+    /// counting: see [`in_flight`](Self::in_flight)).
     pub fn new(max: usize) -> Self {
-        Self { gate: Arc::new(Gate { max, in_flight: AtomicUsize::new(0) }) }
+        let gate = (max > 0).then(|| Arc::new(Gate { max, in_flight: AtomicUsize::new(0) }));
+        Self { gate }
     }
 
-    /// Requests admitted and not yet finished.
+    /// The cap; `None` when there is none.
+    pub fn max(&self) -> Option<usize> {
+        self.gate.as_ref().map(|gate| gate.max)
+    }
+
+    /// Requests admitted and not yet finished; always 0 without a cap,
+    /// where requests are not counted.
     pub fn in_flight(&self) -> usize {
-        self.gate.in_flight.load(Ordering::Relaxed)
+        self.gate.as_ref().map_or(0, |gate| gate.in_flight.load(Ordering::Relaxed))
     }
 }
 
@@ -79,7 +91,7 @@ impl<S> Layer<S> for LoadShedLayer {
 #[derive(Clone, Debug)]
 pub struct LoadShed<S> {
     inner: S,
-    gate: Arc<Gate>,
+    gate: Option<Arc<Gate>>,
 }
 
 /// One admitted request's place; released when dropped.
@@ -119,7 +131,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.gate.admit() {
+        let Some(gate) = &self.gate else {
+            // No cap: nothing to count, and the body carries no place.
+            return ResponseFuture { inner: Some(self.inner.call(req)), admitted: None };
+        };
+        match gate.admit() {
             Some(admitted) => ResponseFuture { inner: Some(self.inner.call(req)), admitted: Some(admitted) },
             None => ResponseFuture { inner: None, admitted: None },
         }

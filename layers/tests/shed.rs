@@ -105,3 +105,18 @@ async fn an_inner_error_frees_the_place() {
         assert_eq!(layer.in_flight(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_cap_of_zero_is_no_cap_and_counts_nothing() {
+    let layer = LoadShedLayer::new(0);
+    assert_eq!(layer.max(), None);
+    let (inner, mut senders) = streaming();
+    let svc = layer.layer(inner);
+    let calls = (0..64).map(|_| svc.clone().oneshot(Request::new(())));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "every request is admitted");
+    assert_eq!(layer.in_flight(), 0, "nothing is counted without a cap");
+    senders.close();
+    drop(results);
+    assert_eq!(LoadShedLayer::new(3).max(), Some(3));
+}

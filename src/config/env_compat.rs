@@ -2,6 +2,9 @@
 //! existing key-rotating proxies' `.env` files plus `KEYRELAY_<SECTION>__<KEY>`.
 //!
 //! - `PROXY_API_KEY` -> `proxy.api_key`; `GLOBAL_TIMEOUT` -> `proxy.global_timeout_secs`
+//! - `MAX_CONCURRENT_REQUESTS` -> `server.max_concurrent_requests` (not to be
+//!   confused with `MAX_CONCURRENT_REQUESTS_PER_KEY_<P>`, below)
+//! - `MAX_CONCURRENT_REQUESTS_PER_KEY_<P>` -> `providers.<p>.max_concurrent_per_key`
 //! - `<P>_API_KEY`, `<P>_API_KEY_<ANY>` -> `providers.<p>.api_keys` (appended)
 //! - `<P>_API_BASE` -> `providers.<p>.api_base`
 //! - `KEYRELAY_SERVER__PORT=9000` -> `server.port`, and so on for any key
@@ -62,6 +65,7 @@ pub fn combine(dotenv: Vec<(String, String)>, process: Vec<(String, String)>) ->
 enum Compat {
     ProxyKey,
     GlobalTimeout,
+    MaxConcurrentRequests,
     ProviderKey(String),
     ProviderBase(String),
     AdminKey,
@@ -84,6 +88,8 @@ fn classify(name: &str) -> Option<Compat> {
     match name {
         "PROXY_API_KEY" => return Some(Compat::ProxyKey),
         "GLOBAL_TIMEOUT" => return Some(Compat::GlobalTimeout),
+        // Matched whole, so the per-key variables below never land here.
+        "MAX_CONCURRENT_REQUESTS" => return Some(Compat::MaxConcurrentRequests),
         "ADMIN_API_KEY" => return Some(Compat::AdminKey),
         _ => {}
     }
@@ -184,6 +190,10 @@ pub fn compat(vars: &[Var], origin: Origin) -> VarsProvider {
                 vec!["proxy".to_owned(), "global_timeout_secs".to_owned()],
                 value.parse::<Value>().expect("infallible"),
             ),
+            Some(Compat::MaxConcurrentRequests) => (
+                vec!["server".to_owned(), "max_concurrent_requests".to_owned()],
+                value.parse::<Value>().expect("infallible"),
+            ),
             Some(Compat::ProviderBase(p)) => {
                 (vec!["providers".to_owned(), p, "api_base".to_owned()], Value::from(value.to_owned()))
             }
@@ -278,6 +288,7 @@ mod tests {
         let p = |s: &str| Some(s.to_owned());
         assert_eq!(classify("PROXY_API_KEY"), Some(Compat::ProxyKey));
         assert_eq!(classify("GLOBAL_TIMEOUT"), Some(Compat::GlobalTimeout));
+        assert_eq!(classify("MAX_CONCURRENT_REQUESTS"), Some(Compat::MaxConcurrentRequests));
         assert_eq!(classify("OPENAI_API_KEY"), p("openai").map(Compat::ProviderKey));
         assert_eq!(classify("OPENAI_API_KEY_1"), p("openai").map(Compat::ProviderKey));
         assert_eq!(classify("NVIDIA_NIM_API_KEY_backup"), p("nvidia_nim").map(Compat::ProviderKey));
@@ -289,8 +300,16 @@ mod tests {
             classify("MAX_CONCURRENT_REQUESTS_PER_KEY_NVIDIA_NIM"),
             p("nvidia_nim").map(Compat::MaxConcurrentPerKey)
         );
-        for other in ["OPENAI_API_KEYS", "OPENAI_API_KEY_", "_API_KEY", "HOME", "KEYRELAY_X_API_KEY", "open-ai_API_KEY"]
-        {
+        for other in [
+            "OPENAI_API_KEYS",
+            "OPENAI_API_KEY_",
+            "_API_KEY",
+            "HOME",
+            "KEYRELAY_X_API_KEY",
+            "open-ai_API_KEY",
+            "MAX_CONCURRENT_REQUESTS_",
+            "MAX_CONCURRENT_REQUESTS_PER_KEY_",
+        ] {
             assert_eq!(classify(other), None, "{other}");
         }
     }

@@ -48,7 +48,8 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
     /// Requests in flight (streams until their last event) past which new
-    /// ones get 503 with `Retry-After`.
+    /// ones get 503 with `Retry-After`; 0 means no limit. Env
+    /// `MAX_CONCURRENT_REQUESTS`.
     pub max_concurrent_requests: usize,
     pub data_dir: String,
     pub state_save_interval_secs: u64,
@@ -279,6 +280,7 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Proxied requests in flight past which new ones are shed; 0: no limit.
     pub max_concurrent_requests: usize,
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<TlsFiles>,
@@ -388,7 +390,6 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
     if server.max_header_bytes < 8192 {
         return Err(ConfigError("server.max_header_bytes: must be at least 8192".to_owned()));
     }
-    positive("server.max_concurrent_requests", server.max_concurrent_requests as u64)?;
     let tls = match (&server.tls_cert, &server.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) }),
         (None, None) => None,

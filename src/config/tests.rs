@@ -288,3 +288,30 @@ fn request_logging_from_file_env_or_flag() {
     fs::write(dir.path().join("config.toml"), "[server]\nrequest_logging = true\n").unwrap();
     assert!(load(sources(dir.path(), &[])).unwrap().request_logging);
 }
+
+#[test]
+fn max_concurrent_requests_from_env_and_zero_means_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(load(sources(dir.path(), &[])).unwrap().max_concurrent_requests, 1024, "the default");
+    let s = load(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", "0")])).unwrap();
+    assert_eq!(s.max_concurrent_requests, 0, "0 is accepted: no limit");
+    let s = load(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", " 64 ")])).unwrap();
+    assert_eq!(s.max_concurrent_requests, 64);
+
+    // Not the per-key cap, and the per-key cap is not this.
+    let s = load(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS_PER_KEY_OPENAI", "3")])).unwrap();
+    assert_eq!(s.max_concurrent_requests, 1024);
+    let s = load(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", "7")])).unwrap();
+    assert!(s.providers.iter().all(|p| p.options.max_concurrent_per_key == 0));
+
+    // Like the other compatibility variables: `.env` under the process
+    // environment, both over the config file, and errors name the variable.
+    fs::write(dir.path().join("config.toml"), "[server]\nmax_concurrent_requests = 10\n").unwrap();
+    assert_eq!(load(sources(dir.path(), &[])).unwrap().max_concurrent_requests, 10);
+    fs::write(dir.path().join(".env"), "MAX_CONCURRENT_REQUESTS=20\n").unwrap();
+    assert_eq!(load(sources(dir.path(), &[])).unwrap().max_concurrent_requests, 20);
+    let s = load(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", "30")])).unwrap();
+    assert_eq!(s.max_concurrent_requests, 30);
+    let message = err(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", "lots")]));
+    assert!(message.contains("MAX_CONCURRENT_REQUESTS"), "{message}");
+}
