@@ -51,39 +51,72 @@ impl AccessLog for StderrAccessLog {
 
 /// `2026-12-06T05:10:00.123456Z  INFO request{id=.. method=POST path=/v1/..}: request finished status=200 ...`,
 /// as tracing-subscriber's fmt layer writes the event without colours.
+/// Written piece by piece (no `format_args!` machinery): this runs once per
+/// request, and the formatter's generic path cost more than the routing.
 pub fn text(out: &mut String, line: &Completion<'_>, now: SystemTime) -> std::fmt::Result {
     timestamp(out, now)?;
-    write!(
-        out,
-        " {:>5} request{{id={} method={} path={}}}: request finished",
-        line.level, line.id, line.method, line.path
-    )?;
+    out.push_str(match line.level {
+        tracing::Level::DEBUG => " DEBUG request{id=",
+        _ => "  INFO request{id=",
+    });
+    out.push_str(line.id);
+    out.push_str(" method=");
+    out.push_str(line.method.as_str());
+    out.push_str(" path=");
+    out.push_str(line.path);
+    out.push_str("}: request finished");
     if let Some(status) = line.status {
-        write!(out, " status={status}")?;
+        number(out, " status=", status.into());
     }
     if let Some(provider) = line.provider {
-        write!(out, " provider={provider}")?;
+        out.push_str(" provider=");
+        out.push_str(provider);
     }
     if let Some(model) = line.model {
         write!(out, " model={model:?}")?;
     }
     if let Some(key) = line.key() {
-        write!(out, " key={key}")?;
+        out.push_str(" key=");
+        out.push_str(key);
     }
     if !line.attempts.is_empty() {
         write!(out, " attempts={:?}", AttemptsTrail(line.attempts))?;
     }
     if let Some(tokens) = line.tokens {
-        write!(out, " tokens_in={} tokens_out={}", tokens.prompt_tokens, tokens.completion_tokens)?;
+        number(out, " tokens_in=", tokens.prompt_tokens);
+        number(out, " tokens_out=", tokens.completion_tokens);
     }
     if let Some(code) = line.code {
-        write!(out, " code={code:?}")?;
+        // Codes and outcomes are lowercase words: quoted as Debug would.
+        out.push_str(" code=\"");
+        out.push_str(code);
+        out.push('"');
     }
-    write!(out, " outcome={:?}", line.outcome)?;
+    out.push_str(" outcome=\"");
+    out.push_str(line.outcome);
+    out.push('"');
     if let Some(ms) = line.headers_after_ms {
-        write!(out, " headers_after_ms={ms}")?;
+        number(out, " headers_after_ms=", ms);
     }
-    write!(out, " duration_ms={}", line.duration_ms)
+    number(out, " duration_ms=", line.duration_ms);
+    Ok(())
+}
+
+/// ` name=1234`.
+fn number(out: &mut String, name: &str, value: u64) {
+    out.push_str(name);
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// One JSON object, as tracing-subscriber's JSON layer writes the event
@@ -135,19 +168,35 @@ pub fn json(out: &mut String, line: &Completion<'_>, now: SystemTime) -> std::fm
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber's default timer.
+/// The date and time up to the second are formatted once per second.
 fn timestamp(out: &mut String, now: SystemTime) -> std::fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_micros()
-    )
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let (days, rest) = (secs / 86_400, secs % 86_400);
+            let (year, month, day) = civil_from_days(days as i64);
+            text.clear();
+            let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
+            write!(text, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.")?;
+            *cached = secs;
+        }
+        out.push_str(text);
+        Ok::<_, std::fmt::Error>(())
+    })?;
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+    out.push('Z');
+    Ok(())
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard

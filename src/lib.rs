@@ -87,6 +87,7 @@ fn app_from(
         admin_key: settings.admin_key.clone(),
         global_timeout: settings.global_timeout,
         stream_idle_timeout: settings.stream_idle_timeout,
+        max_cooldown_wait: settings.max_cooldown_wait,
         max_body_bytes: settings.max_body_bytes,
         metrics_open: settings.metrics_open,
         configured_providers: settings

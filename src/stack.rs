@@ -39,6 +39,8 @@ pub struct App {
     pub admin_key: Option<Secret>,
     pub global_timeout: Duration,
     pub stream_idle_timeout: Duration,
+    /// How long a request may wait for a cooling key (within the deadline).
+    pub max_cooldown_wait: Duration,
     pub max_body_bytes: usize,
     /// Whether `GET /metrics` is served without the proxy key.
     pub metrics_open: bool,
@@ -135,7 +137,7 @@ where
         .layer(RetryRotateLayer::new(RetryPolicy::default()))
         // Choose a key for this attempt (waiting for a slot or a cooldown
         // inside the deadline); it counts in flight until the body ends.
-        .layer(KeySelectLayer::new(app.pool.clone()))
+        .layer(KeySelectLayer::new(app.pool.clone()).max_cooldown_wait(app.max_cooldown_wait))
         // Hold the (key, model) concurrency permit until the body ends.
         .layer(KeyConcurrencyLayer::new())
         // Rewrite for the provider and send over the pooled client; the

@@ -482,6 +482,17 @@ fn check(outcome: &Outcome, attempts: &[Attempt]) -> Result<&'static str, String
                 }
                 (502, "upstream_failed" | "upstream_unreachable") => "502",
                 (503, "no_usable_key") => "503",
+                // Every key rests after upstream failures (issue 12: not a
+                // rate limit), with when the first is back.
+                (503, "upstream_unavailable") => {
+                    if attempts.iter().any(|a| matches!(a.fault, Fault::RateLimit { .. })) {
+                        return Err(format!("a 503 for resting keys although a rate limit was seen: {text}"));
+                    }
+                    if retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).is_none_or(|s| s < 1) {
+                        return Err(format!("a 503 upstream_unavailable without a Retry-After: {retry_after:?}"));
+                    }
+                    "503"
+                }
                 // The deadline may also cut an answer on its way: no check.
                 (504, "deadline_exceeded") => return Ok("504"),
                 _ => return Err(format!("{status} {code} is not a status DESIGN prescribes here: {text}")),

@@ -119,9 +119,9 @@ impl Fault {
     /// The pool's failure class of this answer, as `/v1/keys` counts it.
     fn class(self) -> Option<&'static str> {
         match self {
-            Self::Ok => None,
-            // A hang is cut by the deadline, which counts it as transient.
-            Self::ServerError(_) | Self::Close | Self::Reset | Self::Break(_) | Self::Hang => Some("transient"),
+            // A hang is cut by the proxy's own deadline, which blames no key.
+            Self::Ok | Self::Hang => None,
+            Self::ServerError(_) | Self::Close | Self::Reset | Self::Break(_) => Some("transient"),
             Self::RateLimit { .. } => Some("rate_limit"),
             Self::Quota | Self::PaymentRequired => Some("quota"),
             Self::Invalid => Some("credential"),

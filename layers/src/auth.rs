@@ -2,8 +2,9 @@
 //!
 //! The key may come as `Authorization: Bearer <key>` (OpenAI SDKs) or
 //! `x-api-key: <key>` (Anthropic-style clients). Both are compared against
-//! the configured key in constant time (over SHA-256 digests, so the length
-//! leaks nothing either), and every [credential header](crate::credentials)
+//! the configured key in constant time: over tags of a keyed hash (SipHash
+//! with a random key per process), so neither content nor length leaks, and
+//! a tag that matches is confirmed byte for byte, and every [credential header](crate::credentials)
 //! is removed before the request goes further: the client's credential is
 //! never forwarded upstream.
 //!
@@ -31,7 +32,8 @@
 use std::{fmt, sync::Arc};
 
 use http::{HeaderMap, Request, header::AUTHORIZATION};
-use sha2::{Digest, Sha256};
+use std::hash::{BuildHasher, RandomState};
+
 use subtle::ConstantTimeEq;
 use tower::{Layer, filter::Predicate};
 
@@ -43,18 +45,50 @@ use crate::{
 
 const X_API_KEY: &str = "x-api-key";
 
-/// The digests a request's key is compared with.
-#[derive(Debug)]
+/// The keys a request's key is compared with, as tags.
 struct Expected {
     /// The variable that holds the key, for error messages.
     name: &'static str,
-    accepted: Vec<[u8; 32]>,
+    /// A tag is SipHash under this process's random key: an attacker can
+    /// neither compute a tag nor observe one, so comparing tags in constant
+    /// time leaks nothing, and only the right key (or a 2^-64 chance) gets
+    /// to the byte comparison. A SHA-256 digest did the same for 3.5k more
+    /// instructions per request.
+    hasher: RandomState,
+    accepted: Vec<Tagged>,
     /// Valid keys that are not enough here (the proxy key on admin routes).
-    forbidden: Vec<[u8; 32]>,
+    forbidden: Vec<Tagged>,
 }
 
-fn digest(key: &Secret) -> [u8; 32] {
-    Sha256::digest(key.expose().as_bytes()).into()
+struct Tagged {
+    tag: u64,
+    key: Secret,
+}
+
+impl fmt::Debug for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Expected").field("name", &self.name).field("keys", &self.accepted.len()).finish()
+    }
+}
+
+impl Expected {
+    fn new(name: &'static str, accepted: &[Secret], forbidden: &[Secret]) -> Self {
+        let hasher = RandomState::new();
+        let tagged = |keys: &[Secret]| {
+            keys.iter().map(|key| Tagged { tag: hasher.hash_one(key.expose().as_bytes()), key: key.clone() }).collect()
+        };
+        let (accepted, forbidden) = (tagged(accepted), tagged(forbidden));
+        Self { name, hasher, accepted, forbidden }
+    }
+
+    /// 1 when `candidate` is one of `keys`, else 0; in constant time but
+    /// for a tag that matches (which only the key itself gets).
+    fn matches(&self, keys: &[Tagged], candidate: &[u8], tag: u64) -> u8 {
+        keys.iter().fold(0u8, |any, k| {
+            let same_tag = k.tag.to_le_bytes().ct_eq(&tag.to_le_bytes()).unwrap_u8();
+            any | (same_tag & u8::from(same_tag == 1 && bool::from(k.key.expose().as_bytes().ct_eq(candidate))))
+        })
+    }
 }
 
 /// Applies [`Auth`].
@@ -71,19 +105,15 @@ impl AuthLayer {
 
     /// Every request must carry one of `keys`.
     pub fn require_any(keys: Vec<Secret>) -> Self {
-        let accepted = keys.iter().map(digest).collect();
-        let expected = Expected { name: "PROXY_API_KEY", accepted, forbidden: Vec::new() };
+        let expected = Expected::new("PROXY_API_KEY", &keys, &[]);
         Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
     }
 
     /// Admin routes: the admin key is required; the proxy key is refused
     /// with 403 (it is valid, just not enough).
     pub fn admin(admin: Secret, proxy: Option<Secret>) -> Self {
-        let expected = Expected {
-            name: "ADMIN_API_KEY",
-            accepted: vec![digest(&admin)],
-            forbidden: proxy.iter().map(digest).collect(),
-        };
+        let forbidden: Vec<Secret> = proxy.into_iter().collect();
+        let expected = Expected::new("ADMIN_API_KEY", &[admin], &forbidden);
         Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
     }
 
@@ -148,10 +178,10 @@ fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
     let (mut presented, mut forbidden) = (false, false);
     for candidate in bearer.chain(api_key) {
         presented = true;
-        let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        let tag = expected.hasher.hash_one(candidate.as_bytes());
         // Every comparison runs, so timing tells nothing about which matched.
-        let accepted = expected.accepted.iter().fold(0u8, |any, k| any | digest.ct_eq(k).unwrap_u8());
-        let refused = expected.forbidden.iter().fold(0u8, |any, k| any | digest.ct_eq(k).unwrap_u8());
+        let accepted = expected.matches(&expected.accepted, candidate.as_bytes(), tag);
+        let refused = expected.matches(&expected.forbidden, candidate.as_bytes(), tag);
         if accepted == 1 {
             return Ok(());
         }
@@ -175,7 +205,7 @@ mod tests {
     use super::*;
 
     fn expected(key: &str) -> Expected {
-        Expected { name: "PROXY_API_KEY", accepted: vec![digest(&Secret::new(key))], forbidden: vec![] }
+        Expected::new("PROXY_API_KEY", &[Secret::new(key)], &[])
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -24,16 +24,16 @@
 //!
 //! | layer | module | writes | reads |
 //! |---|---|---|---|
-//! | [`RequestLogLayer`](log::RequestLogLayer) | [`log`] | `RequestId`, `MetricLabels` | the response's `ErrorCode` |
+//! | [`RequestLogLayer`](log::RequestLogLayer) | [`log`] | `RequestId`, `RequestRecord` | the record; the response's `ErrorCode`, `Quiet` |
 //! | [`ErrorResponseLayer`](respond::ErrorResponseLayer) | [`respond`] | response `ErrorCode` | the error |
 //! | [`AuthLayer`](auth::AuthLayer) | [`auth`] | - | `authorization` / `x-api-key` |
 //! | [`DeadlineLayer`](timeout::DeadlineLayer) | [`timeout`] | `Deadline` | - |
-//! | [`ParseLayer`](parse::ParseLayer) | [`parse`] | `RouteTarget` | the body |
+//! | [`ParseLayer`](parse::ParseLayer) | [`parse`] | `RouteTarget`; the record's route | the body, `Endpoint` |
 //! | [`ModelFilterLayer`](filter::ModelFilterLayer) | [`filter`] | - | `RouteTarget` |
-//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`, `Attempt` | `Deadline`, `RouteTarget`, response `KeyLease` |
-//! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
+//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts | `Deadline`, `RouteTarget`, response `KeyLease` |
+//! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` (request and response) | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
 //! | [`KeyConcurrencyLayer`](concurrency::KeyConcurrencyLayer) | [`concurrency`] | - | `KeyLease`, `RouteTarget` |
-//! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | response `KeyLease` | `RouteTarget`, `KeyLease` |
+//! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | the record's usage, break and capture | `RouteTarget`, `KeyLease`, `RequestRecord` |
 //!
 //! The shared state is one [`pool::KeyPool`]: providers, their keys, and
 //! each key's health (cooldowns, invalid marks, quotas, counters), cheap to
@@ -55,7 +55,9 @@
 //!
 //! Per-request state travels in request extensions, as the table above
 //! shows; [`extensions`] holds the full ledger of who writes and who reads
-//! each one. Identities go in extensions (they are cloned for every retry);
+//! each one. What the request learns on its way (route, attempts, tokens,
+//! how it ended) goes in one [`record::RequestRecord`], each field with one
+//! named writer, which RequestLog reads at the end. Identities go in extensions (they are cloned for every retry);
 //! RAII resources (in-flight guards, permits) live in futures and bodies, so
 //! they are released when the response body ends, not when headers leave.
 //!

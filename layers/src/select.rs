@@ -57,6 +57,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -78,12 +79,22 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct KeySelectLayer {
     pool: Arc<KeyPool>,
+    max_cooldown_wait: Option<Duration>,
 }
 
 impl KeySelectLayer {
     /// Chooses keys from `pool`.
     pub fn new(pool: Arc<KeyPool>) -> Self {
-        Self { pool }
+        Self { pool, max_cooldown_wait: None }
+    }
+
+    /// Waits for a cooling key only when it comes back within `wait` (and
+    /// within the deadline); otherwise answers at once, with when to come
+    /// back. Without it the deadline alone bounds the wait: a long deadline
+    /// would then keep a client silent through a whole rate-limit window.
+    pub fn max_cooldown_wait(mut self, wait: Duration) -> Self {
+        self.max_cooldown_wait = Some(wait);
+        self
     }
 }
 
@@ -91,7 +102,7 @@ impl<S> Layer<S> for KeySelectLayer {
     type Service = KeySelect<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeySelect { inner, pool: self.pool.clone() }
+        KeySelect { inner, pool: self.pool.clone(), max_cooldown_wait: self.max_cooldown_wait }
     }
 }
 
@@ -100,6 +111,7 @@ impl<S> Layer<S> for KeySelectLayer {
 pub struct KeySelect<S> {
     inner: S,
     pool: Arc<KeyPool>,
+    max_cooldown_wait: Option<Duration>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for KeySelect<S> {
@@ -141,6 +153,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let mut inner = self.inner.clone();
         let pool = self.pool.clone();
+        let max_wait = self.max_cooldown_wait;
         Box::pin(async move {
             let target =
                 req.extensions().get::<RouteTarget>().cloned().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
@@ -148,6 +161,7 @@ where
                 excluded: req.extensions_mut().remove::<ExcludedKeys>().unwrap_or_default(),
                 pinned: req.extensions_mut().remove::<PinnedKey>(),
                 deadline: req.extensions().get::<Deadline>().copied(),
+                max_wait,
             };
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
             req.extensions_mut().insert(lease.clone());
@@ -172,6 +186,7 @@ struct Wants {
     excluded: ExcludedKeys,
     pinned: Option<PinnedKey>,
     deadline: Option<Deadline>,
+    max_wait: Option<Duration>,
 }
 
 /// Chooses a key, waiting for a free slot, or for a cooldown that ends
@@ -197,7 +212,10 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
             return Err(NoKeyConfigured::new(id).into());
         }
         let now = Instant::now();
-        let cooling = why.cooling_until.filter(|&until| deadline.is_none_or(|d| until <= d));
+        let worth_waiting = |until: Instant| {
+            deadline.is_none_or(|d| until <= d) && wants.max_wait.is_none_or(|wait| until <= now + wait)
+        };
+        let cooling = why.cooling_until.filter(|&until| worth_waiting(until));
         if why.full || cooling.is_some() {
             // A slot frees, a key comes back, or the cooldown ends; the
             // deadline layer outside bounds the wait.

@@ -240,7 +240,7 @@ async fn the_completion_event_reports_what_inner_layers_recorded_each_field_once
     assert_eq!(event.field("key"), Some("openai:5e6f7a8b"), "the key that answered");
     let attempts = event.field("attempts").unwrap();
     assert_eq!(attempts.matches("openai:").count(), 4, "{attempts}");
-    assert!(attempts.starts_with("openai:0e1ec0f0 rate_limit 7ms, "), "{attempts}");
+    assert!(attempts.starts_with("\"openai:0e1ec0f0 rate_limit 7ms, "), "quoted, as it holds spaces: {attempts}");
     assert_eq!((event.field("tokens_in"), event.field("tokens_out")), (Some("12"), Some("5")));
     // The span holds none of them, so a formatter that appends span
     // records cannot show any of them twice.

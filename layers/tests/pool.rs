@@ -404,14 +404,15 @@ async fn rate_limits_and_quota_are_rate_limited() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn the_first_cooldown_to_end_decides_and_a_tie_is_a_rate_limit() {
+async fn any_rate_limited_key_makes_the_wait_a_rate_limit_and_the_first_back_names_its_end() {
     let pool = build(&["k1", "k2"]);
     let p = openai_of(&pool);
-    // k1 rests 10 s, k2 is rate limited for 60 s: the wait is k1's rest.
+    // k1 rests 10 s, k2 is rate limited for 60 s: part of the pool is rate
+    // limited (a 429 is true), and k1 is back first.
     let rested = rest(p, 0, "m");
     rate_limit(p, 1, "m", Some(60)).unwrap();
     let why = pick(p, "m").unwrap_err();
-    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), false));
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), true));
     // k2 rate limited for 5 s ends first: a rate limit.
     let limited = rate_limit(p, 1, "n", Some(5)).unwrap();
     rest(p, 0, "n");
@@ -424,7 +425,7 @@ async fn the_first_cooldown_to_end_decides_and_a_tie_is_a_rate_limit() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_provider_pause_is_a_rate_limit_unless_a_rest_outlasts_it() {
+async fn a_provider_pause_is_a_rate_limit_and_lasts_as_long_as_the_first_key_back() {
     let pool = builder(&["k1", "k2", "k3", "k4"]).provider_pause(ProviderPause::new(3, secs(10), secs(5))).build();
     let pool = pool.unwrap();
     let p = openai_of(&pool);
@@ -435,7 +436,7 @@ async fn a_provider_pause_is_a_rate_limit_unless_a_rest_outlasts_it() {
     let why = pick(p, "free-model").unwrap_err();
     assert_eq!((why.cooling_until, why.rate_limited), (Some(Instant::now() + secs(5)), true), "the pause");
     let why = pick(p, "m").unwrap_err();
-    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), false), "k4's rest outlasts the 5 s pause");
+    assert_eq!((why.cooling_until, why.rate_limited), (Some(rested), true), "k4's rest outlasts the 5 s pause");
 }
 
 // === provider pause ===

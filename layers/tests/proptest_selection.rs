@@ -246,16 +246,11 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
                 let candidates = || (0..n).filter(|&i| !case.keys[i].excluded && usable(i));
                 prop_assert_eq!(why.cooling_until.is_some(), candidates().any(|i| !not_cooling(i)), "call {}", call);
                 prop_assert_eq!(why.full, candidates().any(|i| not_cooling(i) && !has_slot(i)), "call {}", call);
-                // The first cooldown to end says whether the wait is a rate
-                // limit's (a tie goes to the rate limit): seconds from noon.
-                let ends = |i: usize| match case.keys[i].cooling {
-                    Cooling::None => None,
-                    Cooling::RateLimit { hint_secs } => Some((hint_secs, true)),
-                    Cooling::Quota => Some((12 * 3600, true)),
-                    Cooling::Transient => Some((10, false)),
-                };
-                let first = candidates().filter_map(ends).min_by_key(|&(secs, rate_limited)| (secs, !rate_limited));
-                prop_assert_eq!(why.rate_limited, first.is_some_and(|(_, rl)| rl), "call {}: {:?}", call, why);
+                // Any candidate cooling for a rate limit or quota makes the
+                // wait a rate limit's; rests after failures alone do not.
+                let limited = |i: usize| matches!(case.keys[i].cooling, Cooling::RateLimit { .. } | Cooling::Quota);
+                let rate_limited = candidates().any(|i| !not_cooling(i) && limited(i));
+                prop_assert_eq!(why.rate_limited, rate_limited, "call {}: {:?}", call, why);
                 let waiting_invalid = (0..n).any(|i| !case.keys[i].excluded && !case.keys[i].disabled && !usable(i));
                 prop_assert_eq!(why.invalid_until.is_some(), waiting_invalid, "call {}", call);
             }

@@ -86,6 +86,7 @@ pub struct ProxyConfig {
     pub admin_api_key: Option<ConfigSecret>,
     pub global_timeout_secs: u64,
     pub stream_idle_timeout_secs: u64,
+    pub max_cooldown_wait_secs: u64,
     pub models_cache_ttl_secs: u64,
     pub daily_reset_utc: String,
     pub metrics_auth: String,
@@ -96,8 +97,9 @@ impl Default for ProxyConfig {
         Self {
             api_key: None,
             admin_api_key: None,
-            global_timeout_secs: 60,
+            global_timeout_secs: 600,
             stream_idle_timeout_secs: 120,
+            max_cooldown_wait_secs: 60,
             models_cache_ttl_secs: 600,
             daily_reset_utc: "00:00".to_owned(),
             metrics_auth: "auto".to_owned(),
@@ -117,6 +119,9 @@ pub struct ProviderConfig {
     pub whitelist_models: Vec<String>,
     pub split_think_tags: bool,
     pub stream_usage: bool,
+    /// Distinct models learned from successful answers that may label
+    /// metrics; beyond it, `other`.
+    pub max_model_labels: usize,
 }
 
 impl Default for ProviderConfig {
@@ -131,6 +136,7 @@ impl Default for ProviderConfig {
             whitelist_models: Vec::new(),
             split_think_tags: false,
             stream_usage: true,
+            max_model_labels: keyrelay_layers::pool::DEFAULT_MAX_MODEL_LABELS,
         }
     }
 }
@@ -286,6 +292,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub admin_key: Option<Secret>,
     pub stream_idle_timeout: Duration,
+    /// A request waits for a cooling key only when it is back within this.
+    pub max_cooldown_wait: Duration,
     /// Time after 00:00 UTC at which daily counters and cooldowns reset.
     pub daily_reset: Duration,
     /// Where the pool's state is kept across restarts.
@@ -470,6 +478,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
         tls,
         admin_key: config.proxy.admin_api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)),
         stream_idle_timeout: Duration::from_secs(config.proxy.stream_idle_timeout_secs),
+        max_cooldown_wait: Duration::from_secs(config.proxy.max_cooldown_wait_secs),
         daily_reset: parse_time_of_day(&config.proxy.daily_reset_utc)?,
         // Relative to the working directory, like `.env` and `config.toml`.
         data_dir: working_dir.join(&server.data_dir),
@@ -515,7 +524,9 @@ fn provider_settings(
         None => Selection::default(),
         Some(name) => name.parse().map_err(|err| ConfigError(format!("providers.{id}.selection: {err}")))?,
     };
-    let options = ProviderOptions::new(selection).max_concurrent_per_key(config.max_concurrent_per_key);
+    let options = ProviderOptions::new(selection)
+        .max_concurrent_per_key(config.max_concurrent_per_key)
+        .max_model_labels(config.max_model_labels);
     let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
     let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
     let provider = provider

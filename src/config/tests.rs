@@ -28,7 +28,8 @@ fn defaults_need_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = load(sources(dir.path(), &[])).unwrap();
     assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
-    assert_eq!(s.global_timeout, Duration::from_secs(60));
+    // The OpenAI SDK's own wait: a long generation is not cut (issue 12).
+    assert_eq!(s.global_timeout, Duration::from_secs(600));
     assert_eq!(s.max_body_bytes, 16 * 1024 * 1024);
     assert!(s.proxy_key.is_none());
     assert!(s.notes.iter().any(|n| n.contains("no PROXY_API_KEY")));

@@ -200,14 +200,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = request_id(req.headers());
-        let span = tracing::info_span!(
-            "request",
-            // Shown as is (no quoting and escaping to pay for): the id is
-            // printable ASCII without spaces, as is a parsed URI's path.
-            id = %id.as_str(),
-            method = %req.method(),
-            path = %req.uri().path(),
-        );
+        // Shown as is (no quoting and escaping to pay for): the id is
+        // printable ASCII without spaces, as is a parsed URI's path.
+        let span = match self.access {
+            // The access log writes method and path on its own line; other
+            // events of the request need only the id to be found.
+            Some(_) => tracing::info_span!("request", id = %id.as_str()),
+            None => tracing::info_span!("request", id = %id.as_str(), method = %req.method(), path = %req.uri().path()),
+        };
         req.extensions_mut().insert(id.clone());
         let labels = if self.sink.is_some() { RequestRecord::capturing_upstream() } else { RequestRecord::default() };
         req.extensions_mut().insert(labels.clone());

@@ -76,29 +76,23 @@ pub struct Unavailable {
     pub excluded: bool,
     /// The earliest time an invalid key may be probed.
     pub invalid_until: Option<Instant>,
-    /// Whether what ends at [`cooling_until`](Self::cooling_until) is a rate
-    /// limit: a rate-limit or quota cooldown, or a provider pause (which
-    /// rate limits on several keys start). `false` when the first key back
-    /// is only resting after repeated transient failures (5xx, resets,
-    /// timeouts): the upstream is struggling and the client was not rate
-    /// limited, so it should hear 503
-    /// [`KeysRecovering`](crate::error::KeysRecovering), not 429. When
-    /// cooldowns of both kinds end at the same instant, `true`. Always
-    /// `false` without `cooling_until`.
+    /// Whether any key that could serve is cooling for a rate limit or a
+    /// quota, or the provider is paused (which rate limits on several keys
+    /// start). `false` when every cooling key only rests after repeated
+    /// transient failures (5xx, resets, timeouts): the upstream is
+    /// struggling and nobody was rate limited, so the client should hear
+    /// 503 [`KeysRecovering`](crate::error::KeysRecovering), not 429. Mixed,
+    /// it is `true`: a 429 is then the truth for part of the pool, and
+    /// `Retry-After` still names when the first key is back. Always `false`
+    /// without `cooling_until`.
     pub rate_limited: bool,
 }
 
 impl Unavailable {
-    /// Keeps the earliest cooldown end, and whether it is a rate limit's.
+    /// Keeps the earliest cooldown end, and whether any is a rate limit's.
     fn cooling(&mut self, until: Instant, rate_limited: bool) {
-        match self.cooling_until {
-            Some(earliest) if earliest < until => {}
-            Some(earliest) if earliest == until => self.rate_limited |= rate_limited,
-            _ => {
-                self.cooling_until = Some(until);
-                self.rate_limited = rate_limited;
-            }
-        }
+        self.cooling_until = Some(self.cooling_until.map_or(until, |earliest| earliest.min(until)));
+        self.rate_limited |= rate_limited;
     }
 }
 
@@ -176,15 +170,9 @@ impl ProviderPool {
             // are over; with every key invalid or disabled, the pause is moot.
             let key_ready = if candidates.is_empty() { why.cooling_until } else { Some(now) };
             if let Some(ready) = key_ready.or(why.full.then_some(now)) {
-                // Rate limits on several keys started the pause: when it ends
-                // the wait, the wait is a rate limit's. A key cooling longer
-                // (`ready` is then its cooldown's end) keeps its own kind.
-                if pause >= ready {
-                    why.cooling_until = Some(pause);
-                    why.rate_limited = true;
-                } else {
-                    why.cooling_until = Some(ready);
-                }
+                // Rate limits on several keys started the pause.
+                why.cooling_until = Some(pause.max(ready));
+                why.rate_limited = true;
             }
             return Choice::Unavailable(why);
         }

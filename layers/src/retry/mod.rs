@@ -219,7 +219,10 @@ where
     loop {
         attempt += 1;
         let mut req = attempt_request(&pristine);
-        req.extensions_mut().insert(ExcludedKeys(excluded.clone()));
+        if !excluded.is_empty() {
+            // KeySelect takes none as none: no allocation on a first attempt.
+            req.extensions_mut().insert(ExcludedKeys(excluded.clone()));
+        }
         if let Some(key) = &pinned {
             req.extensions_mut().insert(PinnedKey(key.clone()));
         }
