@@ -195,7 +195,10 @@ fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
 }
 
 fn strip_client_credentials(headers: &mut HeaderMap) {
-    for name in &crate::credentials::CREDENTIAL_HEADERS {
+    // Only the names present are removed: a remove hashes its name either way.
+    let present: Vec<http::HeaderName> =
+        headers.keys().filter(|n| crate::credentials::is_credential(n)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
 }

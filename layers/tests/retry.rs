@@ -1,9 +1,9 @@
 //! RetryRotateLayer over KeySelect and KeyConcurrency, against a scripted
-//! upstream that answers per key from a table (and, like UpstreamService,
-//! copies the KeyLease onto its responses), on a paused clock: rotation on
-//! 429, same-key retries with backoff on 5xx, client errors passed through,
-//! refused keys marked invalid, 429 and 502 when the pool runs out, and a
-//! stream that breaks after its 200.
+//! upstream that answers per key from a table (KeySelect names the key on
+//! each answer), on a paused clock: rotation on 429, same-key retries with
+//! backoff on 5xx, client errors passed through, refused keys marked
+//! invalid, 429, 503 and 502 when the pool runs out, a stream that breaks
+//! after its 200, and the attempts the request record keeps.
 
 mod support;
 
@@ -24,6 +24,7 @@ use keyrelay_layers::{
     extensions::{Deadline, Endpoint, RouteTarget},
     pool::{KeyLease, KeyPool, KeyState, KeyStatus, ProviderOptions, Selection},
     provider::ProviderId,
+    record::RequestRecord,
     retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
 };
@@ -542,4 +543,56 @@ async fn a_stream_that_fails_before_its_headers_is_retried_on_another_key() {
     assert_eq!(text(res).await, chunk, "a stream that ends well gets no error event");
     assert_eq!(up.keys(), ["key-a", "key-b"]);
     assert_eq!(status_of(&pool, "key-b").in_flight, 0);
+}
+
+// === what the request record says ===
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_wait_for_a_cooling_key_is_no_attempt_and_its_time_is_no_attempts() {
+    // Issue 12: a wait for a key's cooldown showed up in `attempts=` as a
+    // failed attempt ("transient 9999ms").
+    let pool = build(&["key-a"]);
+    let up = Upstream::default()
+        .on("key-a", vec![with_header(status(429, &error_body("Rate limit reached")), "retry-after", "5"), ok("{}")]);
+    let svc = up.stack(&pool, RetryPolicy::default());
+    let record = RequestRecord::default();
+    let mut req = request();
+    req.extensions_mut().insert(record.clone());
+    let start = Instant::now();
+    let res = within_virtual(svc.oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(Instant::now() - start >= secs(5), "the request waited out the key's cooldown");
+    let attempts = record.attempts();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a.outcome, a.status)).collect();
+    assert_eq!(outcomes, [("rate_limit", Some(429)), ("success", Some(200))], "the wait is no attempt of its own");
+    assert!(attempts.iter().all(|a| a.ms < 1000), "no attempt holds the 5 s wait: {attempts:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn keys_resting_after_failures_are_a_503_never_a_rate_limit() {
+    // Issue 12: three transient failures in a row rest a key for 10 s;
+    // a request that cannot wait for it was told 429 "rate limit".
+    let pool = build(&["key-a"]);
+    let failing = (0..8).map(|_| status(500, &error_body("upstream exploded"))).collect();
+    let up = Upstream::default().on("key-a", failing);
+    let svc = up.stack(&pool, RetryPolicy::default());
+    let mut rested = false;
+    for _ in 0..4 {
+        let res = within_virtual(svc.clone().oneshot(request_with(target(false), secs(2)))).await;
+        match res {
+            Ok(res) => assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR),
+            Err(err) => {
+                let reply = keyrelay_layers::error::ErrorReply::from_error(&*err);
+                if reply.code == "upstream_unavailable" {
+                    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.message);
+                    assert!(reply.retry_after.is_some_and(|s| s >= 1), "with when to come back");
+                    rested = true;
+                } else {
+                    assert_eq!(reply.code, "upstream_failed", "{}: never a rate limit", reply.message);
+                }
+            }
+        }
+    }
+    assert!(rested, "the key rested, and the request was told so");
+    assert_eq!(status_of(&pool, "key-a").cooldowns[0].reason, "transient");
 }
