@@ -276,20 +276,8 @@ pin_project! {
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             // The client left before the response headers: still one event.
-            if let Some(Log { handles, span, line, start, labels, record }) = this.project().log.take() {
-                let finish = Finish {
-                    handles,
-                    span,
-                    line,
-                    start,
-                    headers_after_ms: None,
-                    status: None,
-                    code: None,
-                    quiet: false,
-                    labels,
-                    record,
-                };
-                finish.report("cancelled");
+            if let Some(log) = this.project().log.take() {
+                log.finish(None, false).report("cancelled");
             }
         }
     }
@@ -316,25 +304,14 @@ where
             let _entered = log.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let Log { handles, span, line, start, labels, mut record } = this.log.take().expect("checked above");
+        let mut log = this.log.take().expect("checked above");
         let mut res = match result {
             Ok(res) => res,
             Err(err) => {
-                tracing::warn!(parent: &span, error = %err, duration_ms = start.elapsed().as_millis() as u64, "request failed");
-                if let Some(record) = record {
-                    let finish = Finish {
-                        handles,
-                        span,
-                        line,
-                        start,
-                        headers_after_ms: None,
-                        status: None,
-                        code: None,
-                        quiet: false,
-                        labels,
-                        record: None,
-                    };
-                    record.send(&finish, "errored");
+                let ms = log.start.elapsed().as_millis() as u64;
+                tracing::warn!(parent: &log.span, error = %err, duration_ms = ms, "request failed");
+                if let Some(record) = log.record.take() {
+                    record.send(&log.finish(None, false), "errored");
                 }
                 return Poll::Ready(Err(err));
             }
@@ -342,11 +319,10 @@ where
         let status = res.status().as_u16();
         let code = res.extensions().get::<ErrorCode>().map(|code| code.0);
         let quiet = res.extensions().get::<Quiet>().is_some();
-        if let Ok(value) = HeaderValue::from_str(line.id.as_str()) {
+        if let Ok(value) = HeaderValue::from_str(log.line.id.as_str()) {
             res.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
-        let headers_after_ms = start.elapsed().as_millis() as u64;
-        let capture = record.as_mut().map(|record| {
+        let capture = log.record.as_mut().map(|record| {
             record.response_headers = redacted(res.headers());
             record.event_stream = res
                 .headers()
@@ -355,23 +331,32 @@ where
                 .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
             record.response_body.clone()
         });
-        let mut finish = Some(Finish {
-            handles,
-            span,
-            line,
-            start,
-            headers_after_ms: Some(headers_after_ms),
-            status: Some(status),
-            code,
-            quiet,
-            labels,
-            record,
-        });
+        let mut finish = Some(log.finish(Some((status, code)), quiet));
         if res.body().is_end_stream() {
             // An empty body may never be polled; it is complete already.
             finish.take().expect("just set").report("completed");
         }
         Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, finish, capture })))
+    }
+}
+
+impl Log {
+    /// What reports the request's end: with `(status, code)` once the
+    /// response headers are known, without when there are none.
+    fn finish(self, answered: Option<(u16, Option<&'static str>)>, quiet: bool) -> Finish {
+        let Log { handles, span, line, start, labels, record } = self;
+        Finish {
+            handles,
+            span,
+            line,
+            headers_after_ms: answered.map(|_| start.elapsed().as_millis() as u64),
+            start,
+            status: answered.map(|(status, _)| status),
+            code: answered.and_then(|(_, code)| code),
+            quiet,
+            labels,
+            record,
+        }
     }
 }
 
