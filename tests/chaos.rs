@@ -6,6 +6,9 @@
 //! streams that break or go silent after their `200`, whole bodies cut or
 //! stalled after theirs, and the odd 400.
 //!
+//! Over 600 lines on purpose: one scenario, its fault table and its checks
+//! read together, and each test file is a binary of its own to link.
+//!
 //! The load runs in rounds. After each one:
 //!
 //! - every request ended in time (the deadline plus a margin; a stream may

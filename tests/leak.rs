@@ -16,6 +16,9 @@
 //! Request logging is on, so every request's directory (request, response
 //! or stream, metadata) under the data dir is scanned too.
 //!
+//! Over 600 lines on purpose: one run of the real binary covers every
+//! fault, and its traffic, its scans and its proofs read together.
+//!
 //! A secret "appears" when the whole string does, when any 8 characters in
 //! a row of it do (a prefix or suffix shown by a careless mask such as
 //! `sk-proj-...Zt2m`), or when its marker `CANARY` does (a fragment of its

@@ -9,6 +9,9 @@
 //! read the cooldowns off `/v1/keys`; the few real waits (one short cooldown,
 //! which the pool stretches to its 1 s minimum, and deadlines of 100-200 ms)
 //! are short, and every wait is bounded.
+//!
+//! Over 600 lines on purpose: the scenarios share one setup and one way of
+//! reading `/v1/keys`, and each test file is a binary of its own to link.
 
 mod support;
 

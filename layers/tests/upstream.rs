@@ -1,5 +1,8 @@
 //! The upstream leaf: `prepare` (pure), then `UpstreamService` and
 //! `ModelCatalog` against a scripted hyper server on 127.0.0.1:0.
+//!
+//! Over 600 lines on purpose: every test drives the same scripted server,
+//! and each test file is a binary of its own to link.
 #![allow(clippy::disallowed_methods, reason = "the mock server runs as tasks; the no-spawn rule is the library's")]
 
 mod support;
