@@ -111,7 +111,8 @@ where
             }
             Some(Err(err)) => {
                 if let Some(finish) = this.finish.take() {
-                    tracing::warn!(parent: &finish.span, error = %err, "response body failed");
+                    let id = finish.line.id.as_str();
+                    tracing::warn!(parent: &finish.span, request_id = id, error = %err, "response body failed");
                     finish.report("errored");
                 }
             }

@@ -208,6 +208,8 @@ where
     let mut last_failure: Option<String> = None;
     let mut attempt = 0u32;
     let record = pristine.extensions().get::<RequestRecord>().cloned();
+    // Named on its own events: with an access log there is no request span.
+    let request_id = pristine.extensions().get::<crate::extensions::RequestId>().cloned();
     // An attempt's time starts when its key was leased: a wait for a key
     // is no attempt's.
     let trail = |lease: &KeyLease, outcome: &'static str, status: Option<u16>| {
@@ -255,6 +257,7 @@ where
                 count_attempt(&lease, failure.class.as_str());
                 trail(&lease, failure.class.as_str(), Some(status.as_u16()));
                 tracing::info!(
+                    request_id = request_id.as_ref().map(tracing::field::display),
                     attempt,
                     key = lease.key_id().as_str(),
                     status = status.as_u16(),
@@ -290,7 +293,8 @@ where
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());
                 trail(&lease, failure.class.as_str(), None);
-                tracing::info!(attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
+                let request_id = request_id.as_ref().map(tracing::field::display);
+                tracing::info!(request_id, attempt, key = lease.key_id().as_str(), error = %err, "upstream attempt failed");
                 last_failure = Some(err.to_string());
                 (lease, failure, cooled)
             }
