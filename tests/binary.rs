@@ -306,3 +306,41 @@ async fn sighup_and_admin_reload_reread_keys_keep_state_and_refuse_a_bad_config(
         assert!(!exited.stderr.contains(secret) && !exited.stdout.contains(secret));
     }
 }
+
+/// Issue 12: a request that took several attempts logged `key=` and
+/// `attempts=` once per attempt on its completion line, and every `/health`
+/// probe logged a line at info level.
+#[tokio::test]
+async fn the_completion_line_names_each_field_once_and_health_probes_stay_quiet() {
+    let mock = MockUpstream::start().await;
+    mock.always_for(KEY_ONE, Script::rate_limited(Some("120")));
+    let dir = TempDir::new().unwrap();
+    let base = mock.base();
+    let env = [
+        ("PROXY_API_KEY", PROXY_KEY),
+        ("OPENAI_API_KEY_1", KEY_ONE),
+        ("OPENAI_API_KEY_2", KEY_TWO),
+        ("OPENAI_API_BASE", base.as_str()),
+    ];
+    let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
+    let client = TestClient::http1();
+    for _ in 0..2 {
+        let reply = chat_through(&client, &running).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    for _ in 0..3 {
+        assert_eq!(client.fetch(support::get(&running.url("/health"), Auth::None)).await.status, 200);
+    }
+    let exited = running.terminate().await;
+    let finished: Vec<&str> = exited.stderr.lines().filter(|l| l.contains("request finished")).collect();
+    assert_eq!(finished.len(), 2, "one line per proxied request, none for /health:\n{}", exited.stderr);
+    // The first request met the rate-limited key (least used picks it
+    // first or second); whichever did, each field stands once.
+    let rotated = finished.iter().find(|l| l.matches("openai:").count() >= 3).expect("a request that rotated");
+    for field in [" key=", " attempts=", " provider=", " model=", " status=", " outcome="] {
+        assert_eq!(rotated.matches(field).count(), 1, "{field} once in: {rotated}");
+    }
+    assert!(rotated.contains("rate_limit") && rotated.contains("success"), "{rotated}");
+    assert!(rotated.contains("tokens_in=") && rotated.contains("outcome=\"completed\""), "{rotated}");
+    assert_no_secret("stderr", &exited.stderr);
+}
