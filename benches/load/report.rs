@@ -74,12 +74,12 @@ pub fn print(rows: &[Row], pinned: bool, secs: f64) {
     for mode in [Mode::Chat, Mode::Stream] {
         println!("{}:\n", if mode == Mode::Chat { "Non-streaming chat" } else { "Streaming chat (22 events)" });
         println!(
-            "| conc | rps direct | rps hop | rps keyrelay | p50 direct | p99 direct | added p50 hop | added p50 keyrelay | added p99 hop | added p99 keyrelay | CPU/req hop | CPU/req keyrelay | keyrelay peak RSS |"
+            "| conc | rps direct | rps hop | rps keyrelay | p50 direct | p99 direct | added p50 hop | added p50 keyrelay | added p99 hop | added p99 keyrelay | CPU/req hop | CPU/req keyrelay | hop peak RSS | keyrelay peak RSS |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for row in rows.iter().filter(|r| r.mode == mode) {
             println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} µs | {:.1} µs | {:.1} MiB |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} µs | {:.1} µs | {:.1} MiB | {:.1} MiB |",
                 row.concurrency,
                 row.direct.samples.rps(),
                 row.hop.samples.rps(),
@@ -92,6 +92,7 @@ pub fn print(rows: &[Row], pinned: bool, secs: f64) {
                 row.added(&row.proxy, 0.99),
                 row.hop.cpu_us(),
                 row.proxy.cpu_us(),
+                row.hop.peak_rss_kib as f64 / 1024.0,
                 row.proxy.peak_rss_kib as f64 / 1024.0,
             );
         }
