@@ -8,8 +8,8 @@
 //! - [`SseErrorTail`]: ends a stream that broke with one SSE error event;
 //! - [`CoalescedBody`]: merges data frames that arrive together.
 //!
-//! A stream that breaks after its first event, as RetryRotate hands it to the
-//! client:
+//! A stream that breaks after its first event, as the upstream service
+//! hands it to the client:
 //!
 //! ```
 //! use bytes::Bytes;
