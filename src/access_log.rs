@@ -222,7 +222,12 @@ mod tests {
     };
 
     use http::Method;
-    use keyrelay_layers::{record::AttemptRecord, usage::Usage};
+    use keyrelay_layers::{
+        log::RequestLogLayer,
+        provider::ProviderId,
+        record::{AttemptRecord, RequestRecord},
+        usage::Usage,
+    };
 
     use super::*;
 
@@ -261,10 +266,36 @@ mod tests {
         line
     }
 
-    #[test]
-    fn the_text_line_is_what_the_fmt_layer_writes_for_the_same_event() {
-        let attempts = attempts();
-        let line = completion(&attempts);
+    /// Lines an access log wrote, through [`text`] at the Unix epoch.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl AccessLog for Lines {
+        fn write(&self, line: &Completion<'_>) {
+            let mut out = String::new();
+            text(&mut out, line, UNIX_EPOCH).unwrap();
+            self.0.lock().unwrap().push(out);
+        }
+    }
+
+    /// One request through `log`, whose inner service records what Parse,
+    /// RetryRotate and the usage meter would; a paused clock keeps the
+    /// durations at 0.
+    async fn one_request(log: RequestLogLayer) {
+        use tower::{Layer, ServiceExt};
+        let svc = log.layer(tower::service_fn(|req: http::Request<_>| async move {
+            let record = req.extensions().get::<RequestRecord>().unwrap();
+            record.set_route(ProviderId::new("openai"), "gpt-4o \"mini\"".into(), "other".into());
+            attempts().into_iter().for_each(|a| record.push_attempt(a));
+            record.set_usage(Usage { prompt_tokens: 12, completion_tokens: 5 });
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+        }));
+        let req = http::Request::post("/v1/chat/completions").header("x-request-id", "r-1").body(()).unwrap();
+        drop(svc.oneshot(req).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_text_line_is_what_the_fmt_layer_writes_for_the_library_s_own_event() {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -273,29 +304,17 @@ mod tests {
             .with_target(false)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("request", id = %line.id, method = %line.method, path = %line.path);
-            tracing::info!(
-                parent: &span,
-                status = line.status,
-                provider = line.provider.map(tracing::field::display),
-                model = line.model,
-                key = line.key().map(tracing::field::display),
-                attempts = tracing::field::debug(AttemptsTrail(line.attempts)),
-                tokens_in = line.tokens.map(|u| u.prompt_tokens),
-                tokens_out = line.tokens.map(|u| u.completion_tokens),
-                code = line.code,
-                outcome = line.outcome,
-                headers_after_ms = line.headers_after_ms,
-                duration_ms = line.duration_ms,
-                "request finished"
-            );
-        });
+        let _default = tracing::subscriber::set_default(subscriber);
+        one_request(RequestLogLayer::new()).await;
+        let lines = Arc::new(Lines::default());
+        one_request(RequestLogLayer::new().with_access_log(lines.clone())).await;
+
         let fmt = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        let mut ours = String::new();
-        text(&mut ours, &line, UNIX_EPOCH).unwrap();
+        let ours = lines.0.lock().unwrap().clone();
+        let [ours] = ours.as_slice() else { panic!("one line: {ours:?}") };
         let ours = ours.strip_prefix("1970-01-01T00:00:00.000000Z ").unwrap();
-        assert_eq!(format!("{ours}\n"), fmt);
+        assert_eq!(format!("{ours}\n"), fmt, "the access log and the fmt layer agree");
+        assert!(fmt.contains(" key=openai:5e6f7a8b attempts=\"openai:0e1ec0f0 rate_limit 12ms, "), "{fmt}");
     }
 
     #[test]

@@ -24,10 +24,9 @@ async fn chat_through(client: &TestClient, running: &Running) -> support::Reply 
         .await
 }
 
-#[tokio::test]
-async fn binary_serves_an_env_only_configuration_and_exits_cleanly_on_sigterm() {
-    let mock = MockUpstream::start().await;
-    let dir = TempDir::new().unwrap();
+/// The binary with a proxy key and two OpenAI keys, all from the
+/// environment, in front of `mock`.
+async fn start_with_two_keys(mock: &MockUpstream, dir: &TempDir) -> Running {
     let base = mock.base();
     let env = [
         ("PROXY_API_KEY", PROXY_KEY),
@@ -35,7 +34,14 @@ async fn binary_serves_an_env_only_configuration_and_exits_cleanly_on_sigterm() 
         ("OPENAI_API_KEY_2", KEY_TWO),
         ("OPENAI_API_BASE", base.as_str()),
     ];
-    let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
+    start(keyrelay(dir.path(), &env, &["--port", "0"])).await
+}
+
+#[tokio::test]
+async fn binary_serves_an_env_only_configuration_and_exits_cleanly_on_sigterm() {
+    let mock = MockUpstream::start().await;
+    let dir = TempDir::new().unwrap();
+    let running = start_with_two_keys(&mock, &dir).await;
     assert!(running.addr.ip().is_loopback(), "{}", running.addr);
     let client = TestClient::http1();
 
@@ -315,14 +321,7 @@ async fn the_completion_line_names_each_field_once_and_health_probes_stay_quiet(
     let mock = MockUpstream::start().await;
     mock.always_for(KEY_ONE, Script::rate_limited(Some("120")));
     let dir = TempDir::new().unwrap();
-    let base = mock.base();
-    let env = [
-        ("PROXY_API_KEY", PROXY_KEY),
-        ("OPENAI_API_KEY_1", KEY_ONE),
-        ("OPENAI_API_KEY_2", KEY_TWO),
-        ("OPENAI_API_BASE", base.as_str()),
-    ];
-    let running = start(keyrelay(dir.path(), &env, &["--port", "0"])).await;
+    let running = start_with_two_keys(&mock, &dir).await;
     let client = TestClient::http1();
     for _ in 0..2 {
         let reply = chat_through(&client, &running).await;

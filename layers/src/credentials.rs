@@ -12,7 +12,7 @@
 //! assert!(CREDENTIAL_HEADERS.iter().any(|h| h == "authorization"));
 //! ```
 
-use http::{HeaderName, header};
+use http::{HeaderMap, HeaderName, header};
 
 /// Where clients put keys (the proxy's, or by mistake a provider's):
 /// `Authorization` (Bearer), Anthropic's `x-api-key`, Gemini's
@@ -28,4 +28,14 @@ pub static CREDENTIAL_HEADERS: [HeaderName; 5] = [
 /// Whether `name` is one of [`CREDENTIAL_HEADERS`].
 pub fn is_credential(name: &HeaderName) -> bool {
     CREDENTIAL_HEADERS.iter().any(|credential| credential == name)
+}
+
+/// Removes every header whose name `doomed` picks, looking at each name
+/// present once: a `HeaderMap::remove` hashes its name whether or not it is
+/// there, and most names a proxy strips are absent.
+pub(crate) fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }

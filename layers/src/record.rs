@@ -28,8 +28,8 @@
 //! record.set_usage(Usage { prompt_tokens: 9, completion_tokens: 2 });
 //!
 //! assert_eq!(seen_by_log.model_label().as_deref(), Some("gpt-4o"));
-//! assert_eq!(seen_by_log.attempt_count(), 2);
-//! assert_eq!(seen_by_log.last_key().as_deref(), Some("openai:5e6f7a8b"));
+//! let keys: Vec<_> = seen_by_log.attempts().into_iter().map(|a| a.key).collect();
+//! assert_eq!(keys, ["openai:1a2b3c4d", "openai:5e6f7a8b"]);
 //! assert_eq!(seen_by_log.usage().unwrap().completion_tokens, 2);
 //! assert!(!seen_by_log.broken());
 //! ```
@@ -136,14 +136,6 @@ impl RequestRecord {
     /// The attempts so far, in order.
     pub fn attempts(&self) -> Vec<AttemptRecord> {
         self.state().attempts.clone()
-    }
-    /// How many upstream attempts were made.
-    pub fn attempt_count(&self) -> usize {
-        self.state().attempts.len()
-    }
-    /// The key of the last attempt.
-    pub fn last_key(&self) -> Option<String> {
-        self.state().attempts.last().map(|a| a.key.clone())
     }
     /// Calls `f` with the attempts so far, without copying them. The
     /// record is locked meanwhile: `f` must not call the record again.

@@ -57,7 +57,7 @@ pub(super) async fn answer(
     if !success && plan.dialect == Dialect::OpenAi {
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     }
-    let meter = UsageMeter::new(lease.clone(), plan.model.clone(), plan.record.clone());
+    let meter = || UsageMeter::new(lease.clone(), plan.model.clone(), plan.record.clone());
     if success && plan.stream {
         // The events may be re-framed, a usage chunk dropped or an error
         // event added: a provider's Content-Length no longer holds.
@@ -66,16 +66,16 @@ pub(super) async fn answer(
         let body = IdleTimeoutBody::new(body, idle);
         let body: ProxyBody = match (passes_through, plan.usage_injected && plain) {
             (true, true) => {
-                TranslatedStream::new(body, Box::new(UsageChunkFilter::default()), Some(meter)).boxed_unsync()
+                TranslatedStream::new(body, Box::new(UsageChunkFilter::default()), Some(meter())).boxed_unsync()
             }
-            (true, false) => MeteredBody::new(body, meter).boxed_unsync(),
+            (true, false) => MeteredBody::new(body, meter()).boxed_unsync(),
             (false, _) => {
                 parts.headers.remove(CONTENT_ENCODING);
                 parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 let translator = dialect::for_dialect(plan.dialect)
                     .stream(plan.endpoint, &plan.model, plan.include_usage, now(), plan.hints)
                     .unwrap_or_else(|| Box::new(dialect::think::ThinkSplitter::new()));
-                TranslatedStream::new(body, translator, Some(meter)).boxed_unsync()
+                TranslatedStream::new(body, translator, Some(meter())).boxed_unsync()
             }
         };
         if !plain {
@@ -87,7 +87,7 @@ pub(super) async fn answer(
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     }
     if success && passes_through {
-        return Ok(Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync()));
+        return Ok(Response::from_parts(parts, MeteredBody::new(body, meter()).boxed_unsync()));
     }
     // A translated answer: new bytes, new length, the proxy's content type.
     parts.headers.remove(CONTENT_LENGTH);
@@ -114,7 +114,7 @@ pub(super) async fn answer(
         UpstreamFailed::new(provider, 1, format!("unreadable answer: {err}"))
     })?;
     if success {
-        meter.finished(crate::usage::usage_in_tail(&translated));
+        meter().finished(crate::usage::usage_in_tail(&translated));
     }
     Ok(Response::from_parts(parts, full(translated)))
 }

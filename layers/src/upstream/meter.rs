@@ -51,7 +51,7 @@ impl UsageMeter {
 
     /// The answer broke after its headers went out: a transient failure of
     /// its key, and a broken answer for the request log.
-    pub(crate) fn broke(self, _err: &BoxError) {
+    pub(crate) fn broke(self) {
         let labels = [
             ("provider", self.lease.provider_id().as_str().to_owned()),
             ("key", self.lease.key_id().as_str().to_owned()),
@@ -107,11 +107,10 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => {
-                let err = err.into();
                 if let Some(meter) = this.meter.take() {
-                    meter.broke(&err);
+                    meter.broke();
                 }
-                Poll::Ready(Some(Err(err)))
+                Poll::Ready(Some(Err(err.into())))
             }
             None => {
                 if let Some(meter) = this.meter.take() {

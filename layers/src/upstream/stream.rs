@@ -49,7 +49,7 @@ where
             if let Some(err) = this.failed.take() {
                 *this.done = true;
                 if let Some(meter) = this.meter.take() {
-                    meter.broke(&err);
+                    meter.broke();
                 }
                 return Poll::Ready(Some(Err(err)));
             }

@@ -292,15 +292,10 @@ fn tool_result(message: &Map<String, Value>, content: Option<Value>, i: usize) -
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::upstream::dialect::anthropic::chat_request;
-
-    fn request(body: Value) -> Result<Value, TranslateError> {
-        let out = chat_request(body.to_string().as_bytes(), "claude-test", false)?;
-        Ok(serde_json::from_slice(&out).unwrap())
-    }
+    use crate::upstream::dialect::anthropic::test_support::request;
 
     #[test]
     fn tool_results_open_their_user_turn() {

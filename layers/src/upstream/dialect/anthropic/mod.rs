@@ -84,6 +84,8 @@ mod request;
 mod response;
 mod shape;
 mod stream;
+#[cfg(test)]
+mod test_support;
 mod tools;
 
 use std::borrow::Cow;

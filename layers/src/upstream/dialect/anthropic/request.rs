@@ -181,14 +181,7 @@ mod tests {
     use super::*;
     use crate::upstream::dialect::anthropic::ECHO_LIMIT;
 
-    fn request(body: Value) -> Result<Value, TranslateError> {
-        let out = chat_request(body.to_string().as_bytes(), "claude-test", false)?;
-        Ok(serde_json::from_slice(&out).unwrap())
-    }
-
-    fn user(content: Value) -> Value {
-        json!({"messages": [{"role": "user", "content": content}]})
-    }
+    use crate::upstream::dialect::anthropic::test_support::{request, user};
 
     fn request_error(body: &[u8]) -> String {
         chat_request(body, "claude-test", false).expect_err("a translate error").0

@@ -65,16 +65,7 @@ pub(super) fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateEr
 mod tests {
     use serde_json::{Value, json};
 
-    use crate::upstream::dialect::{TranslateError, anthropic::chat_request};
-
-    fn request(body: Value) -> Result<Value, TranslateError> {
-        let out = chat_request(body.to_string().as_bytes(), "claude-test", false)?;
-        Ok(serde_json::from_slice(&out).unwrap())
-    }
-
-    fn user(content: Value) -> Value {
-        json!({"messages": [{"role": "user", "content": content}]})
-    }
+    use crate::upstream::dialect::anthropic::test_support::{request, user};
 
     #[test]
     fn tool_choice_modes() {

@@ -187,18 +187,7 @@ fn number(request: &Map<String, Value>, key: &str) -> Result<Option<Value>, Tran
 mod tests {
     use serde_json::{Value, json};
 
-    use super::*;
-
-    use crate::upstream::dialect::gemini::chat_request;
-
-    fn request(body: Value, model: &str) -> Result<Value, TranslateError> {
-        let out = chat_request(body.to_string().as_bytes(), model, false)?;
-        Ok(serde_json::from_slice(&out).unwrap())
-    }
-
-    fn user(text: &str) -> Value {
-        json!({ "role": "user", "content": text })
-    }
+    use crate::upstream::dialect::gemini::test_support::{request, user};
 
     #[test]
     fn reasoning_effort_sets_a_thinking_budget() {

@@ -63,6 +63,8 @@ mod request;
 mod response;
 mod schema;
 mod stream;
+#[cfg(test)]
+mod test_support;
 
 use std::{borrow::Cow, fmt::Write as _};
 

@@ -244,14 +244,7 @@ mod tests {
 
     use super::*;
 
-    fn request(body: Value, model: &str) -> Result<Value, TranslateError> {
-        let out = chat_request(body.to_string().as_bytes(), model, false)?;
-        Ok(serde_json::from_slice(&out).unwrap())
-    }
-
-    fn user(text: &str) -> Value {
-        json!({ "role": "user", "content": text })
-    }
+    use crate::upstream::dialect::gemini::test_support::{request, user};
 
     #[test]
     fn bad_requests_say_what_to_fix() {
