@@ -96,7 +96,8 @@ impl fmt::Debug for RequestId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(pub Instant);
 
-/// The inbound OpenAI endpoints the proxy forwards.
+/// The inbound endpoints the proxy forwards, in every dialect clients
+/// speak ([`Inbound`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Endpoint {
@@ -104,25 +105,144 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Messages,
+    /// `POST /v1/messages/count_tokens`.
+    MessagesCountTokens,
+    /// `POST /v1/responses` (OpenAI's Responses API).
+    Responses,
+    /// A stored response: `GET` or `DELETE /v1/responses/{id}`,
+    /// `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items`
+    /// (the id and the rest stay in the request's path).
+    ResponseResource,
+    /// `POST /v1beta/models/{model}:generateContent` (Gemini).
+    GenerateContent,
+    /// `POST /v1beta/models/{model}:streamGenerateContent`.
+    StreamGenerateContent,
+    /// `POST /v1beta/models/{model}:countTokens`.
+    CountTokens,
 }
 
 impl Endpoint {
-    /// Recognises `/v1/chat/completions` and `/v1/embeddings`, with or
-    /// without the `/v1` prefix.
+    /// Recognises the proxied paths: the OpenAI and Anthropic ones with or
+    /// without the `/v1` prefix, Gemini's under `/v1beta/models/` (or
+    /// `/v1/models/`), with the model in the path.
     pub fn from_path(path: &str) -> Option<Self> {
+        if let Some((_, endpoint)) = gemini_path(path) {
+            return Some(endpoint);
+        }
         let path = path.strip_prefix("/v1").unwrap_or(path);
         match path.trim_end_matches('/') {
             "/chat/completions" => Some(Self::ChatCompletions),
             "/embeddings" => Some(Self::Embeddings),
-            _ => None,
+            "/messages" => Some(Self::Messages),
+            "/messages/count_tokens" => Some(Self::MessagesCountTokens),
+            "/responses" => Some(Self::Responses),
+            path => response_resource(path).map(|_| Self::ResponseResource),
         }
     }
 
-    /// The path below an OpenAI-compatible base URL.
+    /// The path below an OpenAI-compatible base URL (for the OpenAI
+    /// endpoints), or the endpoint's name in messages.
     pub fn path_suffix(self) -> &'static str {
         match self {
             Self::ChatCompletions => "chat/completions",
             Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
+            Self::MessagesCountTokens => "messages/count_tokens",
+            Self::Responses | Self::ResponseResource => "responses",
+            Self::GenerateContent => "generateContent",
+            Self::StreamGenerateContent => "streamGenerateContent",
+            Self::CountTokens => "countTokens",
+        }
+    }
+
+    /// The dialect the client speaks on this endpoint.
+    pub fn inbound(self) -> Inbound {
+        match self {
+            Self::ChatCompletions | Self::Embeddings => Inbound::OpenAi,
+            Self::Messages | Self::MessagesCountTokens => Inbound::Anthropic,
+            Self::Responses | Self::ResponseResource => Inbound::Responses,
+            Self::GenerateContent | Self::StreamGenerateContent | Self::CountTokens => Inbound::Gemini,
+        }
+    }
+
+    /// Whether the endpoint counts tokens instead of generating.
+    pub fn counts_tokens(self) -> bool {
+        matches!(self, Self::MessagesCountTokens | Self::CountTokens)
+    }
+}
+
+/// The model and endpoint of a Gemini path,
+/// `/v1beta/models/{model}:{method}` (`/v1/models/...` too); the model as
+/// the path has it (percent-escapes and all).
+pub fn gemini_path(path: &str) -> Option<(&str, Endpoint)> {
+    let rest = path.strip_prefix("/v1beta/models/").or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    let endpoint = match method.trim_end_matches('/') {
+        "generateContent" => Endpoint::GenerateContent,
+        "streamGenerateContent" => Endpoint::StreamGenerateContent,
+        "countTokens" => Endpoint::CountTokens,
+        _ => return None,
+    };
+    (!model.is_empty()).then_some((model, endpoint))
+}
+
+/// The response id and what is asked of it, for a path below `/responses/`
+/// (without `/v1`): `/responses/{id}`, `/responses/{id}/cancel`,
+/// `/responses/{id}/input_items`.
+pub fn response_resource(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/responses/")?.trim_end_matches('/');
+    let (id, action) = match rest.split_once('/') {
+        Some((id, action @ ("cancel" | "input_items"))) => (id, Some(action)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    (!id.is_empty()).then_some((id, action))
+}
+
+/// The API a client speaks, which decides how its requests are read and
+/// its answers and errors are shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// OpenAI's chat completions and embeddings: the hub every other
+    /// dialect translates through.
+    OpenAi,
+    /// Anthropic's Messages API (Claude Code, the Anthropic SDKs).
+    Anthropic,
+    /// OpenAI's Responses API (Codex CLI, the newer OpenAI SDKs).
+    Responses,
+    /// Google's Gemini API (Gemini CLI, the Google GenAI SDK).
+    Gemini,
+}
+
+impl Inbound {
+    /// `openai`, `anthropic`, `responses` or `gemini`: the `inbound` label
+    /// of metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Responses => "responses",
+            Self::Gemini => "gemini",
+        }
+    }
+
+    /// The dialect of a request path, for shaping an error before (or
+    /// without) a router: Anthropic's under `/v1/messages`, Gemini's under
+    /// `/v1beta/`, the Responses API's under `/v1/responses`, OpenAI's
+    /// everywhere else.
+    pub fn from_path(path: &str) -> Self {
+        let bare = path.strip_prefix("/v1").unwrap_or(path);
+        if path.starts_with("/v1beta/") || gemini_path(path).is_some() {
+            Self::Gemini
+        } else if bare == "/messages" || bare.starts_with("/messages/") {
+            Self::Anthropic
+        } else if bare == "/responses" || bare.starts_with("/responses/") {
+            Self::Responses
+        } else {
+            Self::OpenAi
         }
     }
 }

@@ -297,6 +297,7 @@ impl Provider {
         match endpoint {
             Endpoint::ChatCompletions => self.chat_uri.clone(),
             Endpoint::Embeddings => self.embeddings_uri.clone(),
+            endpoint => self.api_base.join(endpoint.path_suffix()),
         }
     }
 }

@@ -91,6 +91,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod client;
 pub mod gemini;
 pub mod openai;
 mod provider;

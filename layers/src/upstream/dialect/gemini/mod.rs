@@ -99,6 +99,7 @@ impl ProviderDialect for Gemini {
                 let (body, hints) = embeddings::translate(req.body, model)?;
                 Ok(Translated { path: Cow::Owned(embeddings_path(model)), body, hints })
             }
+            endpoint => Err(super::provider::no_endpoint(crate::provider::Dialect::Gemini, endpoint)),
         }
     }
 
@@ -113,6 +114,7 @@ impl ProviderDialect for Gemini {
         match endpoint {
             Endpoint::ChatCompletions => chat_response(body, model, created),
             Endpoint::Embeddings => embeddings_response_encoded(body, model, hints.embeddings_base64),
+            endpoint => Err(super::provider::no_endpoint(crate::provider::Dialect::Gemini, endpoint)),
         }
     }
 
