@@ -50,7 +50,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, ProxyBody, pool::InFlight};
+use crate::{BoxError, ProxyBody, extensions::Inbound, pool::InFlight};
 
 mod coalesce;
 pub use coalesce::{CoalescedBody, MAX_BATCH_BYTES};
@@ -189,13 +189,22 @@ pin_project! {
         // Stream chunks of the provider, when counted: the handle is looked
         // up once, so each frame costs one atomic add.
         chunks: Option<metrics::Counter>,
+        // Whose error event ends a broken stream.
+        inbound: Inbound,
     }
 }
 
 impl<B> SseErrorTail<B> {
     /// Wraps an SSE body; an error of `inner` becomes the final event.
     pub fn new(inner: B) -> Self {
-        Self { inner, failed: false, at_boundary: true, chunks: None }
+        Self { inner, failed: false, at_boundary: true, chunks: None, inbound: Inbound::OpenAi }
+    }
+
+    /// Ends a broken stream with `inbound`'s error event instead of
+    /// OpenAI's (see [`crate::error::shape::stream_error_event`]).
+    pub fn in_dialect(mut self, inbound: Inbound) -> Self {
+        self.inbound = inbound;
+        self
     }
 
     /// Counts each frame in [`crate::metrics::STREAM_CHUNKS`] for `provider`.
@@ -207,10 +216,7 @@ impl<B> SseErrorTail<B> {
 
 /// The last event of a stream that broke: OpenAI's error shape.
 pub fn sse_error_event(message: &str, code: &str) -> Bytes {
-    let event = serde_json::json!({
-        "error": { "message": message, "type": "upstream_error", "param": null, "code": code }
-    });
-    Bytes::from(format!("data: {event}\n\n"))
+    crate::error::shape::stream_error_event(Inbound::OpenAi, message, code)
 }
 
 impl<B> Body for SseErrorTail<B>
@@ -240,7 +246,8 @@ where
                 *this.failed = true;
                 let err: BoxError = err.into();
                 tracing::warn!(error = %err, "upstream stream broke after its headers");
-                let event = sse_error_event(&format!("upstream stream broke: {err}"), "stream_broken");
+                let message = format!("upstream stream broke: {err}");
+                let event = crate::error::shape::stream_error_event(*this.inbound, &message, "stream_broken");
                 let event = if *this.at_boundary { event } else { [&b"\n\n"[..], &event].concat().into() };
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }

@@ -13,7 +13,10 @@ use std::{fmt, sync::Arc};
 
 use http::{HeaderName, HeaderValue, Uri, uri::PathAndQuery};
 
-use crate::{extensions::Endpoint, filter::ModelRules};
+use crate::{
+    extensions::{Endpoint, Inbound},
+    filter::ModelRules,
+};
 
 /// A provider's name, as in `provider/model`; cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +69,16 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The inbound dialect whose requests this provider dialect takes as
+    /// they are (passed through, model and key aside).
+    pub fn native_inbound(self) -> Inbound {
+        match self {
+            Self::OpenAi => Inbound::OpenAi,
+            Self::Anthropic => Inbound::Anthropic,
+            Self::Gemini => Inbound::Gemini,
+        }
+    }
+
     /// `openai`, `anthropic` or `gemini`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -176,6 +189,7 @@ pub struct Provider {
     model_rules: ModelRules,
     split_think_tags: bool,
     ask_stream_usage: bool,
+    responses_api: bool,
     /// Built once so that each request only clones a `Uri`.
     chat_uri: Uri,
     embeddings_uri: Uri,
@@ -214,6 +228,7 @@ impl Provider {
             model_rules: ModelRules::default(),
             split_think_tags: false,
             ask_stream_usage: true,
+            responses_api: false,
         })
     }
 
@@ -264,6 +279,27 @@ impl Provider {
     pub fn with_stream_usage(mut self, ask: bool) -> Self {
         self.ask_stream_usage = ask;
         self
+    }
+
+    /// For OpenAI-compatible providers that also serve OpenAI's Responses
+    /// API (`/responses`, OpenAI's own does): Responses requests pass
+    /// through instead of being translated to chat completions.
+    pub fn with_responses_api(mut self, speaks: bool) -> Self {
+        self.responses_api = speaks && self.dialect == Dialect::OpenAi;
+        self
+    }
+
+    /// Whether the provider serves the Responses API itself.
+    pub fn speaks_responses_api(&self) -> bool {
+        self.responses_api
+    }
+
+    /// Whether requests to `endpoint` pass through to this provider as the
+    /// client sent them (the same dialect on both sides), rather than being
+    /// translated through chat completions.
+    pub fn passes_through(&self, endpoint: Endpoint) -> bool {
+        let inbound = endpoint.inbound();
+        inbound == self.dialect.native_inbound() || (inbound == Inbound::Responses && self.responses_api)
     }
 
     /// Whether streams ask the upstream for a usage chunk.

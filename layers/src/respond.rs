@@ -2,7 +2,9 @@
 //!
 //! Every error from the layers inside is looked up in
 //! [`ErrorReply::from_error`] and answered in OpenAI's shape,
-//! `{"error": {"message", "type", "param", "code"}}`, with the status it gives,
+//! `{"error": {"message", "type", "param", "code"}}` — or, on Anthropic's
+//! and Gemini's routes, in theirs ([`Inbound::from_path`],
+//! [`crate::error::shape`]) — with the status it gives,
 //! plus `Retry-After` or `Allow` where they apply. From here outward the
 //! error type is [`Infallible`]. The response carries an [`ErrorCode`]
 //! extension for logs and metrics.
@@ -35,7 +37,11 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::{BoxError, error::ErrorReply, extensions::ErrorCode};
+use crate::{
+    BoxError,
+    error::ErrorReply,
+    extensions::{ErrorCode, Inbound},
+};
 
 /// Applies [`ErrorResponse`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,7 +64,7 @@ impl<S> Layer<S> for ErrorResponseLayer {
     }
 }
 
-/// Turns errors into OpenAI-shaped responses; see the [module docs](self).
+/// Turns errors into responses in the client's error shape; see the [module docs](self).
 #[derive(Debug)]
 pub struct ErrorResponse<S> {
     inner: S,
@@ -106,9 +112,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inbound = Inbound::from_path(req.uri().path());
         match self.ready_error.take() {
-            Some(err) => ResponseFuture { state: State::Failed { err: Some(err) } },
-            None => ResponseFuture { state: State::Called { inner: self.inner.call(req) } },
+            Some(err) => ResponseFuture { state: State::Failed { err: Some(err) }, inbound },
+            None => ResponseFuture { state: State::Called { inner: self.inner.call(req) }, inbound },
         }
     }
 }
@@ -118,6 +125,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
+        inbound: Inbound,
     }
 }
 
@@ -143,27 +151,36 @@ where
     type Output = Result<Response<ResponseBody<ResBody>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let err = match self.project().state.project() {
+        let this = self.project();
+        let err = match this.state.project() {
             StateProj::Called { inner } => match ready!(inner.poll(cx)) {
                 Ok(res) => return Poll::Ready(Ok(res.map(Either::Left))),
                 Err(err) => err.into(),
             },
             StateProj::Failed { err } => err.take().expect("polled after completion"),
         };
-        Poll::Ready(Ok(error_response(&*err)))
+        Poll::Ready(Ok(error_response_for(*this.inbound, &*err)))
     }
 }
 
 /// Builds the response for an error; public so that handlers outside a
 /// stack answer the same way.
 pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Either<B, Full<Bytes>>> {
+    error_response_for(Inbound::OpenAi, err)
+}
+
+/// [`error_response`] in the error shape of `inbound`'s clients.
+pub fn error_response_for<B>(
+    inbound: Inbound,
+    err: &(dyn std::error::Error + 'static),
+) -> Response<Either<B, Full<Bytes>>> {
     let reply = ErrorReply::from_error(err);
     if reply.status.is_server_error() {
         tracing::warn!(code = reply.code, status = reply.status.as_u16(), "{}", reply.message);
     } else {
         tracing::debug!(code = reply.code, status = reply.status.as_u16(), "{}", reply.message);
     }
-    reply_response(reply).map(Either::Right)
+    reply_response_for(inbound, reply).map(Either::Right)
 }
 
 /// The response for an [`ErrorReply`]: status, OpenAI-shaped JSON body,
@@ -181,7 +198,12 @@ pub fn error_response<B>(err: &(dyn std::error::Error + 'static)) -> Response<Ei
 /// assert_eq!(res.headers()["retry-after"], "30");
 /// ```
 pub fn reply_response(reply: ErrorReply) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(reply.to_json())));
+    reply_response_for(Inbound::OpenAi, reply)
+}
+
+/// [`reply_response`] in the error shape of `inbound`'s clients.
+pub fn reply_response_for(inbound: Inbound, reply: ErrorReply) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(reply.to_json_for(inbound))));
     *res.status_mut() = reply.status;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

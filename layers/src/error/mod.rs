@@ -33,6 +33,7 @@
 
 mod define;
 mod leased;
+pub mod shape;
 mod table;
 
 use std::{error::Error, time::Duration};

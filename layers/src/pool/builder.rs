@@ -12,7 +12,9 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{InvalidKey, KeyEntry, KeyPool, PoolClock, ProviderPool, Secret, Selection, labels::ModelLabels};
+use super::{
+    InvalidKey, KeyEntry, KeyPool, PoolClock, ProviderPool, ResponseOwners, Secret, Selection, labels::ModelLabels,
+};
 use crate::{metrics::HandleCache, provider::Provider};
 
 /// Per-provider settings.
@@ -95,6 +97,7 @@ pub struct KeyPoolBuilder {
     daily_reset_offset: Duration,
     pause: ProviderPause,
     carry_over: Option<Arc<KeyPool>>,
+    responses: Option<(usize, Duration)>,
 }
 
 impl KeyPoolBuilder {
@@ -158,9 +161,22 @@ impl KeyPoolBuilder {
         self
     }
 
+    /// How many Responses API response ids the pool remembers the key of,
+    /// and for how long (default [`DEFAULT_REMEMBERED_RESPONSES`](super::DEFAULT_REMEMBERED_RESPONSES), 30 days);
+    /// a reload keeps the previous pool's memory.
+    pub fn remembered_responses(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.responses = Some((capacity, ttl));
+        self
+    }
+
     /// The pool; fails when a key cannot be sent as a header value.
     pub fn build(self) -> Result<Arc<KeyPool>, InvalidKey> {
         let clock = PoolClock::new(self.wall_anchor.unwrap_or_else(SystemTime::now), self.daily_reset_offset.as_secs());
+        let responses = match (&self.carry_over, self.responses) {
+            (Some(old), _) => old.responses().clone(),
+            (None, Some((capacity, ttl))) => Arc::new(ResponseOwners::new(capacity, ttl)),
+            (None, None) => Arc::default(),
+        };
         let mut providers = Vec::with_capacity(self.providers.len());
         let mut by_id = HashMap::with_capacity_and_hasher(self.providers.len(), Default::default());
         for (provider, options, secrets) in self.providers {
@@ -189,8 +205,9 @@ impl KeyPoolBuilder {
                 labels,
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
+                responses: responses.clone(),
             }));
         }
-        Ok(Arc::new(KeyPool { providers, by_id, clock }))
+        Ok(Arc::new(KeyPool { providers, by_id, clock, responses }))
     }
 }

@@ -33,6 +33,7 @@ mod key;
 mod labels;
 mod lease;
 mod provider_pool;
+mod responses;
 mod select;
 mod snapshot;
 mod status;
@@ -46,8 +47,9 @@ pub use self::{
     key::{InvalidKey, KeyEntry, KeyId, Secret},
     lease::{InFlight, KeyLease, SlotPermit},
     provider_pool::{Choice, ProviderPool, Unavailable},
+    responses::{DEFAULT_REMEMBERED_RESPONSES, DEFAULT_RESPONSE_TTL, ResponseOwner, ResponseOwners},
     select::{Selection, UnknownSelection},
-    snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, SNAPSHOT_VERSION},
+    snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
     status::{CooldownStatus, KeyStatus, ModelStatus},
 };
 
@@ -59,12 +61,19 @@ pub struct KeyPool {
     // the pool's own provider ids.
     by_id: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     clock: PoolClock,
+    responses: Arc<ResponseOwners>,
 }
 
 impl KeyPool {
     /// Starts an empty pool.
     pub fn builder() -> KeyPoolBuilder {
         KeyPoolBuilder::default()
+    }
+
+    /// Which key made each Responses API response (shared by every
+    /// provider of the pool, and kept across reloads).
+    pub fn responses(&self) -> &Arc<ResponseOwners> {
+        &self.responses
     }
 
     /// The provider with this id.

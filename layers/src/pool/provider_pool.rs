@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    InFlight, KeyEntry, KeyId, KeyLease, PoolClock, ProviderOptions, ProviderPause, Selection,
+    InFlight, KeyEntry, KeyId, KeyLease, PoolClock, ProviderOptions, ProviderPause, ResponseOwners, Selection,
     health::Availability,
     labels::ModelLabels,
     select::{self, Candidate},
@@ -51,6 +51,8 @@ pub struct ProviderPool {
     pub(super) attempt_counters: HandleCache<(usize, &'static str), metrics::Counter>,
     /// `keyrelay_tokens_total` (prompt, completion) by model label.
     pub(super) token_counters: HandleCache<Arc<str>, [metrics::Counter; 2]>,
+    /// The pool's memory of which key made which response.
+    pub(super) responses: Arc<ResponseOwners>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -97,6 +99,11 @@ impl Unavailable {
 }
 
 impl ProviderPool {
+    /// Which key made each Responses API response (the pool's, shared).
+    pub fn responses(&self) -> &Arc<ResponseOwners> {
+        &self.responses
+    }
+
     /// The provider's spec.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 use super::{
-    KeyPool,
+    KeyPool, ResponseOwner,
     health::{Cooldown, Counters, Invalid},
 };
 use crate::classify::FailureClass;
@@ -25,12 +25,30 @@ pub struct PoolSnapshot {
     pub saved_at_unix_ms: u64,
     /// Each key's state, by key id.
     pub keys: BTreeMap<String, KeySnapshot>,
+    /// Which key made each remembered Responses API response, oldest first.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
+    pub responses: Vec<ResponseSnapshot>,
 }
 
 impl Default for PoolSnapshot {
     fn default() -> Self {
-        Self { version: SNAPSHOT_VERSION, saved_at_unix_ms: 0, keys: BTreeMap::new() }
+        Self { version: SNAPSHOT_VERSION, saved_at_unix_ms: 0, keys: BTreeMap::new(), responses: Vec::new() }
     }
+}
+
+/// One remembered response id and the key that made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct ResponseSnapshot {
+    /// The response id (`resp_...`).
+    pub id: String,
+    /// The key id that made it.
+    pub key: String,
+    /// The upstream model it was made with.
+    pub model: String,
+    /// When it was made (milliseconds since the Unix epoch).
+    pub created_unix_ms: u64,
 }
 
 /// One key's saved state.
@@ -137,7 +155,18 @@ impl KeyPool {
                 );
             }
         }
-        PoolSnapshot { version: SNAPSHOT_VERSION, saved_at_unix_ms: clock.unix_ms(now), keys }
+        let responses = self
+            .responses()
+            .entries()
+            .into_iter()
+            .map(|(id, owner)| ResponseSnapshot {
+                id,
+                key: owner.key.as_str().to_owned(),
+                model: owner.model.to_string(),
+                created_unix_ms: owner.created_unix_ms,
+            })
+            .collect();
+        PoolSnapshot { version: SNAPSHOT_VERSION, saved_at_unix_ms: clock.unix_ms(now), keys, responses }
     }
 
     /// Applies a snapshot to the keys that still exist; returns how many.
@@ -181,6 +210,15 @@ impl KeyPool {
                     };
                 }
             }
+        }
+        // A response of a key no longer configured is not restored: its
+        // follow-ups go where new requests go, and the provider says it
+        // does not know the id.
+        for saved in &snapshot.responses {
+            let Some((pool, index)) = self.key(&saved.key) else { continue };
+            let key = pool.keys()[index].id().clone();
+            let owner = ResponseOwner::new(pool.provider().id().clone(), key, &saved.model, saved.created_unix_ms);
+            self.responses().remember(&saved.id, owner);
         }
         restored
     }

@@ -66,6 +66,20 @@ impl ProviderDialect for OpenAi {
     fn model_ids(&self, body: &[u8]) -> Result<Vec<String>, TranslateError> {
         crate::upstream::models::parse_model_list(body).map_err(|e| TranslateError::new(e.to_string()))
     }
+
+    fn native_path(&self, endpoint: Endpoint, _: &str, client_path: &str) -> Option<Cow<'static, str>> {
+        match endpoint {
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => {
+                Some(Cow::Borrowed(endpoint.path_suffix()))
+            }
+            // `/v1/responses/{id}[/cancel|/input_items]` below the base URL.
+            Endpoint::ResponseResource => {
+                let bare = client_path.strip_prefix("/v1").unwrap_or(client_path);
+                Some(Cow::Owned(bare.trim_start_matches('/').to_owned()))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Replaces the JSON string token at `span` (quotes included) with `model`.

@@ -143,6 +143,17 @@ pub trait ProviderDialect: Send + Sync + 'static {
 
     /// The model ids in the provider's model list answer.
     fn model_ids(&self, body: &[u8]) -> Result<Vec<String>, TranslateError>;
+
+    /// The provider's path for a request in its own dialect, which passes
+    /// through as it came: `endpoint` is what the client called, `model`
+    /// the upstream model, `client_path` the path it called (for paths that
+    /// carry more than the endpoint, such as a response id). `None`: the
+    /// dialect has no such endpoint of its own. The client's query string
+    /// is the caller's to append.
+    fn native_path(&self, endpoint: Endpoint, model: &str, client_path: &str) -> Option<Cow<'static, str>> {
+        let _ = (endpoint, model, client_path);
+        None
+    }
 }
 
 /// The implementation of a provider's dialect.

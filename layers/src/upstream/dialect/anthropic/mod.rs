@@ -129,6 +129,14 @@ impl ProviderDialect for Anthropic {
         }
     }
 
+    fn native_path(&self, endpoint: Endpoint, _: &str, _: &str) -> Option<Cow<'static, str>> {
+        match endpoint {
+            Endpoint::Messages => Some(Cow::Borrowed("v1/messages")),
+            Endpoint::MessagesCountTokens => Some(Cow::Borrowed("v1/messages/count_tokens")),
+            _ => None,
+        }
+    }
+
     fn stream(
         &self,
         endpoint: Endpoint,

@@ -118,6 +118,16 @@ impl ProviderDialect for Gemini {
         }
     }
 
+    fn native_path(&self, endpoint: Endpoint, model: &str, _: &str) -> Option<Cow<'static, str>> {
+        let method = match endpoint {
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent | Endpoint::CountTokens => {
+                endpoint.path_suffix()
+            }
+            _ => return None,
+        };
+        Some(Cow::Owned(format!("v1beta/models/{}:{method}", escape_segment(model))))
+    }
+
     fn stream(
         &self,
         endpoint: Endpoint,
