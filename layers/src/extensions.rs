@@ -201,6 +201,40 @@ pub fn response_resource(path: &str) -> Option<(&str, Option<&str>)> {
     (!id.is_empty()).then_some((id, action))
 }
 
+/// Decodes a path segment's `%XX` escapes; `None` when an escape is cut
+/// short, is not hexadecimal, or the bytes are not UTF-8. (`+` stays `+`:
+/// it means a space only in query strings.)
+///
+/// ```
+/// use keyrelay_layers::extensions::percent_decode;
+///
+/// assert_eq!(percent_decode("openai%2Fgpt-4o").as_deref(), Some("openai/gpt-4o"));
+/// assert_eq!(percent_decode("100%"), None);
+/// ```
+pub fn percent_decode(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_owned());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            // `from_str_radix` would take a sign: check the digits first.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The API a client speaks, which decides how its requests are read and
 /// its answers and errors are shaped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,6 +291,25 @@ pub struct RouteTarget {
     model_span: Option<Range<usize>>,
     stream_options: bool,
     include_usage: bool,
+    required_key: Option<RequiredKey>,
+}
+
+/// The one key a request may use: the key that made the Responses API
+/// response it continues (or reads, deletes, cancels), which alone can
+/// reach that response's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequiredKey {
+    /// The key.
+    pub key: KeyId,
+    /// The response it made.
+    pub response_id: Arc<str>,
+}
+
+impl RequiredKey {
+    /// `key` made `response_id`.
+    pub fn new(key: KeyId, response_id: &str) -> Self {
+        Self { key, response_id: response_id.into() }
+    }
 }
 
 impl RouteTarget {
@@ -271,7 +324,19 @@ impl RouteTarget {
             model_span: None,
             stream_options: false,
             include_usage: false,
+            required_key: None,
         }
+    }
+
+    /// Only `key` may serve the request (see [`RequiredKey`]).
+    pub fn with_required_key(mut self, key: RequiredKey) -> Self {
+        self.required_key = Some(key);
+        self
+    }
+
+    /// The one key the request may use, if it is bound to one.
+    pub fn required_key(&self) -> Option<&RequiredKey> {
+        self.required_key.as_ref()
     }
 
     /// Records where the `model` JSON string token (quotes included) sits in

@@ -118,6 +118,11 @@ impl<B> Predicate<Request<B>> for ModelCheck {
         let Some(pool) = self.pool.provider(target.provider().as_str()) else {
             return Ok(req); // KeySelect answers for unknown providers
         };
+        if target.endpoint() == crate::extensions::Endpoint::ResponseResource {
+            // Reading or deleting a stored response names no model; the
+            // request that made it was checked.
+            return Ok(req);
+        }
         match pool.provider().model_rules().check(target.model()) {
             Ok(()) => Ok(req),
             Err(pattern) => Err(ModelBlocked::new(target.provider().as_str(), target.model(), pattern).into()),

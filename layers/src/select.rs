@@ -69,10 +69,10 @@ use crate::{
     body::LeasedBody,
     error::{
         AllKeysCooling, KeysExhausted, KeysRecovering, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey,
-        UnknownProvider,
+        ResponseKeyGone, ResponseKeyUnavailable, UnknownProvider,
     },
     extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
-    pool::{Choice, InFlight, KeyLease, KeyPool},
+    pool::{Choice, InFlight, KeyId, KeyLease, KeyPool},
 };
 
 /// Applies [`KeySelect`].
@@ -196,8 +196,24 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
     let provider = pool
         .provider(id)
         .ok_or_else(|| UnknownProvider::new(id, pool.providers().map(|p| p.provider().id().as_str())))?;
-    let excluded = &wants.excluded.0[..];
-    let pinned = wants.pinned.as_ref().map(|p| &p.0);
+    // A request bound to one key (a Responses follow-up) may use no other:
+    // every other key is excluded, and its key is pinned.
+    let required = target.required_key();
+    let others: Vec<KeyId>;
+    let (excluded, pinned) = match required {
+        Some(required) => {
+            if !provider.keys().iter().any(|key| *key.id() == required.key) {
+                return Err(ResponseKeyGone::new(&required.response_id, required.key.as_str()).into());
+            }
+            if wants.excluded.0.contains(&required.key) {
+                // Tried, and it failed: no other key can take over.
+                return Err(KeysExhausted::new(id).into());
+            }
+            others = provider.keys().iter().map(|key| key.id()).filter(|&key| *key != required.key).cloned().collect();
+            (&others[..], Some(&required.key))
+        }
+        None => (&wants.excluded.0[..], wants.pinned.as_ref().map(|p| &p.0)),
+    };
     let deadline = wants.deadline.map(|d| d.0);
     loop {
         // Registered before looking, so that a slot freed in between is not missed.
@@ -235,7 +251,7 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         // The request failed on every key it could use (transient failures
         // exclude): that is the upstream's failure (502, with its last error),
         // not a 429 whose `Retry-After` names another key's long cooldown.
-        if why.excluded {
+        if why.excluded && required.is_none() {
             return Err(KeysExhausted::new(id).into());
         }
         if let Some(until) = why.cooling_until {
@@ -246,6 +262,11 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
             } else {
                 KeysRecovering::new(id, target.model(), until - now).into()
             });
+        }
+        if let Some(required) = required {
+            let state = if why.invalid_until.is_some() { "invalid" } else { "disabled" };
+            let why = format!("key {}, which is {state}", required.key);
+            return Err(ResponseKeyUnavailable::new(&required.response_id, why).into());
         }
         return Err(NoUsableKey::new(id, why.invalid_until.map(|t| t - now)).into());
     }

@@ -263,6 +263,58 @@ failures! {
             }
         }
 
+    /// A dialect route's bare model (no configured `provider/` prefix)
+    /// went to the route's default provider, which is not configured.
+    NoDefaultProvider { model: String, provider: String, setting: &'static str }
+        reply 400, "invalid_request_error", "unknown_provider";
+        message |this, f| write!(
+            f,
+            "model `{}` names no configured provider, and this route's default provider `{}` is not configured: \
+             send `provider/model` (e.g. `openrouter/{}`) or set {}",
+            this.model, this.provider, this.model, this.setting
+        );
+        impl {
+            /// `model` as sent; `provider` the route's default; `setting` the
+            /// config key that chooses it (e.g. `routes.messages_default_provider`).
+            pub fn new(model: &str, provider: &str, setting: &'static str) -> Self {
+                Self { model: echo(model), provider: provider.to_owned(), setting }
+            }
+        }
+
+    /// A Responses API follow-up names a response made with a key the pool
+    /// no longer has.
+    ResponseKeyGone { response: String, key: String }
+        reply 404, "invalid_request_error", "response_not_found";
+        message |this, f| write!(
+            f,
+            "response `{}` was made with key {}, which is no longer configured: only that key's organisation \
+             holds it; start over without previous_response_id (send the whole conversation in `input`)",
+            this.response, this.key
+        );
+        impl {
+            /// `response` the id; `key` the id of the key that made it.
+            pub fn new(response: &str, key: &str) -> Self {
+                Self { response: echo(response), key: key.to_owned() }
+            }
+        }
+
+    /// A Responses API follow-up names a response whose key cannot be used
+    /// now (invalid or disabled), or one made by another provider.
+    ResponseKeyUnavailable { response: String, why: String }
+        reply 409, "invalid_request_error", "response_key_unavailable";
+        message |this, f| write!(
+            f,
+            "response `{}` is held by {}: only that key can continue it; start over without \
+             previous_response_id (send the whole conversation in `input`)",
+            this.response, this.why
+        );
+        impl {
+            /// `why` names the key and its state, e.g. `key openai:3f9a1c2e, which is disabled`.
+            pub fn new(response: &str, why: impl Into<String>) -> Self {
+                Self { response: echo(response), why: why.into() }
+            }
+        }
+
     /// Every key the request could use was tried and failed: what
     /// [`crate::retry`] turns into [`UpstreamFailed`] with the last error.
     KeysExhausted { provider: String }

@@ -1,0 +1,299 @@
+//! Where a request goes: provider, model and stream flag, from its body
+//! (or, for Gemini, its path).
+
+use std::borrow::Cow;
+
+use http::request::Parts;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{
+    BoxError,
+    error::{
+        InvalidBody, InvalidModel, MissingModel, NoDefaultProvider, RouteNotFound, UnknownProvider,
+    },
+    extensions::{Endpoint, Inbound, RequiredKey, RouteTarget, gemini_path, percent_decode, response_resource},
+    pool::KeyPool,
+    provider::ProviderId,
+};
+
+/// Where a dialect route's bare model goes: a model with no configured
+/// `provider/` prefix (Claude Code sends `claude-sonnet-4-5`, Codex
+/// `gpt-5-codex`, Gemini CLI `gemini-2.5-pro`) is the route's default
+/// provider's. Chat completions have no default: their models always name
+/// a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDefaults {
+    anthropic: ProviderId,
+    responses: ProviderId,
+    gemini: ProviderId,
+}
+
+impl Default for RouteDefaults {
+    /// `anthropic` for Messages, `openai` for Responses, `gemini` for Gemini.
+    fn default() -> Self {
+        Self {
+            anthropic: ProviderId::new("anthropic"),
+            responses: ProviderId::new("openai"),
+            gemini: ProviderId::new("gemini"),
+        }
+    }
+}
+
+impl RouteDefaults {
+    /// Sends `inbound`'s bare models to `provider` (no effect for OpenAI's
+    /// chat completions, whose models always name their provider).
+    pub fn with(mut self, inbound: Inbound, provider: &str) -> Self {
+        match inbound {
+            Inbound::Anthropic => self.anthropic = ProviderId::new(provider),
+            Inbound::Responses => self.responses = ProviderId::new(provider),
+            Inbound::Gemini => self.gemini = ProviderId::new(provider),
+            _ => {}
+        }
+        self
+    }
+
+    /// The default provider of `inbound`'s route, and the config key that
+    /// sets it.
+    fn of(&self, inbound: Inbound) -> Option<(&ProviderId, &'static str)> {
+        match inbound {
+            Inbound::Anthropic => Some((&self.anthropic, "routes.messages_default_provider")),
+            Inbound::Responses => Some((&self.responses, "routes.responses_default_provider")),
+            Inbound::Gemini => Some((&self.gemini, "routes.gemini_default_provider")),
+            _ => None,
+        }
+    }
+}
+
+/// The fields the proxy needs; serde still checks the whole document.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    /// `Some` whenever the key is there, `null` included: the usage
+    /// request must then replace it, not add a second `stream_options`.
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+    /// The Responses API's follow-up: it must reach the key that made it.
+    #[serde(default)]
+    previous_response_id: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(value).map(Some)
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Finds provider, model and stream flag in a JSON request body to an
+/// endpoint whose body names the model (every endpoint but Gemini's and a
+/// stored response's), with the default [`RouteDefaults`].
+pub fn route_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool) -> Result<RouteTarget, BoxError> {
+    body_target(body, endpoint, pool, &RouteDefaults::default())
+}
+
+/// Finds where any proxied request goes: from its body, or from its path
+/// (Gemini's model, a stored response's id).
+pub fn route_target_with(
+    parts: &Parts,
+    body: &[u8],
+    endpoint: Endpoint,
+    pool: &KeyPool,
+    defaults: &RouteDefaults,
+) -> Result<RouteTarget, BoxError> {
+    match endpoint {
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent | Endpoint::CountTokens => {
+            // The body must still be a JSON object; its model is the path's.
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(InvalidBody::new)?;
+            if !body.trim_ascii_start().starts_with(b"{") {
+                return Err(InvalidBody::new("expected a JSON object").into());
+            }
+            let raw = gemini_path(parts.uri.path()).map(|(model, _)| model).unwrap_or_default();
+            let model = percent_decode(raw).ok_or_else(|| InvalidModel::new(raw))?;
+            let (provider, model) = resolve(pool, &model, Inbound::Gemini, defaults)?;
+            Ok(RouteTarget::new(provider, model, endpoint, endpoint == Endpoint::StreamGenerateContent))
+        }
+        Endpoint::ResponseResource => stored_response_target(parts, pool, defaults),
+        _ => body_target(body, endpoint, pool, defaults),
+    }
+}
+
+fn body_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool, defaults: &RouteDefaults) -> Result<RouteTarget, BoxError> {
+    let probe: Probe<'_> = serde_json::from_slice(body).map_err(InvalidBody::new)?;
+    let raw = probe.model.ok_or_else(MissingModel::new)?;
+    let model: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| InvalidModel::not_a_string())?;
+    let (provider, upstream_model) = resolve(pool, &model, endpoint.inbound(), defaults)?;
+    // The raw value borrows from `body`, so its address gives its position:
+    // the upstream can swap the model token without re-serialising the body.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let span = start..start + raw.get().len();
+    // Read here once, so that the upstream need not parse the body again.
+    let include_usage = probe
+        .stream_options
+        .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+        .is_some_and(|options| options.include_usage);
+    let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
+        .with_model_span(span)
+        .with_stream_options(probe.stream_options.is_some(), include_usage);
+    match probe.previous_response_id.filter(|_| endpoint == Endpoint::Responses) {
+        Some(id) => continue_response(target, &id, pool),
+        None => Ok(target),
+    }
+}
+
+/// The provider and upstream model a client's model names: `provider/model`
+/// split at the first `/` when the provider is configured; on a dialect
+/// route, a bare model is its default provider's (the whole string, slashes
+/// and all).
+fn resolve<'m>(
+    pool: &KeyPool,
+    model: &'m str,
+    inbound: Inbound,
+    defaults: &RouteDefaults,
+) -> Result<(ProviderId, &'m str), BoxError> {
+    let split = model.split_once('/').filter(|(p, rest)| !p.is_empty() && !rest.is_empty());
+    if let Some((prefix, rest)) = split
+        && let Some(provider) = pool.provider(prefix)
+    {
+        return Ok((provider.provider().id().clone(), rest));
+    }
+    let Some((default, setting)) = defaults.of(inbound) else {
+        return Err(match split {
+            Some((prefix, _)) => {
+                UnknownProvider::new(prefix, pool.providers().map(|p| p.provider().id().as_str())).into()
+            }
+            None => InvalidModel::new(model).into(),
+        });
+    };
+    if model.is_empty() {
+        return Err(InvalidModel::new(model).into());
+    }
+    match pool.provider(default.as_str()) {
+        Some(provider) => Ok((provider.provider().id().clone(), model)),
+        None => Err(NoDefaultProvider::new(model, default.as_str(), setting).into()),
+    }
+}
+
+/// A Responses API request that continues `response_id`: it must use the
+/// key that made it, when the proxy knows that key.
+fn continue_response(target: RouteTarget, response_id: &str, pool: &KeyPool) -> Result<RouteTarget, BoxError> {
+    let Some(owner) = pool.responses().owner(response_id, pool.clock().now_unix_ms()) else {
+        // Not made through this proxy (or forgotten): like a new request;
+        // the provider says whether it knows the id.
+        return Ok(target);
+    };
+    if owner.provider != *target.provider() {
+        let why = format!("provider `{}`, not `{}`", owner.provider, target.provider());
+        return Err(crate::error::ResponseKeyUnavailable::new(response_id, why).into());
+    }
+    Ok(target.with_required_key(RequiredKey::new(owner.key, response_id)))
+}
+
+/// `GET`/`DELETE /v1/responses/{id}`, `/cancel`, `/input_items`: to the key
+/// that made the response; an id the proxy does not know goes to the
+/// Responses route's default provider, like a new request.
+fn stored_response_target(parts: &Parts, pool: &KeyPool, defaults: &RouteDefaults) -> Result<RouteTarget, BoxError> {
+    let path = parts.uri.path();
+    let bare = path.strip_prefix("/v1").unwrap_or(path);
+    let (raw_id, _) = response_resource(bare).ok_or_else(|| RouteNotFound::new(path))?;
+    let id = percent_decode(raw_id).ok_or_else(|| RouteNotFound::new(path))?;
+    let endpoint = Endpoint::ResponseResource;
+    if let Some(owner) = pool.responses().owner(&id, pool.clock().now_unix_ms()) {
+        let target = RouteTarget::new(owner.provider.clone(), &owner.model, endpoint, false);
+        return Ok(target.with_required_key(RequiredKey::new(owner.key, &id)));
+    }
+    let (default, setting) = defaults.of(Inbound::Responses).expect("the Responses route has a default");
+    let provider = pool
+        .provider(default.as_str())
+        .ok_or_else(|| NoDefaultProvider::new(&id, default.as_str(), setting))?;
+    Ok(RouteTarget::new(provider.provider().id().clone(), "", endpoint, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{error::ErrorReply, pool::Secret, provider::Provider};
+
+    fn pool() -> Arc<KeyPool> {
+        let p = |id| Provider::openai_compatible(id, "http://127.0.0.1:9/v1").unwrap();
+        KeyPool::builder()
+            .provider(p("openai"), Default::default(), vec![Secret::new("k")])
+            .provider(p("openrouter"), Default::default(), vec![])
+            .build()
+            .unwrap()
+    }
+
+    fn parse(body: &str) -> Result<RouteTarget, u16> {
+        route_target(body.as_bytes(), Endpoint::ChatCompletions, &pool())
+            .map_err(|err| ErrorReply::from_error(&*err).status.as_u16())
+    }
+
+    #[test]
+    fn splits_model_at_the_first_slash() {
+        let t = parse(r#"{"model":"openrouter/meta-llama/llama-3-70b"}"#).unwrap();
+        assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "meta-llama/llama-3-70b"));
+        assert!(!t.stream());
+    }
+
+    #[test]
+    fn reads_stream_and_records_the_model_token_span() {
+        let body = r#"{ "stream" : true, "model" :  "openai/gpt-4o" , "messages": [] }"#;
+        let t = parse(body).unwrap();
+        assert!(t.stream());
+        assert_eq!(&body[t.model_span().unwrap()], r#""openai/gpt-4o""#);
+    }
+
+    #[test]
+    fn reads_stream_options_once_for_the_layers_inside() {
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(t.has_stream_options() && t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":{"other":1}}"#).unwrap();
+        assert!(t.has_stream_options() && !t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true}"#).unwrap();
+        assert!(!t.has_stream_options() && !t.wants_usage());
+        let t = parse(r#"{"model":"openai/x","stream":true,"stream_options":null}"#).unwrap();
+        assert!(t.has_stream_options() && !t.wants_usage(), "a null is there, to be replaced");
+    }
+
+    #[test]
+    fn escaped_model_strings_are_understood() {
+        let body = r#"{"model":"openai\/gpt-4o"}"#;
+        let t = parse(body).unwrap();
+        assert_eq!(t.model(), "gpt-4o");
+        assert_eq!(&body[t.model_span().unwrap()], r#""openai\/gpt-4o""#);
+    }
+
+    #[test]
+    fn bad_input_is_a_400_never_a_500() {
+        for body in [
+            "",
+            "not json",
+            "[1,2]",
+            r#"{"messages":[]}"#,
+            r#"{"model":42}"#,
+            r#"{"model":null}"#,
+            r#"{"model":"gpt-4o"}"#,
+            r#"{"model":"/gpt-4o"}"#,
+            r#"{"model":"openai/"}"#,
+            r#"{"model":"nope/gpt-4o"}"#,
+            r#"{"model":"openai/gpt-4o","stream":"yes"}"#,
+            r#"{"model":"openai/gpt-4o","model":"openai/x"}"#,
+            r#"{"model":"openai/gpt-4o""#,
+        ] {
+            assert_eq!(parse(body).unwrap_err(), 400, "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_provider_names_the_known_ones() {
+        let err = route_target(br#"{"model":"nope/x"}"#, Endpoint::ChatCompletions, &pool()).unwrap_err();
+        let message = ErrorReply::from_error(&*err).message;
+        assert!(message.contains("`nope`") && message.contains("openai, openrouter"), "{message}");
+    }
+}
