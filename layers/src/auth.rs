@@ -1,7 +1,10 @@
 //! `AuthLayer`: checks the client's proxy key.
 //!
-//! The key may come as `Authorization: Bearer <key>` (OpenAI SDKs) or
-//! `x-api-key: <key>` (Anthropic-style clients). Both are compared against
+//! The key may come as `Authorization: Bearer <key>` (OpenAI SDKs, Claude
+//! Code's `ANTHROPIC_AUTH_TOKEN`), `x-api-key: <key>` (Anthropic SDKs),
+//! `x-goog-api-key: <key>` or a `?key=<key>` query parameter (Google's
+//! clients; the parameter is removed from the URI once read). All are
+//! compared against
 //! the configured key in constant time: over tags of a keyed hash (SipHash
 //! with a random key per process), so neither content nor length leaks, and
 //! a tag that matches is confirmed byte for byte, and every [credential header](crate::credentials)
@@ -31,7 +34,7 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{HeaderMap, Request, header::AUTHORIZATION};
+use http::{HeaderMap, Request, Uri, header::AUTHORIZATION};
 use std::hash::{BuildHasher, RandomState};
 
 use subtle::ConstantTimeEq;
@@ -44,6 +47,7 @@ use crate::{
 };
 
 const X_API_KEY: &str = "x-api-key";
+const X_GOOG_API_KEY: &str = "x-goog-api-key";
 
 /// The keys a request's key is compared with, as tags.
 struct Expected {
@@ -160,23 +164,49 @@ impl<B> Predicate<Request<B>> for KeyCheck {
     type Request = Request<B>;
 
     fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
+        let query_key = query_key(req.uri());
         if let Some(expected) = &self.expected {
-            check(req.headers(), expected)?;
+            check(req.headers(), query_key.as_deref(), expected)?;
         }
         strip_client_credentials(req.headers_mut());
+        if query_key.is_some() {
+            *req.uri_mut() = without_query_key(req.uri());
+        }
         Ok(req)
     }
 }
 
-fn check(headers: &HeaderMap, expected: &Expected) -> Result<(), BoxError> {
+/// The key of a `?key=` query parameter (how Google's clients may send it).
+fn query_key(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    let value = query.split('&').find_map(|param| param.strip_prefix("key="))?;
+    crate::extensions::percent_decode(value)
+}
+
+/// The URI without its `key=` query parameter, which must go no further.
+fn without_query_key(uri: &Uri) -> Uri {
+    let kept: Vec<&str> = uri.query().into_iter().flat_map(|q| q.split('&')).filter(|p| !p.starts_with("key=")).collect();
+    let path_and_query = match kept.is_empty() {
+        true => uri.path().to_owned(),
+        false => format!("{}?{}", uri.path(), kept.join("&")),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+fn check(headers: &HeaderMap, query_key: Option<&str>, expected: &Expected) -> Result<(), BoxError> {
     let bearer = headers.get_all(AUTHORIZATION).iter().filter_map(|value| {
         let value = value.to_str().ok()?.trim();
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
-    let api_key = headers.get_all(X_API_KEY).iter().filter_map(|value| value.to_str().ok().map(str::trim));
+    let api_key = [X_API_KEY, X_GOOG_API_KEY]
+        .into_iter()
+        .flat_map(|name| headers.get_all(name).into_iter())
+        .filter_map(|value| value.to_str().ok().map(str::trim));
     let (mut presented, mut forbidden) = (false, false);
-    for candidate in bearer.chain(api_key) {
+    for candidate in bearer.chain(api_key).chain(query_key) {
         presented = true;
         let tag = expected.hasher.hash_one(candidate.as_bytes());
         // Every comparison runs, so timing tells nothing about which matched.

@@ -400,6 +400,13 @@ pub struct ExcludedKeys(pub Vec<KeyId>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinnedKey(pub KeyId);
 
+/// *Response* extension: a provider's error as the proxy judges it (in
+/// OpenAI's shape, the provider's machine-readable fields kept), when the
+/// body the client gets says it in another dialect's shape. RetryRotate
+/// classifies this rather than the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamError(pub bytes::Bytes);
+
 /// The few-valued code of the error a response carries, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorCode(pub &'static str);

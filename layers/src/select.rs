@@ -163,6 +163,12 @@ where
                 deadline: req.extensions().get::<Deadline>().copied(),
                 max_wait,
             };
+            if counts_locally(&pool, &target) {
+                // A token count the provider cannot make is estimated by
+                // the upstream service, with no key.
+                let res = inner.ready().await.map_err(Into::into)?.call(req).await.map_err(Into::into)?;
+                return Ok(res.map(|body| LeasedBody::new(body, None)));
+            }
             let (lease, in_flight) = lease_for(&pool, &target, wants).await?;
             req.extensions_mut().insert(lease.clone());
             let called = match inner.ready().await.map_err(Into::into) {
@@ -179,6 +185,15 @@ where
             }
         })
     }
+}
+
+/// Whether the request is a token count that the provider cannot make in
+/// the client's dialect (an Anthropic count for an OpenAI model): the
+/// proxy estimates it without a key.
+fn counts_locally(pool: &KeyPool, target: &RouteTarget) -> bool {
+    let endpoint = target.endpoint();
+    endpoint.counts_tokens()
+        && pool.provider(target.provider().as_str()).is_some_and(|p| !p.provider().passes_through(endpoint))
 }
 
 /// What the request asks of the choice.

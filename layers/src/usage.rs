@@ -1,7 +1,10 @@
 //! Token usage read from the tail of a response, without buffering it:
 //! the last few KiB are kept as they pass, and the last `"usage"` object in
 //! them is read at the end. That finds OpenAI's `usage` in a completion, in
-//! an embeddings answer, and in the final chunk of a stream.
+//! an embeddings answer, and in the final chunk of a stream — and, since
+//! every dialect's names are understood ([`usage_in_tail`]), Anthropic's
+//! and the Responses API's `usage` and Gemini's `usageMetadata` in the
+//! answers that pass through in their own dialect.
 //!
 //! ```
 //! use keyrelay_layers::usage::{Usage, UsageTap};
@@ -84,20 +87,82 @@ impl UsageTap {
     }
 }
 
-/// The last `"usage": {...}` object in `tail` that parses; `null` usages
-/// (stream chunks before the last) are skipped.
+/// The last `"usage": {...}` (or Gemini's `"usageMetadata": {...}`)
+/// object in `tail` that parses; `null` usages (stream chunks before the
+/// last) are skipped. Every dialect's names count: OpenAI's
+/// `prompt_tokens` / `completion_tokens`; Anthropic's `input_tokens` plus
+/// its cache reads and writes / `output_tokens`; the Responses API's
+/// `input_tokens` / `output_tokens`; Gemini's `promptTokenCount` /
+/// `candidatesTokenCount` plus `thoughtsTokenCount`.
+///
+/// ```
+/// use keyrelay_layers::usage::{usage_in_tail, Usage};
+///
+/// let anthropic = br#"{"usage": {"input_tokens": 3, "cache_read_input_tokens": 100, "output_tokens": 9}}"#;
+/// assert_eq!(usage_in_tail(anthropic), Some(Usage { prompt_tokens: 103, completion_tokens: 9 }));
+/// let gemini = br#"{"usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7, "thoughtsTokenCount": 2}}"#;
+/// assert_eq!(usage_in_tail(gemini), Some(Usage { prompt_tokens: 5, completion_tokens: 9 }));
+/// ```
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     let mut end = tail.len();
-    while let Some(at) = memchr::memmem::rfind(&tail[..end], USAGE_KEY) {
-        if let Some(object) = value_after_key(&tail[at + USAGE_KEY.len()..]).filter(|v| v.starts_with(b"{")) {
-            let mut values = serde_json::Deserializer::from_slice(object).into_iter::<Usage>();
+    loop {
+        let usage = memchr::memmem::rfind(&tail[..end], USAGE_KEY).map(|at| (at, USAGE_KEY.len()));
+        let metadata = memchr::memmem::rfind(&tail[..end], USAGE_METADATA_KEY).map(|at| (at, USAGE_METADATA_KEY.len()));
+        let (at, key_len) = match (usage, metadata) {
+            (Some(u), Some(m)) => u.max(m),
+            (Some(found), None) | (None, Some(found)) => found,
+            (None, None) => return None,
+        };
+        if let Some(object) = value_after_key(&tail[at + key_len..]).filter(|v| v.starts_with(b"{")) {
+            let mut values = serde_json::Deserializer::from_slice(object).into_iter::<AnyUsage>();
             if let Some(Ok(usage)) = values.next() {
-                return Some(usage);
+                return Some(usage.into());
             }
         }
         end = at;
     }
-    None
+}
+
+/// A usage object in any dialect's names.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnyUsage {
+    #[serde(default, rename = "prompt_tokens")]
+    prompt: Option<u64>,
+    #[serde(default, rename = "completion_tokens")]
+    completion: Option<u64>,
+    #[serde(default, rename = "input_tokens")]
+    input: Option<u64>,
+    #[serde(default, rename = "output_tokens")]
+    output: Option<u64>,
+    #[serde(default, rename = "cache_read_input_tokens")]
+    cache_read: u64,
+    #[serde(default, rename = "cache_creation_input_tokens")]
+    cache_creation: u64,
+    #[serde(default)]
+    prompt_token_count: Option<u64>,
+    #[serde(default)]
+    tool_use_prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: Option<u64>,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+impl From<AnyUsage> for Usage {
+    fn from(u: AnyUsage) -> Self {
+        // Anthropic's `input_tokens` leaves out its cache reads and writes;
+        // OpenAI's `prompt_tokens` includes cached tokens: counted alike.
+        let prompt = u
+            .prompt
+            .or(u.input.map(|input| input + u.cache_read + u.cache_creation))
+            .or(u.prompt_token_count.map(|prompt| prompt + u.tool_use_prompt_token_count));
+        let completion = u
+            .completion
+            .or(u.output)
+            .or(u.candidates_token_count.map(|candidates| candidates + u.thoughts_token_count));
+        Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) }
+    }
 }
 
 /// Whether `json` has a `"usage"` key whose value is an object (not `null`).
@@ -113,6 +178,7 @@ pub(crate) fn only_null_usage(json: &[u8]) -> bool {
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
+const USAGE_METADATA_KEY: &[u8] = b"\"usageMetadata\"";
 
 /// What follows each `"usage"` key of `json`, in order: the value after its
 /// colon, or `None` when no colon follows on the same line.

@@ -94,7 +94,7 @@ use crate::{
     error::{
         AllKeysCooling, KeyBusy, KeysExhausted, LeasedError, MissingExtension, UpstreamFailed, UpstreamUnreachable,
     },
-    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
+    extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget, UpstreamError},
     pool::{KeyId, KeyLease},
     record::{AttemptRecord, RequestRecord},
 };
@@ -251,7 +251,10 @@ where
                     }
                     return Ok(finish(res));
                 }
+                let judged = res.extensions().get::<UpstreamError>().map(|e| e.0.clone());
                 let (res, peeked) = peek(res).await;
+                // The provider's words, when the client reads them reshaped.
+                let peeked = judged.unwrap_or(peeked);
                 let failure = classify(status, res.headers(), &peeked).unwrap_or(Failure::new(FailureClass::Transient));
                 let cooled = lease.record(model, Err(failure)).is_some();
                 count_attempt(&lease, failure.class.as_str());

@@ -61,8 +61,10 @@ mod capture;
 mod client;
 pub mod dialect;
 pub mod headers;
+mod local;
 mod meter;
 mod models;
+mod native;
 mod prepare;
 mod stream;
 
@@ -134,6 +136,9 @@ impl Service<Request<Bytes>> for UpstreamService {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        if let Some(estimate) = local::count_tokens(&req) {
+            return Box::pin(std::future::ready(estimate));
+        }
         let (req, lease, plan) = match prepare(req) {
             Ok(prepared) => prepared,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
