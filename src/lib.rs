@@ -72,7 +72,8 @@ fn app_from(
     carry_over: Option<Arc<KeyPool>>,
     reload: ReloadHandle,
 ) -> Result<App, BoxError> {
-    let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset);
+    let (remembered, ttl) = settings.remembered_responses;
+    let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset).remembered_responses(remembered, ttl);
     if let Some(previous) = carry_over {
         pool = pool.carry_over(previous);
     }
@@ -88,6 +89,7 @@ fn app_from(
         global_timeout: settings.global_timeout,
         stream_idle_timeout: settings.stream_idle_timeout,
         max_cooldown_wait: settings.max_cooldown_wait,
+        route_defaults: settings.route_defaults.clone(),
         max_body_bytes: settings.max_body_bytes,
         metrics_open: settings.metrics_open,
         configured_providers: settings

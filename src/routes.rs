@@ -14,7 +14,7 @@ use http::{Method, Request, Response};
 use keyrelay_layers::{
     BoxError, ProxyBody,
     error::{MethodNotAllowed, RouteNotFound},
-    extensions::Endpoint,
+    extensions::{Endpoint, gemini_path, percent_decode, response_resource},
 };
 use tower::{Service, ServiceExt, util::BoxCloneSyncService, util::Oneshot};
 
@@ -25,7 +25,8 @@ pub type RouteService<B> = BoxCloneSyncService<Request<B>, Response<ProxyBody>, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route<'p> {
     Health,
-    /// `POST /v1/chat/completions` or `/v1/embeddings`.
+    /// Every proxied endpoint: chat completions, embeddings, Anthropic's
+    /// Messages, the Responses API, Gemini's generateContent.
     Proxy(Endpoint),
     Models,
     /// `GET /v1/models/{id}`: the id as the path has it, percent-escapes
@@ -45,7 +46,8 @@ pub enum Route<'p> {
 }
 
 impl<'p> Route<'p> {
-    /// Recognises a path, and names the method it takes; the `/v1` prefix
+    /// Recognises a path, and names the methods it takes (`, `-separated, as
+    /// an `Allow` header lists them); the `/v1` prefix
     /// is optional on OpenAI routes so that clients configured with or
     /// without it both work.
     pub fn recognize(path: &'p str) -> Option<(Self, &'static str)> {
@@ -54,16 +56,32 @@ impl<'p> Route<'p> {
             "/metrics" => return Some((Self::Metrics, "GET")),
             _ => {}
         }
+        // Gemini's `/v1beta/models/{model}:generateContent` (also under
+        // `/v1/models/`, which is not the OpenAI model route).
+        if let Some((_, endpoint)) = gemini_path(path) {
+            return Some((Self::Proxy(endpoint), "POST"));
+        }
         let path = path.strip_prefix("/v1").unwrap_or(path).trim_end_matches('/');
         match path {
             "/chat/completions" => Some((Self::Proxy(Endpoint::ChatCompletions), "POST")),
             "/embeddings" => Some((Self::Proxy(Endpoint::Embeddings), "POST")),
+            "/messages" => Some((Self::Proxy(Endpoint::Messages), "POST")),
+            "/messages/count_tokens" => Some((Self::Proxy(Endpoint::MessagesCountTokens), "POST")),
+            "/responses" => Some((Self::Proxy(Endpoint::Responses), "POST")),
             "/models" => Some((Self::Models, "GET")),
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),
             "/token-count" => Some((Self::TokenCount, "POST")),
             "/admin/reload" => Some((Self::AdminReload, "POST")),
             _ => {
+                if let Some((_, action)) = response_resource(path) {
+                    let methods = match action {
+                        None => "GET, DELETE",
+                        Some("cancel") => "POST",
+                        Some(_) => "GET",
+                    };
+                    return Some((Self::Proxy(Endpoint::ResponseResource), methods));
+                }
                 if let Some(id) = path.strip_prefix("/models/") {
                     // Model ids hold slashes (`openrouter/meta-llama/llama-3-70b`),
                     // sent raw or as `%2F`: everything after `/models/` is the id.
@@ -135,34 +153,6 @@ impl RequestedModel {
     }
 }
 
-/// Decodes a path segment's `%XX` escapes; `None` when an escape is cut
-/// short, is not hexadecimal, or the bytes are not UTF-8. (`+` stays `+`:
-/// it means a space only in query strings.)
-pub fn percent_decode(segment: &str) -> Option<String> {
-    if !segment.contains('%') {
-        return Some(segment.to_owned());
-    }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            // `from_str_radix` would take a sign: check the digits first.
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Dispatches each request to its route's service. Cloning it (once per
 /// request, by the server) shares the table; only the route a request takes
 /// is cloned for it.
@@ -225,7 +215,7 @@ impl<B> Service<Request<B>> for Router<B> {
         let Some((route, method)) = Route::recognize(req.uri().path()) else {
             return Either::Left(ready(Err(RouteNotFound::new(req.uri().path()).into())));
         };
-        let allowed = req.method().as_str() == method || (method == "GET" && req.method() == Method::HEAD);
+        let allowed = method.split(", ").any(|m| req.method().as_str() == m || (m == "GET" && req.method() == Method::HEAD));
         if !allowed {
             return Either::Left(ready(Err(MethodNotAllowed::new(method).into())));
         }

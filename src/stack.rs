@@ -41,6 +41,8 @@ pub struct App {
     pub stream_idle_timeout: Duration,
     /// How long a request may wait for a cooling key (within the deadline).
     pub max_cooldown_wait: Duration,
+    /// Where the dialect routes send a model without a provider prefix.
+    pub route_defaults: keyrelay_layers::parse::RouteDefaults,
     pub max_body_bytes: usize,
     /// Whether `GET /metrics` is served without the proxy key.
     pub metrics_open: bool,
@@ -128,7 +130,7 @@ where
         .layer(DeadlineLayer::new(app.global_timeout))
         // Read the body once (bounded) and learn provider, model and stream;
         // everything inside works on `Request<Bytes>`, so retries resend it.
-        .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes))
+        .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes).route_defaults(app.route_defaults.clone()))
         // Refuse models the operator blocked, before any key is spent on them.
         .layer(ModelFilterLayer::new(app.pool.clone()))
         // Classify each answer, cool or mark the key, and try another; only

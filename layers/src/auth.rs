@@ -247,22 +247,36 @@ mod tests {
     #[test]
     fn accepts_bearer_and_x_api_key() {
         let key = expected("k1");
-        assert!(check(&headers(&[("authorization", "Bearer k1")]), &key).is_ok());
-        assert!(check(&headers(&[("authorization", "bearer  k1 ")]), &key).is_ok());
-        assert!(check(&headers(&[("x-api-key", "k1")]), &key).is_ok());
-        assert!(check(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), &key).is_ok());
+        assert!(check(&headers(&[("authorization", "Bearer k1")]), None, &key).is_ok());
+        assert!(check(&headers(&[("authorization", "bearer  k1 ")]), None, &key).is_ok());
+        assert!(check(&headers(&[("x-api-key", "k1")]), None, &key).is_ok());
+        assert!(check(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), None, &key).is_ok());
+    }
+
+    #[test]
+    fn accepts_google_style_keys_and_strips_the_query_key() {
+        let key = expected("k1");
+        assert!(check(&headers(&[("x-goog-api-key", "k1")]), None, &key).is_ok());
+        assert!(check(&headers(&[]), Some("k1"), &key).is_ok());
+        assert!(check(&headers(&[]), Some("k2"), &key).is_err());
+        let uri: Uri = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&key=k1".parse().unwrap();
+        assert_eq!(query_key(&uri).as_deref(), Some("k1"));
+        assert_eq!(without_query_key(&uri), "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse");
+        let only: Uri = "/x?key=a%2Bb".parse().unwrap();
+        assert_eq!(query_key(&only).as_deref(), Some("a+b"));
+        assert_eq!(without_query_key(&only), "/x");
     }
 
     #[test]
     fn tells_missing_from_invalid() {
         let key = expected("k1");
-        let missing = check(&headers(&[]), &key).unwrap_err().to_string();
+        let missing = check(&headers(&[]), None, &key).unwrap_err().to_string();
         assert!(missing.starts_with("missing"), "{missing}");
-        let invalid = check(&headers(&[("authorization", "Bearer k2")]), &key).unwrap_err().to_string();
+        let invalid = check(&headers(&[("authorization", "Bearer k2")]), None, &key).unwrap_err().to_string();
         assert!(invalid.starts_with("invalid"), "{invalid}");
-        let basic = check(&headers(&[("authorization", "Basic azE=")]), &key).unwrap_err().to_string();
+        let basic = check(&headers(&[("authorization", "Basic azE=")]), None, &key).unwrap_err().to_string();
         assert!(basic.starts_with("missing"), "{basic}");
-        let prefix = check(&headers(&[("x-api-key", "k")]), &key);
+        let prefix = check(&headers(&[("x-api-key", "k")]), None, &key);
         assert!(prefix.is_err());
     }
 }

@@ -21,7 +21,9 @@ use figment::{
     providers::{Format, Serialized, Toml},
 };
 use keyrelay_layers::{
+    extensions::Inbound,
     filter::ModelRules,
+    parse::RouteDefaults,
     pool::{ProviderOptions, Secret, Selection},
     provider::Provider,
 };
@@ -36,6 +38,35 @@ pub struct Config {
     pub server: ServerConfig,
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
+    pub routes: RoutesConfig,
+}
+
+/// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Where `/v1/messages` sends a model with no configured provider prefix.
+    pub messages_default_provider: String,
+    /// Where `/v1/responses` sends a model with no configured provider prefix.
+    pub responses_default_provider: String,
+    /// Where Gemini's routes send a model with no configured provider prefix.
+    pub gemini_default_provider: String,
+    /// How many Responses API response ids keep the key that made them.
+    pub remembered_responses: usize,
+    /// How long a response id keeps its key.
+    pub remembered_response_ttl_secs: u64,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self {
+            messages_default_provider: "anthropic".to_owned(),
+            responses_default_provider: "openai".to_owned(),
+            gemini_default_provider: "gemini".to_owned(),
+            remembered_responses: keyrelay_layers::pool::DEFAULT_REMEMBERED_RESPONSES,
+            remembered_response_ttl_secs: keyrelay_layers::pool::DEFAULT_RESPONSE_TTL.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +150,9 @@ pub struct ProviderConfig {
     pub whitelist_models: Vec<String>,
     pub split_think_tags: bool,
     pub stream_usage: bool,
+    /// Whether the provider serves OpenAI's Responses API itself (default:
+    /// only the built-in `openai`): Responses requests then pass through.
+    pub responses_api: Option<bool>,
     /// Distinct models learned from successful answers that may label
     /// metrics; beyond it, `other`.
     pub max_model_labels: usize,
@@ -136,6 +170,7 @@ impl Default for ProviderConfig {
             whitelist_models: Vec::new(),
             split_think_tags: false,
             stream_usage: true,
+            responses_api: None,
             max_model_labels: keyrelay_layers::pool::DEFAULT_MAX_MODEL_LABELS,
         }
     }
@@ -304,6 +339,10 @@ pub struct Settings {
     /// `GET /metrics` without the proxy key.
     pub metrics_open: bool,
     pub providers: Vec<ProviderSettings>,
+    /// Where the dialect routes send bare models.
+    pub route_defaults: RouteDefaults,
+    /// How many response ids keep their key, and for how long.
+    pub remembered_responses: (usize, Duration),
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -494,9 +533,30 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
                 )));
             }
         },
+        route_defaults: route_defaults(&config.routes, &providers)?,
+        remembered_responses: (
+            config.routes.remembered_responses,
+            Duration::from_secs(config.routes.remembered_response_ttl_secs),
+        ),
         providers,
         notes,
     })
+}
+
+/// The default providers of the dialect routes, each a known provider.
+fn route_defaults(routes: &RoutesConfig, providers: &[ProviderSettings]) -> Result<RouteDefaults, ConfigError> {
+    let mut defaults = RouteDefaults::default();
+    for (key, inbound, id) in [
+        ("messages_default_provider", Inbound::Anthropic, &routes.messages_default_provider),
+        ("responses_default_provider", Inbound::Responses, &routes.responses_default_provider),
+        ("gemini_default_provider", Inbound::Gemini, &routes.gemini_default_provider),
+    ] {
+        if !providers.iter().any(|p| p.provider.id().as_str() == id) {
+            return Err(ConfigError(format!("routes.{key}: `{id}` is not a configured or built-in provider")));
+        }
+        defaults = defaults.with(inbound, id);
+    }
+    Ok(defaults)
 }
 
 /// `HH:MM` (UTC) as the time since midnight.
@@ -534,6 +594,9 @@ fn provider_settings(
         .with_model_rules(rules)
         .with_think_tags_split(config.split_think_tags)
         .with_stream_usage(config.stream_usage);
+    // OpenAI's own API serves the Responses API; compatible servers say so.
+    let responses_api = config.responses_api.unwrap_or(id == "openai");
+    let provider = provider.with_responses_api(responses_api);
     Ok(ProviderSettings { provider, options, keys, configured })
 }
 

@@ -67,7 +67,7 @@ pub use self::{
     entry::{CAPTURE_LIMIT, RequestLogEntry, RequestLogSink},
 };
 use crate::{
-    extensions::{ErrorCode, RequestId},
+    extensions::{ErrorCode, Inbound, RequestId},
     metrics::HandleCache,
     provider::ProviderId,
     record::RequestRecord,
@@ -138,9 +138,9 @@ pub struct RequestLog<S> {
 }
 
 /// The request metrics' handles by (provider, model label, status class,
-/// error code); unknown provider and model are `None`.
+/// error code, inbound dialect); unknown provider and model are `None`.
 type RequestHandles = HandleCache<RequestLabels, RequestMetrics>;
-type RequestLabels = (Option<(ProviderId, Arc<str>)>, &'static str, Option<&'static str>);
+type RequestLabels = (Option<(ProviderId, Arc<str>)>, &'static str, Option<&'static str>, Inbound);
 
 #[derive(Clone)]
 struct RequestMetrics {
@@ -150,7 +150,7 @@ struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    fn resolve((labels, status_class, code): &RequestLabels) -> Self {
+    fn resolve((labels, status_class, code, inbound): &RequestLabels) -> Self {
         let (provider, model) = match labels {
             Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
             None => ("none".to_owned(), "none".to_owned()),
@@ -160,6 +160,7 @@ impl RequestMetrics {
             ("model", model),
             ("status_class", (*status_class).to_owned()),
             ("error_kind", code.unwrap_or("none").to_owned()),
+            ("inbound", inbound.as_str().to_owned()),
         ];
         let requests = metrics::counter!(crate::metrics::REQUESTS, &labels);
         let labels = [("provider", provider.clone()), ("status_class", (*status_class).to_owned())];
@@ -400,7 +401,7 @@ impl Finish {
         let elapsed = self.start.elapsed();
         let route = self.labels.route();
         let labels = route.map(|r| (r.provider.clone(), self.labels.model_label().unwrap_or_else(|| r.model.clone())));
-        let key = (labels, status_class, self.code);
+        let key = (labels, status_class, self.code, Inbound::from_path(self.line.uri.path()));
         let handles = self.handles.get(key, RequestMetrics::resolve);
         handles.requests.increment(1);
         handles.duration.record(elapsed.as_secs_f64());

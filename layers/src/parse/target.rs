@@ -217,6 +217,8 @@ fn stored_response_target(parts: &Parts, pool: &KeyPool, defaults: &RouteDefault
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::{error::ErrorReply, pool::Secret, provider::Provider};
 
