@@ -25,6 +25,8 @@ pub enum Auth<'a> {
     Bearer(&'a str),
     /// `x-api-key: <key>`, as Anthropic-style clients send it.
     XApiKey(&'a str),
+    /// `x-goog-api-key: <key>`, as Google's clients send it.
+    GoogKey(&'a str),
 }
 
 fn builder(method: Method, url: &str, auth: Auth<'_>) -> http::request::Builder {
@@ -33,6 +35,7 @@ fn builder(method: Method, url: &str, auth: Auth<'_>) -> http::request::Builder 
         Auth::None => builder,
         Auth::Bearer(key) => builder.header(header::AUTHORIZATION, format!("Bearer {key}")),
         Auth::XApiKey(key) => builder.header("x-api-key", key),
+        Auth::GoogKey(key) => builder.header("x-goog-api-key", key),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `POST /v1/messages`: a Messages API `message`, or with `"stream": true`
 //!   a `text/event-stream` of named events (`event: message_start` ...
 //!   `event: message_stop`);
+//! - `POST /v1/messages/count_tokens`: `{"input_tokens": 42}`;
 //! - `GET /v1/models`: Anthropic's model list;
 //!
 //! checking every request the way the real API does: `x-api-key` present
@@ -22,6 +23,9 @@ use super::{
 
 /// The version keyrelay must send.
 pub const VERSION: &str = "2023-06-01";
+
+/// What `count_tokens` answers.
+pub const COUNTED_TOKENS: u64 = 42;
 
 /// The default answer's text.
 pub const TEXT: &str = "Hello from Claude.";
@@ -45,6 +49,13 @@ pub(super) fn route(req: &Recorded) -> Result<Canned, Refusal> {
     }
     match (&req.method, req.path.as_str()) {
         (&Method::GET, "/v1/models") => Ok(Canned::ok(models())),
+        (&Method::POST, "/v1/messages/count_tokens") => {
+            let body = serde_json::from_slice::<Value>(&req.body).unwrap_or_default();
+            if body.get("messages").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                return Err(refuse(400, "invalid_request_error", "messages: at least one message is required"));
+            }
+            Ok(Canned::ok(json!({"input_tokens": COUNTED_TOKENS}).to_string()))
+        }
         (&Method::POST, "/v1/messages") => {
             if !req.header("content-type").is_some_and(|c| c.starts_with("application/json")) {
                 return Err(refuse(400, "invalid_request_error", "content-type must be application/json"));

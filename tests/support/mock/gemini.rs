@@ -7,6 +7,7 @@
 //!   `data:` events separated by `\r\n\r\n`, as Google sends them;
 //! - `POST /v1beta/models/{model}:batchEmbedContents`: one embedding per
 //!   request ([`embedding_values`]), `outputDimensionality` honoured;
+//! - `POST /v1beta/models/{model}:countTokens`: `{"totalTokens": 42}`;
 //! - `GET /v1beta/models`: Gemini's model list (names with `models/`);
 //!
 //! checking `x-goog-api-key` (else 403 `PERMISSION_DENIED`, as Google
@@ -93,6 +94,7 @@ pub(super) fn route(req: &Recorded) -> Result<Canned, Refusal> {
             }
             Ok(Canned::Events(text_stream()))
         }
+        "countTokens" => Ok(Canned::ok(json!({"totalTokens": COUNTED_TOKENS}).to_string())),
         "batchEmbedContents" => {
             let Some(requests) = body.get("requests").and_then(Value::as_array).filter(|r| !r.is_empty()) else {
                 return Err(refuse(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: is required"));
@@ -117,6 +119,9 @@ pub(super) fn route(req: &Recorded) -> Result<Canned, Refusal> {
         other => Err(refuse(404, "NOT_FOUND", &format!("method {other} is not served by this mock"))),
     }
 }
+
+/// What `countTokens` answers.
+pub const COUNTED_TOKENS: u64 = 42;
 
 /// The values the mock embeds the `i`-th input as, `dims` of them:
 /// short decimals, as Google writes its (`f32`) values.

@@ -34,6 +34,7 @@ mod dialect;
 pub mod gemini;
 pub mod openai;
 mod record;
+pub mod responses;
 mod script;
 mod serve;
 mod state;

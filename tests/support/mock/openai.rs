@@ -30,8 +30,12 @@ const SERVER_ERROR: &str = r#"{"error":{"message":"The server had an error while
 ///   events and `data: [DONE]`;
 /// - `POST .../embeddings`: an embedding list;
 /// - `GET .../models`: a model list;
+/// - the Responses API (see [`super::responses`]);
 /// - anything else: 404 with an OpenAI error body.
 pub(super) fn route(req: &Recorded) -> Canned {
+    if let Some(canned) = super::responses::route(req) {
+        return canned;
+    }
     let model = req.model();
     let model = model.as_deref().unwrap_or("unknown");
     match (&req.method, req.path.as_str()) {
