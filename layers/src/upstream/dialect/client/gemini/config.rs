@@ -262,7 +262,9 @@ fn reasoning_effort(thinking: &Map<String, Value>) -> Result<Option<&'static str
 }
 
 /// Gemini's OpenAPI-style schema as JSON Schema: its upper-case type
-/// names (`OBJECT`, `STRING`) lower-cased, everything else kept.
+/// names (`OBJECT`, `STRING`) lower-cased, `nullable: true` as a `null`
+/// type beside the other (what the outbound translator turns back into
+/// `nullable`), `propertyOrdering` (Gemini's alone) dropped; the rest kept.
 pub(super) fn json_schema(schema: &Value) -> Value {
     let mut schema = schema.clone();
     lower_types(&mut schema, 0);
@@ -274,8 +276,14 @@ fn lower_types(schema: &mut Value, depth: usize) {
     if depth > MAX_SCHEMA_DEPTH {
         return;
     }
+    object.remove("propertyOrdering");
+    let nullable = object.remove("nullable").and_then(|n| n.as_bool()).unwrap_or(false);
     match object.get_mut("type") {
-        Some(Value::String(kind)) => *kind = kind.to_ascii_lowercase(),
+        Some(Value::String(kind)) => {
+            let kind = kind.to_ascii_lowercase();
+            let kind = if nullable && kind != "null" { json!([kind, "null"]) } else { kind.into() };
+            object.insert("type".into(), kind);
+        }
         Some(Value::Array(kinds)) => {
             for kind in kinds {
                 if let Value::String(kind) = kind {
@@ -283,6 +291,13 @@ fn lower_types(schema: &mut Value, depth: usize) {
                 }
             }
         }
+        _ if nullable => match object.get_mut("anyOf") {
+            Some(Value::Array(variants)) => variants.push(json!({ "type": "null" })),
+            // Nothing to hang a `null` on: it keeps saying so Gemini's way.
+            _ => {
+                object.insert("nullable".into(), true.into());
+            }
+        },
         _ => {}
     }
     for key in ["items", "additionalProperties", "not"] {
@@ -323,15 +338,17 @@ mod tests {
     }
 
     #[test]
-    fn openapi_types_are_lower_cased_everywhere_but_in_values() {
+    fn openapi_schemas_become_json_schemas() {
         let schema = json!({
             "type": "OBJECT",
             "properties": {
                 "type": { "type": "STRING", "enum": ["OBJECT"] },
                 "list": { "type": "ARRAY", "items": { "type": "INTEGER", "nullable": true } },
-                "either": { "anyOf": [{ "type": "NUMBER" }, { "type": "BOOLEAN" }] },
+                "either": { "anyOf": [{ "type": "NUMBER" }, { "type": "BOOLEAN" }], "nullable": true },
+                "plain": { "type": "STRING", "nullable": false },
             },
             "required": ["type"],
+            "propertyOrdering": ["type", "list", "either", "plain"],
         });
         assert_eq!(
             json_schema(&schema),
@@ -339,8 +356,9 @@ mod tests {
                 "type": "object",
                 "properties": {
                     "type": { "type": "string", "enum": ["OBJECT"] },
-                    "list": { "type": "array", "items": { "type": "integer", "nullable": true } },
-                    "either": { "anyOf": [{ "type": "number" }, { "type": "boolean" }] },
+                    "list": { "type": "array", "items": { "type": ["integer", "null"] } },
+                    "either": { "anyOf": [{ "type": "number" }, { "type": "boolean" }, { "type": "null" }] },
+                    "plain": { "type": "string" },
                 },
                 "required": ["type"],
             })
