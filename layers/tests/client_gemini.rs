@@ -93,8 +93,10 @@ fn a_stream_asks_for_the_usage_and_include_thoughts_false_is_a_hint() {
 fn tool_config_modes_become_tool_choices() {
     let tools = json!([{ "functionDeclarations": [{ "name": "a" }, { "name": "b" }, { "name": "c" }] }]);
     let with = |config: Value| {
-        to_chat_value(json!({ "contents": [user("hi")], "tools": tools, "toolConfig": { "functionCallingConfig": config } }))
-            .unwrap()
+        to_chat_value(
+            json!({ "contents": [user("hi")], "tools": tools, "toolConfig": { "functionCallingConfig": config } }),
+        )
+        .unwrap()
     };
     let names = |chat: &Value| -> Vec<Value> {
         chat["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].clone()).collect()
@@ -104,7 +106,10 @@ fn tool_config_modes_become_tool_choices() {
         (json!({ "mode": "VALIDATED" }), json!("auto")),
         (json!({ "mode": "NONE" }), json!("none")),
         (json!({ "mode": "ANY" }), json!("required")),
-        (json!({ "mode": "any", "allowedFunctionNames": ["b"] }), json!({ "type": "function", "function": { "name": "b" } })),
+        (
+            json!({ "mode": "any", "allowedFunctionNames": ["b"] }),
+            json!({ "type": "function", "function": { "name": "b" } }),
+        ),
     ] {
         let chat = with(config.clone());
         assert_eq!(chat["tool_choice"], choice, "{config}");
@@ -122,7 +127,10 @@ fn tool_config_modes_become_tool_choices() {
 #[test]
 fn response_formats_and_thinking_levels() {
     let with = |config: Value| to_chat_value(json!({ "contents": [user("hi")], "generationConfig": config })).unwrap();
-    assert_eq!(with(json!({ "responseMimeType": "application/json" }))["response_format"], json!({ "type": "json_object" }));
+    assert_eq!(
+        with(json!({ "responseMimeType": "application/json" }))["response_format"],
+        json!({ "type": "json_object" })
+    );
     let schema = json!({ "type": "object", "properties": { "a": { "type": "string" } } });
     assert_eq!(
         with(json!({ "responseMimeType": "application/json", "responseJsonSchema": schema }))["response_format"],
@@ -167,8 +175,11 @@ fn function_responses_pair_with_their_calls() {
     };
     let messages = chat["messages"].as_array().unwrap();
     assert_eq!(ids(&messages[1]), [json!("call_1_0"), json!("own"), json!("call_1_2")]);
-    let results: Vec<(Value, Value)> =
-        messages.iter().filter(|m| m["role"] == "tool").map(|m| (m["tool_call_id"].clone(), m["content"].clone())).collect();
+    let results: Vec<(Value, Value)> = messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| (m["tool_call_id"].clone(), m["content"].clone()))
+        .collect();
     assert_eq!(
         results,
         [
@@ -214,7 +225,9 @@ fn what_chat_cannot_express_is_refused_with_the_field_named() {
         (contents(json!([{ "inlineData": { "data": "AA==" } }])), "inlineData.mimeType is missing"),
         (contents(json!([{ "inlineData": { "mimeType": "image/png" } }])), "inlineData.data is missing"),
         (
-            contents(json!([{ "fileData": { "mimeType": "application/pdf", "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc" } }])),
+            contents(
+                json!([{ "fileData": { "mimeType": "application/pdf", "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc" } }]),
+            ),
             "lives only at Google",
         ),
         (contents(json!([{ "fileData": { "fileUri": "gs://bucket/cat.png" } }])), "lives only at Google"),
@@ -232,16 +245,28 @@ fn what_chat_cannot_express_is_refused_with_the_field_named() {
         (model_turn(json!([{ "functionCall": { "args": {} } }])), "contents[1].parts[0].functionCall.name is missing"),
         (model_turn(json!([{ "functionCall": { "name": "f", "args": [1] } }])), "functionCall.args must be an object"),
         (model_turn(json!([{ "functionResponse": { "name": "f" } }])), "belongs in a turn of role `user`"),
-        (model_turn(json!([{ "inlineData": { "mimeType": "image/png", "data": "AA==" } }])), "a model turn's inlineData"),
+        (
+            model_turn(json!([{ "inlineData": { "mimeType": "image/png", "data": "AA==" } }])),
+            "a model turn's inlineData",
+        ),
         (with("systemInstruction", json!({ "parts": [{ "inlineData": {} }] })), "can only hold text"),
         (with("systemInstruction", json!(5)), "systemInstruction must be a Content"),
         (with("cachedContent", json!("cachedContents/abc")), "cachedContent `cachedContents/abc`: a context cache"),
-        (with("tools", json!([{ "googleSearch": {} }])), "tools[0].googleSearch: this tool runs only at Google; use a gemini/ model"),
-        (with("tools", json!([{ "google_search_retrieval": {} }])), "tools[0].google_search_retrieval: this tool runs only"),
+        (
+            with("tools", json!([{ "googleSearch": {} }])),
+            "tools[0].googleSearch: this tool runs only at Google; use a gemini/ model",
+        ),
+        (
+            with("tools", json!([{ "google_search_retrieval": {} }])),
+            "tools[0].google_search_retrieval: this tool runs only",
+        ),
         (with("tools", json!([{ "codeExecution": {} }])), "tools[0].codeExecution"),
         (with("tools", json!([{ "urlContext": {} }])), "tools[0].urlContext"),
         (with("tools", json!({})), "`tools` must be an array"),
-        (with("tools", json!([{ "functionDeclarations": [{ "description": "x" }] }])), "functionDeclarations[0].name is missing"),
+        (
+            with("tools", json!([{ "functionDeclarations": [{ "description": "x" }] }])),
+            "functionDeclarations[0].name is missing",
+        ),
         (
             json!({ "contents": [user("hi")], "tools": [{ "functionDeclarations": [{ "name": "f" }] }],
                 "toolConfig": { "functionCallingConfig": { "mode": "SOMETIMES" } } }),
@@ -295,7 +320,8 @@ fn finish_reasons_and_hidden_thoughts() {
         (json!(null), "STOP"),
         (json!("error"), "OTHER"),
     ] {
-        let chat = json!({ "id": "c", "choices": [{ "index": 0, "message": { "content": "x" }, "finish_reason": reason }] });
+        let chat =
+            json!({ "id": "c", "choices": [{ "index": 0, "message": { "content": "x" }, "finish_reason": reason }] });
         let out = answer(chat.to_string().as_bytes(), &ClientHints::default());
         assert_eq!(out["candidates"][0]["finishReason"], expected, "{reason}");
         assert!(out.get("usageMetadata").is_none(), "no usage, no usageMetadata");
@@ -303,7 +329,8 @@ fn finish_reasons_and_hidden_thoughts() {
     let chat = read("client_gemini/answer_reasoning.chat.json");
     let hidden = answer(&chat, &ClientHints::new(json!({ "includeThoughts": false })));
     assert_eq!(hidden["candidates"][0]["content"]["parts"], json!([{ "text": "{\"primes\":[11,13" }]));
-    let openrouter = json!({ "id": "c", "choices": [{ "message": { "reasoning": "hm", "content": "" }, "finish_reason": "stop" }] });
+    let openrouter =
+        json!({ "id": "c", "choices": [{ "message": { "reasoning": "hm", "content": "" }, "finish_reason": "stop" }] });
     let out = answer(openrouter.to_string().as_bytes(), &ClientHints::default());
     assert_eq!(out["candidates"][0]["content"]["parts"], json!([{ "text": "hm", "thought": true }]));
 }
@@ -424,7 +451,10 @@ fn chunk(delta: Value, finish: Option<&str>) -> String {
 fn a_cut_stream_is_incomplete_and_sends_no_half_call() {
     let mut translator = gemini_stream(&ClientHints::default());
     let stream = chunk(json!({ "content": "Hi" }), None)
-        + &chunk(json!({ "tool_calls": [{ "index": 0, "id": "t", "function": { "name": "f", "arguments": "{\"a\"" } }] }), None);
+        + &chunk(
+            json!({ "tool_calls": [{ "index": 0, "id": "t", "function": { "name": "f", "arguments": "{\"a\"" } }] }),
+            None,
+        );
     let out = events(&run(translator.as_mut(), [stream.as_bytes()]).unwrap());
     assert_eq!(out.len(), 1, "only the text: {out:?}");
     assert!(!translator.is_complete());
@@ -447,8 +477,8 @@ fn the_end_comes_with_done_or_finish_when_no_usage_follows() {
     assert!(translator.is_complete());
     // [DONE] without a finish reason still ends with one, and sends the call.
     let mut translator = gemini_stream(&ClientHints::default());
-    let stream =
-        chunk(json!({ "tool_calls": [{ "index": 0, "function": { "name": "f", "arguments": "" } }] }), None) + "data: [DONE]\n\n";
+    let stream = chunk(json!({ "tool_calls": [{ "index": 0, "function": { "name": "f", "arguments": "" } }] }), None)
+        + "data: [DONE]\n\n";
     let out = events(&run(translator.as_mut(), [stream.as_bytes()]).unwrap());
     assert_eq!(
         out[0]["candidates"][0],
@@ -460,13 +490,17 @@ fn the_end_comes_with_done_or_finish_when_no_usage_follows() {
 #[test]
 fn error_chunks_and_garbage_fail_the_stream() {
     let mut translator = gemini_stream(&ClientHints::default());
-    let error = run(translator.as_mut(), [&b"data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n"[..]])
-        .unwrap_err();
+    let error = run(
+        translator.as_mut(),
+        [&b"data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n"[..]],
+    )
+    .unwrap_err();
     assert_eq!(error, TranslateError::new("Overloaded"));
     let error = run(gemini_stream(&ClientHints::default()).as_mut(), [&b"data: {\"choices\": ["[..]]).unwrap_err();
     assert!(error.0.starts_with("the chat stream sent an event that is not JSON"), "{error}");
-    let bad_args = chunk(json!({ "tool_calls": [{ "index": 0, "function": { "name": "f", "arguments": "[1]" } }] }), None)
-        + &chunk(json!({}), Some("tool_calls"));
+    let bad_args =
+        chunk(json!({ "tool_calls": [{ "index": 0, "function": { "name": "f", "arguments": "[1]" } }] }), None)
+            + &chunk(json!({}), Some("tool_calls"));
     assert!(run(gemini_stream(&ClientHints::default()).as_mut(), [bad_args.as_bytes()]).is_err());
 }
 
@@ -572,7 +606,8 @@ fn chained(provider: Box<dyn StreamTranslator>, stream: &[u8]) -> (Vec<Value>, C
 fn gemini_streams_come_back_through_chat() {
     let stream = read("gemini/stream_tools.gemini.sse");
     let (out, chain) = chained(Box::new(gemini::ChatStream::new(MODEL, true, 0)), &stream);
-    let parts: Vec<Value> = out.iter().flat_map(|e| e["candidates"][0]["content"]["parts"].as_array().unwrap().clone()).collect();
+    let parts: Vec<Value> =
+        out.iter().flat_map(|e| e["candidates"][0]["content"]["parts"].as_array().unwrap().clone()).collect();
     assert_eq!(
         parts,
         [
@@ -599,8 +634,11 @@ fn anthropic_streams_come_back_through_chat() {
     let last = out.last().unwrap();
     assert!(last["candidates"][0]["finishReason"].is_string());
     assert!(last["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > 0);
-    let calls: Vec<&Value> =
-        out.iter().flat_map(|e| e["candidates"][0]["content"]["parts"].as_array().unwrap()).filter_map(|p| p.get("functionCall")).collect();
+    let calls: Vec<&Value> = out
+        .iter()
+        .flat_map(|e| e["candidates"][0]["content"]["parts"].as_array().unwrap())
+        .filter_map(|p| p.get("functionCall"))
+        .collect();
     assert!(!calls.is_empty(), "the fixture calls a tool");
     for call in calls {
         assert!(call["args"].is_object() && call["id"].is_string() && call["name"].is_string(), "{call}");

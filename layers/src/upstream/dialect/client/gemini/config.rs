@@ -29,9 +29,8 @@ pub(super) fn apply_tools(request: &Map<String, Value>, out: &mut Map<String, Va
                 continue;
             }
             if key == "functionDeclarations" || key == "function_declarations" {
-                let declarations = value
-                    .as_array()
-                    .ok_or_else(|| err(format!("tools[{i}].functionDeclarations must be an array")))?;
+                let declarations =
+                    value.as_array().ok_or_else(|| err(format!("tools[{i}].functionDeclarations must be an array")))?;
                 for (j, declaration) in declarations.iter().enumerate() {
                     functions.push(function_tool(declaration, &format!("tools[{i}].functionDeclarations[{j}]"))?);
                 }
@@ -46,7 +45,8 @@ pub(super) fn apply_tools(request: &Map<String, Value>, out: &mut Map<String, Va
     if functions.is_empty() {
         return Ok(());
     }
-    let config = field(request, "toolConfig").and_then(|c| c.as_object()).and_then(|c| field(c, "functionCallingConfig"));
+    let config =
+        field(request, "toolConfig").and_then(|c| c.as_object()).and_then(|c| field(c, "functionCallingConfig"));
     let choice = match config {
         Some(config) => tool_choice(config, &mut functions)?,
         None => None,
@@ -158,10 +158,9 @@ pub(super) fn apply_generation_config(
     }
     match field(config, "stopSequences") {
         None => {}
+        Some(Value::Array(stops)) if stops.is_empty() => {}
         Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
-            if !stops.is_empty() {
-                out.insert("stop".into(), Value::Array(stops.clone()));
-            }
+            out.insert("stop".into(), Value::Array(stops.clone()));
         }
         Some(_) => return Err(err("generationConfig.stopSequences must be an array of strings")),
     }
@@ -182,7 +181,8 @@ pub(super) fn apply_generation_config(
 /// Answers chat cannot give: other modalities, speech, log probabilities.
 fn refuse_unexpressible(config: &Map<String, Value>) -> Result<(), TranslateError> {
     if let Some(modalities) = field(config, "responseModalities") {
-        let modalities = modalities.as_array().ok_or_else(|| err("generationConfig.responseModalities must be an array"))?;
+        let modalities =
+            modalities.as_array().ok_or_else(|| err("generationConfig.responseModalities must be an array"))?;
         for modality in modalities {
             let modality = modality.as_str().unwrap_or_default();
             if !modality.eq_ignore_ascii_case("text") {
@@ -250,13 +250,14 @@ fn reasoning_effort(thinking: &Map<String, Value>) -> Result<Option<&'static str
         };
     }
     let Some(budget) = field(thinking, "thinkingBudget") else { return Ok(None) };
-    let budget = budget.as_i64().ok_or_else(|| err("generationConfig.thinkingConfig.thinkingBudget must be an integer"))?;
+    let budget =
+        budget.as_i64().ok_or_else(|| err("generationConfig.thinkingConfig.thinkingBudget must be an integer"))?;
     Ok(Some(match budget {
         0 => "none",
         // -1: the model decides; the middle is the fairest guess.
         ..0 => "medium",
-        ..LOW_BUDGET_BELOW => "low",
-        ..MEDIUM_BUDGET_BELOW => "medium",
+        1..LOW_BUDGET_BELOW => "low",
+        LOW_BUDGET_BELOW..MEDIUM_BUDGET_BELOW => "medium",
         _ => "high",
     }))
 }
@@ -325,9 +326,15 @@ mod tests {
 
     #[test]
     fn thinking_budgets_become_efforts() {
-        for (budget, effort) in
-            [(0, "none"), (-1, "medium"), (512, "low"), (1024, "low"), (8192, "medium"), (16384, "high"), (24576, "high")]
-        {
+        for (budget, effort) in [
+            (0, "none"),
+            (-1, "medium"),
+            (512, "low"),
+            (1024, "low"),
+            (8192, "medium"),
+            (16384, "high"),
+            (24576, "high"),
+        ] {
             let thinking = json!({ "thinkingBudget": budget });
             assert_eq!(reasoning_effort(thinking.as_object().unwrap()).unwrap(), Some(effort), "{budget}");
         }

@@ -11,7 +11,10 @@ const FILES_API_HOST: &str = "generativelanguage.googleapis.com";
 /// What a part holds (Gemini's `data` oneof).
 #[derive(Debug)]
 pub(super) enum Kind<'a> {
-    Text { text: &'a str, thought: bool },
+    Text {
+        text: &'a str,
+        thought: bool,
+    },
     InlineData(&'a Map<String, Value>),
     FileData(&'a Map<String, Value>),
     FunctionCall(&'a Value),
@@ -81,7 +84,7 @@ pub(super) fn kind_of<'a>(part: &'a Value, at: &str) -> Result<Kind<'a>, Transla
 /// `None` for what carries nothing (empty text, metadata).
 pub(super) fn user_part(kind: Kind<'_>, at: &str) -> Result<Option<Value>, TranslateError> {
     match kind {
-        Kind::Text { text, .. } if text.is_empty() => Ok(None),
+        Kind::Text { text: "", .. } => Ok(None),
         Kind::Text { text, .. } => Ok(Some(json!({ "type": "text", "text": text }))),
         Kind::InlineData(data) => inline_data(data, &format!("{at}.inlineData")).map(Some),
         Kind::FileData(data) => file_data(data, &format!("{at}.fileData")).map(Some),
@@ -160,7 +163,8 @@ fn file_data(data: &Map<String, Value>, at: &str) -> Result<Value, TranslateErro
 }
 
 fn mime_type(data: &Map<String, Value>, at: &str) -> Result<String, TranslateError> {
-    let mime = field(data, "mimeType").and_then(Value::as_str).ok_or_else(|| err(format!("{at}.mimeType is missing")))?;
+    let mime =
+        field(data, "mimeType").and_then(Value::as_str).ok_or_else(|| err(format!("{at}.mimeType is missing")))?;
     Ok(mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 

@@ -7,9 +7,9 @@ use serde_json::{Map, Value, json};
 use super::{
     ClientRequest, TranslateError,
     config::{apply_generation_config, apply_tools},
-    echo, err, field,
+    echo, err, field, parse_object,
     parts::{Kind, kind_of, user_part},
-    parse_object, to_bytes,
+    to_bytes,
 };
 use crate::upstream::dialect::client::{ChatRequest, ClientHints};
 
@@ -72,7 +72,7 @@ fn system_message(system: &Value) -> Result<Option<Value>, TranslateError> {
     let mut texts = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
         match field_text(part) {
-            Some(text) if text.is_empty() => {}
+            Some("") => {}
             Some(text) => texts.push(text),
             None => return Err(err(format!("systemInstruction.parts[{j}]: a system instruction can only hold text"))),
         }

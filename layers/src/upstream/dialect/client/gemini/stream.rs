@@ -155,7 +155,8 @@ impl GeminiStream {
             call.id = id.to_owned();
         }
         let function = piece.get("function");
-        if let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|_| call.name.is_empty())
+        if let Some(name) =
+            function.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|_| call.name.is_empty())
         {
             call.name = name.to_owned();
         }
