@@ -17,7 +17,7 @@
 //! | `reasoning` items | dropped: their encrypted content is readable only by OpenAI |
 //! | `function` tools | function tools |
 //! | `custom` tools (Codex's freeform `apply_patch`) | a function with one string parameter `input`; its grammar, if any, goes into the description |
-//! | `tool_choice`, `parallel_tool_calls` | the same (`parallel_tool_calls` only next to tools) |
+//! | `tool_choice`, `parallel_tool_calls` | the same, only next to tools (chat providers refuse them alone) |
 //! | `max_output_tokens` | `max_tokens` |
 //! | `temperature`, `top_p` | the same |
 //! | `reasoning.effort` | `reasoning_effort` (`minimal` is `low`) |

@@ -61,7 +61,10 @@ pub(super) fn to_chat(body: &[u8], model: &str, stream: bool) -> Result<(Bytes, 
     out.insert("model".into(), model.into());
     out.insert("messages".into(), Value::Array(messages));
 
+    // Chat providers refuse `parallel_tool_calls` and `tool_choice` without
+    // tools; with none, neither changes anything.
     let (tools, custom_tools) = translate_tools(present(&request, "tools"))?;
+    let choice = present(&request, "tool_choice").map(translate_tool_choice).transpose()?;
     if !tools.is_empty() {
         out.insert("tools".into(), Value::Array(tools));
         if let Some(parallel) = present(&request, "parallel_tool_calls") {
@@ -70,9 +73,7 @@ pub(super) fn to_chat(body: &[u8], model: &str, stream: bool) -> Result<(Bytes, 
             }
             out.insert("parallel_tool_calls".into(), parallel.clone());
         }
-    }
-    if let Some(choice) = present(&request, "tool_choice") {
-        if let Some(choice) = translate_tool_choice(choice)? {
+        if let Some(choice) = choice {
             out.insert("tool_choice".into(), choice);
         }
     }

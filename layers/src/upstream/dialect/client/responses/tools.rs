@@ -112,16 +112,16 @@ fn custom_description(tool: &Map<String, Value>, i: usize) -> Result<String, Tra
     Ok(description)
 }
 
-/// Chat's `tool_choice` for a Responses one (`None`: leave it out).
-pub(super) fn translate_tool_choice(choice: &Value) -> Result<Option<Value>, TranslateError> {
+/// Chat's `tool_choice` for a Responses one.
+pub(super) fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     match choice {
-        Value::String(mode) if matches!(mode.as_str(), "auto" | "none" | "required") => Ok(Some(choice.clone())),
+        Value::String(mode) if matches!(mode.as_str(), "auto" | "none" | "required") => Ok(choice.clone()),
         Value::String(mode) => {
             fail(format!("`tool_choice` `{}` is not one of auto, none, required", echo(mode)))
         }
         Value::Object(choice) => match choice.get("type").and_then(Value::as_str) {
             Some("function" | "custom") => match choice.get("name") {
-                Some(Value::String(name)) => Ok(Some(json!({"type": "function", "function": {"name": name}}))),
+                Some(Value::String(name)) => Ok(json!({"type": "function", "function": {"name": name}})),
                 _ => fail("`tool_choice` of type function needs a `name`"),
             },
             Some(kind) if BUILT_IN.contains(&kind) => fail(format!(
