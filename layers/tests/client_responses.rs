@@ -125,7 +125,10 @@ fn what_chat_cannot_express_is_refused_with_what_to_do() {
         (json!({"model": "m"}), "`input` is required"),
         (json!({"model": "m", "input": 7}), "`input` must be a string or an array"),
         (json!({"model": "m", "input": [{"type": "reasoning", "summary": []}]}), "`input` has no message"),
-        (with("previous_response_id", json!("resp_1")), "`previous_response_id` continues a conversation OpenAI stored"),
+        (
+            with("previous_response_id", json!("resp_1")),
+            "`previous_response_id` continues a conversation OpenAI stored",
+        ),
         (with("previous_response_id", json!("resp_1")), "send the whole conversation in `input`"),
         (with("conversation", json!("conv_1")), "`conversation` names a conversation OpenAI stored"),
         (with("prompt", json!({"id": "pmpt_1"})), "`prompt` names a prompt template OpenAI stored"),
@@ -138,8 +141,14 @@ fn what_chat_cannot_express_is_refused_with_what_to_do() {
         (with("text", json!({"format": {"type": "yaml"}})), "`text.format` has type `yaml`"),
         (with("text", json!({"format": {"type": "json_schema", "schema": {}}})), "needs a `name`"),
         (with("user", json!(7)), "`user` / `safety_identifier` must be a string"),
-        (item(json!({"type": "item_reference", "id": "msg_1"})), "input[0] is an item_reference, which needs OpenAI's stored items"),
-        (item(json!({"type": "web_search_call", "id": "ws_1"})), "input[0] is a `web_search_call` item, from a tool that runs only at OpenAI"),
+        (
+            item(json!({"type": "item_reference", "id": "msg_1"})),
+            "input[0] is an item_reference, which needs OpenAI's stored items",
+        ),
+        (
+            item(json!({"type": "web_search_call", "id": "ws_1"})),
+            "input[0] is a `web_search_call` item, from a tool that runs only at OpenAI",
+        ),
         (item(json!({"type": "local_shell_call_output", "call_id": "c"})), "runs only at OpenAI"),
         (item(json!({"type": "hologram"})), "input[0] has type `hologram`"),
         (item(json!({"content": "no role"})), "input[0] has no type"),
@@ -165,7 +174,10 @@ fn what_chat_cannot_express_is_refused_with_what_to_do() {
             item(json!({"role": "assistant", "content": [{"type": "input_image", "image_url": "https://x/a.png"}]})),
             "assistant messages take only text",
         ),
-        (tool(json!({"type": "web_search_preview"})), "tools[0] is OpenAI's built-in `web_search_preview` tool, which runs only at OpenAI; use an openai/ model or remove the tool"),
+        (
+            tool(json!({"type": "web_search_preview"})),
+            "tools[0] is OpenAI's built-in `web_search_preview` tool, which runs only at OpenAI; use an openai/ model or remove the tool",
+        ),
         (tool(json!({"type": "file_search", "vector_store_ids": []})), "`file_search` tool, which runs only at OpenAI"),
         (tool(json!({"type": "code_interpreter"})), "`code_interpreter`"),
         (tool(json!({"type": "computer_use_preview"})), "`computer_use_preview`"),
@@ -297,7 +309,8 @@ fn streams_match_their_goldens_whatever_the_split() {
             let lines: Vec<String> = whole.iter().map(Value::to_string).collect();
             fs::write(&expected_path, lines.join("\n") + "\n").unwrap();
         }
-        let expected: Vec<Value> = fs::read_to_string(&expected_path).unwrap().lines().map(|l| json(l.as_bytes())).collect();
+        let expected: Vec<Value> =
+            fs::read_to_string(&expected_path).unwrap().lines().map(|l| json(l.as_bytes())).collect();
         for (i, (got, want)) in whole.iter().zip(&expected).enumerate() {
             assert_eq!(got, want, "{name}: event {i}");
         }
@@ -394,15 +407,41 @@ fn a_length_stream_is_incomplete_and_usage_is_counted() {
 }
 
 #[test]
+fn the_final_event_waits_for_the_usage_chunk_or_the_end() {
+    let finish_with_usage = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    );
+    let usage_chunk = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n";
+    let cases = [
+        (finish_with_usage.clone() + usage_chunk + "data: [DONE]\n\n", Some(6)),
+        (finish_with_usage.clone() + "data: [DONE]\n\n", Some(2)),
+        (chunk(json!({"content": "Hi"}), json!("stop")), None),
+    ];
+    for (stream, total) in cases {
+        let events = translate([stream.as_bytes()], &ClientHints::default());
+        assert_well_formed(&events);
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.completed", "{stream}");
+        assert_eq!(last["response"]["usage"]["total_tokens"].as_u64(), total, "{stream}");
+    }
+}
+
+#[test]
 fn error_chunks_and_broken_chunks_fail_the_stream() {
     let mut framer = SseFramer::new();
     let mut stream = Responses.stream("m", &ClientHints::default());
     let events = framer.push(b"data: {\"error\": {\"message\": \"Rate limited\", \"code\": 429}}\n\ndata: {oops\n\n");
     assert_eq!(stream.event(&events[0]).unwrap_err().0, "Rate limited");
     assert!(stream.event(&events[1]).unwrap_err().0.contains("not valid JSON"));
-    let interleaved = chunk(json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": ""}}]}), Value::Null)
-        + &chunk(json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}}]}), Value::Null)
-        + &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}), Value::Null);
+    let interleaved = chunk(
+        json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": ""}}]}),
+        Value::Null,
+    ) + &chunk(
+        json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}}]}),
+        Value::Null,
+    ) + &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}), Value::Null);
     let mut stream = Responses.stream("m", &ClientHints::default());
     let results: Vec<_> = framer.push(interleaved.as_bytes()).iter().map(|e| stream.event(e)).collect();
     assert!(results[2].as_ref().unwrap_err().0.contains("interleaved"), "{results:?}");
@@ -424,7 +463,10 @@ fn a_typical_request_goes_through_the_anthropic_and_gemini_translators() {
 
     let out = json(&anthropic::chat_request(&body, "claude-sonnet-4-5", true).unwrap());
     let turns = out["messages"].as_array().unwrap();
-    assert_eq!(turns[1]["content"][1], json!({"type": "tool_use", "id": "call_A", "name": "shell", "input": {"command": ["cat", "README.md"]}}));
+    assert_eq!(
+        turns[1]["content"][1],
+        json!({"type": "tool_use", "id": "call_A", "name": "shell", "input": {"command": ["cat", "README.md"]}})
+    );
     assert_eq!(turns[2]["content"][0]["tool_use_id"], "call_A");
     assert_eq!(turns.last().unwrap()["content"].as_array().unwrap().last().unwrap()["type"], "image");
     assert_eq!(out["tools"][1]["input_schema"]["required"], json!(["input"]));
@@ -432,7 +474,13 @@ fn a_typical_request_goes_through_the_anthropic_and_gemini_translators() {
     let out = json(&gemini::chat_request(&body, "gemini-2.5-flash", true).unwrap());
     let contents = out["contents"].as_array().unwrap();
     assert_eq!(contents[1]["parts"][1]["functionCall"]["name"], "shell");
-    assert!(contents.iter().any(|c| c["parts"].as_array().unwrap().iter().any(|p| p["functionResponse"]["name"] == "apply_patch")));
+    assert!(
+        contents.iter().any(|c| c["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["functionResponse"]["name"] == "apply_patch"))
+    );
     assert_eq!(out["tools"][0]["functionDeclarations"].as_array().unwrap().len(), 3);
 }
 
@@ -489,7 +537,10 @@ fn input_tokens_are_estimated_in_the_responses_shape() {
         {"role": "user", "content": [{"type": "input_text", "text": "y".repeat(40)}, {"type": "input_image", "image_url": format!("data:image/png;base64,{}", "A".repeat(100_000))}]},
         {"type": "reasoning", "summary": [{"type": "summary_text", "text": "z".repeat(4000)}]},
     ], "tools": [{"type": "function", "name": "f"}]}));
-    assert!(long > 100 + 10 + 768 && long < 1000, "the image is not counted by its base64 length, reasoning not at all: {long}");
+    assert!(
+        long > 100 + 10 + 768 && long < 1000,
+        "the image is not counted by its base64 length, reasoning not at all: {long}"
+    );
     let refused = Responses.count_tokens(&ClientRequest::new(Endpoint::Responses, b"[]", "m", false));
     assert!(refused.is_err());
 }

@@ -55,7 +55,9 @@ pub(super) fn translate_input(input: Option<Value>, messages: &mut Vec<Value>) -
             // it; the summary is the model's own account, not conversation.
             "reasoning" => {}
             "item_reference" => {
-                return fail(format!("input[{i}] is an item_reference, which needs OpenAI's stored items: {SEND_IT_ALL}"));
+                return fail(format!(
+                    "input[{i}] is an item_reference, which needs OpenAI's stored items: {SEND_IT_ALL}"
+                ));
             }
             other if other.ends_with("_call") || other.ends_with("_call_output") || other.starts_with("mcp_") => {
                 return fail(format!(
@@ -63,7 +65,9 @@ pub(super) fn translate_input(input: Option<Value>, messages: &mut Vec<Value>) -
                     echo(other)
                 ));
             }
-            other => return fail(format!("input[{i}] has type `{}`, which chat completions cannot carry", echo(other))),
+            other => {
+                return fail(format!("input[{i}] has type `{}`, which chat completions cannot carry", echo(other)));
+            }
         }
     }
     Ok(())
@@ -216,9 +220,9 @@ fn file(part: &Map<String, Value>, at: &str) -> Result<Value, TranslateError> {
         _ if part.get("file_id").is_some_and(|f| !f.is_null()) => fail(format!(
             "{at}: files by `file_id` need OpenAI's file storage; send the file inline as `file_data` (a base64 data URL)"
         )),
-        _ if part.get("file_url").is_some_and(|f| !f.is_null()) => {
-            fail(format!("{at}: files by `file_url` are not fetched; send the file inline as `file_data` (a base64 data URL)"))
-        }
+        _ if part.get("file_url").is_some_and(|f| !f.is_null()) => fail(format!(
+            "{at}: files by `file_url` are not fetched; send the file inline as `file_data` (a base64 data URL)"
+        )),
         _ => fail(format!("{at} is an input_file without file_data")),
     }
 }

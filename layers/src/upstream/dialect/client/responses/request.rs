@@ -176,7 +176,9 @@ fn response_format(request: &Map<String, Value>) -> Result<Option<Value>, Transl
             }
             Ok(Some(json!({"type": "json_schema", "json_schema": json_schema})))
         }
-        Some(other) => fail(format!("`text.format` has type `{}`; expected text, json_object or json_schema", echo(other))),
+        Some(other) => {
+            fail(format!("`text.format` has type `{}`; expected text, json_object or json_schema", echo(other)))
+        }
         None => fail("`text.format` has no type"),
     }
 }

@@ -8,9 +8,12 @@ use serde_json::{Map, Value, json};
 
 use crate::upstream::dialect::client::ClientHints;
 
+/// What OpenAI says for a field the request left out.
+type Fallback = fn() -> Value;
+
 /// The request fields a `response` object repeats, with what OpenAI says
 /// when the request left them out.
-const ECHOED: [(&str, fn() -> Value); 10] = [
+const ECHOED: [(&str, Fallback); 10] = [
     ("instructions", || Value::Null),
     ("max_output_tokens", || Value::Null),
     ("metadata", || json!({})),

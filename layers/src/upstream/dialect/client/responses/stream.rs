@@ -216,7 +216,8 @@ impl ResponsesStream {
             self.close(out, "completed");
             let id = shape::random_id("msg");
             let output_index = self.output.len();
-            let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
+            let item =
+                json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
             self.events.push(out, "response.output_item.added", json!({"output_index": output_index, "item": item}));
             self.events.push(
                 out,
@@ -302,11 +303,19 @@ impl ResponsesStream {
                 if custom {
                     let input = shape::custom_input(&arguments);
                     if !input.is_empty() {
-                        self.events.push(out, "response.custom_tool_call_input.delta", with(&at, "delta", json!(input)));
+                        self.events.push(
+                            out,
+                            "response.custom_tool_call_input.delta",
+                            with(&at, "delta", json!(input)),
+                        );
                     }
                     self.events.push(out, "response.custom_tool_call_input.done", with(&at, "input", json!(input)));
                 } else {
-                    self.events.push(out, "response.function_call_arguments.done", with(&at, "arguments", json!(arguments)));
+                    self.events.push(
+                        out,
+                        "response.function_call_arguments.done",
+                        with(&at, "arguments", json!(arguments)),
+                    );
                 }
                 shape::call_item(&id, &call_id, &name, &arguments, custom)
             }
@@ -353,8 +362,9 @@ impl StreamTranslator for ResponsesStream {
             self.end(&mut out);
             return Ok(out);
         }
-        let chunk: Chunk<'_> = serde_json::from_str(data)
-            .map_err(|e| TranslateError::new(format!("the provider sent a stream chunk that is not valid JSON: {e}")))?;
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
+            TranslateError::new(format!("the provider sent a stream chunk that is not valid JSON: {e}"))
+        })?;
         if let Some(error) = chunk.error {
             return Err(error_message(&error));
         }
@@ -385,13 +395,16 @@ impl StreamTranslator for ResponsesStream {
                 self.status = Some(status);
             }
         }
+        let usage_only = chunk.choices.is_empty();
         if let Some(usage) = chunk.usage {
             self.usage = Some(usage);
-        }
-        // The final event carries the usage, which comes after the
-        // finish_reason: it waits for it (or for the end).
-        if self.status.is_some() && self.usage.is_some() {
-            self.end(&mut out);
+            // The final event carries the usage, which comes in a chunk of
+            // its own after the finish_reason: it waits for that chunk (or
+            // for the end; some providers put the usage on their last
+            // content chunk, and send no usage chunk).
+            if usage_only && self.status.is_some() {
+                self.end(&mut out);
+            }
         }
         Ok(out)
     }

@@ -116,9 +116,7 @@ fn custom_description(tool: &Map<String, Value>, i: usize) -> Result<String, Tra
 pub(super) fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     match choice {
         Value::String(mode) if matches!(mode.as_str(), "auto" | "none" | "required") => Ok(choice.clone()),
-        Value::String(mode) => {
-            fail(format!("`tool_choice` `{}` is not one of auto, none, required", echo(mode)))
-        }
+        Value::String(mode) => fail(format!("`tool_choice` `{}` is not one of auto, none, required", echo(mode))),
         Value::Object(choice) => match choice.get("type").and_then(Value::as_str) {
             Some("function" | "custom") => match choice.get("name") {
                 Some(Value::String(name)) => Ok(json!({"type": "function", "function": {"name": name}})),
