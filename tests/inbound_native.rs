@@ -12,7 +12,7 @@ mod support;
 use serde_json::{Value, json};
 use support::{
     ANTHROPIC_KEY_ONE, ANTHROPIC_KEY_TWO, Auth, GEMINI_KEY_ONE, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY,
-    Proxy, Script, TestClient, assert_no_secret, dialect_env, get, keys_by_id,
+    Proxy, Script, TestClient, dialect_env, get, keys_by_id,
     mock::{anthropic, gemini, responses},
     post, request,
 };
@@ -117,21 +117,30 @@ async fn messages_rotate_on_429_401_and_529_and_answer_in_anthropics_shape() {
         (anthropic::overloaded(), "transient"),
         (anthropic::invalid_key(), "credential"),
     ] {
-        mock.always_for(ANTHROPIC_KEY_ONE, fault);
+        // The key the pool tries first fails, every time; the other answers.
+        let victim = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        for key in [ANTHROPIC_KEY_ONE, ANTHROPIC_KEY_TWO] {
+            let (victim, fault) = (victim.clone(), fault.clone());
+            mock.faults_for(key, move |req| {
+                let key = req.key.clone().unwrap_or_default();
+                let mut victim = victim.lock().unwrap();
+                if victim.get_or_insert_with(|| key.clone()) == &key { fault.clone() } else { Script::Ok }
+            });
+        }
         mock.take_requests();
         let reply = client.fetch(messages_request(&proxy, &claude_code_body("claude-sonnet-4-5", false))).await;
         assert_eq!(reply.status, 200, "{class}: {}", reply.text());
         assert_eq!(reply.text(), anthropic::message_text(), "{class}");
         let seen = mock.keys_seen();
-        assert_eq!(seen.first().map(String::as_str), Some(ANTHROPIC_KEY_ONE), "{class}: {seen:?}");
-        assert_eq!(seen.last().map(String::as_str), Some(ANTHROPIC_KEY_TWO), "{class}: rotated to the other key");
-        mock.clear_for(ANTHROPIC_KEY_ONE);
-        let reset = format!("/v1/keys/{}/reset", mock.key_id(ANTHROPIC_KEY_ONE));
-        let reset = client.fetch(post(&proxy.url(&reset), Auth::Bearer(PROXY_KEY), "")).await;
-        assert_eq!(reset.status, 200);
-        // Least-used selection starts the next round on the first key again.
-        let reset = format!("/v1/keys/{}/reset", mock.key_id(ANTHROPIC_KEY_TWO));
-        client.fetch(post(&proxy.url(&reset), Auth::Bearer(PROXY_KEY), "")).await;
+        let victim = victim.lock().unwrap().clone().unwrap();
+        assert_eq!(seen.first(), Some(&victim), "{class}: {seen:?}");
+        assert_ne!(seen.last(), Some(&victim), "{class}: rotated to the other key: {seen:?}");
+        for key in [ANTHROPIC_KEY_ONE, ANTHROPIC_KEY_TWO] {
+            mock.clear_for(key);
+            let reset = format!("/v1/keys/{}/reset", mock.key_id(key));
+            let reset = client.fetch(post(&proxy.url(&reset), Auth::Bearer(PROXY_KEY), "")).await;
+            assert_eq!(reset.status, 200);
+        }
     }
 
     // Every key rate limited: a 429 with Retry-After, in Anthropic's shape.
