@@ -215,7 +215,8 @@ impl<B> Service<Request<B>> for Router<B> {
         let Some((route, method)) = Route::recognize(req.uri().path()) else {
             return Either::Left(ready(Err(RouteNotFound::new(req.uri().path()).into())));
         };
-        let allowed = method.split(", ").any(|m| req.method().as_str() == m || (m == "GET" && req.method() == Method::HEAD));
+        let allowed =
+            method.split(", ").any(|m| req.method().as_str() == m || (m == "GET" && req.method() == Method::HEAD));
         if !allowed {
             return Either::Left(ready(Err(MethodNotAllowed::new(method).into())));
         }

@@ -89,10 +89,16 @@ async fn a_thinking_stream_passes_through_unchanged_and_is_counted() {
         anthropic::event(json!({"type": "content_block_delta", "index": 0,
             "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}})),
         anthropic::event(json!({"type": "content_block_stop", "index": 0})),
-        anthropic::event(json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})),
-        anthropic::event(json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Fixed."}})),
+        anthropic::event(
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+        ),
+        anthropic::event(
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Fixed."}}),
+        ),
         anthropic::event(json!({"type": "content_block_stop", "index": 1})),
-        anthropic::event(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 57}})),
+        anthropic::event(
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 57}}),
+        ),
         anthropic::event(json!({"type": "message_stop"})),
     ];
     mock.push(Script::events(events.clone()));
@@ -159,8 +165,11 @@ async fn proxy_errors_on_dialect_routes_take_the_dialects_shape() {
     let (proxy, client) = start(&[&mock], 1).await;
     let reply = client.fetch(post(&proxy.url(MESSAGES), Auth::XApiKey("wrong"), "{}")).await;
     assert_eq!(reply.status, 401);
-    assert_eq!(reply.json(), json!({"type": "error", "error": {"type": "authentication_error",
-        "message": reply.json()["error"]["message"]}}));
+    assert_eq!(
+        reply.json(),
+        json!({"type": "error", "error": {"type": "authentication_error",
+        "message": reply.json()["error"]["message"]}})
+    );
     let reply = client.fetch(post(&proxy.url(MESSAGES), Auth::Bearer(PROXY_KEY), "not json")).await;
     assert_eq!((reply.status.as_u16(), reply.json()["error"]["type"].clone()), (400, json!("invalid_request_error")));
 
@@ -176,7 +185,8 @@ async fn proxy_errors_on_dialect_routes_take_the_dialects_shape() {
     let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("GEMINI_API_KEY"), "{message}");
 
-    let reply = client.fetch(request(http::Method::PUT, &proxy.url("/v1/responses/resp_1"), Auth::Bearer(PROXY_KEY))).await;
+    let reply =
+        client.fetch(request(http::Method::PUT, &proxy.url("/v1/responses/resp_1"), Auth::Bearer(PROXY_KEY))).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.header("allow"), Some("GET, DELETE"));
 }
@@ -203,7 +213,8 @@ async fn count_tokens_passes_through_to_anthropic() {
     let (proxy, client) = start(&[&mock], 1).await;
     // Without an anthropic-version header: the provider's default fills in.
     let body = json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hi"}]}).to_string();
-    let reply = client.fetch(post(&proxy.url("/v1/messages/count_tokens?beta=true"), Auth::Bearer(PROXY_KEY), body)).await;
+    let reply =
+        client.fetch(post(&proxy.url("/v1/messages/count_tokens?beta=true"), Auth::Bearer(PROXY_KEY), body)).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json(), json!({"input_tokens": anthropic::COUNTED_TOKENS}));
     let seen = &mock.requests()[0];

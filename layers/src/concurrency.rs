@@ -122,8 +122,14 @@ where
 }
 
 fn acquire<B>(req: &Request<B>) -> Result<Option<SlotPermit>, BoxError> {
-    let lease = req.extensions().get::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
     let target = req.extensions().get::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+    let Some(lease) = req.extensions().get::<KeyLease>() else {
+        // A token count the proxy estimates itself goes without a key.
+        return match target.endpoint().counts_tokens() {
+            true => Ok(None),
+            false => Err(MissingExtension::new("KeyLease").into()),
+        };
+    };
     let Some(slots) = lease.slots(target.model()) else {
         return Ok(None);
     };

@@ -72,7 +72,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 
 /// Registers descriptions with the installed recorder; call once at start.
 pub fn describe() {
-    describe_counter!(REQUESTS, "Client requests finished, by provider, model, status class, error kind and inbound dialect.");
+    describe_counter!(
+        REQUESTS,
+        "Client requests finished, by provider, model, status class, error kind and inbound dialect."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,

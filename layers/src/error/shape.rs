@@ -155,7 +155,8 @@ mod tests {
 
     #[test]
     fn reshaping_keeps_the_message_and_passes_openai_shapes() {
-        let openai = br#"{"error":{"message":"no such model","type":"invalid_request_error","code":"model_not_found"}}"#;
+        let openai =
+            br#"{"error":{"message":"no such model","type":"invalid_request_error","code":"model_not_found"}}"#;
         assert_eq!(&reshape(Inbound::Responses, 404, openai)[..], openai);
         let google: Value = serde_json::from_slice(&reshape(Inbound::Gemini, 404, openai)).unwrap();
         assert_eq!(google, json!({"error": {"code": 404, "message": "no such model", "status": "NOT_FOUND"}}));

@@ -92,12 +92,7 @@ impl<S> Layer<S> for ParseLayer {
     type Service = Parse<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Parse {
-            inner,
-            pool: self.pool.clone(),
-            max_body_bytes: self.max_body_bytes,
-            defaults: self.defaults.clone(),
-        }
+        Parse { inner, pool: self.pool.clone(), max_body_bytes: self.max_body_bytes, defaults: self.defaults.clone() }
     }
 }
 

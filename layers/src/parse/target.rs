@@ -9,9 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     BoxError,
-    error::{
-        InvalidBody, InvalidModel, MissingModel, NoDefaultProvider, RouteNotFound, UnknownProvider,
-    },
+    error::{InvalidBody, InvalidModel, MissingModel, NoDefaultProvider, RouteNotFound, UnknownProvider},
     extensions::{Endpoint, Inbound, RequiredKey, RouteTarget, gemini_path, percent_decode, response_resource},
     pool::KeyPool,
     provider::ProviderId,
@@ -124,7 +122,12 @@ pub fn route_target_with(
     }
 }
 
-fn body_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool, defaults: &RouteDefaults) -> Result<RouteTarget, BoxError> {
+fn body_target(
+    body: &[u8],
+    endpoint: Endpoint,
+    pool: &KeyPool,
+    defaults: &RouteDefaults,
+) -> Result<RouteTarget, BoxError> {
     let probe: Probe<'_> = serde_json::from_slice(body).map_err(InvalidBody::new)?;
     let raw = probe.model.ok_or_else(MissingModel::new)?;
     let model: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| InvalidModel::not_a_string())?;
@@ -209,9 +212,8 @@ fn stored_response_target(parts: &Parts, pool: &KeyPool, defaults: &RouteDefault
         return Ok(target.with_required_key(RequiredKey::new(owner.key, &id)));
     }
     let (default, setting) = defaults.of(Inbound::Responses).expect("the Responses route has a default");
-    let provider = pool
-        .provider(default.as_str())
-        .ok_or_else(|| NoDefaultProvider::new(&id, default.as_str(), setting))?;
+    let provider =
+        pool.provider(default.as_str()).ok_or_else(|| NoDefaultProvider::new(&id, default.as_str(), setting))?;
     Ok(RouteTarget::new(provider.provider().id().clone(), "", endpoint, false))
 }
 

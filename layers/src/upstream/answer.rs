@@ -124,8 +124,12 @@ fn native(mut parts: Parts, body: Upstream, lease: KeyLease, plan: &Plan, idle: 
         }
     }
     let id = (plan.endpoint == Endpoint::Responses).then(|| {
-        let owner =
-            ResponseOwner::new(lease.provider_id().clone(), lease.key_id().clone(), &plan.model, lease.pool().clock().now_unix_ms());
+        let owner = ResponseOwner::new(
+            lease.provider_id().clone(),
+            lease.key_id().clone(),
+            &plan.model,
+            lease.pool().clock().now_unix_ms(),
+        );
         IdCapture::new(ids.clone(), owner)
     });
     if !plan.stream {

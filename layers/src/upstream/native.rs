@@ -167,7 +167,10 @@ mod tests {
 
     #[test]
     fn finds_the_response_id_in_an_answer_and_in_its_first_event() {
-        assert_eq!(response_id(br#"{"id": "resp_67ccd2bed1ec8190", "object": "response"}"#), Some("resp_67ccd2bed1ec8190"));
+        assert_eq!(
+            response_id(br#"{"id": "resp_67ccd2bed1ec8190", "object": "response"}"#),
+            Some("resp_67ccd2bed1ec8190")
+        );
         let event = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1a\"";
         assert_eq!(response_id(event), Some("resp_1a"));
         assert_eq!(response_id(br#"{"id": "resp_cut"#), None, "not whole yet");

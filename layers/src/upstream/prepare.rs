@@ -116,8 +116,8 @@ pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, P
             (native_uri(provider, &path, parts.uri.query())?, body, dialect::AnswerHints::default())
         }
         _ => {
-            let outbound = dialect::OutboundRequest::new(endpoint, &body, model, stream)
-                .with_model_span(target.model_span());
+            let outbound =
+                dialect::OutboundRequest::new(endpoint, &body, model, stream).with_model_span(target.model_span());
             let translated = provider_dialect.request(&outbound).map_err(unsupported)?;
             let uri = match provider.dialect() {
                 // Joined once, when the provider was built.

@@ -113,7 +113,9 @@ pub(super) fn route(req: &Recorded) -> Option<Canned> {
     }
     Some(match (&req.method, action) {
         (&Method::GET, None) => Canned::ok(response(id, "gpt-5", "completed").to_string()),
-        (&Method::DELETE, None) => Canned::ok(json!({"id": id, "object": "response.deleted", "deleted": true}).to_string()),
+        (&Method::DELETE, None) => {
+            Canned::ok(json!({"id": id, "object": "response.deleted", "deleted": true}).to_string())
+        }
         (&Method::POST, Some("cancel")) => Canned::ok(response(id, "gpt-5", "cancelled").to_string()),
         (&Method::GET, Some("input_items")) => Canned::ok(json!({"object": "list", "data": []}).to_string()),
         _ => not_found(id, None),
