@@ -328,3 +328,26 @@ async fn a_follow_up_waits_for_its_cooling_key_instead_of_moving() {
     let keys: Vec<_> = mock.keys_seen();
     assert_eq!(keys, [owner.clone(), owner.clone(), owner], "never another key");
 }
+
+#[tokio::test]
+async fn response_owners_survive_a_restart() {
+    let mock = MockUpstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let client = TestClient::http1();
+    let first = Proxy::start_in(dialect_env(&[&mock], 3), data.path(), |_| {}).await;
+    let reply = client.fetch(post(&first.url("/v1/responses"), Auth::Bearer(PROXY_KEY), responses_body(json!({})))).await;
+    let id = reply.json()["id"].as_str().unwrap().to_owned();
+    let owner = mock.requests()[0].key.clone().unwrap();
+    first.stop().await;
+    let state = std::fs::read_to_string(data.path().join("state.json")).unwrap();
+    assert!(state.contains(&id) && !state.contains(&owner), "the id and its key id, never the key");
+
+    let second = Proxy::start_in(dialect_env(&[&mock], 3), data.path(), |_| {}).await;
+    for _ in 0..3 {
+        let body = responses_body(json!({"previous_response_id": id}));
+        let reply = client.fetch(post(&second.url("/v1/responses"), Auth::Bearer(PROXY_KEY), body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(owner.as_str())), "{:?}", mock.keys_seen());
+    second.stop().await;
+}
