@@ -68,6 +68,7 @@ impl<'p> Route<'p> {
             "/messages" => Some((Self::Proxy(Endpoint::Messages), "POST")),
             "/messages/count_tokens" => Some((Self::Proxy(Endpoint::MessagesCountTokens), "POST")),
             "/responses" => Some((Self::Proxy(Endpoint::Responses), "POST")),
+            "/responses/input_tokens" => Some((Self::Proxy(Endpoint::ResponsesInputTokens), "POST")),
             "/models" => Some((Self::Models, "GET")),
             "/providers" => Some((Self::Providers, "GET")),
             "/keys" => Some((Self::Keys, "GET")),

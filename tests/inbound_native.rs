@@ -290,7 +290,10 @@ async fn a_response_belongs_to_the_key_that_made_it() {
     }
     assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(owner.as_str())), "{:?}", mock.keys_seen());
 
-    // Reading, cancelling and deleting go there too.
+    // Counting, reading, cancelling and deleting go there too.
+    let body = responses_body(json!({"previous_response_id": id}));
+    let counted = client.fetch(post(&proxy.url("/v1/responses/input_tokens"), Auth::Bearer(PROXY_KEY), body)).await;
+    assert_eq!(counted.json()["input_tokens"], 42, "{}", counted.text());
     let stored = format!("/v1/responses/{id}");
     let read = client.fetch(get(&proxy.url(&stored), Auth::Bearer(PROXY_KEY))).await;
     assert_eq!((read.status.as_u16(), read.json()["id"].clone()), (200, json!(id)));
@@ -335,7 +338,8 @@ async fn response_owners_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let client = TestClient::http1();
     let first = Proxy::start_in(dialect_env(&[&mock], 3), data.path(), |_| {}).await;
-    let reply = client.fetch(post(&first.url("/v1/responses"), Auth::Bearer(PROXY_KEY), responses_body(json!({})))).await;
+    let reply =
+        client.fetch(post(&first.url("/v1/responses"), Auth::Bearer(PROXY_KEY), responses_body(json!({})))).await;
     let id = reply.json()["id"].as_str().unwrap().to_owned();
     let owner = mock.requests()[0].key.clone().unwrap();
     first.stop().await;

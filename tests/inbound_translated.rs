@@ -103,6 +103,15 @@ async fn codex_reaches_a_chat_only_provider() {
         .collect();
     assert_eq!(text, "Hello! How can I help?");
     assert!(mock.requests()[1].json()["stream_options"]["include_usage"] == true, "usage asked for");
+
+    // The Responses API's token count, estimated: this provider cannot count.
+    let body = json!({"model": "groq/llama-3.3-70b", "input": "Count these words please"});
+    let url = proxy.url("/v1/responses/input_tokens");
+    let reply = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), body.to_string())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["object"], "response.input_tokens");
+    assert!(reply.json()["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(mock.requests().len(), 2, "nothing sent upstream");
 }
 
 #[tokio::test]

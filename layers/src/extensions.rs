@@ -115,6 +115,8 @@ pub enum Endpoint {
     /// `POST /v1/responses/{id}/cancel`, `GET /v1/responses/{id}/input_items`
     /// (the id and the rest stay in the request's path).
     ResponseResource,
+    /// `POST /v1/responses/input_tokens`: the Responses API's token count.
+    ResponsesInputTokens,
     /// `POST /v1beta/models/{model}:generateContent` (Gemini).
     GenerateContent,
     /// `POST /v1beta/models/{model}:streamGenerateContent`.
@@ -138,6 +140,7 @@ impl Endpoint {
             "/messages" => Some(Self::Messages),
             "/messages/count_tokens" => Some(Self::MessagesCountTokens),
             "/responses" => Some(Self::Responses),
+            "/responses/input_tokens" => Some(Self::ResponsesInputTokens),
             path => response_resource(path).map(|_| Self::ResponseResource),
         }
     }
@@ -151,6 +154,7 @@ impl Endpoint {
             Self::Messages => "messages",
             Self::MessagesCountTokens => "messages/count_tokens",
             Self::Responses | Self::ResponseResource => "responses",
+            Self::ResponsesInputTokens => "responses/input_tokens",
             Self::GenerateContent => "generateContent",
             Self::StreamGenerateContent => "streamGenerateContent",
             Self::CountTokens => "countTokens",
@@ -162,14 +166,14 @@ impl Endpoint {
         match self {
             Self::ChatCompletions | Self::Embeddings => Inbound::OpenAi,
             Self::Messages | Self::MessagesCountTokens => Inbound::Anthropic,
-            Self::Responses | Self::ResponseResource => Inbound::Responses,
+            Self::Responses | Self::ResponseResource | Self::ResponsesInputTokens => Inbound::Responses,
             Self::GenerateContent | Self::StreamGenerateContent | Self::CountTokens => Inbound::Gemini,
         }
     }
 
     /// Whether the endpoint counts tokens instead of generating.
     pub fn counts_tokens(self) -> bool {
-        matches!(self, Self::MessagesCountTokens | Self::CountTokens)
+        matches!(self, Self::MessagesCountTokens | Self::CountTokens | Self::ResponsesInputTokens)
     }
 }
 
@@ -193,6 +197,9 @@ pub fn gemini_path(path: &str) -> Option<(&str, Endpoint)> {
 /// `/responses/{id}/input_items`.
 pub fn response_resource(path: &str) -> Option<(&str, Option<&str>)> {
     let rest = path.strip_prefix("/responses/")?.trim_end_matches('/');
+    if rest == "input_tokens" {
+        return None;
+    }
     let (id, action) = match rest.split_once('/') {
         Some((id, action @ ("cancel" | "input_items"))) => (id, Some(action)),
         Some(_) => return None,

@@ -144,7 +144,8 @@ fn body_target(
     let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
         .with_model_span(span)
         .with_stream_options(probe.stream_options.is_some(), include_usage);
-    match probe.previous_response_id.filter(|_| endpoint == Endpoint::Responses) {
+    let continues = matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens);
+    match probe.previous_response_id.filter(|_| continues) {
         Some(id) => continue_response(target, &id, pool),
         None => Ok(target),
     }

@@ -9,7 +9,8 @@
 //!   the Responses event sequence ending in `response.completed`;
 //! - `GET /v1/responses/{id}`: the response; `DELETE`: `response.deleted`;
 //!   `POST /v1/responses/{id}/cancel`: the response, `cancelled`;
-//!   `GET /v1/responses/{id}/input_items`: an empty list.
+//!   `GET /v1/responses/{id}/input_items`: an empty list;
+//! - `POST /v1/responses/input_tokens`: `{"input_tokens": 42}`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,6 +93,9 @@ pub fn stream(id: &str, model: &str) -> Vec<String> {
 pub(super) fn route(req: &Recorded) -> Option<Canned> {
     let rest = req.path.strip_prefix("/v1/responses")?;
     let key = req.key.clone().unwrap_or_default();
+    if rest == "/input_tokens" {
+        return Some(Canned::ok(json!({"object": "response.input_tokens", "input_tokens": 42}).to_string()));
+    }
     if rest.is_empty() && req.method == Method::POST {
         let body = req.json();
         if let Some(previous) = body.get("previous_response_id").and_then(Value::as_str)

@@ -69,7 +69,7 @@ impl ProviderDialect for OpenAi {
 
     fn native_path(&self, endpoint: Endpoint, _: &str, client_path: &str) -> Option<Cow<'static, str>> {
         match endpoint {
-            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => {
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses | Endpoint::ResponsesInputTokens => {
                 Some(Cow::Borrowed(endpoint.path_suffix()))
             }
             // `/v1/responses/{id}[/cancel|/input_items]` below the base URL.
