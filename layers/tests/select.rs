@@ -303,3 +303,47 @@ async fn the_inner_readiness_is_taken_after_the_key_is_chosen() {
     let lease = res.extensions().get::<KeyLease>().expect("the answer names its key");
     assert_eq!(lease.key_id(), &key_id("openai", "k1"));
 }
+
+fn bound_to(provider: &str, key: KeyId) -> Req {
+    let mut req = Request::new(());
+    let target = RouteTarget::new(ProviderId::new(provider), "m", Endpoint::Responses, false)
+        .with_required_key(keyrelay_layers::extensions::RequiredKey::new(key, "resp_1"));
+    req.extensions_mut().insert(target);
+    req
+}
+
+#[tokio::test]
+async fn a_bound_request_uses_its_key_only_and_says_why_when_it_cannot() {
+    let pool = two_providers();
+    let g2 = key_id("groq", "g2");
+    // Least-used would choose g1, twice; the binding says g2.
+    let (_first, _held) = lease_with(&pool, bound_to("groq", g2.clone()), Empty::<Bytes>::new()).await.unwrap();
+    let (second, _) = lease_with(&pool, bound_to("groq", g2.clone()), Empty::<Bytes>::new()).await.unwrap();
+    assert_eq!(second.key_id(), &g2);
+    assert_eq!(in_flight(&pool, "groq"), [0, 1], "g1 idle, g2 holds the first body");
+
+    pool.set_disabled(g2.as_str(), true);
+    let err = lease_with(&pool, bound_to("groq", g2.clone()), Empty::<Bytes>::new()).await.unwrap_err();
+    let err = reply(&err);
+    assert_eq!((err.status, err.code), (StatusCode::CONFLICT, "response_key_unavailable"));
+    assert!(err.message.contains("resp_1") && err.message.contains("disabled"), "{}", err.message);
+
+    let gone = key_id("groq", "g3");
+    let err = reply(&lease_with(&pool, bound_to("groq", gone), Empty::<Bytes>::new()).await.unwrap_err());
+    assert_eq!((err.status, err.code), (StatusCode::NOT_FOUND, "response_not_found"));
+}
+
+#[tokio::test]
+async fn a_token_count_the_proxy_estimates_leases_no_key() {
+    let p = Provider::new("anthropic", NOWHERE, keyrelay_layers::provider::Dialect::Anthropic).unwrap();
+    let pool = KeyPool::builder().provider(p, Selection::LeastUsed, secrets(&["a1"])).build().unwrap();
+    let inner = service_fn(|req: Req| {
+        assert!(req.extensions().get::<KeyLease>().is_none(), "no key for an estimate");
+        async { Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new())) }
+    });
+    let mut req = Request::new(());
+    // Gemini's countTokens for an Anthropic model: Anthropic cannot count it.
+    req.extensions_mut().insert(RouteTarget::new(ProviderId::new("anthropic"), "m", Endpoint::CountTokens, false));
+    within(KeySelectLayer::new(pool.clone()).layer(inner).oneshot(req)).await.unwrap();
+    assert_eq!(requests(&pool, "anthropic"), [0]);
+}

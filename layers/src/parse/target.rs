@@ -302,3 +302,118 @@ mod tests {
         assert!(message.contains("`nope`") && message.contains("openai, openrouter"), "{message}");
     }
 }
+
+#[cfg(test)]
+mod dialect_routes {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        error::ErrorReply,
+        pool::{ResponseOwner, Secret},
+        provider::{Dialect, Provider},
+    };
+
+    fn pool() -> std::sync::Arc<KeyPool> {
+        KeyPool::builder()
+            .provider(
+                Provider::openai_compatible("openai", "http://127.0.0.1:9/v1").unwrap(),
+                Default::default(),
+                vec![Secret::new("k")],
+            )
+            .provider(
+                Provider::openai_compatible("openrouter", "http://127.0.0.1:9/v1").unwrap(),
+                Default::default(),
+                vec![],
+            )
+            .provider(
+                Provider::new("anthropic", "http://127.0.0.1:9", Dialect::Anthropic).unwrap(),
+                Default::default(),
+                vec![],
+            )
+            .remembered_responses(10, Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    fn target(method: &str, path: &str, body: &str, defaults: &RouteDefaults) -> Result<RouteTarget, (u16, String)> {
+        let req = http::Request::builder().method(method).uri(path).body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let endpoint = Endpoint::from_path(path.split('?').next().unwrap()).expect("a proxied path");
+        route_target_with(&parts, body.as_bytes(), endpoint, &pool(), defaults).map_err(|err| {
+            let reply = ErrorReply::from_error(&*err);
+            (reply.status.as_u16(), reply.message)
+        })
+    }
+
+    #[test]
+    fn bare_models_go_to_the_routes_default_provider() {
+        let defaults = RouteDefaults::default();
+        let t = target("POST", "/v1/messages", r#"{"model": "claude-sonnet-4-5-20250929"}"#, &defaults).unwrap();
+        assert_eq!((t.provider().as_str(), t.model()), ("anthropic", "claude-sonnet-4-5-20250929"));
+        // A configured prefix wins; an unknown one is part of the bare model.
+        let t = target("POST", "/v1/messages", r#"{"model": "openrouter/anthropic/claude-sonnet-4.5"}"#, &defaults)
+            .unwrap();
+        assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "anthropic/claude-sonnet-4.5"));
+        let t =
+            target("POST", "/v1/responses", r#"{"model": "meta-llama/llama-3", "stream": true}"#, &defaults).unwrap();
+        assert_eq!((t.provider().as_str(), t.model(), t.stream()), ("openai", "meta-llama/llama-3", true));
+        // Chat completions keep requiring a provider.
+        assert_eq!(target("POST", "/v1/chat/completions", r#"{"model": "gpt-4o"}"#, &defaults).unwrap_err().0, 400);
+        // A default that is not configured is named, with its setting.
+        let (status, message) =
+            target("POST", "/v1beta/models/gemini-2.5-pro:generateContent", "{}", &defaults).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(message.contains("routes.gemini_default_provider") && message.contains("`gemini`"), "{message}");
+        let elsewhere = RouteDefaults::default().with(Inbound::Gemini, "openrouter");
+        let t = target("POST", "/v1beta/models/gemini-2.5-pro:generateContent", "{}", &elsewhere).unwrap();
+        assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "gemini-2.5-pro"));
+    }
+
+    #[test]
+    fn gemini_reads_the_model_and_the_stream_from_the_path() {
+        let defaults = RouteDefaults::default();
+        let path = "/v1beta/models/openrouter%2Fgoogle%2Fgemini-2.5-pro:streamGenerateContent?alt=sse";
+        let t = target("POST", path, r#"{"contents": []}"#, &defaults).unwrap();
+        assert_eq!((t.provider().as_str(), t.model(), t.stream()), ("openrouter", "google/gemini-2.5-pro", true));
+        let t = target("POST", "/v1beta/models/openai/gpt-4o:countTokens", "{}", &defaults).unwrap();
+        assert_eq!((t.endpoint(), t.model_span()), (Endpoint::CountTokens, None));
+        for body in ["", "[1]", "not json"] {
+            assert_eq!(
+                target("POST", "/v1beta/models/openai/gpt-4o:generateContent", body, &defaults).unwrap_err().0,
+                400
+            );
+        }
+        assert_eq!(target("POST", "/v1beta/models/openai%ZZ:generateContent", "{}", &defaults).unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn follow_ups_and_stored_responses_are_bound_to_the_key_that_made_them() {
+        let pool = pool();
+        let openai = pool.provider("openai").unwrap();
+        let key = openai.keys()[0].id().clone();
+        let now = pool.clock().now_unix_ms();
+        pool.responses().remember("resp_abc", ResponseOwner::new(ProviderId::new("openai"), key.clone(), "gpt-5", now));
+        let defaults = RouteDefaults::default();
+        let parse = |method: &str, path: &str, body: &str| {
+            let req = http::Request::builder().method(method).uri(path).body(()).unwrap();
+            let (parts, ()) = req.into_parts();
+            let endpoint = Endpoint::from_path(path).unwrap();
+            route_target_with(&parts, body.as_bytes(), endpoint, &pool, &defaults)
+        };
+        let t = parse("POST", "/v1/responses", r#"{"model": "gpt-5", "previous_response_id": "resp_abc"}"#).unwrap();
+        assert_eq!(t.required_key().map(|k| (&k.key, &*k.response_id)), Some((&key, "resp_abc")));
+        let t = parse("POST", "/v1/responses", r#"{"model": "gpt-5", "previous_response_id": "resp_other"}"#).unwrap();
+        assert!(t.required_key().is_none(), "unknown ids go where new requests go");
+        let t = parse("DELETE", "/v1/responses/resp_abc", "").unwrap();
+        assert_eq!((t.provider().as_str(), t.model(), t.endpoint()), ("openai", "gpt-5", Endpoint::ResponseResource));
+        assert!(t.required_key().is_some());
+        let t = parse("GET", "/v1/responses/resp_unknown/input_items", "").unwrap();
+        assert_eq!((t.provider().as_str(), t.required_key()), ("openai", None));
+        // A follow-up sent to another provider cannot reach the response.
+        let err = parse("POST", "/v1/responses", r#"{"model": "openrouter/x", "previous_response_id": "resp_abc"}"#);
+        let reply = ErrorReply::from_error(&*err.unwrap_err());
+        assert_eq!((reply.status.as_u16(), reply.code), (409, "response_key_unavailable"));
+        assert!(reply.message.contains("resp_abc"), "{}", reply.message);
+    }
+}
