@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 seconds="${SMOKE_SECONDS:-5}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(parse_request retry_hints sse_framer stream_openai stream_anthropic stream_gemini)
+    targets=(parse_request retry_hints sse_framer stream_openai stream_anthropic stream_gemini client_anthropic)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

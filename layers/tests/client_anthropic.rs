@@ -65,7 +65,8 @@ fn to_chat(body: &Value) -> Result<Value, TranslateError> {
 
 /// A request of one user message with these fields added.
 fn with(fields: Value) -> Value {
-    let mut body = json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let mut body =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
     body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
     body
 }
@@ -85,26 +86,55 @@ fn requests_match_their_goldens() {
 fn what_chat_cannot_carry_is_refused_by_name() {
     let user = |content: Value| with(json!({"messages": [{"role": "user", "content": content}]}));
     let cases = [
-        (with(json!({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]})),
-            "tools[0] `web_search` is Anthropic's server tool `web_search_20250305`: only Anthropic providers run it"),
+        (
+            with(json!({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]})),
+            "tools[0] `web_search` is Anthropic's server tool `web_search_20250305`: only Anthropic providers run it",
+        ),
         (with(json!({"tools": [{"type": "bash_20250124", "name": "bash"}]})), "server tool `bash_20250124`"),
-        (with(json!({"tools": [{"name": "f", "input_schema": {}}, {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]})),
-            "tools[1] `str_replace_based_edit_tool`"),
-        (with(json!({"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]})), "only Anthropic providers run it"),
-        (with(json!({"tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1024}]})), "`computer_20250124`"),
-        (with(json!({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}]})),
-            "`mcp_servers` needs Anthropic's MCP connector: only Anthropic providers run it"),
+        (
+            with(
+                json!({"tools": [{"name": "f", "input_schema": {}}, {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]}),
+            ),
+            "tools[1] `str_replace_based_edit_tool`",
+        ),
+        (
+            with(json!({"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]})),
+            "only Anthropic providers run it",
+        ),
+        (
+            with(json!({"tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1024}]})),
+            "`computer_20250124`",
+        ),
+        (
+            with(json!({"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}]})),
+            "`mcp_servers` needs Anthropic's MCP connector: only Anthropic providers run it",
+        ),
         (with(json!({"tools": [{"description": "no name"}]})), "tools[0] has no name"),
         (with(json!({"tools": {"name": "f"}})), "`tools` must be an array"),
-        (with(json!({"tools": [{"name": "f", "input_schema": "object"}]})), "tools[0].input_schema must be a JSON schema object"),
-        (with(json!({"tools": [{"name": "f"}], "tool_choice": {"type": "function"}})), "`tool_choice.type` `function` is not one of"),
+        (
+            with(json!({"tools": [{"name": "f", "input_schema": "object"}]})),
+            "tools[0].input_schema must be a JSON schema object",
+        ),
+        (
+            with(json!({"tools": [{"name": "f"}], "tool_choice": {"type": "function"}})),
+            "`tool_choice.type` `function` is not one of",
+        ),
         (with(json!({"tools": [{"name": "f"}], "tool_choice": "auto"})), "`tool_choice` must be an object"),
-        (with(json!({"tools": [{"name": "f"}], "tool_choice": {"type": "tool"}})), "`tool_choice.name` must be a string"),
+        (
+            with(json!({"tools": [{"name": "f"}], "tool_choice": {"type": "tool"}})),
+            "`tool_choice.name` must be a string",
+        ),
         (with(json!({"thinking": {"type": "enabled"}})), "`thinking.budget_tokens` must be"),
         (with(json!({"thinking": {"type": "sometimes"}})), "`thinking.type` must be enabled, adaptive or disabled"),
         (with(json!({"output_config": {"effort": "extreme"}})), "`output_config.effort` `extreme` is not one of"),
-        (with(json!({"output_config": {"format": {"type": "yaml"}}})), "`output_config.format.type` must be json_schema"),
-        (with(json!({"output_format": {"type": "json_schema"}})), "`output_format.schema` must be a JSON schema object"),
+        (
+            with(json!({"output_config": {"format": {"type": "yaml"}}})),
+            "`output_config.format.type` must be json_schema",
+        ),
+        (
+            with(json!({"output_format": {"type": "json_schema"}})),
+            "`output_format.schema` must be a JSON schema object",
+        ),
         (with(json!({"max_tokens": "lots"})), "`max_tokens` must be a non-negative integer"),
         (with(json!({"temperature": "hot"})), "`temperature` must be a number"),
         (with(json!({"stop_sequences": "END"})), "`stop_sequences` must be an array of strings"),
@@ -112,27 +142,52 @@ fn what_chat_cannot_carry_is_refused_by_name() {
         (with(json!({"messages": []})), "`messages` is empty"),
         (with(json!({"messages": null})), "`messages` is required"),
         (with(json!({"system": [{"type": "image"}]})), "system[0] must be a text block"),
-        (with(json!({"messages": [{"role": "system", "content": "x"}]})), "messages[0] has role `system`; expected user or assistant"),
+        (
+            with(json!({"messages": [{"role": "system", "content": "x"}]})),
+            "messages[0] has role `system`; expected user or assistant",
+        ),
         (with(json!({"messages": [{"content": "x"}]})), "messages[0] has no role"),
         (user(json!(7)), "messages[0].content must be a string or an array of content blocks"),
         (user(json!([{"text": "untyped"}])), "messages[0].content[0] has no type"),
-        (user(json!([{"type": "search_result", "source": "s", "title": "t", "content": []}])),
-            "messages[0].content[0] is a `search_result` block, which only Anthropic providers take"),
-        (user(json!([{"type": "image", "source": {"type": "file", "file_id": "file_011"}}])), "images by file_id live at Anthropic"),
-        (user(json!([{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}])),
-            "messages[0].content[0].source has no `data` string"),
-        (user(json!([{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}])), "documents by URL cannot be sent"),
-        (user(json!([{"type": "document", "source": {"type": "file", "file_id": "file_011"}}])), "documents by file_id live at Anthropic"),
-        (user(json!([{"type": "tool_result", "content": "x"}])), "messages[0].content[0] (tool_result) has no tool_use_id"),
-        (with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+        (
+            user(json!([{"type": "search_result", "source": "s", "title": "t", "content": []}])),
+            "messages[0].content[0] is a `search_result` block, which only Anthropic providers take",
+        ),
+        (
+            user(json!([{"type": "image", "source": {"type": "file", "file_id": "file_011"}}])),
+            "images by file_id live at Anthropic",
+        ),
+        (
+            user(json!([{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}])),
+            "messages[0].content[0].source has no `data` string",
+        ),
+        (
+            user(json!([{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}])),
+            "documents by URL cannot be sent",
+        ),
+        (
+            user(json!([{"type": "document", "source": {"type": "file", "file_id": "file_011"}}])),
+            "documents by file_id live at Anthropic",
+        ),
+        (
+            user(json!([{"type": "tool_result", "content": "x"}])),
+            "messages[0].content[0] (tool_result) has no tool_use_id",
+        ),
+        (
+            with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
             {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}}]}]})),
-            "messages[1].content[0] is a `server_tool_use` block, which only Anthropic providers take"),
-        (with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+            "messages[1].content[0] is a `server_tool_use` block, which only Anthropic providers take",
+        ),
+        (
+            with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
             {"type": "tool_use", "id": "t", "name": "f", "input": [1]}]}]})),
-            "messages[1].content[0].input must be a JSON object"),
-        (with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+            "messages[1].content[0].input must be a JSON object",
+        ),
+        (
+            with(json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
             {"type": "tool_use", "name": "f", "input": {}}]}]})),
-            "messages[1].content[0] has no `id` string"),
+            "messages[1].content[0] has no `id` string",
+        ),
     ];
     for (body, expected) in cases {
         let error = to_chat(&body).expect_err(&body.to_string());
@@ -141,7 +196,9 @@ fn what_chat_cannot_carry_is_refused_by_name() {
     assert!(Messages.to_chat(&ClientRequest::new(Endpoint::Messages, b"[1]", UPSTREAM, false)).is_err());
     assert!(Messages.to_chat(&ClientRequest::new(Endpoint::Messages, b"{oops", UPSTREAM, false)).is_err());
     // Harmless values of the refused fields pass.
-    for fields in [json!({"mcp_servers": []}), json!({"tools": [{"type": "custom", "name": "f"}]}), json!({"mcp_servers": null})] {
+    for fields in
+        [json!({"mcp_servers": []}), json!({"tools": [{"type": "custom", "name": "f"}]}), json!({"mcp_servers": null})]
+    {
         assert!(to_chat(&with(fields.clone())).is_ok(), "{fields}");
     }
 }
@@ -180,8 +237,11 @@ fn tool_choices_become_chat_tool_choices() {
         (json!({"type": "tool", "name": "f"}), json!({"type": "function", "function": {"name": "f"}}), None),
         (json!({"type": "auto", "disable_parallel_tool_use": true}), json!("auto"), Some(false)),
         (json!({"type": "any", "disable_parallel_tool_use": false}), json!("required"), None),
-        (json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true}),
-            json!({"type": "function", "function": {"name": "f"}}), Some(false)),
+        (
+            json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true}),
+            json!({"type": "function", "function": {"name": "f"}}),
+            Some(false),
+        ),
         // Parallelism means nothing when no tool may be called.
         (json!({"type": "none", "disable_parallel_tool_use": true}), json!("none"), None),
     ];
@@ -212,7 +272,11 @@ fn completion(message: Value, finish_reason: Value, usage: Value) -> Value {
 #[test]
 fn answers_match_their_goldens() {
     let usage = json!({"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29});
-    let text = answer(completion(json!({"role": "assistant", "content": "Hello!", "refusal": null}), json!("stop"), usage.clone()));
+    let text = answer(completion(
+        json!({"role": "assistant", "content": "Hello!", "refusal": null}),
+        json!("stop"),
+        usage.clone(),
+    ));
     assert_eq!(
         text,
         json!({"id": "msg_B9MBs8CjcvOU2jLn4n570S5qMJKcT", "type": "message", "role": "assistant", "model": "claude-via-gpt",
@@ -283,7 +347,8 @@ fn answer_edge_cases() {
     assert_eq!(out["content"], json!([]));
     assert_eq!(out["usage"]["input_tokens"], 0);
     // The outbound translator's ids come back as they were.
-    let out = answer(json!({"id": "chatcmpl-msg_01XFDUDYJgAACzvnptvVoYEL", "choices": [{"message": {"content": "a"}}]}));
+    let out =
+        answer(json!({"id": "chatcmpl-msg_01XFDUDYJgAACzvnptvVoYEL", "choices": [{"message": {"content": "a"}}]}));
     assert_eq!(out["id"], "msg_01XFDUDYJgAACzvnptvVoYEL");
     // A refusal is the text; a tool call without id gets one.
     let out = answer(json!({"choices": [{"message": {"content": null, "refusal": "I can't help with that.",
@@ -384,10 +449,12 @@ fn accumulate(events: &[Bytes]) -> Value {
                 let delta = &data["delta"];
                 match (kind.as_str(), delta["type"].as_str().unwrap()) {
                     ("text", "text_delta") => {
-                        block["text"] = format!("{}{}", block["text"].as_str().unwrap(), delta["text"].as_str().unwrap()).into();
+                        block["text"] =
+                            format!("{}{}", block["text"].as_str().unwrap(), delta["text"].as_str().unwrap()).into();
                     }
                     ("thinking", "thinking_delta") => {
-                        let thinking = format!("{}{}", block["thinking"].as_str().unwrap(), delta["thinking"].as_str().unwrap());
+                        let thinking =
+                            format!("{}{}", block["thinking"].as_str().unwrap(), delta["thinking"].as_str().unwrap());
                         block["thinking"] = thinking.into();
                     }
                     ("tool_use", "input_json_delta") => partial_json.push_str(delta["partial_json"].as_str().unwrap()),
@@ -441,10 +508,16 @@ fn stream_events_come_in_anthropics_order() {
     let events = translate([&stream[..]]).unwrap();
     let events: Vec<_> = events.iter().map(|e| parse_event(e)).collect();
     let expected: &[(&str, Value)] = &[
-        ("message_start", json!({"message": {"id": "msg_AbC123", "type": "message", "role": "assistant",
+        (
+            "message_start",
+            json!({"message": {"id": "msg_AbC123", "type": "message", "role": "assistant",
             "model": "claude-via-gpt", "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}})),
-        ("content_block_start", json!({"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})),
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ),
         ("content_block_delta", json!({"index": 0, "delta": {"type": "thinking_delta", "thinking": "The user wants"}})),
         ("content_block_delta", json!({"index": 0, "delta": {"type": "thinking_delta", "thinking": " two files."}})),
         ("content_block_stop", json!({"index": 0})),
@@ -452,15 +525,33 @@ fn stream_events_come_in_anthropics_order() {
         ("content_block_delta", json!({"index": 1, "delta": {"type": "text_delta", "text": "Reading both"}})),
         ("content_block_delta", json!({"index": 1, "delta": {"type": "text_delta", "text": " — «é» ✓"}})),
         ("content_block_stop", json!({"index": 1})),
-        ("content_block_start", json!({"index": 2, "content_block": {"type": "tool_use", "id": "call_A", "name": "read_file", "input": {}}})),
-        ("content_block_delta", json!({"index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"path\":"}})),
-        ("content_block_delta", json!({"index": 2, "delta": {"type": "input_json_delta", "partial_json": " \"a.txt\"}"}})),
+        (
+            "content_block_start",
+            json!({"index": 2, "content_block": {"type": "tool_use", "id": "call_A", "name": "read_file", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"path\":"}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"index": 2, "delta": {"type": "input_json_delta", "partial_json": " \"a.txt\"}"}}),
+        ),
         ("content_block_stop", json!({"index": 2})),
-        ("content_block_start", json!({"index": 3, "content_block": {"type": "tool_use", "id": "call_B", "name": "read_file", "input": {}}})),
-        ("content_block_delta", json!({"index": 3, "delta": {"type": "input_json_delta", "partial_json": "{\"path\": \"b.txt\"}"}})),
+        (
+            "content_block_start",
+            json!({"index": 3, "content_block": {"type": "tool_use", "id": "call_B", "name": "read_file", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"index": 3, "delta": {"type": "input_json_delta", "partial_json": "{\"path\": \"b.txt\"}"}}),
+        ),
         ("content_block_stop", json!({"index": 3})),
-        ("message_delta", json!({"delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"input_tokens": 30, "output_tokens": 57, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1200}})),
+        (
+            "message_delta",
+            json!({"delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"input_tokens": 30, "output_tokens": 57, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1200}}),
+        ),
         ("message_stop", json!({})),
     ];
     assert_eq!(events.len(), expected.len(), "{events:#?}");
@@ -496,7 +587,8 @@ fn interleaved_text_and_reasoning_open_new_blocks() {
 #[test]
 fn message_delta_waits_for_the_usage() {
     let finish = chunk(json!({}), json!("length"));
-    let usage = json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).to_string();
+    let usage =
+        json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).to_string();
     let (events, translator) = events_of(&[chunk(json!({"content": "long"}), Value::Null), finish.clone()]);
     let events = events.unwrap();
     assert_eq!(names(&events).last().unwrap(), "content_block_stop", "the finish reason closes the block only");
@@ -527,13 +619,14 @@ fn a_cut_stream_is_incomplete_and_an_error_chunk_fails() {
     let cut = text[..cut].rfind("data: ").unwrap();
     let mut framer = SseFramer::new();
     let mut translator = Messages.stream("m", &ClientHints::default());
-    for event in framer.push(text[..cut].as_bytes()) {
+    for event in framer.push(&text.as_bytes()[..cut]) {
         translator.event(&event).unwrap();
     }
     assert!(!translator.is_complete());
     assert_eq!(translator.usage(), None);
 
-    let error = json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}});
+    let error =
+        json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}});
     let (result, _) = events_of(&[chunk(json!({"content": "a"}), Value::Null), error.to_string()]);
     assert_eq!(result.unwrap_err(), TranslateError::new("The server had an error while processing your request."));
     let (result, _) = events_of(&["{not json".to_owned()]);
@@ -558,9 +651,13 @@ fn a_cut_stream_is_incomplete_and_an_error_chunk_fails() {
 #[test]
 fn tool_calls_without_index_are_told_apart_by_id() {
     let call = |id: &str, args: &str| {
-        chunk(json!({"tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": args}}]}), Value::Null)
+        chunk(
+            json!({"tool_calls": [{"id": id, "type": "function", "function": {"name": "f", "arguments": args}}]}),
+            Value::Null,
+        )
     };
-    let (events, mut translator) = events_of(&[call("x", "{\"a\":1}"), call("y", "{\"b\":2}"), chunk(json!({}), json!("stop"))]);
+    let (events, mut translator) =
+        events_of(&[call("x", "{\"a\":1}"), call("y", "{\"b\":2}"), chunk(json!({}), json!("stop"))]);
     let mut events = events.unwrap();
     events.extend(translator.finish());
     let message = accumulate(&events);
@@ -577,11 +674,15 @@ fn tool_calls_without_index_are_told_apart_by_id() {
 fn count_tokens_estimates_the_whole_request() {
     let count = |body: Value| {
         let body = body.to_string();
-        let out = Messages.count_tokens(&ClientRequest::new(Endpoint::MessagesCountTokens, body.as_bytes(), "m", false));
+        let out =
+            Messages.count_tokens(&ClientRequest::new(Endpoint::MessagesCountTokens, body.as_bytes(), "m", false));
         json(&out.unwrap())
     };
     // 12 characters: 3 tokens, and 4 for the message.
-    assert_eq!(count(json!({"model": "m", "messages": [{"role": "user", "content": "Hello, world"}]})), json!({"input_tokens": 7}));
+    assert_eq!(
+        count(json!({"model": "m", "messages": [{"role": "user", "content": "Hello, world"}]})),
+        json!({"input_tokens": 7})
+    );
     let tool = json!({"name": "get_weather", "input_schema": {"type": "object"}});
     let tool_tokens = (tool.to_string().chars().count() as u64).div_ceil(4);
     let out = count(json!({"model": "m", "system": [{"type": "text", "text": "Be brief"}], "tools": [tool],
@@ -609,10 +710,13 @@ fn requests_go_on_through_the_outbound_translators() {
         let case = json(&case);
         let chat = to_chat(&case["messages"]).unwrap().to_string();
         // What the outbound translator cannot express either, the fixture names.
-        match (anthropic::chat_request(chat.as_bytes(), "claude-sonnet-4-5", false), case["anthropic_refuses"].as_str()) {
+        match (anthropic::chat_request(chat.as_bytes(), "claude-sonnet-4-5", false), case["anthropic_refuses"].as_str())
+        {
             (Ok(_), None) => {}
             (Err(e), Some(expected)) if e.0.contains(expected) => {}
-            (result, expected) => panic!("{name}: anthropic gave {result:?} for {chat}, expected a refusal {expected:?}"),
+            (result, expected) => {
+                panic!("{name}: anthropic gave {result:?} for {chat}, expected a refusal {expected:?}")
+            }
         }
         gemini::chat_request(chat.as_bytes(), "gemini-2.5-flash", false)
             .unwrap_or_else(|e| panic!("{name}: gemini refused {chat}: {e}"));
@@ -628,7 +732,8 @@ fn a_round_trip_through_the_outbound_anthropic_translator_keeps_the_request() {
     // cache_control, and the images of tool results move after them.
     let messages = original["messages"].as_array_mut().unwrap();
     messages[1]["content"].as_array_mut().unwrap().drain(..2);
-    messages[2]["content"][1] = json!({"type": "tool_result", "tool_use_id": "toolu_01B", "content": "(attached below)"});
+    messages[2]["content"][1] =
+        json!({"type": "tool_result", "tool_use_id": "toolu_01B", "content": "(attached below)"});
     messages[2]["content"].as_array_mut().unwrap().insert(
         2,
         json!({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}}),
@@ -652,9 +757,10 @@ fn a_round_trip_through_the_outbound_anthropic_translator_keeps_the_request() {
 
     // Thinking budgets come back as they went.
     for budget in [1024, 4096, 16384] {
-        let chat = to_chat(&with(json!({"max_tokens": 32000, "thinking": {"type": "enabled", "budget_tokens": budget}})))
-            .unwrap()
-            .to_string();
+        let chat =
+            to_chat(&with(json!({"max_tokens": 32000, "thinking": {"type": "enabled", "budget_tokens": budget}})))
+                .unwrap()
+                .to_string();
         let back = json(&anthropic::chat_request(chat.as_bytes(), "claude-sonnet-4-5", false).unwrap());
         assert_eq!(back["thinking"], json!({"type": "enabled", "budget_tokens": budget}));
     }
@@ -682,8 +788,9 @@ fn chained(provider: Box<dyn StreamTranslator>, stream: &[u8], size: usize) -> (
 
 #[test]
 fn anthropic_streams_come_back_as_they_were() {
-    let stream = fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/anthropic/streams/text_and_tools.sse"))
-        .unwrap();
+    let stream =
+        fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/anthropic/streams/text_and_tools.sse"))
+            .unwrap();
     // What Anthropic sent, as the SDK accumulates it.
     let mut direct = Vec::new();
     for event in SseFramer::new().push(&stream) {
@@ -693,7 +800,8 @@ fn anthropic_streams_come_back_as_they_were() {
     }
     let mut sent = accumulate(&direct);
     for size in [1, 7, stream.len()] {
-        let (events, chain) = chained(Box::new(anthropic::ChatStream::new("claude-sonnet-4-5", true, 0)), &stream, size);
+        let (events, chain) =
+            chained(Box::new(anthropic::ChatStream::new("claude-sonnet-4-5", true, 0)), &stream, size);
         let mut got = accumulate(&events);
         assert_eq!(got["id"], "msg_014p7gG3wDgGV9EUtLvnow3U");
         assert_eq!(got["usage"]["input_tokens"], 472);
@@ -712,7 +820,9 @@ fn anthropic_streams_come_back_as_they_were() {
 
 #[test]
 fn gemini_streams_become_messages() {
-    let stream = fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemini/stream_tools.gemini.sse")).unwrap();
+    let stream =
+        fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemini/stream_tools.gemini.sse"))
+            .unwrap();
     for size in [1, 5, stream.len()] {
         let (events, chain) = chained(Box::new(gemini::ChatStream::new("gemini-2.5-flash", true, 0)), &stream, size);
         let message = accumulate(&events);
@@ -733,4 +843,3 @@ fn gemini_streams_become_messages() {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (80, 45));
     }
 }
-

@@ -57,7 +57,7 @@ fn system_text(system: Option<&Value>) -> Result<String, TranslateError> {
 }
 
 /// A message's blocks: a string is one text block.
-fn blocks<'a>(content: Option<&'a Value>, i: usize) -> Result<Vec<(usize, &'a Value)>, TranslateError> {
+fn blocks(content: Option<&Value>, i: usize) -> Result<Vec<(usize, &Value)>, TranslateError> {
     match content {
         None => Ok(Vec::new()),
         Some(text @ Value::String(_)) => Ok(vec![(0, text)]),
@@ -173,7 +173,9 @@ fn document_part(block: &Value, at: &str) -> Result<Option<Value>, TranslateErro
             // A document made of blocks: its texts, in one part.
             let texts = match source.get("content") {
                 Some(Value::String(text)) => vec![text.as_str()],
-                Some(Value::Array(blocks)) => blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect(),
+                Some(Value::Array(blocks)) => {
+                    blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect()
+                }
                 _ => return fail(format!("{at}.source.content must be a string or an array of blocks")),
             };
             let text = texts.join("\n\n");

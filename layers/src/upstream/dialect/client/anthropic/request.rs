@@ -51,10 +51,9 @@ pub(super) fn to_chat(body: &[u8], model: &str, stream: bool) -> Result<Bytes, T
     }
     match present(&request, "stop_sequences") {
         None => {}
+        Some(Value::Array(stops)) if stops.is_empty() => {}
         Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
-            if !stops.is_empty() {
-                out.insert("stop".into(), Value::Array(stops.clone()));
-            }
+            out.insert("stop".into(), Value::Array(stops.clone()));
         }
         Some(_) => return fail("`stop_sequences` must be an array of strings"),
     }

@@ -72,12 +72,16 @@ struct BlockDelta<'a> {
     delta: DeltaBody<'a>,
 }
 
+/// A block delta, named by its `type` (`text_delta`...).
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum DeltaBody<'a> {
-    TextDelta { text: &'a str },
-    ThinkingDelta { thinking: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 /// The content block being streamed.
@@ -208,12 +212,12 @@ impl MessagesStream {
 
     fn text(&mut self, text: &str, out: &mut Vec<Bytes>) {
         self.open_block(Open::Text, || json!({"type": "text", "text": ""}), out);
-        out.push(self.delta(DeltaBody::TextDelta { text }));
+        out.push(self.delta(DeltaBody::Text { text }));
     }
 
     fn thinking(&mut self, thinking: &str, out: &mut Vec<Bytes>) {
         self.open_block(Open::Thinking, || json!({"type": "thinking", "thinking": "", "signature": ""}), out);
-        out.push(self.delta(DeltaBody::ThinkingDelta { thinking }));
+        out.push(self.delta(DeltaBody::Thinking { thinking }));
     }
 
     fn tool_piece(&mut self, piece: &ToolPiece<'_>, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
@@ -249,7 +253,7 @@ impl MessagesStream {
                  which a Messages stream cannot carry",
             ));
         }
-        out.push(self.delta(DeltaBody::InputJsonDelta { partial_json: arguments }));
+        out.push(self.delta(DeltaBody::InputJson { partial_json: arguments }));
         Ok(())
     }
 
