@@ -123,7 +123,7 @@ struct ToolCall {
 /// use keyrelay_layers::upstream::dialect::{client::anthropic::MessagesStream, SseEvent, StreamTranslator};
 ///
 /// let mut stream = MessagesStream::new("gpt-4.1");
-/// let mut events = Vec::new();
+/// let mut events: Vec<bytes::Bytes> = Vec::new();
 /// for data in [
 ///     r#"{"id":"chatcmpl-7","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"}}]}"#,
 ///     r#"{"id":"chatcmpl-7","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
