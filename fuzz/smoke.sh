@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 seconds="${SMOKE_SECONDS:-5}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(parse_request retry_hints sse_framer stream_openai stream_anthropic stream_gemini client_gemini client_responses)
+    targets=(parse_request retry_hints sse_framer stream_openai stream_anthropic stream_gemini client_anthropic client_gemini client_responses)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
