@@ -173,6 +173,11 @@ fn finish(
     let provider = lease.provider();
     let (model, stream) = (target.model(), target.stream());
     let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
+    // A server that refuses `stream_options` answers without usage.
+    let chat = match provider.dialect() == Dialect::OpenAi && !provider.asks_stream_usage() && stream {
+        true => dialect::openai::without_stream_options(&chat),
+        false => chat,
+    };
     let outbound = dialect::OutboundRequest::new(Endpoint::ChatCompletions, &chat, model, stream);
     let translated = dialect::for_dialect(provider.dialect()).request(&outbound).map_err(unsupported)?;
     parts.uri = match provider.dialect() {

@@ -82,6 +82,18 @@ impl ProviderDialect for OpenAi {
     }
 }
 
+/// `body` without its `stream_options`, for OpenAI-compatible servers that
+/// refuse the field; a body that is not a JSON object goes as it is.
+pub fn without_stream_options(body: &Bytes) -> Bytes {
+    let Ok(mut object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) else {
+        return body.clone();
+    };
+    if object.remove("stream_options").is_none() {
+        return body.clone();
+    }
+    serde_json::to_vec(&object).map_or_else(|_| body.clone(), Bytes::from)
+}
+
 /// Replaces the JSON string token at `span` (quotes included) with `model`.
 ///
 /// Only the token changes: the rest of the body goes upstream byte for byte,
@@ -139,6 +151,19 @@ pub fn is_usage_only_chunk(data: &str) -> bool {
         usage: Option<serde::de::IgnoredAny>,
     }
     serde_json::from_str::<Chunk>(data).is_ok_and(|c| c.choices.is_some_and(|c| c.is_empty()) && c.usage.is_some())
+}
+
+#[cfg(test)]
+mod stream_options_tests {
+    use super::*;
+
+    #[test]
+    fn stream_options_go_for_servers_that_refuse_them() {
+        let body = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#);
+        assert_eq!(&without_stream_options(&body)[..], br#"{"model":"m","stream":true}"#);
+        let plain = Bytes::from_static(br#"{"model": "m"}"#);
+        assert_eq!(without_stream_options(&plain), plain, "untouched without them");
+    }
 }
 
 #[cfg(test)]
