@@ -9,6 +9,9 @@
 //!
 //! Then the refusals, whole answers, stream order, and the translator
 //! chained with the outbound Anthropic and Gemini ones, as the proxy runs it.
+//!
+//! Longer than 600 lines on purpose: it is the one story of this translator,
+//! request to stream, and each split would be another test binary to link.
 
 #![cfg(feature = "upstream")]
 

@@ -6,6 +6,9 @@
 //! Each input `<name>.<from>.<ext>` has its expected translation next to it.
 //! `BLESS=1 cargo test -p keyrelay-layers --test client_gemini` rewrites the
 //! expected files from the current output: review the diff before committing.
+//!
+//! Longer than 600 lines on purpose, like `client_anthropic.rs`: one story
+//! per translator, one test binary.
 
 use std::path::{Path, PathBuf};
 
