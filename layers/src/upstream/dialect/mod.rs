@@ -127,6 +127,23 @@ impl TranslateError {
     }
 }
 
+/// A translation that cannot be made, with this message.
+pub(crate) fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
+    Err(TranslateError::new(message))
+}
+
+/// Client-chosen words are quoted back in messages at most this many
+/// characters long.
+pub(crate) const ECHO_LIMIT: usize = 60;
+
+/// `s`, cut to [`ECHO_LIMIT`] characters for a message.
+pub(crate) fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
 /// Turns a provider's stream events into OpenAI stream bytes.
 pub trait StreamTranslator: Send {
     /// One provider event in; zero or more complete OpenAI SSE events out

@@ -96,7 +96,8 @@ pub use self::{
     error::error_body, models::model_ids, request::chat_request, response::chat_response, stream::ChatStream,
 };
 use super::{
-    AnswerHints, OutboundRequest, ProviderDialect, StreamTranslator, TranslateError, Translated, provider::no_endpoint,
+    AnswerHints, OutboundRequest, ProviderDialect, StreamTranslator, TranslateError, Translated, echo, fail,
+    provider::no_endpoint,
 };
 use crate::{extensions::Endpoint, provider::Dialect};
 
@@ -168,18 +169,4 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The chat endpoint, relative to the provider's base (`https://api.anthropic.com`).
 pub fn chat_path() -> &'static str {
     "v1/messages"
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
-    Err(TranslateError::new(message))
-}
-
-/// Client-chosen words are quoted back at most this many characters long.
-const ECHO_LIMIT: usize = 60;
-
-fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHO_LIMIT) {
-        Some((cut, _)) => format!("{}...", &s[..cut]),
-        None => s.to_owned(),
-    }
 }

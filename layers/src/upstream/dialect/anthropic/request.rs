@@ -179,7 +179,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::upstream::dialect::anthropic::ECHO_LIMIT;
+    use crate::upstream::dialect::ECHO_LIMIT;
 
     use crate::upstream::dialect::anthropic::test_support::{request, user};
 

@@ -23,6 +23,7 @@
 
 pub mod anthropic;
 mod chain;
+mod chunk;
 pub mod gemini;
 pub mod responses;
 

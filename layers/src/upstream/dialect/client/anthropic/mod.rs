@@ -96,7 +96,7 @@ use bytes::Bytes;
 
 pub use self::stream::MessagesStream;
 use super::{ChatRequest, ClientDialect, ClientHints, ClientRequest};
-use crate::upstream::dialect::{StreamTranslator, TranslateError};
+use crate::upstream::dialect::{StreamTranslator, TranslateError, echo, fail};
 
 /// The Messages API's [`ClientDialect`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -118,20 +118,6 @@ impl ClientDialect for Messages {
 
     fn count_tokens(&self, req: &ClientRequest<'_>) -> Result<Bytes, TranslateError> {
         count::count_tokens(req.body)
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, TranslateError> {
-    Err(TranslateError::new(message))
-}
-
-/// Client-chosen words are quoted back at most this many characters long.
-const ECHO_LIMIT: usize = 60;
-
-fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHO_LIMIT) {
-        Some((cut, _)) => format!("{}...", &s[..cut]),
-        None => s.to_owned(),
     }
 }
 

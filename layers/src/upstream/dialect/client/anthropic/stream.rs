@@ -1,9 +1,7 @@
 //! Chat-completions chunks as Messages API stream events.
 
-use std::borrow::Cow;
-
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -11,58 +9,8 @@ use super::{
     answer::{MessagesUsage, error_message, message_id, stop_reason},
     fresh_id,
 };
+use crate::upstream::dialect::client::chunk::{Chunk, ToolCallPiece};
 use crate::upstream::dialect::{SseEvent, StreamTranslator};
-
-/// One `chat.completion.chunk`; only what the translation reads.
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    choices: Option<Vec<Choice<'a>>>,
-    usage: Option<Value>,
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    tool_calls: Option<Vec<ToolPiece<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolPiece<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    function: Option<FunctionPiece<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionPiece<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    arguments: Option<Cow<'a, str>>,
-}
 
 #[derive(Serialize)]
 struct BlockDelta<'a> {
@@ -220,7 +168,7 @@ impl MessagesStream {
         out.push(self.delta(DeltaBody::Thinking { thinking }));
     }
 
-    fn tool_piece(&mut self, piece: &ToolPiece<'_>, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
+    fn tool_piece(&mut self, piece: &ToolCallPiece<'_>, out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
         let id = piece.id.as_deref().filter(|id| !id.is_empty());
         let known = match (piece.index, id) {
             (Some(index), _) => self.tools.iter().position(|t| t.index == Some(index)),
@@ -310,11 +258,11 @@ impl StreamTranslator for MessagesStream {
         if let Some(usage) = chunk.usage.as_ref().filter(|u| u.is_object()) {
             self.usage = Some(MessagesUsage::from_chat(usage));
         }
-        let choices = chunk.choices.unwrap_or_default();
+        let choices = chunk.choices;
         // The request asked for one choice; another one's pieces are not this message's.
         for choice in choices.iter().filter(|c| c.index.unwrap_or(0) == 0) {
             if let Some(delta) = &choice.delta {
-                let reasoning = delta.reasoning_content.as_deref().or(delta.reasoning.as_deref());
+                let reasoning = delta.reasoning();
                 if let Some(thinking) = reasoning.filter(|r| !r.is_empty()) {
                     self.thinking(thinking, &mut out);
                 }

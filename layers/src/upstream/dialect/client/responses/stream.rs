@@ -6,67 +6,21 @@
 //! added), filled (deltas) and closed (its `.done` events, then
 //! `response.output_item.done` with the whole item) before the next opens.
 
-use std::borrow::Cow;
-
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
     answer::error_message,
     shape::{self, ChatUsage, Hints, Identity, Status},
 };
-use crate::upstream::dialect::{SseEvent, StreamTranslator, TranslateError, client::ClientHints};
-
-/// One chat chunk; only what the translation reads.
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<Choice<'a>>,
-    usage: Option<ChatUsage>,
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
-    /// OpenRouter's name for `reasoning_content`.
-    #[serde(borrow)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    tool_calls: Option<Vec<ToolCallPiece<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallPiece<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    function: Option<FunctionPiece<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionPiece<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    arguments: Option<Cow<'a, str>>,
-}
+use crate::upstream::dialect::{
+    SseEvent, StreamTranslator, TranslateError,
+    client::{
+        ClientHints,
+        chunk::{Chunk, ToolCallPiece},
+    },
+};
 
 /// The output item being streamed.
 #[derive(Debug)]
@@ -362,7 +316,7 @@ impl StreamTranslator for ResponsesStream {
             self.end(&mut out);
             return Ok(out);
         }
-        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
+        let chunk: Chunk<'_, ChatUsage> = serde_json::from_str(data).map_err(|e| {
             TranslateError::new(format!("the provider sent a stream chunk that is not valid JSON: {e}"))
         })?;
         if let Some(error) = chunk.error {
@@ -376,7 +330,7 @@ impl StreamTranslator for ResponsesStream {
                 break;
             }
             if let Some(delta) = &choice.delta {
-                let reasoning = delta.reasoning_content.as_deref().or(delta.reasoning.as_deref());
+                let reasoning = delta.reasoning();
                 if let Some(reasoning) = reasoning.filter(|r| !r.is_empty()) {
                     self.reasoning(&mut out, reasoning);
                 }
