@@ -5,7 +5,8 @@
 //! back across many frames). Frames are split before measuring; cutting
 //! them is not part of the cost.
 //!
-//! The OpenAI pass-through is measured through its public body wrappers.
+//! The OpenAI pass-through is measured through its public body wrappers;
+//! `sse/client` measures the inbound dialects' stream translations.
 //! The translated dialects are driven the way the upstream's private
 //! `TranslatedStream` body drives them (framer, translator, one output
 //! buffer per input frame), since that body is not public.
@@ -29,8 +30,13 @@ use http_body_util::StreamBody;
 use keyrelay_layers::{
     BoxError,
     body::SseErrorTail,
+    extensions::Inbound,
     upstream::{
-        dialect::{SseFramer, StreamTranslator, anthropic, gemini},
+        dialect::{
+            SseFramer, StreamTranslator, anthropic,
+            client::{ChainedStream, ClientHints, for_inbound},
+            gemini,
+        },
         drop_usage_chunk,
     },
 };
@@ -167,9 +173,34 @@ fn gemini(c: &mut Criterion) {
     group.finish();
 }
 
+/// The inbound dialects' streams: an OpenAI-compatible provider's chat
+/// stream as Anthropic, Responses and Gemini events (one translation), and
+/// Anthropic's stream as Responses events (two, chained), as a Codex
+/// session on a Claude model runs.
+fn client(c: &mut Criterion) {
+    let stream: Bytes = common::openai_stream(60).concat().into();
+    let mut group = c.benchmark_group("sse/client");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    let hints = ClientHints::default();
+    for inbound in [Inbound::Anthropic, Inbound::Responses, Inbound::Gemini] {
+        let dialect = for_inbound(inbound).expect("a client dialect");
+        both_splits(&mut group, &format!("{}_from_chat", inbound.as_str()), &stream, |frames| {
+            translate(frames, ChainedStream::new(None, dialect.stream(common::MODEL, &hints)))
+        });
+    }
+    let anthropic_stream = fixture("anthropic/streams/text_and_tools.sse");
+    let responses = for_inbound(Inbound::Responses).expect("a client dialect");
+    group.throughput(Throughput::Bytes(anthropic_stream.len() as u64));
+    both_splits(&mut group, "responses_from_anthropic", &anthropic_stream, |frames| {
+        let from_anthropic = Box::new(anthropic::ChatStream::new(common::MODEL, true, CREATED));
+        translate(frames, ChainedStream::new(Some(from_anthropic), responses.stream(common::MODEL, &hints)))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = openai, anthropic, gemini
+    targets = openai, anthropic, gemini, client
 }
 criterion_main!(benches);

@@ -34,7 +34,7 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{HeaderMap, Request, Uri, header::AUTHORIZATION};
+use http::{HeaderMap, HeaderName, Request, Uri, header::AUTHORIZATION};
 use std::hash::{BuildHasher, RandomState};
 
 use subtle::ConstantTimeEq;
@@ -46,8 +46,9 @@ use crate::{
     pool::Secret,
 };
 
-const X_API_KEY: &str = "x-api-key";
-const X_GOOG_API_KEY: &str = "x-goog-api-key";
+// Named once, not parsed from a string at every look-up.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 /// The keys a request's key is compared with, as tags.
 struct Expected {
@@ -202,7 +203,7 @@ fn check(headers: &HeaderMap, query_key: Option<&str>, expected: &Expected) -> R
         let (scheme, token) = value.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
-    let api_key = [X_API_KEY, X_GOOG_API_KEY]
+    let api_key = [&X_API_KEY, &X_GOOG_API_KEY]
         .into_iter()
         .flat_map(|name| headers.get_all(name).into_iter())
         .filter_map(|value| value.to_str().ok().map(str::trim));

@@ -104,16 +104,14 @@ impl UsageTap {
 /// assert_eq!(usage_in_tail(gemini), Some(Usage { prompt_tokens: 5, completion_tokens: 9 }));
 /// ```
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    // One backward search finds both keys: `"usage"` and `"usageMetadata"`
+    // (a second search would scan the whole tail of every OpenAI answer
+    // for a key it never has).
     let mut end = tail.len();
-    loop {
-        let usage = memchr::memmem::rfind(&tail[..end], USAGE_KEY).map(|at| (at, USAGE_KEY.len()));
-        let metadata = memchr::memmem::rfind(&tail[..end], USAGE_METADATA_KEY).map(|at| (at, USAGE_METADATA_KEY.len()));
-        let (at, key_len) = match (usage, metadata) {
-            (Some(u), Some(m)) => u.max(m),
-            (Some(found), None) | (None, Some(found)) => found,
-            (None, None) => return None,
-        };
-        if let Some(object) = value_after_key(&tail[at + key_len..]).filter(|v| v.starts_with(b"{")) {
+    while let Some(at) = memchr::memmem::rfind(&tail[..end], USAGE_STEM) {
+        let rest = &tail[at + USAGE_STEM.len()..];
+        let value = rest.strip_prefix(b"\"").or_else(|| rest.strip_prefix(b"Metadata\"")).and_then(value_after_key);
+        if let Some(object) = value.filter(|v| v.starts_with(b"{")) {
             let mut values = serde_json::Deserializer::from_slice(object).into_iter::<AnyUsage>();
             if let Some(Ok(usage)) = values.next() {
                 return Some(usage.into());
@@ -121,6 +119,7 @@ pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
         }
         end = at;
     }
+    None
 }
 
 /// A usage object in any dialect's names.
@@ -178,7 +177,8 @@ pub(crate) fn only_null_usage(json: &[u8]) -> bool {
 }
 
 const USAGE_KEY: &[u8] = b"\"usage\"";
-const USAGE_METADATA_KEY: &[u8] = b"\"usageMetadata\"";
+/// What both usage keys start with.
+const USAGE_STEM: &[u8] = b"\"usage";
 
 /// What follows each `"usage"` key of `json`, in order: the value after its
 /// colon, or `None` when no colon follows on the same line.
