@@ -355,3 +355,33 @@ async fn response_owners_survive_a_restart() {
     assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(owner.as_str())), "{:?}", mock.keys_seen());
     second.stop().await;
 }
+
+#[tokio::test]
+async fn encrypted_reasoning_goes_back_to_the_key_that_made_it() {
+    // Codex keeps no state at OpenAI (`store: false`): it sends the
+    // encrypted reasoning of earlier turns back, which only the
+    // organisation that made it can read.
+    let mock = MockUpstream::start().await;
+    let (proxy, client) = start(&[&mock], 3).await;
+    let url = proxy.url("/v1/responses");
+    let first = json!({"model": "gpt-5-codex", "input": "Hi", "store": false, "stream": true,
+                       "include": ["reasoning.encrypted_content"]});
+    let reply = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), first.to_string())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let owner = mock.requests()[0].key.clone().unwrap();
+    let completed = reply.text().trim_end().rsplit("\n\n").next().unwrap().split_once("data: ").unwrap().1.to_owned();
+    let completed: Value = serde_json::from_str(&completed).unwrap();
+    let reasoning = completed["response"]["output"][0].clone();
+    let encrypted = reasoning["encrypted_content"].as_str().unwrap().to_owned();
+
+    for turn in 0..3 {
+        // As Codex sends it: the reasoning item without its id, `/` escaped by some encoders.
+        let escaped = encrypted.replace('/', "\\/");
+        let body = format!(
+            r#"{{"model": "gpt-5-codex", "store": false, "input": [{{"type": "message", "role": "user", "content": "Hi"}}, {{"type": "reasoning", "summary": [], "encrypted_content": "{escaped}"}}, {{"type": "message", "role": "user", "content": "turn {turn}"}}]}}"#
+        );
+        let reply = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), body)).await;
+        assert_eq!(reply.status, 200, "turn {turn}: {}", reply.text());
+    }
+    assert!(mock.requests().iter().all(|r| r.key.as_deref() == Some(owner.as_str())), "{:?}", mock.keys_seen());
+}

@@ -11,7 +11,7 @@ use crate::{
     BoxError,
     error::{InvalidBody, InvalidModel, MissingModel, NoDefaultProvider, RouteNotFound, UnknownProvider},
     extensions::{Endpoint, Inbound, RequiredKey, RouteTarget, gemini_path, percent_decode, response_resource},
-    pool::KeyPool,
+    pool::{EncryptedScanner, KeyPool, ResponseOwner},
     provider::ProviderId,
 };
 
@@ -144,9 +144,18 @@ fn body_target(
     let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
         .with_model_span(span)
         .with_stream_options(probe.stream_options.is_some(), include_usage);
-    let continues = matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens);
-    match probe.previous_response_id.filter(|_| continues) {
-        Some(id) => continue_response(target, &id, pool),
+    if !matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens) {
+        return Ok(target);
+    }
+    if let Some(id) = probe.previous_response_id {
+        return continue_response(target, &id, pool);
+    }
+    // Encrypted reasoning from an earlier answer (`store: false` clients
+    // such as Codex): only the key that made it can read it.
+    let now = pool.clock().now_unix_ms();
+    let owned = EncryptedScanner::digests(body).into_iter().find_map(|d| pool.responses().owner(&d, now));
+    match owned {
+        Some(owner) => bind(target, owner, "encrypted reasoning of a response"),
         None => Ok(target),
     }
 }
@@ -192,11 +201,18 @@ fn continue_response(target: RouteTarget, response_id: &str, pool: &KeyPool) -> 
         // the provider says whether it knows the id.
         return Ok(target);
     };
+    bind(target, owner.of_response(Some(response_id.into())), response_id)
+}
+
+/// Binds `target` to the key of `owner`; `what` names what it continues
+/// when the owner does not name its response.
+fn bind(target: RouteTarget, owner: ResponseOwner, what: &str) -> Result<RouteTarget, BoxError> {
+    let response = owner.response_id.as_deref().unwrap_or(what);
     if owner.provider != *target.provider() {
         let why = format!("provider `{}`, not `{}`", owner.provider, target.provider());
-        return Err(crate::error::ResponseKeyUnavailable::new(response_id, why).into());
+        return Err(crate::error::ResponseKeyUnavailable::new(response, why).into());
     }
-    Ok(target.with_required_key(RequiredKey::new(owner.key, response_id)))
+    Ok(target.with_required_key(RequiredKey::new(owner.key, response)))
 }
 
 /// `GET`/`DELETE /v1/responses/{id}`, `/cancel`, `/input_items`: to the key

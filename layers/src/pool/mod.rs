@@ -28,6 +28,7 @@
 
 mod builder;
 mod clock;
+mod encrypted;
 mod health;
 mod key;
 mod labels;
@@ -43,6 +44,7 @@ use std::{collections::HashMap, sync::Arc};
 pub use self::{
     builder::{DEFAULT_MAX_MODEL_LABELS, KeyPoolBuilder, ProviderOptions, ProviderPause},
     clock::{PoolClock, invalid_ladder, rate_limit_ladder},
+    encrypted::EncryptedScanner,
     health::{Counters, KeyState},
     key::{InvalidKey, KeyEntry, KeyId, Secret},
     lease::{InFlight, KeyLease, SlotPermit},

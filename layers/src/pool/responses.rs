@@ -6,7 +6,8 @@
 //! the organisation whose key created it: `previous_response_id`,
 //! `GET`/`DELETE /v1/responses/{id}` and `/cancel` work only with a key of
 //! that organisation. The proxy remembers the key of every response id it
-//! sees in a passed-through answer, bounded in number (the oldest go first)
+//! sees in a passed-through answer (and of the encrypted reasoning in it,
+//! see [`EncryptedScanner`](super::EncryptedScanner)), bounded in number (the oldest go first)
 //! and in age (a TTL, default 30 days, OpenAI's own retention), and keeps
 //! them across restarts with the rest of the pool's state.
 //!
@@ -54,12 +55,22 @@ pub struct ResponseOwner {
     pub model: Arc<str>,
     /// When the response was made (milliseconds since the Unix epoch).
     pub created_unix_ms: u64,
+    /// The response an entry belongs to, when it is not the entry's own id
+    /// (the encrypted reasoning of a response, see
+    /// [`EncryptedScanner`](super::EncryptedScanner)).
+    pub response_id: Option<Arc<str>>,
 }
 
 impl ResponseOwner {
     /// `key` of `provider` made a response with `model` at `created_unix_ms`.
     pub fn new(provider: ProviderId, key: KeyId, model: &str, created_unix_ms: u64) -> Self {
-        Self { provider, key, model: model.into(), created_unix_ms }
+        Self { provider, key, model: model.into(), created_unix_ms, response_id: None }
+    }
+
+    /// The same owner, for an entry that belongs to `response_id`.
+    pub fn of_response(mut self, response_id: Option<Arc<str>>) -> Self {
+        self.response_id = response_id;
+        self
     }
 }
 

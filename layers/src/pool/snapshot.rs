@@ -49,6 +49,10 @@ pub struct ResponseSnapshot {
     pub model: String,
     /// When it was made (milliseconds since the Unix epoch).
     pub created_unix_ms: u64,
+    /// The response it belongs to, when `id` is not a response's
+    /// (encrypted reasoning).
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub response: Option<String>,
 }
 
 /// One key's saved state.
@@ -164,6 +168,7 @@ impl KeyPool {
                 key: owner.key.as_str().to_owned(),
                 model: owner.model.to_string(),
                 created_unix_ms: owner.created_unix_ms,
+                response: owner.response_id.as_deref().map(str::to_owned),
             })
             .collect();
         PoolSnapshot { version: SNAPSHOT_VERSION, saved_at_unix_ms: clock.unix_ms(now), keys, responses }
@@ -217,7 +222,8 @@ impl KeyPool {
         for saved in &snapshot.responses {
             let Some((pool, index)) = self.key(&saved.key) else { continue };
             let key = pool.keys()[index].id().clone();
-            let owner = ResponseOwner::new(pool.provider().id().clone(), key, &saved.model, saved.created_unix_ms);
+            let owner = ResponseOwner::new(pool.provider().id().clone(), key, &saved.model, saved.created_unix_ms)
+                .of_response(saved.response.as_deref().map(Into::into));
             self.responses().remember(&saved.id, owner);
         }
         restored

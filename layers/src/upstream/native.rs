@@ -2,7 +2,8 @@
 //! dialect (Anthropic to Anthropic, Gemini to Gemini, Responses to a
 //! provider that speaks it), byte for byte, with its usage read on the way
 //! for the [`UsageMeter`] — and, for the Responses API, the id of the
-//! response it made, remembered with its key.
+//! response it made and the digests of the encrypted reasoning in it,
+//! remembered with its key.
 //!
 //! A stream's usage may come at its start (Anthropic's `message_start`
 //! holds the input tokens) and its end (`message_delta`, Gemini's last
@@ -23,7 +24,7 @@ use pin_project_lite::pin_project;
 use super::{dialect::SseFramer, meter::UsageMeter};
 use crate::{
     BoxError,
-    pool::{ResponseOwner, ResponseOwners},
+    pool::{EncryptedScanner, ResponseOwner, ResponseOwners},
     usage::{Usage, UsageTap, usage_in_tail},
 };
 
@@ -31,28 +32,34 @@ use crate::{
 /// field of a `response` object and of the `response.created` event.
 const ID_WINDOW: usize = 4096;
 
-/// Remembers the id of the response an answer carries, with its key.
+/// Remembers the id of the response an answer carries, and the digests of
+/// the encrypted reasoning in it, with its key.
 pub(crate) struct IdCapture {
     owners: std::sync::Arc<ResponseOwners>,
     owner: ResponseOwner,
     head: Vec<u8>,
+    id: Option<std::sync::Arc<str>>,
+    encrypted: EncryptedScanner,
 }
 
 impl IdCapture {
     pub(crate) fn new(owners: std::sync::Arc<ResponseOwners>, owner: ResponseOwner) -> Self {
-        Self { owners, owner, head: Vec::new() }
+        Self { owners, owner, head: Vec::new(), id: None, encrypted: EncryptedScanner::default() }
     }
 
-    /// Looks at the next bytes; `true` once the id is found (or no longer
-    /// worth looking for).
-    fn push(&mut self, data: &[u8]) -> bool {
-        let take = (ID_WINDOW - self.head.len()).min(data.len());
-        self.head.extend_from_slice(&data[..take]);
-        if let Some(id) = response_id(&self.head) {
-            self.owners.remember(id, self.owner.clone());
-            return true;
+    /// Looks at the next bytes.
+    fn push(&mut self, data: &[u8]) {
+        if self.id.is_none() && self.head.len() < ID_WINDOW {
+            let take = (ID_WINDOW - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            if let Some(id) = response_id(&self.head) {
+                self.owners.remember(id, self.owner.clone());
+                self.id = Some(id.into());
+                self.head = Vec::new();
+            }
         }
-        self.head.len() >= ID_WINDOW
+        let Self { owners, owner, id, encrypted, .. } = self;
+        encrypted.push(data, &mut |digest| owners.remember(&digest, owner.clone().of_response(id.clone())));
     }
 }
 
@@ -107,8 +114,8 @@ where
         match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    if this.id.as_mut().is_some_and(|id| id.push(data)) {
-                        *this.id = None;
+                    if let Some(id) = this.id.as_mut() {
+                        id.push(data);
                     }
                     match this.framer.as_mut() {
                         Some(framer) => {

@@ -5,7 +5,10 @@
 //! any other key gets OpenAI's 404, as the real API answers.
 //!
 //! - `POST /v1/responses`: a `response` object (`output_text` `Hello from
-//!   the Responses API.`, usage 11 in / 7 out), or with `"stream": true`
+//!   the Responses API.`, usage 11 in / 7 out; with `include:
+//!   ["reasoning.encrypted_content"]` a reasoning item first, whose
+//!   encrypted content only the same key can send back: another key gets
+//!   OpenAI's 400 `invalid_encrypted_content`), or with `"stream": true`
 //!   the Responses event sequence ending in `response.completed`;
 //! - `GET /v1/responses/{id}`: the response; `DELETE`: `response.deleted`;
 //!   `POST /v1/responses/{id}/cancel`: the response, `cancelled`;
@@ -42,6 +45,17 @@ fn not_found(id: &str, param: Option<&str>) -> Canned {
     let code = if param.is_some() { "previous_response_not_found" } else { "not_found" };
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}});
     Canned::Json { status: 404, body: body.to_string() }
+}
+
+/// The encrypted reasoning the mock hands out with a response made with
+/// `key` (when asked for it with `include`), and whether a client's copy
+/// was made with `key`: only that organisation can read it.
+pub fn encrypted_reasoning(key: &str, n: u64) -> String {
+    format!("gAAAAA{}{n:016x}+/=", key_tag(key))
+}
+
+fn readable_with(encrypted: &str, key: &str) -> bool {
+    encrypted.strip_prefix("gAAAAA").is_some_and(|rest| rest.starts_with(&key_tag(key)))
 }
 
 /// The `response` object the mock answers with.
@@ -103,11 +117,37 @@ pub(super) fn route(req: &Recorded) -> Option<Canned> {
         {
             return Some(not_found(previous, Some("previous_response_id")));
         }
+        let items = body.get("input").and_then(Value::as_array).cloned().unwrap_or_default();
+        let unreadable =
+            items.iter().filter_map(|item| item.get("encrypted_content")?.as_str()).find(|e| !readable_with(e, &key));
+        if unreadable.is_some() {
+            let body = json!({"error": {"message": "The encrypted content could not be decrypted or parsed.",
+                "type": "invalid_request_error", "param": null, "code": "invalid_encrypted_content"}});
+            return Some(Canned::Json { status: 400, body: body.to_string() });
+        }
         let model = body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_owned();
-        let id = format!("resp_{}{:016x}", key_tag(&key), NEXT.fetch_add(1, Ordering::Relaxed));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("resp_{}{n:016x}", key_tag(&key));
+        let wants_reasoning =
+            body["include"].as_array().is_some_and(|i| i.iter().any(|v| v == "reasoning.encrypted_content"));
+        let mut whole = response(&id, &model, "completed");
+        if wants_reasoning {
+            let reasoning = json!({"type": "reasoning", "id": format!("rs_{n:x}"), "summary": [],
+                                   "encrypted_content": encrypted_reasoning(&key, n)});
+            whole["output"].as_array_mut().unwrap().insert(0, reasoning);
+        }
         return Some(match req.wants_stream() {
-            true => Canned::Events(stream(&id, &model)),
-            false => Canned::ok(response(&id, &model, "completed").to_string()),
+            true => {
+                let mut events = stream(&id, &model);
+                // The completed response carries the reasoning too.
+                let last = events.pop().unwrap();
+                let (head, data) = last.split_once("data: ").unwrap();
+                let mut completed: Value = serde_json::from_str(data.trim()).unwrap();
+                completed["response"] = whole;
+                events.push(format!("{head}data: {completed}\n\n"));
+                Canned::Events(events)
+            }
+            false => Canned::ok(whole.to_string()),
         });
     }
     let rest = rest.strip_prefix('/')?;
