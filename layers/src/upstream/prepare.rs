@@ -77,140 +77,162 @@ impl Plan {
     }
 }
 
-/// Builds the provider's request from the client's: pure, no I/O.
-pub fn prepare(req: Request<Bytes>) -> Result<(Request<Full<Bytes>>, KeyLease, Plan), BoxError> {
-    let (mut parts, body) = req.into_parts();
-    let target = parts.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
-    let lease = parts.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
-    let record = parts.extensions.remove::<RequestRecord>();
-    let provider = lease.provider();
-    let (model, stream, endpoint) = (target.model(), target.stream(), target.endpoint());
-    let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
-    let provider_dialect = dialect::for_dialect(provider.dialect());
-    // Asked of the client's body, before translation drops `stream_options`.
-    let client_wants_usage = stream && target.wants_usage();
-    let mut include_usage = client_wants_usage && provider.dialect() != Dialect::OpenAi;
-    let crossing = match endpoint.inbound() {
-        Inbound::OpenAi => Crossing::Hub,
-        _ if provider.passes_through(endpoint) => Crossing::Native,
-        inbound => {
-            let client = dialect::client::for_inbound(inbound).ok_or_else(|| unsupported(no_translation(endpoint)))?;
-            if endpoint == Endpoint::ResponseResource {
-                return Err(unsupported(no_translation(endpoint)).into());
-            }
-            let chat = client.to_chat(&ClientRequest::new(endpoint, &body, model, stream)).map_err(unsupported)?;
-            // The client's events carry the usage: ask the provider for it.
-            include_usage = stream;
-            return finish(parts, lease, record, &target, chat.body, Crossing::Translated(chat.hints), include_usage);
-        }
-    };
-    let (uri, body, hints) = match crossing {
-        Crossing::Native => {
-            let path = provider_dialect
-                .native_path(endpoint, model, parts.uri.path())
-                .ok_or_else(|| unsupported(no_translation(endpoint)))?;
-            let body = match target.model_span() {
-                Some(span) => dialect::openai::rewrite_model(&body, span, model),
-                None => body,
-            };
-            (native_uri(provider, &path, parts.uri.query())?, body, dialect::AnswerHints::default())
-        }
-        _ => {
-            let outbound =
-                dialect::OutboundRequest::new(endpoint, &body, model, stream).with_model_span(target.model_span());
-            let translated = provider_dialect.request(&outbound).map_err(unsupported)?;
-            let uri = match provider.dialect() {
-                // Joined once, when the provider was built.
-                Dialect::OpenAi => provider.endpoint_uri(endpoint),
-                _ => provider.api_base().join(&translated.path),
-            };
-            (uri, translated.body, translated.hints)
-        }
-    };
-    // Every stream is counted: ask an OpenAI-compatible upstream for the
-    // usage chunk, which is dropped before the client if it did not ask.
-    let usage_injected = matches!(crossing, Crossing::Hub)
-        && stream
-        && !client_wants_usage
-        && provider.dialect() == Dialect::OpenAi
-        && provider.asks_stream_usage()
-        && endpoint == Endpoint::ChatCompletions;
-    let body = match usage_injected {
-        true => dialect::openai::ask_for_stream_usage(&body, target.has_stream_options()),
-        false => body,
-    };
-    let native = matches!(crossing, Crossing::Native);
-    let plan = Plan {
-        dialect: provider.dialect(),
-        endpoint,
-        crossing,
-        stream,
-        include_usage,
-        hints,
-        split_think: provider.splits_think_tags(),
-        usage_injected,
-        record,
-        model: target.model_arc(),
-        deleted_response: (parts.method == http::Method::DELETE)
-            .then(|| target.required_key().map(|k| k.response_id.clone()))
-            .flatten(),
-    };
-    parts.uri = uri;
-    Ok((finish_headers(parts, &lease, body, native, &plan), lease, plan))
-}
-
-/// A translated request: the chat-completions body `chat` in the provider's
-/// dialect.
-fn finish(
-    mut parts: http::request::Parts,
+/// What every crossing builds its request from.
+struct Parts {
+    head: http::request::Parts,
+    body: Bytes,
+    target: RouteTarget,
     lease: KeyLease,
     record: Option<RequestRecord>,
-    target: &RouteTarget,
-    chat: Bytes,
-    crossing: Crossing,
-    include_usage: bool,
-) -> Result<(Request<Full<Bytes>>, KeyLease, Plan), BoxError> {
-    let provider = lease.provider();
-    let (model, stream) = (target.model(), target.stream());
-    let unsupported = |err: dialect::TranslateError| UnsupportedRequest::new(provider.id().as_str(), &err.0);
-    // A server that refuses `stream_options` answers without usage.
-    let chat = match provider.dialect() == Dialect::OpenAi && !provider.asks_stream_usage() && stream {
-        true => dialect::openai::without_stream_options(&chat),
-        false => chat,
+}
+
+type Prepared = (Request<Full<Bytes>>, KeyLease, Plan);
+
+impl Parts {
+    fn unsupported(&self, err: dialect::TranslateError) -> UnsupportedRequest {
+        UnsupportedRequest::new(self.lease.provider_id().as_str(), &err.0)
+    }
+
+    /// The plan of a request that crosses as `crossing`, with nothing
+    /// special about its answer; each crossing adds what it knows.
+    fn plan(&mut self, crossing: Crossing) -> Plan {
+        let provider = self.lease.provider();
+        Plan {
+            dialect: provider.dialect(),
+            endpoint: self.target.endpoint(),
+            crossing,
+            stream: self.target.stream(),
+            include_usage: false,
+            hints: dialect::AnswerHints::default(),
+            split_think: provider.splits_think_tags(),
+            usage_injected: false,
+            record: self.record.take(),
+            model: self.target.model_arc(),
+            deleted_response: None,
+        }
+    }
+
+    /// The request with its new URI and body, and the provider's headers.
+    fn finish(self, uri: http::Uri, body: Bytes, plan: Plan) -> Prepared {
+        let Self { mut head, lease, .. } = self;
+        head.uri = uri;
+        let request = finish_headers(head, &lease, body, &plan);
+        (request, lease, plan)
+    }
+}
+
+/// Builds the provider's request from the client's: pure, no I/O.
+pub fn prepare(req: Request<Bytes>) -> Result<Prepared, BoxError> {
+    let (mut head, body) = req.into_parts();
+    let target = head.extensions.remove::<RouteTarget>().ok_or_else(|| MissingExtension::new("RouteTarget"))?;
+    let lease = head.extensions.remove::<KeyLease>().ok_or_else(|| MissingExtension::new("KeyLease"))?;
+    let record = head.extensions.remove::<RequestRecord>();
+    let endpoint = target.endpoint();
+    let parts = Parts { head, body, target, lease, record };
+    match endpoint.inbound() {
+        Inbound::OpenAi => hub(parts),
+        _ if parts.lease.provider().passes_through(endpoint) => native(parts),
+        inbound => translated(parts, inbound),
+    }
+}
+
+/// OpenAI's chat completions or embeddings, to any provider.
+fn hub(mut parts: Parts) -> Result<Prepared, BoxError> {
+    let (uri, body, hints, include_usage, usage_injected) = {
+        let (provider, target) = (parts.lease.provider(), &parts.target);
+        let (endpoint, stream) = (target.endpoint(), target.stream());
+        let outbound = dialect::OutboundRequest::new(endpoint, &parts.body, target.model(), stream)
+            .with_model_span(target.model_span());
+        let translated =
+            dialect::for_dialect(provider.dialect()).request(&outbound).map_err(|e| parts.unsupported(e))?;
+        let uri = match provider.dialect() {
+            // Joined once, when the provider was built.
+            Dialect::OpenAi => provider.endpoint_uri(endpoint),
+            _ => provider.api_base().join(&translated.path),
+        };
+        // Asked of the client's body, before translation drops `stream_options`.
+        let client_wants_usage = stream && target.wants_usage();
+        // Every stream is counted: ask an OpenAI-compatible upstream for the
+        // usage chunk, which is dropped before the client if it did not ask.
+        let usage_injected = stream
+            && !client_wants_usage
+            && provider.dialect() == Dialect::OpenAi
+            && provider.asks_stream_usage()
+            && endpoint == Endpoint::ChatCompletions;
+        let body = match usage_injected {
+            true => dialect::openai::ask_for_stream_usage(&translated.body, target.has_stream_options()),
+            false => translated.body,
+        };
+        let include_usage = client_wants_usage && provider.dialect() != Dialect::OpenAi;
+        (uri, body, translated.hints, include_usage, usage_injected)
     };
-    let outbound = dialect::OutboundRequest::new(Endpoint::ChatCompletions, &chat, model, stream);
-    let translated = dialect::for_dialect(provider.dialect()).request(&outbound).map_err(unsupported)?;
-    parts.uri = match provider.dialect() {
+    let mut plan = parts.plan(Crossing::Hub);
+    plan.include_usage = include_usage;
+    plan.usage_injected = usage_injected;
+    plan.hints = hints;
+    Ok(parts.finish(uri, body, plan))
+}
+
+/// The provider's own dialect: the body as it came, `model` aside.
+fn native(mut parts: Parts) -> Result<Prepared, BoxError> {
+    let provider = parts.lease.provider().clone();
+    let target = &parts.target;
+    let (endpoint, model) = (target.endpoint(), target.model());
+    let path = dialect::for_dialect(provider.dialect())
+        .native_path(endpoint, model, parts.head.uri.path())
+        .ok_or_else(|| parts.unsupported(no_translation(endpoint)))?;
+    let body = match target.model_span() {
+        Some(span) => dialect::openai::rewrite_model(&parts.body, span, model),
+        None => parts.body.clone(),
+    };
+    let uri = native_uri(&provider, &path, parts.head.uri.query());
+    let deleted = (parts.head.method == http::Method::DELETE).then(|| target.required_key()).flatten();
+    let deleted = deleted.map(|key| key.response_id.clone());
+    let mut plan = parts.plan(Crossing::Native);
+    plan.deleted_response = deleted;
+    Ok(parts.finish(uri, body, plan))
+}
+
+/// Another dialect: through chat completions, then the provider's.
+fn translated(mut parts: Parts, inbound: Inbound) -> Result<Prepared, BoxError> {
+    let provider = parts.lease.provider().clone();
+    let target = &parts.target;
+    let (endpoint, model, stream) = (target.endpoint(), target.model(), target.stream());
+    let client = match dialect::client::for_inbound(inbound) {
+        Some(client) if endpoint != Endpoint::ResponseResource => client,
+        _ => return Err(parts.unsupported(no_translation(endpoint)).into()),
+    };
+    let chat =
+        client.to_chat(&ClientRequest::new(endpoint, &parts.body, model, stream)).map_err(|e| parts.unsupported(e))?;
+    // A server that refuses `stream_options` answers without usage.
+    let chat_body = match provider.dialect() == Dialect::OpenAi && !provider.asks_stream_usage() && stream {
+        true => dialect::openai::without_stream_options(&chat.body),
+        false => chat.body,
+    };
+    let outbound = dialect::OutboundRequest::new(Endpoint::ChatCompletions, &chat_body, model, stream);
+    let translated = dialect::for_dialect(provider.dialect()).request(&outbound).map_err(|e| parts.unsupported(e))?;
+    let uri = match provider.dialect() {
         Dialect::OpenAi => provider.endpoint_uri(Endpoint::ChatCompletions),
         _ => provider.api_base().join(&translated.path),
     };
-    parts.method = http::Method::POST;
-    let plan = Plan {
-        dialect: provider.dialect(),
-        endpoint: target.endpoint(),
-        crossing,
-        stream,
-        include_usage,
-        hints: translated.hints,
-        split_think: provider.splits_think_tags(),
-        usage_injected: false,
-        record,
-        model: target.model_arc(),
-        deleted_response: None,
-    };
-    Ok((finish_headers(parts, &lease, translated.body, false, &plan), lease, plan))
+    parts.head.method = http::Method::POST;
+    let mut plan = parts.plan(Crossing::Translated(chat.hints));
+    // The client's events carry the usage: the provider is asked for it.
+    plan.include_usage = stream;
+    plan.hints = translated.hints;
+    Ok(parts.finish(uri, translated.body, plan))
 }
 
 /// The provider's URI for a passed-through request: its path below the
 /// base URL, with the client's query (less any `key=`, the proxy key as
 /// Gemini clients send it).
-fn native_uri(provider: &crate::provider::Provider, path: &str, query: Option<&str>) -> Result<http::Uri, BoxError> {
+fn native_uri(provider: &crate::provider::Provider, path: &str, query: Option<&str>) -> http::Uri {
     let kept: Vec<&str> = query.into_iter().flat_map(|q| q.split('&')).filter(|p| !is_key_param(p)).collect();
     let path = match kept.is_empty() {
         true => path.to_owned(),
         false => format!("{path}?{}", kept.join("&")),
     };
-    Ok(provider.api_base().join(&path))
+    provider.api_base().join(&path)
 }
 
 /// Whether a query parameter is `key=...` (Google's way of sending a key).
@@ -231,13 +253,8 @@ fn no_translation(endpoint: Endpoint) -> dialect::TranslateError {
 
 /// The provider's headers: the client's, less its credentials and
 /// hop-by-hop headers, plus the key and the provider's own.
-fn finish_headers(
-    mut parts: http::request::Parts,
-    lease: &KeyLease,
-    body: Bytes,
-    native: bool,
-    plan: &Plan,
-) -> Request<Full<Bytes>> {
+fn finish_headers(mut parts: http::request::Parts, lease: &KeyLease, body: Bytes, plan: &Plan) -> Request<Full<Bytes>> {
+    let native = matches!(plan.crossing, Crossing::Native);
     let provider = lease.provider();
     parts.version = http::Version::HTTP_11;
     headers::for_upstream(&mut parts.headers);
