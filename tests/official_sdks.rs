@@ -11,16 +11,18 @@
 //! Without it the tests say so on stderr and pass, unless `CI` is set,
 //! where a missing venv is a failure.
 
+#[path = "sdk/fixtures.rs"]
+mod fixtures;
 mod support;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
+use fixtures::{CALL_ID, anthropic_answers, chat_answers, gemini_answers, responses_answers};
 use serde_json::{Value, json};
 use support::{
     ANTHROPIC_KEY_ONE, GEMINI_KEY_ONE, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Recorded, Script,
     dialect_env,
     mock::{anthropic, gemini, responses},
-    stream_events,
 };
 
 /// Far above what a healthy script needs (a few seconds, most of it
@@ -88,15 +90,6 @@ async fn run_sdk(python: &PathBuf, script: &str, base_url: String, model: &str, 
     serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{script}: a JSON summary ({err}):\n{stdout}"))
 }
 
-/// Whether a request asks for tools and carries no tool result yet, in any
-/// dialect: the request a tool call answers.
-fn asks_for_a_tool(req: &Recorded) -> bool {
-    let body = req.body_str();
-    let has_tools = req.json().get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
-    let results = ["tool_result", "function_call_output", "functionResponse", "tool_call_id"];
-    has_tools && !results.iter().any(|r| body.contains(r))
-}
-
 /// Answers every request with `key`s as `pick` says.
 fn answer(mock: &MockUpstream, keys: &[&str], pick: impl Fn(&Recorded) -> Script + Clone + Send + Sync + 'static) {
     for key in keys {
@@ -104,10 +97,11 @@ fn answer(mock: &MockUpstream, keys: &[&str], pick: impl Fn(&Recorded) -> Script
     }
 }
 
-/// The request that carried the tool results (the last one).
+/// The request that carried the tool results (the fourth: after an
+/// answer, a stream and a tool call; before a streamed tool call).
 fn tool_results_request(mock: &MockUpstream) -> Value {
     let requests = mock.requests();
-    assert_eq!(requests.len(), 4, "an answer, a stream, a tool call and its results");
+    assert!(requests.len() >= 5, "an answer, a stream, a tool call, its results, a streamed call: {requests:?}");
     requests[3].json()
 }
 
@@ -125,56 +119,6 @@ fn objects_with(value: &Value, field: &str, want: &str) -> Vec<Value> {
         _ => {}
     }
     found
-}
-
-// ---- fixtures the shared mocks lack ----------------------------------------------------
-
-/// An OpenAI chat completion calling `get_weather`, as OpenAI sends it.
-fn chat_tool_call(model: &str) -> String {
-    json!({
-        "id": "chatcmpl-ToolCall1", "object": "chat.completion", "created": 1_741_569_952, "model": model,
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": null, "message": {
-            "role": "assistant", "content": null, "refusal": null,
-            "tool_calls": [{"id": "call_weather_1", "type": "function",
-                            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"}}]}}],
-        "usage": {"prompt_tokens": 80, "completion_tokens": 20, "total_tokens": 100}
-    })
-    .to_string()
-}
-
-/// The chat stream fixture with the usage chunk `stream_options.include_usage`
-/// asks for: 19 tokens in, 6 out.
-fn chat_stream_with_usage(model: &str) -> Vec<String> {
-    let mut events = stream_events(model);
-    let usage = json!({"id": "chatcmpl-B9MHDbslfSGtlqCqGfrsbvixGGEvy", "object": "chat.completion.chunk",
-                       "created": 1_741_570_283, "model": model, "choices": [],
-                       "usage": {"prompt_tokens": 19, "completion_tokens": 6, "total_tokens": 25}});
-    events.insert(events.len() - 1, format!("data: {usage}\n\n"));
-    events
-}
-
-/// An OpenAI-compatible upstream's answers: a tool call when asked for
-/// one, streams with usage, the default answer otherwise.
-fn chat_answers(req: &Recorded) -> Script {
-    let model = req.model().unwrap_or_default();
-    match (asks_for_a_tool(req), req.wants_stream()) {
-        (true, _) => Script::respond(200, chat_tool_call(&model)),
-        (false, true) => Script::events(chat_stream_with_usage(&model)),
-        (false, false) => Script::Ok,
-    }
-}
-
-/// A Responses API `response` calling `get_weather`.
-fn response_tool_call(model: &str) -> String {
-    json!({
-        "id": "resp_toolcall1", "object": "response", "created_at": 1_741_476_542, "status": "completed",
-        "model": model,
-        "output": [{"type": "function_call", "id": "fc_1", "call_id": "call_weather_1", "name": "get_weather",
-                    "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}", "status": "completed"}],
-        "usage": {"input_tokens": 60, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 15,
-                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 75}
-    })
-    .to_string()
 }
 
 /// A chat-only OpenAI-compatible provider (`groq`) at `mock`, one key.
@@ -213,16 +157,27 @@ fn weather() -> Value {
     json!({"city": "Paris", "unit": "celsius"})
 }
 
+/// The streamed tool call: one `get_weather` call (with this id, when the
+/// provider gives one), its arguments whole, and the stream's usage.
+#[track_caller]
+fn assert_streamed_call(summary: &Value, id: Option<&str>, usage: (u64, u64)) {
+    let streamed = &summary["stream_tools"];
+    let calls = streamed["calls"].as_array().unwrap_or_else(|| panic!("stream_tools.calls: {summary}"));
+    assert_eq!(calls.len(), 1, "{summary}");
+    assert_eq!((&calls[0]["name"], &calls[0]["input"]), (&json!("get_weather"), &weather()), "{summary}");
+    if let Some(id) = id {
+        assert_eq!(calls[0]["id"], id, "{summary}");
+    }
+    assert_eq!(streamed["usage"], json!({"input": usage.0, "output": usage.1}), "{summary}");
+}
+
 // ---- the Anthropic SDK ------------------------------------------------------------------
 
 #[tokio::test]
 async fn anthropic_sdk_to_anthropic_passes_through() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::anthropic().await;
-    answer(&mock, &[ANTHROPIC_KEY_ONE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, anthropic::message_tools()),
-        false => Script::Ok,
-    });
+    answer(&mock, &[ANTHROPIC_KEY_ONE], anthropic_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "claude-haiku-4-5", &[]).await;
 
@@ -231,6 +186,7 @@ async fn anthropic_sdk_to_anthropic_passes_through() {
     let ids: Vec<String> = calls(&summary).into_iter().map(|(id, ..)| id).collect();
     assert_eq!(ids, ["toolu_01Weather", "toolu_02Time"], "{summary}");
     assert_eq!(summary["tools"]["usage"], json!({"input": 310, "output": 54}), "Anthropic's own count");
+    assert_streamed_call(&summary, Some("toolu_01Weather"), (40, 30));
     assert_eq!(summary["tools"]["answer"], anthropic::TEXT);
 
     let sent = tool_results_request(&mock);
@@ -252,8 +208,9 @@ async fn anthropic_sdk_to_an_openai_compatible_provider() {
     assert_eq!(step(&summary, "answer"), (CHAT_TEXT.to_owned(), 19, 10), "{summary}");
     assert_eq!(summary["answer"]["stop_reason"], "end_turn");
     assert_eq!(step(&summary, "stream"), (CHAT_STREAM_TEXT.to_owned(), 19, 6), "{summary}");
-    assert_eq!(calls(&summary), [("call_weather_1".to_owned(), "get_weather".to_owned(), weather())]);
+    assert_eq!(calls(&summary), [(CALL_ID.to_owned(), "get_weather".to_owned(), weather())]);
     assert_eq!(summary["tools"]["usage"], json!({"input": 80, "output": 20}));
+    assert_streamed_call(&summary, Some(CALL_ID), (80, 20));
 
     let sent = tool_results_request(&mock);
     assert!(mock.requests().iter().all(|r| r.path == "/v1/chat/completions"), "translated to chat");
@@ -268,10 +225,7 @@ async fn anthropic_sdk_to_an_openai_compatible_provider() {
 async fn anthropic_sdk_to_gemini() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::gemini().await;
-    answer(&mock, &[GEMINI_KEY_ONE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, gemini::response_tools()),
-        false => Script::Ok,
-    });
+    answer(&mock, &[GEMINI_KEY_ONE], gemini_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     // Gemini 3: a replayed function call must carry a thought signature.
     let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "gemini/gemini-3-pro-preview", &[]).await;
@@ -283,6 +237,7 @@ async fn anthropic_sdk_to_gemini() {
     assert_eq!(names, ["get_weather", "get_time"], "{summary}");
     assert_eq!(calls[0].2, weather());
     assert_eq!(summary["tools"]["usage"], json!({"input": 120, "output": 40}));
+    assert_streamed_call(&summary, None, (50, 12));
 
     let sent = tool_results_request(&mock);
     let calls: Vec<&Value> = sent["contents"][1]["parts"].as_array().unwrap().iter().skip(1).collect();
@@ -303,26 +258,24 @@ async fn anthropic_sdk_to_gemini() {
 async fn openai_sdk_to_openai_passes_through_and_follow_ups_keep_their_key() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::start().await;
-    answer(&mock, &[KEY_ONE, KEY_TWO, KEY_THREE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, response_tool_call(&req.model().unwrap_or_default())),
-        false => Script::Ok,
-    });
+    answer(&mock, &[KEY_ONE, KEY_TWO, KEY_THREE], responses_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 3)).await;
     let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "gpt-5", &[("SDK_FOLLOW_UP", "1")]).await;
 
     assert_eq!(step(&summary, "answer"), (responses::TEXT.to_owned(), 11, 7), "{summary}");
     assert_eq!(step(&summary, "stream"), (responses::TEXT.to_owned(), 11, 7), "{summary}");
-    assert_eq!(calls(&summary), [("call_weather_1".to_owned(), "get_weather".to_owned(), weather())]);
+    assert_eq!(calls(&summary), [(CALL_ID.to_owned(), "get_weather".to_owned(), weather())]);
     assert_eq!(summary["tools"]["usage"], json!({"input": 60, "output": 15}));
+    assert_streamed_call(&summary, Some(CALL_ID), (60, 15));
     assert_eq!(summary["follow_up"]["text"], responses::TEXT);
 
     let requests = mock.requests();
-    assert_eq!(requests.len(), 5, "answer, stream, tool call, results, follow-up");
+    assert_eq!(requests.len(), 6, "answer, stream, tool call, results, streamed call, follow-up");
     assert!(requests.iter().all(|r| r.path == "/v1/responses"), "OpenAI's own route");
     let results = objects_with(&requests[3].json(), "type", "function_call_output");
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["call_id"], "call_weather_1");
-    let (first, follow_up) = (&requests[0], &requests[4]);
+    let (first, follow_up) = (&requests[0], &requests[5]);
     assert_eq!(follow_up.json()["previous_response_id"], summary["answer"]["id"]);
     assert_eq!(follow_up.key, first.key, "the follow-up went to the key that made the response");
     let keys: std::collections::BTreeSet<_> = requests.iter().map(|r| r.key.clone()).collect();
@@ -340,8 +293,9 @@ async fn openai_sdk_to_a_chat_only_provider() {
 
     assert_eq!(step(&summary, "answer"), (CHAT_TEXT.to_owned(), 19, 10), "{summary}");
     assert_eq!(step(&summary, "stream"), (CHAT_STREAM_TEXT.to_owned(), 19, 6), "{summary}");
-    assert_eq!(calls(&summary), [("call_weather_1".to_owned(), "get_weather".to_owned(), weather())]);
+    assert_eq!(calls(&summary), [(CALL_ID.to_owned(), "get_weather".to_owned(), weather())]);
     assert_eq!(summary["tools"]["usage"], json!({"input": 80, "output": 20}));
+    assert_streamed_call(&summary, Some(CALL_ID), (80, 20));
 
     let sent = tool_results_request(&mock);
     assert!(mock.requests().iter().all(|r| r.path == "/v1/chat/completions"), "translated to chat");
@@ -355,10 +309,7 @@ async fn openai_sdk_to_a_chat_only_provider() {
 async fn openai_sdk_to_anthropic() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::anthropic().await;
-    answer(&mock, &[ANTHROPIC_KEY_ONE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, anthropic::message_tools()),
-        false => Script::Ok,
-    });
+    answer(&mock, &[ANTHROPIC_KEY_ONE], anthropic_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "anthropic/claude-sonnet-4-5", &[]).await;
 
@@ -367,6 +318,7 @@ async fn openai_sdk_to_anthropic() {
     let ids: Vec<String> = calls(&summary).into_iter().map(|(id, ..)| id).collect();
     assert_eq!(ids, ["toolu_01Weather", "toolu_02Time"], "{summary}");
     assert_eq!(summary["tools"]["usage"], json!({"input": 410, "output": 54}), "input plus cache reads");
+    assert_streamed_call(&summary, Some("toolu_01Weather"), (40, 30));
 
     let sent = tool_results_request(&mock);
     let result_ids: Vec<Value> =
@@ -381,10 +333,7 @@ async fn openai_sdk_to_anthropic() {
 async fn genai_sdk_to_gemini_passes_through() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::gemini().await;
-    answer(&mock, &[GEMINI_KEY_ONE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, gemini::response_tools()),
-        false => Script::Ok,
-    });
+    answer(&mock, &[GEMINI_KEY_ONE], gemini_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "gemini-2.5-flash", &[]).await;
 
@@ -393,6 +342,7 @@ async fn genai_sdk_to_gemini_passes_through() {
     let names: Vec<String> = calls(&summary).into_iter().map(|(_, name, _)| name).collect();
     assert_eq!(names, ["get_weather", "get_time"], "{summary}");
     assert_eq!(summary["tools"]["usage"], json!({"input": 120, "output": 40}));
+    assert_streamed_call(&summary, None, (50, 12));
 
     let requests = mock.requests();
     assert_eq!(requests[1].path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent");
@@ -418,6 +368,7 @@ async fn genai_sdk_to_openai() {
     let calls = calls(&summary);
     assert_eq!((calls.len(), calls[0].1.as_str(), &calls[0].2), (1, "get_weather", &weather()), "{summary}");
     assert_eq!(summary["tools"]["usage"], json!({"input": 80, "output": 20}));
+    assert_streamed_call(&summary, Some(CALL_ID), (80, 20));
 
     let sent = tool_results_request(&mock);
     assert!(mock.requests().iter().all(|r| r.path == "/v1/chat/completions"), "translated to chat");
@@ -434,10 +385,7 @@ async fn genai_sdk_to_openai() {
 async fn genai_sdk_to_anthropic() {
     let Some(python) = python() else { return };
     let mock = MockUpstream::anthropic().await;
-    answer(&mock, &[ANTHROPIC_KEY_ONE], |req| match asks_for_a_tool(req) {
-        true => Script::respond(200, anthropic::message_tools()),
-        false => Script::Ok,
-    });
+    answer(&mock, &[ANTHROPIC_KEY_ONE], anthropic_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "anthropic/claude-sonnet-4-5", &[]).await;
 
@@ -446,6 +394,7 @@ async fn genai_sdk_to_anthropic() {
     let names: Vec<String> = calls(&summary).into_iter().map(|(_, name, _)| name).collect();
     assert_eq!(names, ["get_weather", "get_time"], "{summary}");
     assert_eq!(summary["tools"]["usage"], json!({"input": 410, "output": 54}), "input plus cache reads");
+    assert_streamed_call(&summary, Some("toolu_01Weather"), (40, 30));
 
     let sent = tool_results_request(&mock);
     let use_ids: Vec<Value> = objects_with(&sent, "type", "tool_use").iter().map(|u| u["id"].clone()).collect();

@@ -55,4 +55,13 @@ tooled = {
     "answer": text_of(answered),
 }
 
-finish({"answer": answer, "stream": streamed, "tools": tooled})
+# A streamed tool call, its input assembled by the SDK from the JSON pieces.
+with client.messages.stream(model=model, max_tokens=256, messages=ask, tools=tools) as stream:
+    final = stream.get_final_message()
+calls = [block for block in final.content if block.type == "tool_use"]
+check(final.stop_reason == "tool_use", f"streamed tools: stop_reason {final.stop_reason!r}, want tool_use")
+check(calls and all(call.id and isinstance(call.input, dict) for call in calls), f"streamed tools: {final}")
+stream_tools = {"calls": [{"id": call.id, "name": call.name, "input": call.input} for call in calls],
+                "usage": usage_of("streamed tool call", final)}
+
+finish({"answer": answer, "stream": streamed, "tools": tooled, "stream_tools": stream_tools})

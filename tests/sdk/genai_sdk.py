@@ -58,4 +58,11 @@ tooled = {
     "answer": answered.text,
 }
 
-finish({"answer": answer, "stream": streamed, "tools": tooled})
+# A streamed function call: the calls of every chunk, usage from the last.
+chunks = list(client.models.generate_content_stream(model=model, contents=ask, config=config))
+calls = [call for chunk in chunks for call in chunk.function_calls or []]
+check(calls and all(call.name and isinstance(call.args, dict) for call in calls), f"streamed tools: {chunks}")
+stream_tools = {"calls": [{"id": call.id, "name": call.name, "input": call.args} for call in calls],
+                "usage": usage_of("streamed tool call", chunks[-1])}
+
+finish({"answer": answer, "stream": streamed, "tools": tooled, "stream_tools": stream_tools})

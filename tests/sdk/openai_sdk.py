@@ -64,7 +64,21 @@ tooled = {
     "usage": usage_of("tool call", asked),
     "answer": answered.output_text,
 }
-summary = {"answer": answer, "stream": streamed, "tools": tooled}
+# A streamed tool call, its arguments assembled from the deltas.
+pieces = []
+with client.responses.stream(model=model, input=ask, tools=tools) as stream:
+    for event in stream:
+        if event.type == "response.function_call_arguments.delta":
+            pieces.append(event.delta)
+    final = checked("streamed tools", stream.get_final_response())
+calls = [item for item in final.output if item.type == "function_call"]
+check(calls and all(call.call_id for call in calls), f"streamed tools: no call with a call_id: {final}")
+check("".join(pieces) == "".join(call.arguments for call in calls), f"streamed tools: deltas {pieces!r} != {calls}")
+stream_tools = {
+    "calls": [{"id": call.call_id, "name": call.name, "input": json.loads(call.arguments)} for call in calls],
+    "usage": usage_of("streamed tool call", final),
+}
+summary = {"answer": answer, "stream": streamed, "tools": tooled, "stream_tools": stream_tools}
 
 # A follow-up on the stored first answer (OpenAI's own servers only).
 if setting("SDK_FOLLOW_UP", "0") == "1":
