@@ -5,7 +5,9 @@
 //! asks for an answer, a stream folded the SDK's own way and a tool call
 //! round trip, checks usage in each (and, for OpenAI's own servers, a
 //! `previous_response_id` follow-up), and prints a JSON summary; the tests
-//! here check that summary and what the upstream received.
+//! here check that summary and what the upstream received. Where keyrelay
+//! translated, every answer must also validate strictly against the SDK's
+//! own model (required fields and types), which the SDKs do not check.
 //!
 //! The SDKs live in a venv at `target/sdk-venv` made by `.ci/sdk-venv.sh`.
 //! Without it the tests say so on stderr and pass, unless `CI` is set,
@@ -28,6 +30,10 @@ use support::{
 /// Far above what a healthy script needs (a few seconds, most of it
 /// importing the SDK), short enough that a hang fails the test.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// For the cells where keyrelay writes the answers: each must validate
+/// against the SDK's own model (the SDKs do not validate what they read).
+const STRICT: &[(&str, &str)] = &[("SDK_STRICT", "1")];
 
 /// The OpenAI chat fixture's texts (see tests/fixtures/openai).
 const CHAT_TEXT: &str = "Hello! How can I assist you today?";
@@ -203,7 +209,7 @@ async fn anthropic_sdk_to_an_openai_compatible_provider() {
     let mock = MockUpstream::start().await;
     answer(&mock, &[KEY_ONE], chat_answers);
     let proxy = Proxy::start(groq_env(&mock)).await;
-    let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "groq/llama-3.3-70b", &[]).await;
+    let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "groq/llama-3.3-70b", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (CHAT_TEXT.to_owned(), 19, 10), "{summary}");
     assert_eq!(summary["answer"]["stop_reason"], "end_turn");
@@ -228,7 +234,7 @@ async fn anthropic_sdk_to_gemini() {
     answer(&mock, &[GEMINI_KEY_ONE], gemini_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
     // Gemini 3: a replayed function call must carry a thought signature.
-    let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "gemini/gemini-3-pro-preview", &[]).await;
+    let summary = run_sdk(&python, "anthropic_sdk.py", proxy.url(""), "gemini/gemini-3-pro-preview", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (gemini::TEXT.to_owned(), 11, 5), "{summary}");
     assert_eq!(step(&summary, "stream"), (gemini::TEXT.to_owned(), 9, 4), "{summary}");
@@ -289,7 +295,7 @@ async fn openai_sdk_to_a_chat_only_provider() {
     let mock = MockUpstream::start().await;
     answer(&mock, &[KEY_ONE], chat_answers);
     let proxy = Proxy::start(groq_env(&mock)).await;
-    let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "groq/llama-3.3-70b", &[]).await;
+    let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "groq/llama-3.3-70b", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (CHAT_TEXT.to_owned(), 19, 10), "{summary}");
     assert_eq!(step(&summary, "stream"), (CHAT_STREAM_TEXT.to_owned(), 19, 6), "{summary}");
@@ -311,7 +317,7 @@ async fn openai_sdk_to_anthropic() {
     let mock = MockUpstream::anthropic().await;
     answer(&mock, &[ANTHROPIC_KEY_ONE], anthropic_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
-    let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "anthropic/claude-sonnet-4-5", &[]).await;
+    let summary = run_sdk(&python, "openai_sdk.py", proxy.url("/v1"), "anthropic/claude-sonnet-4-5", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (anthropic::TEXT.to_owned(), 21, 7), "{summary}");
     assert_eq!(step(&summary, "stream"), (anthropic::TEXT.to_owned(), 25, 6), "{summary}");
@@ -360,7 +366,7 @@ async fn genai_sdk_to_openai() {
     let mock = MockUpstream::start().await;
     answer(&mock, &[KEY_ONE], chat_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
-    let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "openai/gpt-4o-mini", &[]).await;
+    let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "openai/gpt-4o-mini", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (CHAT_TEXT.to_owned(), 19, 10), "{summary}");
     assert_eq!(summary["answer"]["finish_reason"], "STOP");
@@ -387,7 +393,7 @@ async fn genai_sdk_to_anthropic() {
     let mock = MockUpstream::anthropic().await;
     answer(&mock, &[ANTHROPIC_KEY_ONE], anthropic_answers);
     let proxy = Proxy::start(dialect_env(&[&mock], 1)).await;
-    let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "anthropic/claude-sonnet-4-5", &[]).await;
+    let summary = run_sdk(&python, "genai_sdk.py", proxy.url(""), "anthropic/claude-sonnet-4-5", STRICT).await;
 
     assert_eq!(step(&summary, "answer"), (anthropic::TEXT.to_owned(), 21, 7), "{summary}");
     assert_eq!(step(&summary, "stream"), (anthropic::TEXT.to_owned(), 25, 6), "{summary}");

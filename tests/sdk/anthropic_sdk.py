@@ -4,8 +4,8 @@ tool call round trip, usage checked in each. See common.py."""
 
 import anthropic
 
-from common import (QUESTION, TOOL_DESCRIPTION, TOOL_NAME, TOOL_PARAMETERS, check, check_usage, finish, setting,
-                    tool_result)
+from common import (QUESTION, TOOL_DESCRIPTION, TOOL_NAME, TOOL_PARAMETERS, check, check_strictly, check_usage,
+                    finish, setting, tool_result)
 
 client = anthropic.Anthropic(base_url=setting("KEYRELAY_BASE_URL"), api_key=setting("KEYRELAY_API_KEY"),
                              max_retries=0, timeout=20)
@@ -18,6 +18,7 @@ def text_of(message):
 
 
 def usage_of(what, message):
+    check_strictly(what, anthropic.types.Message, message)
     return check_usage(what, message.usage.input_tokens, message.usage.output_tokens)
 
 

@@ -3,13 +3,16 @@ that fail with a clear message, and the JSON summary they print.
 
 tests/official_sdks.rs runs each script with the venv's python and
 KEYRELAY_BASE_URL, KEYRELAY_API_KEY and SDK_MODEL set (SDK_FOLLOW_UP=1 asks
-the OpenAI script for a `previous_response_id` follow-up); it then checks
+the OpenAI script for a `previous_response_id` follow-up, SDK_STRICT=1 for
+a strict check of every answer where keyrelay wrote it); it then checks
 the summary against what the mock upstream answered and received.
 """
 
 import json
 import os
 import sys
+
+import pydantic
 
 # One tool, declared in each SDK's own way by the scripts.
 TOOL_NAME = "get_weather"
@@ -46,6 +49,19 @@ def check_usage(what, tokens_in, tokens_out, total=None):
     if total is not None:
         check(total == tokens_in + tokens_out, f"{what}: total tokens {total} != {tokens_in} + {tokens_out}")
     return {"input": tokens_in, "output": tokens_out}
+
+
+def check_strictly(what, model_class, answer):
+    """With SDK_STRICT=1: the answer, as received, validates against the
+    SDK's own model, every required field there with its type (the SDKs
+    build answers without validating them, so a typed client elsewhere
+    could choke on what they let through)."""
+    if setting("SDK_STRICT", "0") != "1":
+        return
+    try:
+        model_class.model_validate(answer.model_dump(mode="json", exclude_unset=True))
+    except pydantic.ValidationError as err:
+        fail(f"{what}: not a valid {model_class.__name__}: {err}")
 
 
 def tool_result(arguments):

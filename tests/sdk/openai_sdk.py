@@ -8,8 +8,8 @@ import json
 
 import openai
 
-from common import (QUESTION, TOOL_DESCRIPTION, TOOL_NAME, TOOL_PARAMETERS, check, check_usage, finish, setting,
-                    tool_result)
+from common import (QUESTION, TOOL_DESCRIPTION, TOOL_NAME, TOOL_PARAMETERS, check, check_strictly, check_usage,
+                    finish, setting, tool_result)
 
 client = openai.OpenAI(base_url=setting("KEYRELAY_BASE_URL"), api_key=setting("KEYRELAY_API_KEY"),
                        max_retries=0, timeout=20)
@@ -25,6 +25,7 @@ def usage_of(what, response):
 def checked(what, response):
     check(response.object == "response" and response.id, f"{what}: not a response with an id: {response}")
     check(response.status == "completed", f"{what}: status {response.status!r}, want completed")
+    check_strictly(what, openai.types.responses.Response, response)
     return response
 
 
