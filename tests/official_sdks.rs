@@ -2,8 +2,8 @@
 //! OpenAI's `openai` (the Responses API) and Google's `google-genai`, the
 //! real packages from PyPI, each pointed at an in-process keyrelay in front
 //! of mock upstreams of every dialect. A script per SDK (`tests/sdk/*.py`)
-//! asks for an answer, a stream folded the SDK's own way and a tool call
-//! round trip, checks usage in each (and, for OpenAI's own servers, a
+//! asks for an answer, a stream folded the SDK's own way, a tool call
+//! round trip and a streamed tool call, checks usage in each (and, for OpenAI's own servers, a
 //! `previous_response_id` follow-up), and prints a JSON summary; the tests
 //! here check that summary and what the upstream received. Where keyrelay
 //! translated, every answer must also validate strictly against the SDK's
@@ -17,7 +17,11 @@
 mod fixtures;
 mod support;
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use fixtures::{CALL_ID, anthropic_answers, chat_answers, gemini_answers, responses_answers};
 use serde_json::{Value, json};
@@ -60,7 +64,7 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `tests/sdk/{script}` against `proxy` with `model` (and `extra`
 /// settings), failing on a non-zero exit or a hang; returns its summary.
-async fn run_sdk(python: &PathBuf, script: &str, base_url: String, model: &str, extra: &[(&str, &str)]) -> Value {
+async fn run_sdk(python: &Path, script: &str, base_url: String, model: &str, extra: &[(&str, &str)]) -> Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
     let mut command = tokio::process::Command::new(python);
     command
