@@ -233,6 +233,31 @@ fn answers_match_their_goldens() {
     }
 }
 
+/// The official OpenAI SDK's `ResponseUsage` model requires every field of
+/// `input_tokens_details` and `output_tokens_details`: a translated usage
+/// has them all, whatever the provider reported (found by
+/// tests/official_sdks.rs validating answers against the SDK's models).
+#[test]
+fn usage_has_every_field_the_sdks_require() {
+    let usage = |chat_usage: Value| {
+        let chat = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+            "usage": chat_usage});
+        answer(&chat, &ClientHints::default())["usage"].clone()
+    };
+    let bare = usage(json!({"prompt_tokens": 9, "completion_tokens": 3}));
+    assert_eq!(
+        bare,
+        json!({"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+               "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12})
+    );
+    let detailed = usage(json!({"prompt_tokens": 90, "completion_tokens": 3, "total_tokens": 93,
+        "prompt_tokens_details": {"cached_tokens": 40, "cache_write_tokens": 20},
+        "completion_tokens_details": {"reasoning_tokens": 2}}));
+    assert_eq!(detailed["input_tokens_details"], json!({"cached_tokens": 40, "cache_write_tokens": 20}));
+    assert_eq!(detailed["output_tokens_details"], json!({"reasoning_tokens": 2}));
+}
+
 #[test]
 fn chat_errors_are_errors() {
     let hints = ClientHints::default();

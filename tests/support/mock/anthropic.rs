@@ -8,8 +8,9 @@
 //! - `GET /v1/models`: Anthropic's model list;
 //!
 //! checking every request the way the real API does: `x-api-key` present
-//! (else 401 `authentication_error`), `anthropic-version: 2023-06-01` (else
-//! 400), and for messages a JSON body with `model`, an integer `max_tokens`
+//! (else 401 `authentication_error`), an `anthropic-version` date no
+//! earlier than 2023-06-01 (else 400: the official SDKs send newer ones),
+//! and for messages a JSON body with `model`, an integer `max_tokens`
 //! and a non-empty `messages` array (else 400 `invalid_request_error`), and
 //! none of OpenAI's own fields.
 
@@ -39,12 +40,20 @@ fn refuse(status: u16, kind: &str, message: &str) -> Refusal {
     Refusal { status, body: error(kind, &format!("mock: {message}")) }
 }
 
+/// Whether `version` is an API version date (`YYYY-MM-DD`) the API
+/// knows: 2023-06-01, what keyrelay sends, or a later one.
+fn known_version(version: &str) -> bool {
+    let shaped = version.len() == 10
+        && version.char_indices().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    shaped && version >= VERSION
+}
+
 /// What a request gets by default, or the refusal the real API would give.
 pub(super) fn route(req: &Recorded) -> Result<Canned, Refusal> {
     if req.key.as_deref().is_none_or(str::is_empty) {
         return Err(refuse(401, "authentication_error", "x-api-key header is required"));
     }
-    if req.header("anthropic-version") != Some(VERSION) {
+    if !req.header("anthropic-version").is_some_and(known_version) {
         return Err(refuse(400, "invalid_request_error", "anthropic-version: header is required (2023-06-01)"));
     }
     match (&req.method, req.path.as_str()) {

@@ -165,6 +165,8 @@ pub(super) struct ChatUsage {
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
@@ -177,11 +179,14 @@ impl ChatUsage {
     /// The Responses `usage` object.
     pub(super) fn responses(&self) -> Value {
         let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        // Required by the Responses API's usage schema (the official SDKs'
+        // models have no default for it): 0 when the provider says nothing.
+        let written = self.prompt_tokens_details.and_then(|d| d.cache_write_tokens).unwrap_or(0);
         let reasoning = self.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0);
         let total = self.total_tokens.unwrap_or(self.prompt_tokens.saturating_add(self.completion_tokens));
         json!({
             "input_tokens": self.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": cached},
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
             "output_tokens": self.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": total,
