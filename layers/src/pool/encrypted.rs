@@ -18,13 +18,13 @@
 //! ```
 //! use keyrelay_layers::pool::EncryptedScanner;
 //!
-//! let answer = br#"{"type":"reasoning","id":"rs_1","encrypted_content":"gAAAAABo\/x+1=="}"#;
+//! let answer = br#"{"type":"reasoning","id":"rs_1","encrypted_content":"gAAAAABo\/x+1bWF5YmUgdGhpcw=="}"#;
 //! let mut found = Vec::new();
 //! let mut scanner = EncryptedScanner::default();
 //! for piece in answer.chunks(5) {
 //!     scanner.push(piece, &mut |digest| found.push(digest));
 //! }
-//! let request = br#"{"input": [{"type": "reasoning", "encrypted_content": "gAAAAABo/x+1=="}]}"#;
+//! let request = br#"{"input": [{"type": "reasoning", "encrypted_content": "gAAAAABo/x+1bWF5YmUgdGhpcw=="}]}"#;
 //! assert_eq!(EncryptedScanner::digests(request), found, "the same content, however encoded");
 //! assert!(found[0].starts_with("enc:"));
 //! ```
