@@ -114,9 +114,24 @@ impl Candidate {
         Self { index, in_flight: 0, requests: 0, last_used_unix_ms: 0, weight: 1, reliability: 1.0 }
     }
 
+    /// With this load: requests in flight, requests today, last used (Unix ms).
+    pub fn with_load(self, in_flight: u32, requests: u64, last_used_unix_ms: u64) -> Self {
+        Self { in_flight, requests, last_used_unix_ms, ..self }
+    }
+
+    /// With this weight.
+    pub fn with_weight(self, weight: u32) -> Self {
+        Self { weight, ..self }
+    }
+
+    /// With this reliability score.
+    pub fn with_reliability(self, reliability: f64) -> Self {
+        Self { reliability, ..self }
+    }
+
     /// Least used first: fewest in flight, then fewest requests, then least
     /// recently used.
-    fn load(&self) -> (u32, u64, u64) {
+    fn load_rank(&self) -> (u32, u64, u64) {
         (self.in_flight, self.requests, self.last_used_unix_ms)
     }
 
@@ -175,7 +190,7 @@ pub fn pick(
         return None;
     }
     let chosen = match selection {
-        Selection::LeastUsed => candidates.iter().min_by_key(|c| c.load())?,
+        Selection::LeastUsed => candidates.iter().min_by_key(|c| c.load_rank())?,
         Selection::RoundRobin => {
             let start = cursor.fetch_add(1, Relaxed);
             first_from(candidates, start, key_count)?
@@ -225,7 +240,7 @@ fn weighted(candidates: &[Candidate], draw: f64) -> Option<&Candidate> {
 /// by load as in [`Selection::LeastUsed`] (`best` keeps a full tie).
 fn more_reliable(c: &Candidate, best: &Candidate) -> bool {
     let (score, best_score) = (c.reliability(), best.reliability());
-    if (score - best_score).abs() <= RELIABILITY_TIE { c.load() < best.load() } else { score > best_score }
+    if (score - best_score).abs() <= RELIABILITY_TIE { c.load_rank() < best.load_rank() } else { score > best_score }
 }
 
 /// `draw` brought into `[0, 1]` (NaN to 0), so that a bad draw still picks a
