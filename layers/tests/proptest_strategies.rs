@@ -157,7 +157,7 @@ const PICKS: usize = 20_000;
 fn shares(selection: Selection, candidates: &[Candidate], seed: u64) -> Vec<f64> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let cursor = AtomicUsize::new(0);
-    let mut counts = vec![0usize; MAX_KEYS];
+    let mut counts = [0usize; MAX_KEYS];
     for _ in 0..PICKS {
         counts[pick(selection, candidates, MAX_KEYS, &cursor, rng.f64()).unwrap()] += 1;
     }
