@@ -34,6 +34,7 @@ mod key;
 mod labels;
 mod lease;
 mod provider_pool;
+mod reliability;
 mod responses;
 mod select;
 mod snapshot;
@@ -49,8 +50,9 @@ pub use self::{
     key::{InvalidKey, KeyEntry, KeyId, Secret},
     lease::{InFlight, KeyLease, SlotPermit},
     provider_pool::{Choice, ProviderPool, Unavailable},
+    reliability::{RELIABILITY_HALF_LIFE, RELIABILITY_REFERENCE_LATENCY, Reliability},
     responses::{DEFAULT_REMEMBERED_RESPONSES, DEFAULT_RESPONSE_TTL, ResponseOwner, ResponseOwners},
-    select::{Selection, UnknownSelection},
+    select::{Candidate, Selection, UnknownSelection, pick},
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
     status::{CooldownStatus, KeyStatus, ModelStatus},
 };

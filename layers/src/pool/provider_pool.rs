@@ -154,6 +154,7 @@ impl ProviderPool {
                         in_flight: key.in_flight(),
                         requests: health.requests_on(today),
                         last_used_unix_ms: key.last_used_unix_ms(),
+                        ..Candidate::new(index)
                     };
                     if pinned == Some(key.id()) {
                         candidates.clear();
@@ -183,7 +184,9 @@ impl ProviderPool {
             }
             return Choice::Unavailable(why);
         }
-        let Some(index) = select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor) else {
+        let Some(index) =
+            select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor, fastrand::f64())
+        else {
             return Choice::Unavailable(why);
         };
         let key = &self.keys[index];
