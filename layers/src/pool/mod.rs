@@ -36,6 +36,7 @@ mod lease;
 mod provider_pool;
 mod responses;
 mod select;
+mod settings;
 mod snapshot;
 mod status;
 
@@ -51,8 +52,9 @@ pub use self::{
     provider_pool::{Choice, ProviderPool, Unavailable},
     responses::{DEFAULT_REMEMBERED_RESPONSES, DEFAULT_RESPONSE_TTL, ResponseOwner, ResponseOwners},
     select::{Selection, UnknownSelection},
+    settings::KeySettings,
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
-    status::{CooldownStatus, KeyStatus, ModelStatus},
+    status::{CooldownStatus, KeyStatus, ModelStatus, SettingsStatus},
 };
 
 /// Every provider the proxy knows, with its keys.
