@@ -78,7 +78,7 @@ fn app_from(
         pool = pool.carry_over(previous);
     }
     for p in &settings.providers {
-        pool = pool.provider_with(p.provider.clone(), p.options, p.keys.clone());
+        pool = pool.provider_keys(p.provider.clone(), p.options, p.keys.clone());
     }
     Ok(App {
         pool: pool.build()?,

@@ -68,8 +68,8 @@ use crate::{
     BoxError,
     body::LeasedBody,
     error::{
-        AllKeysCooling, KeysExhausted, KeysRecovering, LeasedError, MissingExtension, NoKeyConfigured, NoUsableKey,
-        ResponseKeyGone, ResponseKeyUnavailable, UnknownProvider,
+        AllKeysCooling, KeysExhausted, KeysRecovering, LeasedError, MissingExtension, ModelNotServed, NoKeyConfigured,
+        NoUsableKey, ResponseKeyGone, ResponseKeyUnavailable, UnknownProvider,
     },
     extensions::{Deadline, ExcludedKeys, PinnedKey, RouteTarget},
     pool::{Choice, InFlight, KeyId, KeyLease, KeyPool},
@@ -241,6 +241,9 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         };
         if why.no_keys {
             return Err(NoKeyConfigured::new(id).into());
+        }
+        if why.no_key_for_model {
+            return Err(ModelNotServed::new(id, target.model()).into());
         }
         let now = Instant::now();
         let worth_waiting = |until: Instant| {

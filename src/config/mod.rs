@@ -6,6 +6,7 @@
 //! [`Settings`] is the validated result the server runs on.
 
 mod env_compat;
+mod keys;
 pub mod providers;
 
 use std::{
@@ -24,7 +25,7 @@ use keyrelay_layers::{
     extensions::Inbound,
     filter::ModelRules,
     parse::RouteDefaults,
-    pool::{ProviderOptions, Secret, Selection},
+    pool::{KeySettings, ProviderOptions, Secret, Selection},
     provider::Provider,
 };
 use serde::{Deserialize, Deserializer, de};
@@ -150,6 +151,9 @@ pub struct ProviderConfig {
     pub whitelist_models: Vec<String>,
     pub split_think_tags: bool,
     pub stream_usage: bool,
+    /// Keys with settings of their own (`[[providers.<id>.keys]]`), before
+    /// the plain `api_keys`.
+    pub keys: Vec<KeyConfig>,
     /// Whether the provider serves OpenAI's Responses API itself (default:
     /// only the built-in `openai`): Responses requests then pass through.
     pub responses_api: Option<bool>,
@@ -171,9 +175,31 @@ impl Default for ProviderConfig {
             split_think_tags: false,
             stream_usage: true,
             responses_api: None,
+            keys: Vec::new(),
             max_model_labels: keyrelay_layers::pool::DEFAULT_MAX_MODEL_LABELS,
         }
     }
+}
+
+/// One `[[providers.<id>.keys]]` table: a key and how it is used.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key itself...
+    pub key: Option<ConfigSecret>,
+    /// ...or the variable (of `.env` or the environment) that holds it.
+    pub key_env: Option<String>,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub max_concurrent: Option<usize>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A secret as written in config: any scalar, kept as a string, never shown.
@@ -298,7 +324,8 @@ impl Settings {
 pub struct ProviderSettings {
     pub provider: Provider,
     pub options: ProviderOptions,
-    pub keys: Vec<Secret>,
+    /// Each key with its settings, in config order (tables first).
+    pub keys: Vec<(Secret, KeySettings)>,
     /// Named in config or the environment, not merely built in.
     pub configured: bool,
 }
@@ -400,7 +427,8 @@ pub fn load(sources: Sources) -> Result<Settings, ConfigError> {
         let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         ConfigError(redact(format!("invalid configuration: {}", all.join("; "))))
     })?;
-    validate(config, &env_compat::key_only_providers(&vars), &sources.working_dir)
+    let key_sources = keys::KeySources::from_vars(&vars)?;
+    validate(config, &env_compat::key_only_providers(&vars), &key_sources, &sources.working_dir)
         .map_err(|ConfigError(m)| ConfigError(redact(m)))
 }
 
@@ -421,7 +449,12 @@ fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
         .collect()
 }
 
-fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> Result<Settings, ConfigError> {
+fn validate(
+    config: Config,
+    key_only: &BTreeSet<String>,
+    key_sources: &keys::KeySources,
+    working_dir: &Path,
+) -> Result<Settings, ConfigError> {
     let server = &config.server;
     let host = match server.host.trim() {
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -459,14 +492,23 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
             )));
         }
     }
+    for id in key_sources.llm_providers() {
+        let builtin = providers::BUILTINS.iter().any(|b| b.id == id);
+        if !builtin && !named.get(id).is_some_and(|p| p.api_base.is_some()) {
+            let upper = id.to_ascii_uppercase();
+            return Err(ConfigError(format!(
+                "LLM_KEYS: provider `{id}` is not built in: set {upper}_API_BASE (or providers.{id}.api_base)"
+            )));
+        }
+    }
     for builtin in providers::BUILTINS {
         let config = named.remove(builtin.id);
-        let configured = config.is_some();
+        let configured = config.is_some() || key_sources.llm_providers().any(|p| p == builtin.id);
         let config = config.unwrap_or_default();
         let api_base = config.api_base.as_deref().unwrap_or(builtin.api_base);
         let provider = Provider::new(builtin.id, api_base, builtin.dialect)
             .map_err(|err| ConfigError(format!("providers.{}.api_base: {err}", builtin.id)))?;
-        providers.push(provider_settings(builtin.id, provider, config, configured)?);
+        providers.push(provider_settings(builtin.id, provider, config, configured, key_sources)?);
     }
     for (id, config) in named {
         let Some(api_base) = config.api_base.clone() else {
@@ -488,7 +530,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
                 "ignoring the credentials written into providers.{id}.api_base: keyrelay sends the provider key"
             ));
         }
-        providers.push(provider_settings(&id, provider, config, true)?);
+        providers.push(provider_settings(&id, provider, config, true, key_sources)?);
     }
 
     let proxy_key = config.proxy.api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0));
@@ -533,7 +575,7 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
                 )));
             }
         },
-        route_defaults: route_defaults(&config.routes, &providers)?,
+        route_defaults: route_defaults(&config.routes, &providers, key_sources)?,
         remembered_responses: (
             config.routes.remembered_responses,
             Duration::from_secs(config.routes.remembered_response_ttl_secs),
@@ -544,8 +586,16 @@ fn validate(config: Config, key_only: &BTreeSet<String>, working_dir: &Path) -> 
 }
 
 /// The default providers of the dialect routes, each a known provider.
-fn route_defaults(routes: &RoutesConfig, providers: &[ProviderSettings]) -> Result<RouteDefaults, ConfigError> {
+fn route_defaults(
+    routes: &RoutesConfig,
+    providers: &[ProviderSettings],
+    key_sources: &keys::KeySources,
+) -> Result<RouteDefaults, ConfigError> {
     let mut defaults = RouteDefaults::default();
+    // A bare model an `LLM_KEYS` key is bound to goes to that key's provider.
+    for (model, provider) in key_sources.llm_models() {
+        defaults = defaults.with_model(model, provider);
+    }
     for (key, inbound, id) in [
         ("messages_default_provider", Inbound::Anthropic, &routes.messages_default_provider),
         ("responses_default_provider", Inbound::Responses, &routes.responses_default_provider),
@@ -579,6 +629,7 @@ fn provider_settings(
     provider: Provider,
     config: ProviderConfig,
     configured: bool,
+    key_sources: &keys::KeySources,
 ) -> Result<ProviderSettings, ConfigError> {
     let selection = match config.selection.as_deref() {
         None => Selection::default(),
@@ -587,7 +638,7 @@ fn provider_settings(
     let options = ProviderOptions::new(selection)
         .max_concurrent_per_key(config.max_concurrent_per_key)
         .max_model_labels(config.max_model_labels);
-    let keys = config.api_keys.0.into_iter().filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0)).collect();
+    let keys = key_sources.keys_of(id, config.keys, config.api_keys)?;
     let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
     let provider = provider
         .with_models(config.models)

@@ -16,7 +16,7 @@ fn sources(dir: &Path, env: &[(&str, &str)]) -> Sources {
 
 fn keys_of(settings: &Settings, id: &str) -> Vec<String> {
     let p = settings.providers.iter().find(|p| p.provider.id().as_str() == id).unwrap();
-    p.keys.iter().map(|k| k.expose().to_owned()).collect()
+    p.keys.iter().map(|(k, _)| k.expose().to_owned()).collect()
 }
 
 fn err(sources: Sources) -> String {
@@ -315,4 +315,69 @@ fn max_concurrent_requests_from_env_and_zero_means_no_limit() {
     assert_eq!(s.max_concurrent_requests, 30);
     let message = err(sources(dir.path(), &[("MAX_CONCURRENT_REQUESTS", "lots")]));
     assert!(message.contains("MAX_CONCURRENT_REQUESTS"), "{message}");
+}
+
+#[test]
+fn key_tables_bring_settings_and_read_key_env() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("config.toml"),
+        r#"
+[providers.openai]
+api_keys = ["sk-plain"]
+
+[[providers.openai.keys]]
+key_env = "OPENAI_PAID_KEY"
+weight = 3
+priority = 1
+models = ["gpt-4o*"]
+max_concurrent = 4
+
+[[providers.openai.keys]]
+key = "sk-free"
+"#,
+    )
+    .unwrap();
+    let s = load(sources(dir.path(), &[("OPENAI_PAID_KEY", "sk-paid")])).unwrap();
+    assert_eq!(keys_of(&s, "openai"), ["sk-paid", "sk-free", "sk-plain"], "tables first, then api_keys");
+    let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
+    let paid = &openai.keys[0].1;
+    assert_eq!((paid.weight, paid.priority, paid.max_concurrent), (3, 1, Some(4)));
+    assert!(paid.serves("gpt-4o-mini") && !paid.serves("o3"));
+    assert!(openai.keys[1].1.is_default());
+
+    let missing = err(sources(dir.path(), &[]));
+    assert!(missing.contains("providers.openai.keys[0].key_env") && missing.contains("OPENAI_PAID_KEY"), "{missing}");
+    fs::write(dir.path().join("config.toml"), "[[providers.openai.keys]]\nweight = 2\n").unwrap();
+    assert!(err(sources(dir.path(), &[])).contains("give `key` or `key_env`"));
+}
+
+#[test]
+fn llm_keys_bind_each_key_to_its_model_and_route_bare_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm_keys = r#"[{"api_key": "sk-a", "model": "gpt-4o-mini", "provider": "openai"},
+                       {"api_key": "gsk-b", "model": "llama-3.3-70b-versatile", "provider": "groq"},
+                       {"api_key": "sk-c", "model": "openai/gpt-4.1"}]"#;
+    let s = load(sources(dir.path(), &[("LLM_KEYS", llm_keys), ("OPENAI_API_KEY", "sk-plain")])).unwrap();
+    assert_eq!(keys_of(&s, "openai"), ["sk-plain", "sk-a", "sk-c"]);
+    assert_eq!(keys_of(&s, "groq"), ["gsk-b"]);
+    let groq = s.providers.iter().find(|p| p.provider.id().as_str() == "groq").unwrap();
+    assert!(groq.configured);
+    assert!(groq.keys[0].1.serves("llama-3.3-70b-versatile") && !groq.keys[0].1.serves("gpt-4o-mini"));
+    let expected = RouteDefaults::default()
+        .with_model("gpt-4o-mini", "openai")
+        .with_model("llama-3.3-70b-versatile", "groq")
+        .with_model("gpt-4.1", "openai");
+    assert_eq!(s.route_defaults, expected);
+
+    for (bad, says) in [
+        ("not json", "not a JSON array"),
+        (r#"[{"api_key": "sk-secret-1"}]"#, "entry #1"),
+        (r#"[{"api_key": "sk-secret-1", "model": "gpt-4o"}]"#, "no `provider`"),
+        (r#"[{"api_key": "sk-secret-1", "model": "m", "provider": "nowhere"}]"#, "NOWHERE_API_BASE"),
+    ] {
+        let message = err(sources(dir.path(), &[("LLM_KEYS", bad)]));
+        assert!(message.contains(says), "{bad}: {message}");
+        assert!(!message.contains("sk-secret"), "no key in the message: {message}");
+    }
 }

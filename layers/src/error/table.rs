@@ -263,6 +263,21 @@ failures! {
             }
         }
 
+    /// The provider has keys, but every one is bound to other models.
+    ModelNotServed { provider: String, model: String }
+        reply 403, "invalid_request_error", "model_not_allowed";
+        message |this, f| write!(
+            f,
+            "no key of provider `{}` serves model `{}`: each is bound to other models (providers.{}.keys[].models)",
+            this.provider, this.model, this.provider
+        );
+        impl {
+            /// `model` (echoed, bounded) of `provider`.
+            pub fn new(provider: &str, model: &str) -> Self {
+                Self { provider: provider.to_owned(), model: echo(model) }
+            }
+        }
+
     /// A dialect route's bare model (no configured `provider/` prefix)
     /// went to the route's default provider, which is not configured.
     NoDefaultProvider { model: String, provider: String, setting: &'static str }

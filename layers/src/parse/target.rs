@@ -25,6 +25,9 @@ pub struct RouteDefaults {
     anthropic: ProviderId,
     responses: ProviderId,
     gemini: ProviderId,
+    /// Bare model names that one provider's keys are bound to, on every
+    /// route (`LLM_KEYS` binds each key to one model).
+    models: std::collections::BTreeMap<String, ProviderId>,
 }
 
 impl Default for RouteDefaults {
@@ -34,6 +37,7 @@ impl Default for RouteDefaults {
             anthropic: ProviderId::new("anthropic"),
             responses: ProviderId::new("openai"),
             gemini: ProviderId::new("gemini"),
+            models: Default::default(),
         }
     }
 }
@@ -48,6 +52,14 @@ impl RouteDefaults {
             Inbound::Gemini => self.gemini = ProviderId::new(provider),
             _ => {}
         }
+        self
+    }
+
+    /// Sends the bare model `model` to `provider` on every route (chat
+    /// completions included): the provider whose keys are bound to it. The
+    /// first binding of a model wins.
+    pub fn with_model(mut self, model: &str, provider: &str) -> Self {
+        self.models.entry(model.to_owned()).or_insert_with(|| ProviderId::new(provider));
         self
     }
 
@@ -175,6 +187,9 @@ fn resolve<'m>(
         && let Some(provider) = pool.provider(prefix)
     {
         return Ok((provider.provider().id().clone(), rest));
+    }
+    if let Some(provider) = defaults.models.get(model).and_then(|p| pool.provider(p.as_str())) {
+        return Ok((provider.provider().id().clone(), model));
     }
     let Some((default, setting)) = defaults.of(inbound) else {
         return Err(match split {

@@ -13,7 +13,8 @@ use std::{
 use tokio::sync::Notify;
 
 use super::{
-    InvalidKey, KeyEntry, KeyPool, PoolClock, ProviderPool, ResponseOwners, Secret, Selection, labels::ModelLabels,
+    InvalidKey, KeyEntry, KeyPool, KeySettings, PoolClock, ProviderPool, ResponseOwners, Secret, Selection,
+    labels::ModelLabels,
 };
 use crate::{metrics::HandleCache, provider::Provider};
 
@@ -92,7 +93,7 @@ impl ProviderPause {
 /// Collects providers and keys for a [`KeyPool`].
 #[derive(Debug, Default)]
 pub struct KeyPoolBuilder {
-    providers: Vec<(Provider, ProviderOptions, Vec<Secret>)>,
+    providers: Vec<(Provider, ProviderOptions, Vec<(Secret, KeySettings)>)>,
     wall_anchor: Option<SystemTime>,
     daily_reset_offset: Duration,
     pause: ProviderPause,
@@ -135,7 +136,35 @@ impl KeyPoolBuilder {
     }
 
     /// [`provider`](Self::provider) with every option, not just the strategy.
-    pub fn provider_with(mut self, provider: Provider, options: ProviderOptions, keys: Vec<Secret>) -> Self {
+    pub fn provider_with(self, provider: Provider, options: ProviderOptions, keys: Vec<Secret>) -> Self {
+        let keys = keys.into_iter().map(|secret| (secret, KeySettings::default())).collect();
+        self.provider_keys(provider, options, keys)
+    }
+
+    /// [`provider_with`](Self::provider_with), each key with its own
+    /// [`KeySettings`] (weight, priority tier, model binding, concurrency
+    /// cap). A secret given twice counts once, with its first settings.
+    ///
+    /// ```
+    /// use keyrelay_layers::{pool::{KeyPool, KeySettings, Secret}, provider::Provider};
+    ///
+    /// let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+    /// let pool = KeyPool::builder()
+    ///     .provider_keys(openai, Default::default(), vec![
+    ///         (Secret::new("sk-free"), KeySettings::new()),
+    ///         (Secret::new("sk-paid"), KeySettings::new().priority(1).models(&["gpt-4o*".to_owned()])),
+    ///     ])
+    ///     .build()
+    ///     .unwrap();
+    /// let openai = pool.provider("openai").unwrap();
+    /// assert_eq!(openai.settings(1).priority, 1);
+    /// ```
+    pub fn provider_keys(
+        mut self,
+        provider: Provider,
+        options: ProviderOptions,
+        keys: Vec<(Secret, KeySettings)>,
+    ) -> Self {
         self.providers.push((provider, options, keys));
         self
     }
@@ -181,13 +210,15 @@ impl KeyPoolBuilder {
         let mut by_id = HashMap::with_capacity_and_hasher(self.providers.len(), Default::default());
         for (provider, options, secrets) in self.providers {
             let mut keys: Vec<Arc<KeyEntry>> = Vec::with_capacity(secrets.len());
-            for (position, secret) in secrets.into_iter().enumerate() {
+            let mut settings = Vec::with_capacity(secrets.len());
+            for (position, (secret, key_settings)) in secrets.into_iter().enumerate() {
                 if keys.iter().any(|key| *key.secret() == secret) {
                     continue;
                 }
                 let fresh = KeyEntry::new(&provider, secret, position + 1)?;
                 let kept = self.carry_over.as_ref().and_then(|old| old.same_key(&fresh));
                 keys.push(kept.unwrap_or_else(|| Arc::new(fresh)));
+                settings.push(key_settings);
             }
             let previous = self.carry_over.as_ref().and_then(|old| old.provider(provider.id().as_str()));
             let labels = ModelLabels::new(provider.models(), options.max_model_labels, previous.map(|p| &p.labels));
@@ -196,6 +227,7 @@ impl KeyPoolBuilder {
                 provider: Arc::new(provider),
                 options,
                 keys: keys.into(),
+                settings: settings.into(),
                 cursor: AtomicUsize::new(0),
                 clock,
                 pause: self.pause,

@@ -174,7 +174,7 @@ impl ProviderPool {
         let now = Instant::now();
         let today = self.clock.day(now);
         let mut health = self.keys[index].health();
-        let counters = &mut health.model(model, today, self.options.max_concurrent_per_key, now).counters;
+        let counters = &mut health.model(model, today, self.cap_of(index), now).counters;
         counters.tokens_in += usage.prompt_tokens;
         counters.tokens_out += usage.completion_tokens;
         drop(health);

@@ -37,6 +37,7 @@ mod provider_pool;
 mod reliability;
 mod responses;
 mod select;
+mod settings;
 mod snapshot;
 mod status;
 
@@ -53,8 +54,9 @@ pub use self::{
     reliability::{RELIABILITY_HALF_LIFE, RELIABILITY_REFERENCE_LATENCY, Reliability},
     responses::{DEFAULT_REMEMBERED_RESPONSES, DEFAULT_RESPONSE_TTL, ResponseOwner, ResponseOwners},
     select::{Candidate, Selection, UnknownSelection, pick},
+    settings::KeySettings,
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
-    status::{CooldownStatus, KeyStatus, ModelStatus},
+    status::{CooldownStatus, KeyStatus, ModelStatus, SettingsStatus},
 };
 
 /// Every provider the proxy knows, with its keys.

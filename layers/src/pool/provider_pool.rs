@@ -15,7 +15,8 @@ use tokio::{
 };
 
 use super::{
-    InFlight, KeyEntry, KeyId, KeyLease, PoolClock, ProviderOptions, ProviderPause, ResponseOwners, Selection,
+    InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause, ResponseOwners,
+    Selection,
     health::Availability,
     labels::ModelLabels,
     select::{self, Candidate},
@@ -37,6 +38,8 @@ pub struct ProviderPool {
     pub(super) provider: Arc<Provider>,
     pub(super) options: ProviderOptions,
     pub(super) keys: Box<[Arc<KeyEntry>]>,
+    /// Each key's settings, by the keys' index.
+    pub(super) settings: Box<[KeySettings]>,
     pub(super) cursor: AtomicUsize,
     pub(super) clock: PoolClock,
     pub(super) pause: ProviderPause,
@@ -76,6 +79,9 @@ pub struct Unavailable {
     pub full: bool,
     /// Some keys were skipped because the request already tried them.
     pub excluded: bool,
+    /// The provider has keys, but none is bound to the model (their
+    /// [`KeySettings::models`] leave it out).
+    pub no_key_for_model: bool,
     /// The earliest time an invalid key may be probed.
     pub invalid_until: Option<Instant>,
     /// Whether any key that could serve is cooling for a rate limit or a
@@ -99,6 +105,17 @@ impl Unavailable {
 }
 
 impl ProviderPool {
+    /// The settings of the key at `index` (see [`keys`](Self::keys)).
+    pub fn settings(&self, index: usize) -> &KeySettings {
+        &self.settings[index]
+    }
+
+    /// The concurrency cap per model of the key at `index`: its own, else
+    /// the provider's (0: none).
+    pub(crate) fn cap_of(&self, index: usize) -> usize {
+        self.settings[index].max_concurrent.unwrap_or(self.options.max_concurrent_per_key)
+    }
+
     /// Which key made each Responses API response (the pool's, shared).
     pub fn responses(&self) -> &Arc<ResponseOwners> {
         &self.responses
@@ -141,7 +158,14 @@ impl ProviderPool {
         let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
         let paused = self.paused_until(now);
         let mut candidates: Vec<Candidate> = Vec::with_capacity(self.keys.len());
+        let mut bound = 0;
         for (index, key) in self.keys.iter().enumerate() {
+            // A key bound to other models is never chosen (a request with no
+            // model, a model list, may use any).
+            if !model.is_empty() && !self.settings[index].serves(model) {
+                continue;
+            }
+            bound += 1;
             if excluded.contains(key.id()) {
                 why.excluded = true;
                 continue;
@@ -173,6 +197,11 @@ impl ProviderPool {
                 }
             }
         }
+        why.no_key_for_model = bound == 0 && !self.keys.is_empty();
+        // Priority tiers: only the lowest tier that has a key ready now.
+        if let Some(tier) = candidates.iter().map(|c| self.settings[c.index].priority).min() {
+            candidates.retain(|c| self.settings[c.index].priority == tier);
+        }
         if let Some(pause) = paused {
             // Usable again when both the pause and the first key's cooldown
             // are over; with every key invalid or disabled, the pause is moot.
@@ -203,7 +232,7 @@ impl ProviderPool {
         };
         health.probing |= probe;
         health.count_request(today);
-        health.model(model, today, self.options.max_concurrent_per_key, now).counters.requests += 1;
+        health.model(model, today, self.cap_of(index), now).counters.requests += 1;
         drop(health);
         key.in_flight.fetch_add(1, Relaxed);
         key.requests.fetch_add(1, Relaxed);
@@ -251,7 +280,7 @@ impl ProviderPool {
         let now = Instant::now();
         let key = &self.keys[index];
         let mut health = key.health();
-        let started = health.record(model, outcome, &self.clock, self.options.max_concurrent_per_key, now);
+        let started = health.record(model, outcome, &self.clock, self.cap_of(index), now);
         // A model the provider answered with success is a real model: a
         // metric label. Only the first success per (key, model) asks.
         let unsettled_success = outcome.is_ok() && health.models.get(model).is_some_and(|m| !m.label_settled);
@@ -325,7 +354,7 @@ impl ProviderPool {
         let now = Instant::now();
         let today = self.clock.day(now);
         let mut health = self.keys[index].health();
-        health.model(model, today, self.options.max_concurrent_per_key, now).slots.clone()
+        health.model(model, today, self.cap_of(index), now).slots.clone()
     }
 }
 

@@ -187,8 +187,8 @@ impl KeyPool {
         let clock = self.clock;
         let mut restored = 0;
         for pool in self.providers() {
-            let cap = pool.options().max_concurrent_per_key;
-            for key in pool.keys() {
+            for (index, key) in pool.keys().iter().enumerate() {
+                let cap = pool.cap_of(index);
                 let Some(saved) = snapshot.keys.get(key.id().as_str()) else { continue };
                 restored += 1;
                 key.requests.store(saved.requests, Relaxed);

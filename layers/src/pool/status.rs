@@ -56,6 +56,23 @@ pub struct KeyStatus {
     pub today: Counters,
     /// The key's counters today, per model.
     pub models: Vec<ModelStatus>,
+    /// How the key is used: its settings (never its secret).
+    pub settings: SettingsStatus,
+}
+
+/// A key's [`KeySettings`](super::KeySettings) as `/v1/keys` shows them.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SettingsStatus {
+    /// Its share under `weighted` selection.
+    pub weight: u32,
+    /// Its priority tier (0 first).
+    pub priority: u32,
+    /// The model globs it is bound to (empty: every model).
+    pub models: Vec<String>,
+    /// Its concurrency cap per model: its own, else the provider's (0: none).
+    pub max_concurrent: usize,
 }
 
 impl ProviderPool {
@@ -94,6 +111,12 @@ impl ProviderPool {
             cooldowns,
             today: today_counters,
             models,
+            settings: SettingsStatus {
+                weight: self.settings[index].weight,
+                priority: self.settings[index].priority,
+                models: self.settings[index].model_globs().map(str::to_owned).collect(),
+                max_concurrent: self.cap_of(index),
+            },
         }
     }
 }

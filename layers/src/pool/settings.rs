@@ -1,0 +1,111 @@
+//! [`KeySettings`]: how one key of a provider is used, beside the
+//! provider's own options: its weight for `weighted` selection, its
+//! priority tier, the models it is bound to, and its own concurrency cap.
+//!
+//! ```
+//! use keyrelay_layers::pool::KeySettings;
+//!
+//! let paid = KeySettings::new().priority(1).weight(3).models(&["gpt-4o*".to_owned()]).max_concurrent(4);
+//! assert!(paid.serves("gpt-4o-mini") && paid.serves("GPT-4o") && !paid.serves("o3"));
+//! assert!(KeySettings::new().serves("anything"), "no binding: every model");
+//! ```
+
+use std::fmt;
+
+use wildmatch::WildMatch;
+
+/// How one key is used; the default is weight 1, priority 0, every model,
+/// the provider's concurrency cap.
+#[derive(Clone)]
+pub struct KeySettings {
+    /// Its share of requests under `weighted` selection (at least 1).
+    pub weight: u32,
+    /// Its tier: used only while no key of a lower priority can take the
+    /// request (0 first).
+    pub priority: u32,
+    models: Vec<(String, WildMatch)>,
+    /// Its own cap of requests in flight per model (0: none), instead of
+    /// the provider's `max_concurrent_per_key`.
+    pub max_concurrent: Option<usize>,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self { weight: 1, priority: 0, models: Vec::new(), max_concurrent: None }
+    }
+}
+
+impl KeySettings {
+    /// The default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Its share of requests under `weighted` selection, relative to the
+    /// other keys' (at least 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight.max(1);
+        self
+    }
+
+    /// Its tier: a key is used only while no key of a lower priority can
+    /// take the request (0 first).
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Binds the key to models matching these globs (`*`, `?`,
+    /// case-insensitive, over the bare model name); none binds nothing.
+    pub fn models(mut self, globs: &[String]) -> Self {
+        self.models = globs
+            .iter()
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .map(|g| (g.to_owned(), WildMatch::new_case_insensitive(g)))
+            .collect();
+        self
+    }
+
+    /// Requests in flight per model at most on this key, instead of the
+    /// provider's `max_concurrent_per_key` (0: no cap).
+    pub fn max_concurrent(mut self, cap: usize) -> Self {
+        self.max_concurrent = Some(cap);
+        self
+    }
+
+    /// The model globs the key is bound to (empty: every model).
+    pub fn model_globs(&self) -> impl Iterator<Item = &str> {
+        self.models.iter().map(|(glob, _)| glob.as_str())
+    }
+
+    /// Whether the key may serve `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|(_, glob)| glob.matches(model))
+    }
+
+    /// Whether these are the default settings (a plain key).
+    pub fn is_default(&self) -> bool {
+        self.weight == 1 && self.priority == 0 && self.models.is_empty() && self.max_concurrent.is_none()
+    }
+}
+
+impl PartialEq for KeySettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.weight == other.weight
+            && self.priority == other.priority
+            && self.model_globs().eq(other.model_globs())
+            && self.max_concurrent == other.max_concurrent
+    }
+}
+
+impl fmt::Debug for KeySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySettings")
+            .field("weight", &self.weight)
+            .field("priority", &self.priority)
+            .field("models", &self.model_globs().collect::<Vec<_>>())
+            .field("max_concurrent", &self.max_concurrent)
+            .finish()
+    }
+}
