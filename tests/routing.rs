@@ -43,10 +43,8 @@ async fn the_free_tier_serves_first_and_the_paid_key_only_when_it_cannot() {
     let env = vec![("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()), ("OPENAI_API_BASE".to_owned(), mock.base())];
     let proxy = Proxy::start_with(env, |settings| {
         let openai = settings.providers.iter_mut().find(|p| p.provider.id().as_str() == "openai").unwrap();
-        openai.keys = vec![
-            (Secret::new(KEY_ONE), KeySettings::new()),
-            (Secret::new(KEY_TWO), KeySettings::new().priority(1)),
-        ];
+        openai.keys =
+            vec![(Secret::new(KEY_ONE), KeySettings::new()), (Secret::new(KEY_TWO), KeySettings::new().priority(1))];
         openai.configured = true;
     })
     .await;

@@ -23,11 +23,15 @@ fn bound(globs: &[&str]) -> KeySettings {
 /// free-1 and free-2 (tier 0, free-1 bound to gpt-4o*), paid (tier 1).
 fn tiered(selection: Selection) -> Arc<KeyPool> {
     KeyPool::builder()
-        .provider_keys(openai(NOWHERE), ProviderOptions::new(selection), vec![
-            (Secret::new("free-1"), bound(&["gpt-4o*"])),
-            (Secret::new("free-2"), KeySettings::new()),
-            (Secret::new("paid"), KeySettings::new().priority(1)),
-        ])
+        .provider_keys(
+            openai(NOWHERE),
+            ProviderOptions::new(selection),
+            vec![
+                (Secret::new("free-1"), bound(&["gpt-4o*"])),
+                (Secret::new("free-2"), KeySettings::new()),
+                (Secret::new("paid"), KeySettings::new().priority(1)),
+            ],
+        )
         .build()
         .unwrap()
 }
@@ -46,7 +50,9 @@ fn a_key_bound_to_other_models_is_never_chosen() {
         let mut seen: Vec<String> = (0..20).filter_map(|_| chosen(&pool, "gpt-4o-mini")).collect();
         seen.sort();
         seen.dedup();
-        let tier_0 = [key_id("openai", "free-1").as_str().to_owned(), key_id("openai", "free-2").as_str().to_owned()];
+        let mut tier_0 =
+            [key_id("openai", "free-1").as_str().to_owned(), key_id("openai", "free-2").as_str().to_owned()];
+        tier_0.sort();
         assert_eq!(seen, tier_0, "{selection}: both tier-0 keys serve gpt-4o-mini, the paid tier none");
         for _ in 0..20 {
             assert_eq!(chosen(&pool, "o3").unwrap(), key_id("openai", "free-2").as_str(), "{selection}");
@@ -59,7 +65,11 @@ fn a_higher_tier_serves_only_while_no_lower_one_can() {
     let pool = tiered(Selection::LeastUsed);
     let openai = pool.provider("openai").unwrap();
     // free-2, the only tier-0 key for o3, is rate limited for it.
-    let _ = openai.record(1, "o3", Err(Failure { class: FailureClass::RateLimit, retry_after: Some(std::time::Duration::from_secs(60)) }));
+    let _ = openai.record(
+        1,
+        "o3",
+        Err(Failure { class: FailureClass::RateLimit, retry_after: Some(std::time::Duration::from_secs(60)) }),
+    );
     assert_eq!(chosen(&pool, "o3").unwrap(), key_id("openai", "paid").as_str());
     // free-2 cools for o3 only: gpt-4o-mini still has tier 0.
     let paid = key_id("openai", "paid");
@@ -75,9 +85,11 @@ fn a_higher_tier_serves_only_while_no_lower_one_can() {
 #[test]
 fn a_keys_own_cap_overrides_the_providers() {
     let pool = KeyPool::builder()
-        .provider_keys(openai(NOWHERE), ProviderOptions::new(Selection::LeastUsed).max_concurrent_per_key(5), vec![
-            (Secret::new("small"), KeySettings::new().max_concurrent(1)),
-        ])
+        .provider_keys(
+            openai(NOWHERE),
+            ProviderOptions::new(Selection::LeastUsed).max_concurrent_per_key(5),
+            vec![(Secret::new("small"), KeySettings::new().max_concurrent(1))],
+        )
         .build()
         .unwrap();
     let openai = pool.provider("openai").unwrap();
@@ -94,7 +106,8 @@ async fn a_model_no_key_serves_is_refused_with_403() {
         .provider_keys(openai(NOWHERE), ProviderOptions::default(), vec![(Secret::new("k"), bound(&["gpt-4o*"]))])
         .build()
         .unwrap();
-    let inner = service_fn(|_: http::Request<()>| async { Ok::<_, keyrelay_layers::BoxError>(http::Response::new(())) });
+    let inner =
+        service_fn(|_: http::Request<()>| async { Ok::<_, keyrelay_layers::BoxError>(http::Response::new(())) });
     let mut req = http::Request::new(());
     req.extensions_mut().insert(RouteTarget::new(ProviderId::new("openai"), "o3", Endpoint::ChatCompletions, false));
     let err = within(KeySelectLayer::new(pool).layer(inner).oneshot(req)).await.unwrap_err();
@@ -110,4 +123,54 @@ fn key_statuses_show_the_settings_never_the_secret() {
     assert_eq!(statuses[0].settings.models, ["gpt-4o*"]);
     assert_eq!((statuses[2].settings.priority, statuses[2].settings.weight), (1, 1));
     assert!(!format!("{statuses:?}").contains("free-1"));
+}
+
+#[test]
+fn weighted_selection_uses_each_keys_weight() {
+    let pool = KeyPool::builder()
+        .provider_keys(
+            openai(NOWHERE),
+            ProviderOptions::new(Selection::Weighted),
+            vec![(Secret::new("light"), KeySettings::new()), (Secret::new("heavy"), KeySettings::new().weight(3))],
+        )
+        .build()
+        .unwrap();
+    let heavy = key_id("openai", "heavy");
+    let picks = 4000;
+    let to_heavy = (0..picks).filter(|_| chosen(&pool, "m").as_deref() == Some(heavy.as_str())).count();
+    // 75% expected; the tolerance is seven standard deviations wide.
+    let share = to_heavy as f64 / picks as f64;
+    assert!((0.70..0.80).contains(&share), "heavy key share {share}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reliability_selection_moves_away_from_a_failing_key() {
+    let pool = KeyPool::builder()
+        .provider_keys(
+            openai(NOWHERE),
+            ProviderOptions::new(Selection::Reliability),
+            vec![(Secret::new("flaky"), KeySettings::new()), (Secret::new("steady"), KeySettings::new())],
+        )
+        .build()
+        .unwrap();
+    let openai = pool.provider("openai").unwrap();
+    let ms = std::time::Duration::from_millis;
+    for _ in 0..5 {
+        openai.record_timed(0, "m", Err(Failure { class: FailureClass::Transient, retry_after: None }), Some(ms(50)));
+        openai.record_timed(1, "m", Ok(()), Some(ms(400)));
+        // Three failures in a row rest a key; these are apart in time.
+        let _ = openai.record_timed(0, "m", Ok(()), Some(ms(300)));
+    }
+    let steady = key_id("openai", "steady");
+    for _ in 0..10 {
+        assert_eq!(chosen(&pool, "m").unwrap(), steady.as_str(), "the key that fails half the time stays out");
+    }
+    // Its failures fade while the other key keeps serving (at its own
+    // latency): within the hour it is tried again.
+    for _ in 0..60 {
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        openai.record_timed(1, "m", Ok(()), Some(ms(400)));
+    }
+    let seen: Vec<_> = (0..10).filter_map(|_| chosen(&pool, "m")).collect();
+    assert!(seen.iter().any(|k| k == key_id("openai", "flaky").as_str()), "{seen:?}");
 }

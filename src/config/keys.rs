@@ -47,7 +47,10 @@ impl KeySources {
             })?;
             for (i, entry) in entries.into_iter().enumerate() {
                 let entry: LlmKeyEntry = serde_json::from_value(entry).map_err(|_| {
-                    ConfigError(format!("LLM_KEYS: entry #{} needs string `api_key` and `model` (and `provider`)", i + 1))
+                    ConfigError(format!(
+                        "LLM_KEYS: entry #{} needs string `api_key` and `model` (and `provider`)",
+                        i + 1
+                    ))
                 })?;
                 // Without `provider`, the model names it (`openai/gpt-4o`).
                 let (provider, model) = match entry.provider {

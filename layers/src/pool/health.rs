@@ -159,6 +159,9 @@ pub(crate) struct Health {
     /// Requests sent with the key on `requests_day`, for least-used ranking.
     pub requests_today: u64,
     pub requests_day: u64,
+    /// Recent successes, upstream failures and latency, decayed, for the
+    /// `reliability` strategy.
+    pub reliability: super::Reliability,
 }
 
 /// Whether a key can take a request for a model right now.

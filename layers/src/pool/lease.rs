@@ -71,7 +71,7 @@ impl KeyLease {
     /// Records this attempt's outcome for (key, `model`); returns the end
     /// of the cooldown it started, if any.
     pub fn record(&self, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
-        self.pool.record(self.index, model, outcome)
+        self.pool.record_timed(self.index, model, outcome, Some(self.leased_at.elapsed()))
     }
     /// The (key, `model`) concurrency slots, when capped.
     pub fn slots(&self, model: &str) -> Option<Arc<Semaphore>> {

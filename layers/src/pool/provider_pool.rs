@@ -7,6 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
+    time::Duration,
 };
 
 use tokio::{
@@ -173,12 +174,18 @@ impl ProviderPool {
             let health = key.health();
             match health.availability(model, now, today) {
                 Availability::Ready { .. } => {
+                    let reliability = match self.options.selection {
+                        // Decay costs a few float operations: only when asked.
+                        Selection::Reliability => health.reliability.score(now),
+                        _ => 1.0,
+                    };
                     let candidate = Candidate {
                         index,
                         in_flight: key.in_flight(),
                         requests: health.requests_on(today),
                         last_used_unix_ms: key.last_used_unix_ms(),
-                        ..Candidate::new(index)
+                        weight: self.settings[index].weight,
+                        reliability,
                     };
                     if pinned == Some(key.id()) {
                         candidates.clear();
@@ -277,9 +284,31 @@ impl ProviderPool {
     /// classified failure that may cool the model, mark the key invalid, or
     /// pause the provider. Returns the end of the cooldown it started.
     pub fn record(&self, index: usize, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {
+        self.record_timed(index, model, outcome, None)
+    }
+
+    /// [`record`](Self::record), with the time the attempt took to its
+    /// answer's head, for the `reliability` strategy: a success with its
+    /// latency, and an upstream failure (5xx, reset, timeout), count there;
+    /// rate limits and quotas have their cooldowns, and a client's mistake
+    /// is not the key's.
+    pub fn record_timed(
+        &self,
+        index: usize,
+        model: &str,
+        outcome: Result<(), Failure>,
+        latency: Option<Duration>,
+    ) -> Option<Instant> {
         let now = Instant::now();
         let key = &self.keys[index];
         let mut health = key.health();
+        match (outcome, latency) {
+            (Ok(()), Some(latency)) => health.reliability.record(true, latency, now),
+            (Err(failure), _) if failure.class == FailureClass::Transient => {
+                health.reliability.record(false, latency.unwrap_or_default(), now);
+            }
+            _ => {}
+        }
         let started = health.record(model, outcome, &self.clock, self.cap_of(index), now);
         // A model the provider answered with success is a real model: a
         // metric label. Only the first success per (key, model) asks.
