@@ -494,7 +494,7 @@ fn validate(
     }
     for id in key_sources.llm_providers() {
         let builtin = providers::BUILTINS.iter().any(|b| b.id == id);
-        if !builtin && !named.get(id).is_some_and(|p| p.api_base.is_some()) {
+        if !builtin && named.get(id).is_none_or(|p| p.api_base.is_none()) {
             let upper = id.to_ascii_uppercase();
             return Err(ConfigError(format!(
                 "LLM_KEYS: provider `{id}` is not built in: set {upper}_API_BASE (or providers.{id}.api_base)"

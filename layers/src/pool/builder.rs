@@ -90,10 +90,13 @@ impl ProviderPause {
     }
 }
 
+/// One key as the builder takes it: the secret and how it is used.
+type KeySpec = (Secret, KeySettings);
+
 /// Collects providers and keys for a [`KeyPool`].
 #[derive(Debug, Default)]
 pub struct KeyPoolBuilder {
-    providers: Vec<(Provider, ProviderOptions, Vec<(Secret, KeySettings)>)>,
+    providers: Vec<(Provider, ProviderOptions, Vec<KeySpec>)>,
     wall_anchor: Option<SystemTime>,
     daily_reset_offset: Duration,
     pause: ProviderPause,
