@@ -61,7 +61,7 @@ async fn an_openai_conversation_with_x_session_id_stays_on_one_of_three_keys() {
 
     // The conversation is still where it was, and a second one has its own key.
     chat_turn(&proxy, &client, Some("conversation-a")).await;
-    assert_eq!(keys_since(&mock), [home.clone()]);
+    assert_eq!(keys_since(&mock), [home.as_str()]);
     chat_turn(&proxy, &client, Some("conversation-b")).await;
     chat_turn(&proxy, &client, Some("conversation-b")).await;
     let b = keys_since(&mock);
