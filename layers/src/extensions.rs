@@ -299,6 +299,7 @@ pub struct RouteTarget {
     stream_options: bool,
     include_usage: bool,
     required_key: Option<RequiredKey>,
+    session: Option<Arc<str>>,
 }
 
 /// The one key a request may use: the key that made the Responses API
@@ -332,7 +333,22 @@ impl RouteTarget {
             stream_options: false,
             include_usage: false,
             required_key: None,
+            session: None,
         }
+    }
+
+    /// The conversation the request belongs to, as its client names it
+    /// (keyrelay's `x-session-id`, a coding agent's session header,
+    /// `prompt_cache_key`, Anthropic's `metadata.user_id`): its requests
+    /// prefer one key, where their prompt cache is.
+    pub fn with_session(mut self, session: Arc<str>) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    /// The conversation the request belongs to, when it names one.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// Only `key` may serve the request (see [`RequiredKey`]).

@@ -5,6 +5,10 @@
 //! probe), cooling for the request's model, or without a free concurrency
 //! slot. The chosen key counts in flight from that moment, so concurrent
 //! selections see each other, until the response body ends or is dropped.
+//! A request that names its session ([`RouteTarget::session`]) takes the
+//! key that served the session last when that key can take it now, and
+//! otherwise binds the session to the key it gets (see
+//! [`ProviderPool::choose_for`](crate::pool::ProviderPool::choose_for)).
 //!
 //! When every usable key is full, the request waits for a slot; when every
 //! key is cooling, it waits for the earliest if that comes before the
@@ -235,7 +239,9 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         let freed = provider.slot_freed().notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        let why = match provider.choose(target.model(), excluded, pinned) {
+        // A session prefers its key, softly (`choose_for`); a required key
+        // is pinned, and wins.
+        let why = match provider.choose_for(target.model(), excluded, pinned, target.session()) {
             Choice::Leased(lease, in_flight) => return Ok((lease, in_flight)),
             Choice::Unavailable(why) => why,
         };

@@ -25,7 +25,7 @@ use keyrelay_layers::{
     extensions::Inbound,
     filter::ModelRules,
     parse::RouteDefaults,
-    pool::{KeySettings, ProviderOptions, Secret, Selection},
+    pool::{Affinity, KeySettings, ProviderOptions, Secret, Selection},
     provider::Provider,
 };
 use serde::{Deserialize, Deserializer, de};
@@ -160,6 +160,11 @@ pub struct ProviderConfig {
     /// Distinct models learned from successful answers that may label
     /// metrics; beyond it, `other`.
     pub max_model_labels: usize,
+    /// `session` (default): requests naming a session prefer the key that
+    /// served it last; `none`: balanced by the strategy alone.
+    pub affinity: Option<String>,
+    /// How long a silent session keeps its key.
+    pub affinity_ttl_secs: u64,
 }
 
 impl Default for ProviderConfig {
@@ -177,6 +182,8 @@ impl Default for ProviderConfig {
             responses_api: None,
             keys: Vec::new(),
             max_model_labels: keyrelay_layers::pool::DEFAULT_MAX_MODEL_LABELS,
+            affinity: None,
+            affinity_ttl_secs: keyrelay_layers::pool::DEFAULT_AFFINITY_TTL.as_secs(),
         }
     }
 }
@@ -635,9 +642,16 @@ fn provider_settings(
         None => Selection::default(),
         Some(name) => name.parse().map_err(|err| ConfigError(format!("providers.{id}.selection: {err}")))?,
     };
+    let affinity = match config.affinity.as_deref() {
+        None => Affinity::default(),
+        Some(name) => name.parse().map_err(|err| ConfigError(format!("providers.{id}.affinity: {err}")))?,
+    };
+    positive(&format!("providers.{id}.affinity_ttl_secs"), config.affinity_ttl_secs)?;
     let options = ProviderOptions::new(selection)
         .max_concurrent_per_key(config.max_concurrent_per_key)
-        .max_model_labels(config.max_model_labels);
+        .max_model_labels(config.max_model_labels)
+        .affinity(affinity)
+        .affinity_ttl(Duration::from_secs(config.affinity_ttl_secs));
     let keys = key_sources.keys_of(id, config.keys, config.api_keys)?;
     let rules = ModelRules::new(&config.ignore_models, &config.whitelist_models);
     let provider = provider

@@ -381,3 +381,34 @@ fn llm_keys_bind_each_key_to_its_model_and_route_bare_models() {
         assert!(!message.contains("sk-secret"), "no key in the message: {message}");
     }
 }
+
+#[test]
+fn session_affinity_per_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("config.toml"),
+        "[providers.openai]\naffinity = \"none\"\n[providers.anthropic]\naffinity_ttl_secs = 600\n",
+    )
+    .unwrap();
+    let s = load(sources(dir.path(), &[])).unwrap();
+    let options = |id: &str| s.providers.iter().find(|p| p.provider.id().as_str() == id).unwrap().options;
+    assert_eq!(options("openai").affinity, Affinity::None);
+    assert_eq!((options("anthropic").affinity, options("anthropic").affinity_ttl), (Affinity::Session, secs(600)));
+    assert_eq!(options("gemini").affinity_ttl, secs(3600), "the default");
+    for (env, needle) in [
+        (("KEYRELAY_PROVIDERS__OPENAI__AFFINITY", "sticky"), "providers.openai.affinity"),
+        (("KEYRELAY_PROVIDERS__OPENAI__AFFINITY_TTL_SECS", "0"), "providers.openai.affinity_ttl_secs"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let message = err(sources(dir.path(), &[env]));
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    let example = include_str!("../../config.toml.example");
+    for key in ["affinity", "affinity_ttl_secs"] {
+        assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

@@ -14,7 +14,10 @@
 //! its stream flag (`:streamGenerateContent`). A Responses request that
 //! continues a response the proxy passed back is bound to the key that made
 //! it ([`RequiredKey`](crate::extensions::RequiredKey)), and so are the
-//! stored-response routes.
+//! stored-response routes. The session a request belongs to, for key
+//! affinity, comes from its headers (`x-session-id`, then the coding
+//! agents' own) or its body (`prompt_cache_key`, Anthropic's
+//! `metadata.user_id`), read by the same single parse.
 //!
 //! Reads the [`Endpoint`] a router recognised (else the path); writes
 //! [`RouteTarget`](crate::extensions::RouteTarget), and the provider and model into the request's
@@ -184,6 +187,7 @@ where
     }
 }
 
+mod session;
 mod target;
 
 pub use self::target::{RouteDefaults, route_target, route_target_with};

@@ -89,6 +89,11 @@ struct Probe<'a> {
     /// The Responses API's follow-up: it must reach the key that made it.
     #[serde(default)]
     previous_response_id: Option<String>,
+    /// Session signals (see `session.rs`), left unparsed until read.
+    #[serde(borrow, default)]
+    prompt_cache_key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -109,8 +114,24 @@ pub fn route_target(body: &[u8], endpoint: Endpoint, pool: &KeyPool) -> Result<R
 }
 
 /// Finds where any proxied request goes: from its body, or from its path
-/// (Gemini's model, a stored response's id).
+/// (Gemini's model, a stored response's id); and the session it belongs
+/// to, from its headers or its body.
 pub fn route_target_with(
+    parts: &Parts,
+    body: &[u8],
+    endpoint: Endpoint,
+    pool: &KeyPool,
+    defaults: &RouteDefaults,
+) -> Result<RouteTarget, BoxError> {
+    let target = target_of(parts, body, endpoint, pool, defaults)?;
+    // A session header outranks the body's signal.
+    Ok(match super::session::from_headers(&parts.headers) {
+        Some(session) => target.with_session(session),
+        None => target,
+    })
+}
+
+fn target_of(
     parts: &Parts,
     body: &[u8],
     endpoint: Endpoint,
@@ -156,6 +177,10 @@ fn body_target(
     let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
         .with_model_span(span)
         .with_stream_options(probe.stream_options.is_some(), include_usage);
+    let target = match super::session::from_body(probe.prompt_cache_key, probe.metadata, endpoint) {
+        Some(session) => target.with_session(session),
+        None => target,
+    };
     if !matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens) {
         return Ok(target);
     }

@@ -13,8 +13,8 @@ use std::{
 use tokio::sync::Notify;
 
 use super::{
-    InvalidKey, KeyEntry, KeyPool, KeySettings, PoolClock, ProviderPool, ResponseOwners, Secret, Selection,
-    labels::ModelLabels,
+    Affinity, DEFAULT_AFFINITY_CAPACITY, InvalidKey, KeyEntry, KeyPool, KeySettings, PoolClock, ProviderPool,
+    ResponseOwners, Secret, Selection, SessionAffinity, labels::ModelLabels,
 };
 use crate::{metrics::HandleCache, provider::Provider};
 
@@ -30,6 +30,12 @@ pub struct ProviderOptions {
     /// successful answers (see [`ProviderPool::model_label`]); configured
     /// and listed models do not count. Default [`DEFAULT_MAX_MODEL_LABELS`].
     pub max_model_labels: usize,
+    /// Whether requests of one session stay on one key (default
+    /// [`Affinity::Session`]).
+    pub affinity: Affinity,
+    /// How long a silent session keeps its key (default
+    /// [`DEFAULT_AFFINITY_TTL`](super::DEFAULT_AFFINITY_TTL)).
+    pub affinity_ttl: Duration,
 }
 
 /// The default of [`ProviderOptions::max_model_labels`]: more than the
@@ -48,7 +54,13 @@ impl ProviderOptions {
     /// Options with this strategy, no concurrency cap, and the default cap
     /// of learned model labels.
     pub fn new(selection: Selection) -> Self {
-        Self { selection, max_concurrent_per_key: 0, max_model_labels: DEFAULT_MAX_MODEL_LABELS }
+        Self {
+            selection,
+            max_concurrent_per_key: 0,
+            max_model_labels: DEFAULT_MAX_MODEL_LABELS,
+            affinity: Affinity::default(),
+            affinity_ttl: super::DEFAULT_AFFINITY_TTL,
+        }
     }
     /// Caps requests in flight per (key, model); 0 = no cap.
     pub fn max_concurrent_per_key(mut self, cap: usize) -> Self {
@@ -59,6 +71,16 @@ impl ProviderOptions {
     /// answers; 0 learns none (only configured and listed models are labels).
     pub fn max_model_labels(mut self, cap: usize) -> Self {
         self.max_model_labels = cap;
+        self
+    }
+    /// Whether requests of one session stay on one key.
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+    /// How long a silent session keeps its key.
+    pub fn affinity_ttl(mut self, ttl: Duration) -> Self {
+        self.affinity_ttl = ttl;
         self
     }
 }
@@ -225,6 +247,11 @@ impl KeyPoolBuilder {
             }
             let previous = self.carry_over.as_ref().and_then(|old| old.provider(provider.id().as_str()));
             let labels = ModelLabels::new(provider.models(), options.max_model_labels, previous.map(|p| &p.labels));
+            // Sessions keep their keys over a reload, unless their TTL changed.
+            let sessions = previous
+                .map(|p| p.sessions.clone())
+                .filter(|kept| kept.ttl() == options.affinity_ttl)
+                .unwrap_or_else(|| Arc::new(SessionAffinity::new(DEFAULT_AFFINITY_CAPACITY, options.affinity_ttl)));
             by_id.insert(provider.id().as_str().into(), providers.len());
             providers.push(Arc::new(ProviderPool {
                 provider: Arc::new(provider),
@@ -241,6 +268,7 @@ impl KeyPoolBuilder {
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
                 responses: responses.clone(),
+                sessions,
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock, responses }))

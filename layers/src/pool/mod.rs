@@ -26,6 +26,7 @@
 //! # });
 //! ```
 
+mod affinity;
 mod builder;
 mod clock;
 mod encrypted;
@@ -44,6 +45,7 @@ mod status;
 use std::{collections::HashMap, sync::Arc};
 
 pub use self::{
+    affinity::{Affinity, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TTL, SessionAffinity, UnknownAffinity},
     builder::{DEFAULT_MAX_MODEL_LABELS, KeyPoolBuilder, ProviderOptions, ProviderPause},
     clock::{PoolClock, invalid_ladder, rate_limit_ladder},
     encrypted::EncryptedScanner,

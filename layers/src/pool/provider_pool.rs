@@ -16,8 +16,8 @@ use tokio::{
 };
 
 use super::{
-    InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause, ResponseOwners,
-    Selection,
+    Affinity, InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause,
+    ResponseOwners, Selection, SessionAffinity,
     health::Availability,
     labels::ModelLabels,
     select::{self, Candidate},
@@ -57,6 +57,8 @@ pub struct ProviderPool {
     pub(super) token_counters: HandleCache<Arc<str>, [metrics::Counter; 2]>,
     /// The pool's memory of which key made which response.
     pub(super) responses: Arc<ResponseOwners>,
+    /// Which key served each session last (this provider's, kept over reloads).
+    pub(super) sessions: Arc<SessionAffinity>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -122,6 +124,11 @@ impl ProviderPool {
         &self.responses
     }
 
+    /// Which key served each session last (see [`choose_for`](Self::choose_for)).
+    pub fn sessions(&self) -> &Arc<SessionAffinity> {
+        &self.sessions
+    }
+
     /// The provider's spec.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.provider
@@ -154,12 +161,75 @@ impl ProviderPool {
     /// (same-key retries). The chosen key counts in flight until the
     /// returned guard drops.
     pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
+        self.choose_preferring(model, excluded, pinned, None)
+    }
+
+    /// [`choose`](Self::choose) for a request of `session` (when it carries
+    /// a session signal and the provider's [`Affinity`] is `session`): the
+    /// key that served the session last is taken when it can take the
+    /// request now — not excluded, bound to the model, not disabled,
+    /// invalid or cooling for the model, with a free slot, and in the
+    /// lowest priority tier that has a key ready (tiers come first: a
+    /// session that spilled into a paid tier comes back to the free one).
+    /// Otherwise the strategy chooses as usual. Either way the key leased
+    /// becomes the session's key. A `pinned` key (a same-key retry) still
+    /// comes first.
+    ///
+    /// ```
+    /// use keyrelay_layers::pool::{Choice, KeyPool, Secret, Selection};
+    /// use keyrelay_layers::provider::Provider;
+    ///
+    /// # tokio_test::block_on(async {
+    /// let openai = Provider::openai_compatible("openai", "https://api.openai.com/v1").unwrap();
+    /// let keys = vec![Secret::new("sk-a"), Secret::new("sk-b"), Secret::new("sk-c")];
+    /// let pool = KeyPool::builder().provider(openai, Selection::RoundRobin, keys).build().unwrap();
+    /// let provider = pool.provider("openai").unwrap();
+    /// let key_of = |choice| match choice {
+    ///     Choice::Leased(lease, _) => lease.key_id().clone(),
+    ///     Choice::Unavailable(why) => panic!("{why:?}"),
+    /// };
+    /// let first = key_of(provider.choose_for("gpt-4o", &[], None, Some("chat-1")));
+    /// for _ in 0..5 {
+    ///     assert_eq!(key_of(provider.choose_for("gpt-4o", &[], None, Some("chat-1"))), first);
+    /// }
+    /// // Without a session, round robin goes on turning.
+    /// assert_ne!(key_of(provider.choose("gpt-4o", &[], None)), key_of(provider.choose("gpt-4o", &[], None)));
+    /// # });
+    /// ```
+    pub fn choose_for(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        session: Option<&str>,
+    ) -> Choice {
+        let session = session.filter(|_| self.options.affinity == Affinity::Session);
+        let Some(session) = session else { return self.choose(model, excluded, pinned) };
+        let now = Instant::now();
+        let preferred = pinned.is_none().then(|| self.sessions.key_for(session, model, now)).flatten();
+        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref());
+        if let Choice::Leased(lease, _) = &choice {
+            self.sessions.bind(session, model, lease.key_id(), now);
+        }
+        choice
+    }
+
+    fn choose_preferring(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        preferred: Option<&KeyId>,
+    ) -> Choice {
         let now = Instant::now();
         let today = self.clock.day(now);
         let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
         let paused = self.paused_until(now);
         let mut candidates: Vec<Candidate> = Vec::with_capacity(self.keys.len());
         let mut bound = 0;
+        // The session's key, when it is ready now (a probe of an invalid key
+        // is no place to keep a conversation).
+        let mut preferred_ready = None;
         for (index, key) in self.keys.iter().enumerate() {
             // A key bound to other models is never chosen (a request with no
             // model, a model list, may use any).
@@ -173,7 +243,10 @@ impl ProviderPool {
             }
             let health = key.health();
             match health.availability(model, now, today) {
-                Availability::Ready { .. } => {
+                Availability::Ready { probe, .. } => {
+                    if !probe && preferred == Some(key.id()) {
+                        preferred_ready = Some(index);
+                    }
                     let reliability = match self.options.selection {
                         // Decay costs a few float operations: only when asked.
                         Selection::Reliability => health.reliability.score(now),
@@ -220,9 +293,11 @@ impl ProviderPool {
             }
             return Choice::Unavailable(why);
         }
-        let Some(index) =
+        // Still there after the tier cut: the session stays on its key.
+        let preferred = preferred_ready.filter(|&index| candidates.iter().any(|c| c.index == index));
+        let Some(index) = preferred.or_else(|| {
             select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor, fastrand::f64())
-        else {
+        }) else {
             return Choice::Unavailable(why);
         };
         let key = &self.keys[index];
