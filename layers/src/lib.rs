@@ -32,7 +32,7 @@
 //! | [`ParseLayer`](parse::ParseLayer) | [`parse`] | `RouteTarget`; the record's route | the body, `Endpoint` |
 //! | [`ModelFilterLayer`](filter::ModelFilterLayer) | [`filter`] | - | `RouteTarget` |
 //! | [`FallbackLayer`](fallback::FallbackLayer) | [`fallback`] | `RouteTarget` (an alias's next target) | `Deadline`, `RouteTarget` and its fallbacks |
-//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts | `Deadline`, `RouteTarget`, response `KeyLease` |
+//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts; response headers `x-keyrelay-model`, `x-keyrelay-key` | `Deadline`, `RouteTarget`, response `KeyLease` |
 //! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` (request and response) | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
 //! | [`KeyConcurrencyLayer`](concurrency::KeyConcurrencyLayer) | [`concurrency`] | - | `KeyLease`, `RouteTarget` |
 //! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | the record's usage, break and capture | `RouteTarget`, `KeyLease`, `RequestRecord` |
