@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use keyrelay_layers::parse::AliasTarget;
 use support::{
-    Auth, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Script, TestClient, assert_no_secret,
-    chat_body, get, key_id, key_id_of, openai_env, post,
+    Auth, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Script, TestClient, assert_no_secret, chat_body,
+    get, key_id, key_id_of, openai_env, post,
 };
 
 const CHAT: &str = "/v1/chat/completions";
@@ -127,7 +127,9 @@ async fn aliases_are_listed_with_the_models() {
     let fast: Vec<_> = list["data"].as_array().unwrap().iter().filter(|m| m["id"] == "fast").collect();
     assert_eq!(fast.len(), 1, "{list}");
     assert_eq!((fast[0]["object"].as_str(), fast[0]["owned_by"].as_str()), (Some("model"), Some("keyrelay")));
-    assert!(list["data"].as_array().unwrap().iter().any(|m| m["id"].as_str().is_some_and(|id| id.starts_with("openai/"))));
+    assert!(
+        list["data"].as_array().unwrap().iter().any(|m| m["id"].as_str().is_some_and(|id| id.starts_with("openai/")))
+    );
     let reply = client.fetch(get(&proxy.url("/v1/models/fast"), Auth::Bearer(PROXY_KEY))).await;
     assert_eq!((reply.status.as_u16(), reply.json()["id"].as_str()), (200, Some("fast")));
 }

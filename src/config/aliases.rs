@@ -104,16 +104,31 @@ mod tests {
     #[test]
     fn bad_aliases_are_refused_with_the_reason() {
         for (toml, expected) in [
-            (r#"[models."openai/gpt-4o"]
-                targets = ["openrouter/openai/gpt-4o"]"#, "may not look like `provider/model` of provider `openai`"),
-            (r#"[models.fast]
-                targets = []"#, "at least one target"),
-            (r#"[models.fast]
-                targets = ["gpt-4o"]"#, "`gpt-4o` is not `provider/model`"),
-            (r#"[models.fast]
-                targets = ["nowhere/gpt-4o"]"#, "provider `nowhere`, which is not configured or built in"),
-            (r#"[models.fast]
-                target = ["openai/gpt-4o"]"#, "unknown field"),
+            (
+                r#"[models."openai/gpt-4o"]
+                targets = ["openrouter/openai/gpt-4o"]"#,
+                "may not look like `provider/model` of provider `openai`",
+            ),
+            (
+                r#"[models.fast]
+                targets = []"#,
+                "at least one target",
+            ),
+            (
+                r#"[models.fast]
+                targets = ["gpt-4o"]"#,
+                "`gpt-4o` is not `provider/model`",
+            ),
+            (
+                r#"[models.fast]
+                targets = ["nowhere/gpt-4o"]"#,
+                "provider `nowhere`, which is not configured or built in",
+            ),
+            (
+                r#"[models.fast]
+                target = ["openai/gpt-4o"]"#,
+                "unknown field",
+            ),
         ] {
             let message = load_toml(toml, &[]).unwrap_err();
             assert!(message.contains(expected), "{toml}: {message}");

@@ -46,8 +46,7 @@ type Seen = Arc<Mutex<Vec<RouteTarget>>>;
 /// with what `answer` says for it.
 fn recording(
     answer: impl Fn(&RouteTarget) -> Result<Response<String>, BoxError> + Clone + Send + 'static,
-) -> (impl Service<Request<Bytes>, Response = Response<String>, Error = BoxError, Future: Send> + Clone + Send, Seen)
-{
+) -> (impl Service<Request<Bytes>, Response = Response<String>, Error = BoxError, Future: Send> + Clone + Send, Seen) {
     let seen = Seen::default();
     let log = seen.clone();
     let svc = service_fn(move |req: Request<Bytes>| {
@@ -103,7 +102,10 @@ async fn each_try_gets_its_target_with_the_first_ones_span_and_stream() {
     let tried: Vec<_> = seen.iter().map(|t| (t.provider().as_str(), t.model())).collect();
     assert_eq!(tried, [("openai", "gpt-4o"), ("openrouter", "openai/gpt-4o"), ("groq", "llama-3.3-70b")]);
     for target in &seen[1..] {
-        assert_eq!((target.model_span(), target.stream(), target.endpoint()), (Some(10..16), true, Endpoint::ChatCompletions));
+        assert_eq!(
+            (target.model_span(), target.stream(), target.endpoint()),
+            (Some(10..16), true, Endpoint::ChatCompletions)
+        );
         assert!(target.fallbacks().is_none(), "a fallback's target carries no further list");
     }
 }
@@ -159,7 +161,8 @@ async fn a_blocked_target_is_skipped() {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_falls_back_once_the_deadline_has_passed() {
-    let (inner, seen) = recording(|target| Err(AllKeysCooling::new(target.provider().as_str(), "m", Duration::ZERO).into()));
+    let (inner, seen) =
+        recording(|target| Err(AllKeysCooling::new(target.provider().as_str(), "m", Duration::ZERO).into()));
     // The first target's pool used the whole deadline before giving up.
     let slow = tower::ServiceBuilder::new()
         .then(|res| async move {
@@ -174,7 +177,8 @@ async fn nothing_falls_back_once_the_deadline_has_passed() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 
     // With time left, the next target gets its turn.
-    let (inner, seen) = recording(|target| Err(AllKeysCooling::new(target.provider().as_str(), "m", Duration::ZERO).into()));
+    let (inner, seen) =
+        recording(|target| Err(AllKeysCooling::new(target.provider().as_str(), "m", Duration::ZERO).into()));
     let mut req = request(&[("openrouter", "a")]);
     req.extensions_mut().insert(Deadline(Instant::now() + Duration::from_secs(5)));
     FallbackLayer::new(pool()).layer(inner).oneshot(req).await.unwrap_err();
@@ -186,7 +190,8 @@ async fn a_request_bound_to_one_key_stays_with_it() {
     let (inner, seen) = recording(|_| Err(NoUsableKey::new("openai", None).into()));
     let mut req = request(&[("openrouter", "a")]);
     let target = req.extensions().get::<RouteTarget>().unwrap().clone();
-    let bound = target.with_required_key(RequiredKey::new(KeyId::new(&ProviderId::new("openai"), &Secret::new("k")), "resp_1"));
+    let bound =
+        target.with_required_key(RequiredKey::new(KeyId::new(&ProviderId::new("openai"), &Secret::new("k")), "resp_1"));
     req.extensions_mut().insert(bound);
     FallbackLayer::new(pool()).layer(inner).oneshot(req).await.unwrap_err();
     assert_eq!(seen.lock().unwrap().len(), 1);

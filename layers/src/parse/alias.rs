@@ -114,7 +114,11 @@ mod tests {
     fn the_first_allowed_target_serves_and_the_allowed_rest_fall_back() {
         let aliases = Aliases::new().with(
             "fast",
-            [AliasTarget::new("groq", "llama"), AliasTarget::new("openai", "gpt-4o"), AliasTarget::new("openrouter", "x/y")],
+            [
+                AliasTarget::new("groq", "llama"),
+                AliasTarget::new("openai", "gpt-4o"),
+                AliasTarget::new("openrouter", "x/y"),
+            ],
         );
         let (first, rest) = aliases.route(&pool(), "fast").unwrap();
         assert_eq!(first, AliasTarget::new("openai", "gpt-4o"));
