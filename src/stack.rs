@@ -13,6 +13,7 @@ use keyrelay_layers::{
     body::GuardedBody,
     concurrency::KeyConcurrencyLayer,
     credentials::CREDENTIAL_HEADERS,
+    fallback::FallbackLayer,
     filter::ModelFilterLayer,
     log::{LoggedBody, RequestLogLayer, TeeBody},
     parse::ParseLayer,
@@ -133,6 +134,12 @@ where
         .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes).route_defaults(app.route_defaults.clone()))
         // Refuse models the operator blocked, before any key is spent on them.
         .layer(ModelFilterLayer::new(app.pool.clone()))
+        // A model alias moves to its next target when a whole pool cannot
+        // serve: outside RetryRotate, which rotates keys within one
+        // provider and answers for the pool when it is spent; inside Parse
+        // (the body's bytes, resent as they are) and ModelFilter (which
+        // refused a blocked first target; this layer checks the others).
+        .layer(FallbackLayer::new(app.pool.clone()))
         // Classify each answer, cool or mark the key, and try another; only
         // what comes out of here reaches the client (the 200 of a stream
         // waits for the upstream's success headers).
@@ -146,6 +153,7 @@ where
         // response streams back untouched.
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
+    let aliases = Arc::new(app.route_defaults.aliases().clone());
     Router::new(Routes {
         health: route(service_fn(|_: Request<B>| async {
             // Probed all day: its completion line is logged at debug level.
@@ -155,14 +163,16 @@ where
         })),
         proxy: BoxCloneSyncService::new(proxy),
         models: {
-            let (pool, catalog) = (app.pool.clone(), app.catalog.clone());
-            route(auth.layer(service_fn(move |_: Request<B>| crate::status::models(pool.clone(), catalog.clone()))))
+            let (pool, catalog, aliases) = (app.pool.clone(), app.catalog.clone(), aliases.clone());
+            route(auth.layer(service_fn(move |_: Request<B>| {
+                crate::status::models(pool.clone(), catalog.clone(), aliases.clone())
+            })))
         },
         model: {
-            let (pool, catalog) = (app.pool.clone(), app.catalog.clone());
+            let (pool, catalog, aliases) = (app.pool.clone(), app.catalog.clone(), aliases.clone());
             route(auth.layer(service_fn(move |req: Request<B>| {
                 let requested = req.extensions().get::<crate::routes::RequestedModel>().cloned();
-                crate::status::model(pool.clone(), catalog.clone(), requested)
+                crate::status::model(pool.clone(), catalog.clone(), aliases.clone(), requested)
             })))
         },
         providers: {

@@ -10,6 +10,7 @@ use keyrelay_layers::{
     BoxError, ProxyBody,
     body::full,
     error::{ErrorReply, MissingExtension, UnknownKey},
+    parse::Aliases,
     pool::{KeyPool, KeyState},
     respond::reply_response,
     upstream::ModelCatalog,
@@ -32,10 +33,28 @@ pub fn health() -> Response<ProxyBody> {
     json(StatusCode::OK, &json!({ "status": "ok" }))
 }
 
-/// `GET /v1/models`: OpenAI's model list, ids `provider/model`.
-pub async fn models(pool: Arc<KeyPool>, catalog: Arc<ModelCatalog>) -> Result<Response<ProxyBody>, Infallible> {
-    let data = catalog.list(&pool).await;
+/// `GET /v1/models`: OpenAI's model list, ids `provider/model`, then the
+/// model aliases (`owned_by: "keyrelay"`) that the operator's rules let
+/// reach at least one target.
+pub async fn models(
+    pool: Arc<KeyPool>,
+    catalog: Arc<ModelCatalog>,
+    aliases: Arc<Aliases>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let listed = catalog.list(&pool).await;
+    let mut data: Vec<serde_json::Value> = listed.iter().map(|m| json!(m)).collect();
+    data.extend(alias_models(&pool, &aliases).map(alias_model));
     Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
+}
+
+/// The aliases a client may use: those with a target the rules allow.
+fn alias_models<'a>(pool: &'a KeyPool, aliases: &'a Aliases) -> impl Iterator<Item = &'a str> {
+    aliases.iter().filter(|(_, targets)| targets.iter().any(|t| t.allowed_by(pool))).map(|(alias, _)| alias)
+}
+
+/// An alias as OpenAI's model object.
+fn alias_model(alias: &str) -> serde_json::Value {
+    json!({ "id": alias, "object": "model", "created": 0, "owned_by": "keyrelay" })
 }
 
 /// `GET /v1/models/{id}`: OpenAI's model object, from the same list as
@@ -44,6 +63,7 @@ pub async fn models(pool: Arc<KeyPool>, catalog: Arc<ModelCatalog>) -> Result<Re
 pub async fn model(
     pool: Arc<KeyPool>,
     catalog: Arc<ModelCatalog>,
+    aliases: Arc<Aliases>,
     requested: Option<RequestedModel>,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let id = match requested {
@@ -51,6 +71,9 @@ pub async fn model(
         Some(RequestedModel::Malformed(raw)) => return Ok(model_not_found(&raw)),
         None => return Err(MissingExtension::new("RequestedModel").into()),
     };
+    if let Some(alias) = alias_models(&pool, &aliases).find(|&alias| alias == id) {
+        return Ok(json(StatusCode::OK, &alias_model(alias)));
+    }
     // The catalog answers whole lists (cached for its TTL); looking the id
     // up in one is what makes this route agree with `GET /v1/models`.
     let found = catalog.list(&pool).await.into_iter().find(|m| m.id == id);

@@ -9,7 +9,7 @@
 //! | [`RequestRecord`](crate::record::RequestRecord) | RequestLog | written through named methods by Parse, RetryRotate and the usage meter; read by RequestLog |
 //! | [`Endpoint`] | the router, when it has recognised the path (optional) | Parse (else it reads the path) |
 //! | [`Deadline`] | Deadline | anyone who waits (key selection, retries) |
-//! | [`RouteTarget`] | Parse | RetryRotate, KeySelect, KeyConcurrency, Upstream |
+//! | [`RouteTarget`] | Parse (Fallback, for an alias's later targets) | Fallback, RetryRotate, KeySelect, KeyConcurrency, Upstream |
 //! | [`ExcludedKeys`], [`PinnedKey`] | RetryRotate (each attempt) | KeySelect |
 //! | [`KeyLease`](crate::pool::KeyLease) | KeySelect | KeyConcurrency, Upstream |
 //! | *response* [`KeyLease`](crate::pool::KeyLease) | KeySelect (the key it leased) | RetryRotate (which key to blame) |
@@ -300,6 +300,7 @@ pub struct RouteTarget {
     include_usage: bool,
     required_key: Option<RequiredKey>,
     session: Option<Arc<str>>,
+    fallbacks: Option<Arc<[crate::parse::AliasTarget]>>,
 }
 
 /// The one key a request may use: the key that made the Responses API
@@ -334,6 +335,33 @@ impl RouteTarget {
             include_usage: false,
             required_key: None,
             session: None,
+            fallbacks: None,
+        }
+    }
+
+    /// The targets to try, in order, when this one's pool cannot serve
+    /// (a model alias's later targets; see [`crate::fallback`]).
+    pub fn with_fallbacks(mut self, fallbacks: Arc<[crate::parse::AliasTarget]>) -> Self {
+        self.fallbacks = (!fallbacks.is_empty()).then_some(fallbacks);
+        self
+    }
+
+    /// A model alias's targets after this one, when there are any.
+    pub fn fallbacks(&self) -> Option<&Arc<[crate::parse::AliasTarget]>> {
+        self.fallbacks.as_ref()
+    }
+
+    /// The same request sent to `to` instead: endpoint, stream flag, the
+    /// body's model span and stream options stay (the upstream rewrites the
+    /// body's model token to `to`'s model); no key binding nor fallbacks
+    /// carry over, as they belonged to the first target.
+    pub fn retarget(&self, to: &crate::parse::AliasTarget) -> Self {
+        Self {
+            provider: to.provider.clone(),
+            model: to.model.clone(),
+            required_key: None,
+            fallbacks: None,
+            ..self.clone()
         }
     }
 

@@ -14,6 +14,7 @@
 //! Deadline .............. one clock for waits, attempts and backoff
 //! Parse ................. body read once (bounded) -> RouteTarget
 //! ModelFilter ........... operator's ignore / whitelist globs
+//! Fallback .............. a model alias's next target when a pool cannot serve
 //! RetryRotate ........... classify each answer, cool the key, try another
 //! KeySelect ............. a key from the shared KeyPool (waits inside the deadline)
 //! KeyConcurrency ........ per (key, model) in-flight cap, held until the body ends
@@ -30,7 +31,8 @@
 //! | [`DeadlineLayer`](timeout::DeadlineLayer) | [`timeout`] | `Deadline` | - |
 //! | [`ParseLayer`](parse::ParseLayer) | [`parse`] | `RouteTarget`; the record's route | the body, `Endpoint` |
 //! | [`ModelFilterLayer`](filter::ModelFilterLayer) | [`filter`] | - | `RouteTarget` |
-//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts | `Deadline`, `RouteTarget`, response `KeyLease` |
+//! | [`FallbackLayer`](fallback::FallbackLayer) | [`fallback`] | `RouteTarget` (an alias's next target) | `Deadline`, `RouteTarget` and its fallbacks |
+//! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts; response headers `x-keyrelay-model`, `x-keyrelay-key` | `Deadline`, `RouteTarget`, response `KeyLease` |
 //! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` (request and response) | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
 //! | [`KeyConcurrencyLayer`](concurrency::KeyConcurrencyLayer) | [`concurrency`] | - | `KeyLease`, `RouteTarget` |
 //! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | the record's usage, break and capture | `RouteTarget`, `KeyLease`, `RequestRecord` |
@@ -118,6 +120,7 @@ pub mod concurrency;
 pub mod credentials;
 pub mod error;
 pub mod extensions;
+pub mod fallback;
 pub mod filter;
 pub mod log;
 pub mod metrics;

@@ -5,6 +5,7 @@
 //! `Config` mirrors `config.toml.example` and rejects unknown keys;
 //! [`Settings`] is the validated result the server runs on.
 
+mod aliases;
 mod env_compat;
 mod keys;
 pub mod providers;
@@ -40,6 +41,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub routes: RoutesConfig,
+    /// Model aliases: `[models."<alias>"] targets = ["provider/model", ...]`.
+    pub models: BTreeMap<String, aliases::AliasConfig>,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -582,7 +585,8 @@ fn validate(
                 )));
             }
         },
-        route_defaults: route_defaults(&config.routes, &providers, key_sources)?,
+        route_defaults: route_defaults(&config.routes, &providers, key_sources)?
+            .with_aliases(aliases::aliases(&config.models, &providers)?),
         remembered_responses: (
             config.routes.remembered_responses,
             Duration::from_secs(config.routes.remembered_response_ttl_secs),

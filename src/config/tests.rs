@@ -237,6 +237,7 @@ fn the_example_config_documents_every_key() {
         "api_keys",
         "selection",
         "models",
+        "targets",
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }

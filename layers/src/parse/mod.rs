@@ -11,7 +11,9 @@
 //! (`/v1/messages`, `/v1/responses`, Gemini's `/v1beta/models/...`) a model
 //! without a configured provider prefix goes to the route's default
 //! provider ([`RouteDefaults`]); Gemini's model is in the path, and so is
-//! its stream flag (`:streamGenerateContent`). A Responses request that
+//! its stream flag (`:streamGenerateContent`). A model alias
+//! ([`Aliases`], on every route) goes to its first allowed target and
+//! carries the others as the target's fallbacks ([`crate::fallback`]). A Responses request that
 //! continues a response the proxy passed back is bound to the key that made
 //! it ([`RequiredKey`](crate::extensions::RequiredKey)), and so are the
 //! stored-response routes. The session a request belongs to, for key
@@ -187,7 +189,11 @@ where
     }
 }
 
+mod alias;
 mod session;
 mod target;
 
-pub use self::target::{RouteDefaults, route_target, route_target_with};
+pub use self::{
+    alias::{AliasTarget, Aliases},
+    target::{RouteDefaults, route_target, route_target_with},
+};

@@ -15,6 +15,8 @@ use crate::{
     provider::ProviderId,
 };
 
+use super::Aliases;
+
 /// Where a dialect route's bare model goes: a model with no configured
 /// `provider/` prefix (Claude Code sends `claude-sonnet-4-5`, Codex
 /// `gpt-5-codex`, Gemini CLI `gemini-2.5-pro`) is the route's default
@@ -28,6 +30,8 @@ pub struct RouteDefaults {
     /// Bare model names that one provider's keys are bound to, on every
     /// route (`LLM_KEYS` binds each key to one model).
     models: std::collections::BTreeMap<String, ProviderId>,
+    /// Model aliases, on every route; they win over the above.
+    aliases: Aliases,
 }
 
 impl Default for RouteDefaults {
@@ -38,6 +42,7 @@ impl Default for RouteDefaults {
             responses: ProviderId::new("openai"),
             gemini: ProviderId::new("gemini"),
             models: Default::default(),
+            aliases: Aliases::default(),
         }
     }
 }
@@ -61,6 +66,18 @@ impl RouteDefaults {
     pub fn with_model(mut self, model: &str, provider: &str) -> Self {
         self.models.entry(model.to_owned()).or_insert_with(|| ProviderId::new(provider));
         self
+    }
+
+    /// Sends each alias of `aliases` to its targets, on every route; an
+    /// alias wins over every other reading of the model.
+    pub fn with_aliases(mut self, aliases: Aliases) -> Self {
+        self.aliases = aliases;
+        self
+    }
+
+    /// The model aliases.
+    pub fn aliases(&self) -> &Aliases {
+        &self.aliases
     }
 
     /// The default provider of `inbound`'s route, and the config key that
@@ -147,8 +164,12 @@ fn target_of(
             }
             let raw = gemini_path(parts.uri.path()).map(|(model, _)| model).unwrap_or_default();
             let model = percent_decode(raw).ok_or_else(|| InvalidModel::new(raw))?;
+            let stream = endpoint == Endpoint::StreamGenerateContent;
+            if let Some((first, rest)) = defaults.aliases.route(pool, &model) {
+                return Ok(RouteTarget::new(first.provider, &first.model, endpoint, stream).with_fallbacks(rest));
+            }
             let (provider, model) = resolve(pool, &model, Inbound::Gemini, defaults)?;
-            Ok(RouteTarget::new(provider, model, endpoint, endpoint == Endpoint::StreamGenerateContent))
+            Ok(RouteTarget::new(provider, model, endpoint, stream))
         }
         Endpoint::ResponseResource => stored_response_target(parts, pool, defaults),
         _ => body_target(body, endpoint, pool, defaults),
@@ -164,7 +185,11 @@ fn body_target(
     let probe: Probe<'_> = serde_json::from_slice(body).map_err(InvalidBody::new)?;
     let raw = probe.model.ok_or_else(MissingModel::new)?;
     let model: Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| InvalidModel::not_a_string())?;
-    let (provider, upstream_model) = resolve(pool, &model, endpoint.inbound(), defaults)?;
+    let alias = defaults.aliases.route(pool, &model);
+    let (provider, upstream_model) = match &alias {
+        Some((first, _)) => (first.provider.clone(), &*first.model),
+        None => resolve(pool, &model, endpoint.inbound(), defaults)?,
+    };
     // The raw value borrows from `body`, so its address gives its position:
     // the upstream can swap the model token without re-serialising the body.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
@@ -179,6 +204,10 @@ fn body_target(
         .with_stream_options(probe.stream_options.is_some(), include_usage);
     let target = match super::session::from_body(probe.prompt_cache_key, probe.metadata, endpoint) {
         Some(session) => target.with_session(session),
+        None => target,
+    };
+    let target = match alias {
+        Some((_, rest)) => target.with_fallbacks(rest),
         None => target,
     };
     if !matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens) {
@@ -424,6 +453,30 @@ mod dialect_routes {
         let elsewhere = RouteDefaults::default().with(Inbound::Gemini, "openrouter");
         let t = target("POST", "/v1beta/models/gemini-2.5-pro:generateContent", "{}", &elsewhere).unwrap();
         assert_eq!((t.provider().as_str(), t.model()), ("openrouter", "gemini-2.5-pro"));
+    }
+
+    #[test]
+    fn an_alias_routes_to_its_first_target_on_every_route_and_carries_the_rest() {
+        use crate::parse::{AliasTarget, Aliases};
+        let aliases = Aliases::new()
+            .with("fast", [AliasTarget::new("openai", "gpt-4o"), AliasTarget::new("openrouter", "openai/gpt-4o")]);
+        let defaults = RouteDefaults::default().with_aliases(aliases);
+        let body = r#"{"model": "fast", "stream": true}"#;
+        for path in ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"] {
+            let t = target("POST", path, body, &defaults).unwrap();
+            assert_eq!((t.provider().as_str(), t.model(), t.stream()), ("openai", "gpt-4o", true), "{path}");
+            assert_eq!(&body[t.model_span().unwrap()], r#""fast""#, "{path}: the upstream rewrites the token");
+            let rest = t.fallbacks().unwrap();
+            assert_eq!(&rest[..], [AliasTarget::new("openrouter", "openai/gpt-4o")], "{path}");
+            let next = t.retarget(&rest[0]);
+            assert_eq!((next.model(), next.model_span(), next.stream()), ("openai/gpt-4o", t.model_span(), true));
+        }
+        let t = target("POST", "/v1beta/models/fast:streamGenerateContent", "{}", &defaults).unwrap();
+        assert_eq!((t.provider().as_str(), t.model(), t.stream()), ("openai", "gpt-4o", true));
+        assert_eq!(t.fallbacks().map(|rest| rest.len()), Some(1));
+        // Not an alias: as before, with nowhere else to go.
+        let t = target("POST", "/v1/chat/completions", r#"{"model": "openai/fast"}"#, &defaults).unwrap();
+        assert_eq!((t.model(), t.fallbacks().is_none()), ("fast", true));
     }
 
     #[test]

@@ -24,7 +24,10 @@
 //!
 //! Reads [`RouteTarget`] and [`Deadline`]; writes [`ExcludedKeys`] and
 //! [`PinnedKey`] on each attempt, and each attempt's key, outcome and time
-//! into the request's [`RequestRecord`].
+//! into the request's [`RequestRecord`]. Every upstream answer it passes on
+//! (a success, or an error about the request itself) says where it went:
+//! [`SERVED_MODEL`] (`provider/model`) and [`SERVED_KEY`] (the key's id,
+//! never its secret).
 //!
 //! Two keys, the first rate limited: one request, two attempts, and the key
 //! that answered 429 cools for this model.
@@ -64,6 +67,9 @@
 //! let res = svc.oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::OK);
 //! assert_eq!(res.extensions().get::<KeyLease>().unwrap().secret().expose(), "sk-fresh");
+//! assert_eq!(res.headers()["x-keyrelay-model"], "openai/gpt-4o");
+//! let fresh = pool.provider("openai").unwrap().keys()[1].id().clone();
+//! assert_eq!(res.headers()["x-keyrelay-key"], fresh.as_str());
 //!
 //! let limited = pool.provider("openai").unwrap().keys()[0].id().clone();
 //! assert_eq!(pool.key_status(limited.as_str()).unwrap().state, KeyState::Cooling);
@@ -80,7 +86,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, header::HeaderName};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -98,6 +104,14 @@ use crate::{
     pool::{KeyId, KeyLease},
     record::{AttemptRecord, RequestRecord},
 };
+
+/// Response header: the `provider/model` that served a proxied answer
+/// (the alias's target, for a model alias).
+pub const SERVED_MODEL: HeaderName = HeaderName::from_static("x-keyrelay-model");
+
+/// Response header: the id of the key that served a proxied answer (as
+/// `/v1/keys` shows it; never the secret).
+pub const SERVED_KEY: HeaderName = HeaderName::from_static("x-keyrelay-key");
 
 /// Applies [`RetryRotate`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -235,7 +249,7 @@ where
         };
 
         let (lease, failure, cooled) = match result {
-            Ok(res) => {
+            Ok(mut res) => {
                 let Some(lease) = res.extensions().get::<KeyLease>().cloned() else {
                     // Not an upstream answer this layer can judge.
                     return Ok(finish(res));
@@ -245,6 +259,7 @@ where
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
                     trail(&lease, "success", Some(status.as_u16()));
+                    stamp(res.headers_mut(), &lease, model);
                     if let Some(record) = &record {
                         // Accepted by the provider, the model may be a label now.
                         record.set_model_label(lease.pool().model_label(model));
@@ -268,6 +283,8 @@ where
                     "upstream attempt failed"
                 );
                 if failure.class == FailureClass::Client {
+                    let mut res = res;
+                    stamp(res.headers_mut(), &lease, model);
                     return Ok(res);
                 }
                 last_failure = Some(describe(status, &peeked, &lease));
@@ -342,6 +359,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// Says on the client's answer which provider, model and key served it.
+fn stamp(headers: &mut http::HeaderMap, lease: &KeyLease, model: &str) {
+    // A model the client sent may hold bytes a header cannot: then only the key.
+    if let Ok(served) = HeaderValue::try_from(format!("{}/{model}", lease.provider_id())) {
+        headers.insert(SERVED_MODEL, served);
+    }
+    if let Ok(key) = HeaderValue::from_str(lease.key_id().as_str()) {
+        headers.insert(SERVED_KEY, key);
     }
 }
 
