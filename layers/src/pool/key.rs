@@ -110,6 +110,8 @@ pub struct KeyEntry {
     auth_name: HeaderName,
     /// Built once, marked sensitive, so requests only clone it.
     auth_value: HeaderValue,
+    /// The id as a header value (`x-keyrelay-key`), built once.
+    id_value: HeaderValue,
     pub(crate) in_flight: AtomicU32,
     pub(crate) requests: AtomicU64,
     pub(crate) last_used_unix_ms: AtomicU64,
@@ -125,8 +127,12 @@ impl KeyEntry {
         };
         let mut auth_value = HeaderValue::from_str(&value).map_err(|_| invalid())?;
         auth_value.set_sensitive(true);
+        let id = KeyId::new(provider.id(), &secret);
+        // Provider ids and hex digits: always a valid header value.
+        let id_value = HeaderValue::from_str(id.as_str()).map_err(|_| invalid())?;
         Ok(Self {
-            id: KeyId::new(provider.id(), &secret),
+            id,
+            id_value,
             secret,
             auth_name,
             auth_value,
@@ -140,6 +146,10 @@ impl KeyEntry {
     /// The key's public id.
     pub fn id(&self) -> &KeyId {
         &self.id
+    }
+    /// The key's id as a header value.
+    pub fn id_header(&self) -> &HeaderValue {
+        &self.id_value
     }
     /// The key itself.
     pub fn secret(&self) -> &Secret {

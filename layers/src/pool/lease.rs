@@ -68,6 +68,10 @@ impl KeyLease {
     pub fn secret(&self) -> &Secret {
         self.key().secret()
     }
+    /// The key's id as a header value (`x-keyrelay-key`).
+    pub fn key_header(&self) -> &http::HeaderValue {
+        self.pool.keys()[self.index].id_header()
+    }
     /// Records this attempt's outcome for (key, `model`); returns the end
     /// of the cooldown it started, if any.
     pub fn record(&self, model: &str, outcome: Result<(), Failure>) -> Option<Instant> {

@@ -365,12 +365,15 @@ where
 /// Says on the client's answer which provider, model and key served it.
 fn stamp(headers: &mut http::HeaderMap, lease: &KeyLease, model: &str) {
     // A model the client sent may hold bytes a header cannot: then only the key.
-    if let Ok(served) = HeaderValue::try_from(format!("{}/{model}", lease.provider_id())) {
+    let provider = lease.provider_id().as_str();
+    let mut served = BytesMut::with_capacity(provider.len() + 1 + model.len());
+    served.extend_from_slice(provider.as_bytes());
+    served.extend_from_slice(b"/");
+    served.extend_from_slice(model.as_bytes());
+    if let Ok(served) = HeaderValue::from_maybe_shared(served.freeze()) {
         headers.insert(SERVED_MODEL, served);
     }
-    if let Ok(key) = HeaderValue::from_str(lease.key_id().as_str()) {
-        headers.insert(SERVED_KEY, key);
-    }
+    headers.insert(SERVED_KEY, lease.key_header().clone());
 }
 
 fn count_attempt(lease: &KeyLease, outcome: &'static str) {
