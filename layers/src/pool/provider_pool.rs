@@ -18,8 +18,10 @@ use tokio::{
 use super::{
     Affinity, InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause,
     ResponseOwners, Selection, SessionAffinity,
-    health::Availability,
+    health::{Availability, Health},
     labels::ModelLabels,
+    learned::Learned,
+    limits,
     select::{self, Candidate},
 };
 use crate::{
@@ -161,7 +163,7 @@ impl ProviderPool {
     /// (same-key retries). The chosen key counts in flight until the
     /// returned guard drops.
     pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
-        self.choose_preferring(model, excluded, pinned, None)
+        self.choose_preferring(model, excluded, pinned, None, 0)
     }
 
     /// [`choose`](Self::choose) for a request of `session` (when it carries
@@ -203,11 +205,29 @@ impl ProviderPool {
         pinned: Option<&KeyId>,
         session: Option<&str>,
     ) -> Choice {
+        self.choose_reserving(model, excluded, pinned, session, 0)
+    }
+
+    /// [`choose_for`](Self::choose_for) for a request estimated to use
+    /// `tokens` (prompt and completion): a key with a `tpm` limit is taken
+    /// only when its last minute has room for them, and holds them
+    /// reserved until the answer reports its usage
+    /// ([`KeyLease::count_usage`]). Keys at their `rpm`, `tpm` or `rpd`
+    /// limit are skipped like cooling keys, rate limited until their
+    /// window frees ([`Unavailable::cooling_until`]).
+    pub fn choose_reserving(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        session: Option<&str>,
+        tokens: u64,
+    ) -> Choice {
         let session = session.filter(|_| self.options.affinity == Affinity::Session);
-        let Some(session) = session else { return self.choose(model, excluded, pinned) };
+        let Some(session) = session else { return self.choose_preferring(model, excluded, pinned, None, tokens) };
         let now = Instant::now();
         let preferred = pinned.is_none().then(|| self.sessions.key_for(session, model, now)).flatten();
-        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref());
+        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref(), tokens);
         if let Choice::Leased(lease, _) = &choice {
             self.sessions.bind(session, model, lease.key_id(), now);
         }
@@ -220,6 +240,7 @@ impl ProviderPool {
         excluded: &[KeyId],
         pinned: Option<&KeyId>,
         preferred: Option<&KeyId>,
+        tokens: u64,
     ) -> Choice {
         let now = Instant::now();
         let today = self.clock.day(now);
@@ -242,7 +263,14 @@ impl ProviderPool {
                 continue;
             }
             let health = key.health();
-            match health.availability(model, now, today) {
+            let mut availability = health.availability(model, now, today);
+            if let Availability::Ready { .. } = availability
+                && let Some(until) = self.limits_free_at(index, &health, now, tokens)
+            {
+                // At its configured limits: as good as a rate limit's cooldown.
+                availability = Availability::Cooling { until, rate_limited: true };
+            }
+            match availability {
                 Availability::Ready { probe, .. } => {
                     if !probe && preferred == Some(key.id()) {
                         preferred_ready = Some(index);
@@ -305,7 +333,7 @@ impl ProviderPool {
         // Checked again under the lock: another request may have taken the
         // last slot or the probe since the scan.
         let probe = match health.availability(model, now, today) {
-            Availability::Ready { probe, .. } => probe,
+            Availability::Ready { probe, .. } if self.limits_free_at(index, &health, now, tokens).is_none() => probe,
             _ => {
                 drop(health);
                 why.full = true;
@@ -315,13 +343,56 @@ impl ProviderPool {
         health.probing |= probe;
         health.count_request(today);
         health.model(model, today, self.cap_of(index), now).counters.requests += 1;
+        health.windows.count(&self.settings[index], limits::second(&self.clock, now), tokens);
         drop(health);
         key.in_flight.fetch_add(1, Relaxed);
         key.requests.fetch_add(1, Relaxed);
         key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
-        let lease = KeyLease { pool: self.clone(), index, leased_at: now };
+        let lease = KeyLease { pool: self.clone(), index, leased_at: now, reserved_tokens: tokens };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
         Choice::Leased(lease, guard)
+    }
+
+    /// When key `index` has room under its `rpm`, `tpm` (for `tokens`
+    /// more) and `rpd` limits, if it has none now.
+    fn limits_free_at(&self, index: usize, health: &Health, now: Instant, tokens: u64) -> Option<Instant> {
+        let settings = &self.settings[index];
+        let today = self.clock.day(now);
+        health.windows.ready_at(settings, &self.clock, now, health.requests_on(today), tokens)
+    }
+
+    /// Replaces the `tokens` reserved at `leased_at` on key `index` by
+    /// the `used` ones its answer reported, when the key has a `tpm`.
+    pub(super) fn reconcile_tokens(&self, index: usize, leased_at: Instant, tokens: u64, used: u64) {
+        if self.settings[index].tpm.is_none() {
+            return;
+        }
+        let delta = i64::try_from(used).unwrap_or(i64::MAX).saturating_sub(i64::try_from(tokens).unwrap_or(i64::MAX));
+        let (at, now) = (limits::second(&self.clock, leased_at), limits::second(&self.clock, Instant::now()));
+        self.keys[index].health().windows.tokens.adjust(at, now, delta);
+        // Fewer tokens than reserved may make room for a waiting request.
+        if delta < 0 {
+            self.slot_freed.notify_waiters();
+        }
+    }
+
+    /// Takes what an answer's rate-limit headers say key `index` has left
+    /// for `model` (see `learned.rs`); nothing when it has none.
+    pub fn learn_limits(&self, index: usize, model: &str, headers: &http::HeaderMap) {
+        let now = Instant::now();
+        let Some(fresh) = Learned::from_headers(headers, &self.clock, now) else { return };
+        let today = self.clock.day(now);
+        let mut health = self.keys[index].health();
+        health.model(model, today, self.cap_of(index), now).learned.update(fresh);
+        drop(health);
+        if let Some(until) = fresh.spent_until(now) {
+            tracing::info!(
+                key = self.keys[index].id().as_str(),
+                model,
+                wait_secs = until.saturating_duration_since(now).as_secs_f64(),
+                "the provider says the key has nothing left for this model: skipped until its reset"
+            );
+        }
     }
 
     /// When the first key cooling for `model` comes back, if any is cooling.
