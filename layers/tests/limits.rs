@@ -138,7 +138,10 @@ async fn a_key_the_provider_says_is_spent_is_skipped_for_that_model_until_the_re
     }
     let status = pool.key_status(&k1).unwrap();
     let learned = &status.learned[0];
-    assert_eq!((learned.model.as_str(), learned.requests_remaining, learned.tokens_remaining), ("gpt-4o", Some(0), None));
+    assert_eq!(
+        (learned.model.as_str(), learned.requests_remaining, learned.tokens_remaining),
+        ("gpt-4o", Some(0), None)
+    );
     assert_eq!(learned.requests_reset_unix_ms, Some((support::NOON_UNIX + 6) * 1000));
     advance(secs(6)).await;
     let picks: Vec<_> = (0..2).filter_map(|_| chosen(&pool)).collect();

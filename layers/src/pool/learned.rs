@@ -40,7 +40,12 @@ pub(crate) struct Learned {
 impl Learned {
     /// Until when the provider said nothing is left, if it still holds.
     pub fn spent_until(&self, now: Instant) -> Option<Instant> {
-        [self.requests, self.tokens].into_iter().flatten().filter(|r| r.left == 0 && r.reset > now).map(|r| r.reset).max()
+        [self.requests, self.tokens]
+            .into_iter()
+            .flatten()
+            .filter(|r| r.left == 0 && r.reset > now)
+            .map(|r| r.reset)
+            .max()
     }
 
     /// Takes the news of `fresh`: each quantity it speaks of replaces the old.

@@ -123,7 +123,10 @@ impl KeySettings {
 
     /// Whether these are the default settings (a plain key).
     pub fn is_default(&self) -> bool {
-        self.weight == 1 && self.priority == 0 && self.models.is_empty() && self.max_concurrent.is_none()
+        self.weight == 1
+            && self.priority == 0
+            && self.models.is_empty()
+            && self.max_concurrent.is_none()
             && !self.has_limits()
     }
 }
