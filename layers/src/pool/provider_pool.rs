@@ -78,7 +78,9 @@ pub struct Unavailable {
     /// The provider has no key at all.
     pub no_keys: bool,
     /// The earliest end of a cooldown (or of a provider pause) among keys
-    /// not excluded.
+    /// not excluded; a key at its `rpm`, `tpm` or `rpd` limit, or one the
+    /// provider's headers said has nothing left for the model, counts as
+    /// cooling for a rate limit until then.
     pub cooling_until: Option<Instant>,
     /// Some key is usable but has no free slot: wait on [`ProviderPool::slot_freed`].
     pub full: bool,
