@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::PoolClock;
+use super::{PoolClock, ProviderPool};
 use crate::classify::parse_duration;
 
 /// No learned reset is believed further off than this.
@@ -82,6 +82,27 @@ impl Learned {
             .chain(["tokens", "input-tokens", "output-tokens"].into_iter().filter_map(anthropic))
             .min_by_key(|r| (r.left, std::cmp::Reverse(r.reset)));
         (requests.is_some() || tokens.is_some()).then_some(Learned { requests, tokens })
+    }
+}
+
+impl ProviderPool {
+    /// Takes what an answer's rate-limit headers say key `index` has left
+    /// for `model` (see `learned.rs`); nothing when it has none.
+    pub fn learn_limits(&self, index: usize, model: &str, headers: &http::HeaderMap) {
+        let now = Instant::now();
+        let Some(fresh) = Learned::from_headers(headers, &self.clock, now) else { return };
+        let today = self.clock.day(now);
+        let mut health = self.keys[index].health();
+        health.model(model, today, self.cap_of(index), now).learned.update(fresh);
+        drop(health);
+        if let Some(until) = fresh.spent_until(now) {
+            tracing::info!(
+                key = self.keys[index].id().as_str(),
+                model,
+                wait_secs = until.saturating_duration_since(now).as_secs_f64(),
+                "the provider says the key has nothing left for this model: skipped until its reset"
+            );
+        }
     }
 }
 

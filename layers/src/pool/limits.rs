@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{KeySettings, PoolClock};
+use super::{KeySettings, PoolClock, ProviderPool, health::Health};
 
 const SECONDS: usize = 60;
 
@@ -141,6 +141,31 @@ impl Windows {
         }
         if settings.tpm.is_some() {
             self.tokens.add(second, tokens);
+        }
+    }
+}
+
+impl ProviderPool {
+    /// When key `index` has room under its `rpm`, `tpm` (for `tokens`
+    /// more) and `rpd` limits, if it has none now.
+    pub(super) fn limits_free_at(&self, index: usize, health: &Health, now: Instant, tokens: u64) -> Option<Instant> {
+        let settings = &self.settings[index];
+        let today = self.clock.day(now);
+        health.windows.ready_at(settings, &self.clock, now, health.requests_on(today), tokens)
+    }
+
+    /// Replaces the `tokens` reserved at `leased_at` on key `index` by
+    /// the `used` ones its answer reported, when the key has a `tpm`.
+    pub(super) fn reconcile_tokens(&self, index: usize, leased_at: Instant, tokens: u64, used: u64) {
+        if self.settings[index].tpm.is_none() {
+            return;
+        }
+        let delta = i64::try_from(used).unwrap_or(i64::MAX).saturating_sub(i64::try_from(tokens).unwrap_or(i64::MAX));
+        let (at, now) = (second(&self.clock, leased_at), second(&self.clock, Instant::now()));
+        self.keys[index].health().windows.tokens.adjust(at, now, delta);
+        // Fewer tokens than reserved may make room for a waiting request.
+        if delta < 0 {
+            self.slot_freed.notify_waiters();
         }
     }
 }

@@ -18,9 +18,8 @@ use tokio::{
 use super::{
     Affinity, InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause,
     ResponseOwners, Selection, SessionAffinity,
-    health::{Availability, Health},
+    health::Availability,
     labels::ModelLabels,
-    learned::Learned,
     limits,
     select::{self, Candidate},
 };
@@ -333,9 +332,19 @@ impl ProviderPool {
         let key = &self.keys[index];
         let mut health = key.health();
         // Checked again under the lock: another request may have taken the
-        // last slot or the probe since the scan.
+        // last slot, the probe or the last room in a window since the scan.
+        // Full either way: the caller waits for the next freed slot, not
+        // for this key's window alone (other keys may be ready).
         let probe = match health.availability(model, now, today) {
-            Availability::Ready { probe, .. } if self.limits_free_at(index, &health, now, tokens).is_none() => probe,
+            Availability::Ready { probe, .. } => match self.limits_free_at(index, &health, now, tokens) {
+                None => probe,
+                Some(until) => {
+                    drop(health);
+                    why.full = true;
+                    why.cooling(until, true);
+                    return Choice::Unavailable(why);
+                }
+            },
             _ => {
                 drop(health);
                 why.full = true;
@@ -353,48 +362,6 @@ impl ProviderPool {
         let lease = KeyLease { pool: self.clone(), index, leased_at: now, reserved_tokens: tokens };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
         Choice::Leased(lease, guard)
-    }
-
-    /// When key `index` has room under its `rpm`, `tpm` (for `tokens`
-    /// more) and `rpd` limits, if it has none now.
-    fn limits_free_at(&self, index: usize, health: &Health, now: Instant, tokens: u64) -> Option<Instant> {
-        let settings = &self.settings[index];
-        let today = self.clock.day(now);
-        health.windows.ready_at(settings, &self.clock, now, health.requests_on(today), tokens)
-    }
-
-    /// Replaces the `tokens` reserved at `leased_at` on key `index` by
-    /// the `used` ones its answer reported, when the key has a `tpm`.
-    pub(super) fn reconcile_tokens(&self, index: usize, leased_at: Instant, tokens: u64, used: u64) {
-        if self.settings[index].tpm.is_none() {
-            return;
-        }
-        let delta = i64::try_from(used).unwrap_or(i64::MAX).saturating_sub(i64::try_from(tokens).unwrap_or(i64::MAX));
-        let (at, now) = (limits::second(&self.clock, leased_at), limits::second(&self.clock, Instant::now()));
-        self.keys[index].health().windows.tokens.adjust(at, now, delta);
-        // Fewer tokens than reserved may make room for a waiting request.
-        if delta < 0 {
-            self.slot_freed.notify_waiters();
-        }
-    }
-
-    /// Takes what an answer's rate-limit headers say key `index` has left
-    /// for `model` (see `learned.rs`); nothing when it has none.
-    pub fn learn_limits(&self, index: usize, model: &str, headers: &http::HeaderMap) {
-        let now = Instant::now();
-        let Some(fresh) = Learned::from_headers(headers, &self.clock, now) else { return };
-        let today = self.clock.day(now);
-        let mut health = self.keys[index].health();
-        health.model(model, today, self.cap_of(index), now).learned.update(fresh);
-        drop(health);
-        if let Some(until) = fresh.spent_until(now) {
-            tracing::info!(
-                key = self.keys[index].id().as_str(),
-                model,
-                wait_secs = until.saturating_duration_since(now).as_secs_f64(),
-                "the provider says the key has nothing left for this model: skipped until its reset"
-            );
-        }
     }
 
     /// When the first key cooling for `model` comes back, if any is cooling.
