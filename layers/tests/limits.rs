@@ -219,3 +219,22 @@ async fn with_every_key_at_its_limit_past_the_deadline_the_client_hears_429_with
         reply.message
     );
 }
+
+// === the estimate ===
+
+#[test]
+fn parse_estimates_a_requests_tokens_from_its_size_and_its_completion_cap() {
+    use keyrelay_layers::parse::route_target;
+    let pool = pool(vec![("k1", KeySettings::new())]);
+    let estimate = |body: &str, endpoint| route_target(body.as_bytes(), endpoint, &pool).unwrap().estimated_tokens();
+    let chat =
+        r#"{"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 100}"#;
+    assert_eq!(estimate(chat, Endpoint::ChatCompletions), chat.len() as u64 / 4 + 100);
+    let newer = r#"{"model": "openai/o3", "messages": [], "max_completion_tokens": 4000}"#;
+    assert_eq!(estimate(newer, Endpoint::ChatCompletions), newer.len() as u64 / 4 + 4000);
+    let responses = r#"{"model": "openai/gpt-4o", "input": "hi", "max_output_tokens": 512}"#;
+    assert_eq!(estimate(responses, Endpoint::Responses), responses.len() as u64 / 4 + 512);
+    // A strange cap is the provider's to refuse: the estimate is the prompt's.
+    let odd = r#"{"model": "openai/gpt-4o", "messages": [], "max_tokens": "lots"}"#;
+    assert_eq!(estimate(odd, Endpoint::ChatCompletions), odd.len() as u64 / 4);
+}
