@@ -301,6 +301,7 @@ pub struct RouteTarget {
     required_key: Option<RequiredKey>,
     session: Option<Arc<str>>,
     fallbacks: Option<Arc<[crate::parse::AliasTarget]>>,
+    estimated_tokens: u64,
 }
 
 /// The one key a request may use: the key that made the Responses API
@@ -336,7 +337,21 @@ impl RouteTarget {
             required_key: None,
             session: None,
             fallbacks: None,
+            estimated_tokens: 0,
         }
+    }
+
+    /// The tokens the request may use, prompt and completion, estimated
+    /// before it is sent: reserved in the `tpm` window of the key chosen
+    /// for it until its answer reports the truth.
+    pub fn with_estimated_tokens(mut self, tokens: u64) -> Self {
+        self.estimated_tokens = tokens;
+        self
+    }
+
+    /// The request's token estimate (0 when none was made).
+    pub fn estimated_tokens(&self) -> u64 {
+        self.estimated_tokens
     }
 
     /// The targets to try, in order, when this one's pool cannot serve

@@ -10,6 +10,11 @@
 //! otherwise binds the session to the key it gets (see
 //! [`ProviderPool::choose_for`](crate::pool::ProviderPool::choose_for)).
 //!
+//! A key at its configured `rpm`, `tpm` (with room for the request's
+//! [`RouteTarget::estimated_tokens`]) or `rpd` limit, or one the provider's
+//! headers said has nothing left for the model, counts as cooling for a
+//! rate limit until its window frees.
+//!
 //! When every usable key is full, the request waits for a slot; when every
 //! key is cooling, it waits for the earliest if that comes before the
 //! request's [`Deadline`], else fails at once with [`AllKeysCooling`] (429
@@ -241,7 +246,8 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         freed.as_mut().enable();
         // A session prefers its key, softly (`choose_for`); a required key
         // is pinned, and wins.
-        let why = match provider.choose_for(target.model(), excluded, pinned, target.session()) {
+        let tokens = target.estimated_tokens();
+        let why = match provider.choose_reserving(target.model(), excluded, pinned, target.session(), tokens) {
             Choice::Leased(lease, in_flight) => return Ok((lease, in_flight)),
             Choice::Unavailable(why) => why,
         };

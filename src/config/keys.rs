@@ -112,6 +112,7 @@ impl KeySources {
             if let Some(cap) = table.max_concurrent {
                 settings = settings.max_concurrent(cap);
             }
+            settings = settings.rpm(table.rpm.unwrap_or(0)).tpm(table.tpm.unwrap_or(0)).rpd(table.rpd.unwrap_or(0));
             keys.push((Secret::new(secret), settings));
         }
         for key in plain.0.into_iter().filter(|k| !k.0.is_empty()) {

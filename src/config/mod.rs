@@ -206,6 +206,10 @@ pub struct KeyConfig {
     #[serde(default)]
     pub models: Vec<String>,
     pub max_concurrent: Option<usize>,
+    /// Requests per minute, tokens per minute, requests per day (none: no limit).
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub rpd: Option<u64>,
 }
 
 fn one() -> u32 {

@@ -333,6 +333,9 @@ weight = 3
 priority = 1
 models = ["gpt-4o*"]
 max_concurrent = 4
+rpm = 500
+tpm = 200000
+rpd = 10000
 
 [[providers.openai.keys]]
 key = "sk-free"
@@ -344,6 +347,7 @@ key = "sk-free"
     let openai = s.providers.iter().find(|p| p.provider.id().as_str() == "openai").unwrap();
     let paid = &openai.keys[0].1;
     assert_eq!((paid.weight, paid.priority, paid.max_concurrent), (3, 1, Some(4)));
+    assert_eq!((paid.rpm, paid.tpm, paid.rpd), (Some(500), Some(200_000), Some(10_000)));
     assert!(paid.serves("gpt-4o-mini") && !paid.serves("o3"));
     assert!(openai.keys[1].1.is_default());
 

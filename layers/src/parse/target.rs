@@ -111,6 +111,22 @@ struct Probe<'a> {
     prompt_cache_key: Option<&'a RawValue>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
+    /// The completion's cap under its dialects' names, for the token
+    /// estimate; left unparsed, so that a strange value is the
+    /// provider's to refuse.
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
+}
+
+/// The tokens a request may use: its prompt at about four bytes a token,
+/// plus its completion cap when it names one.
+fn estimate_tokens(body: &[u8], caps: [Option<&RawValue>; 3]) -> u64 {
+    let cap = caps.into_iter().flatten().filter_map(|raw| raw.get().parse::<u64>().ok()).max().unwrap_or(0);
+    (body.len() as u64 / 4).saturating_add(cap)
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -165,11 +181,13 @@ fn target_of(
             let raw = gemini_path(parts.uri.path()).map(|(model, _)| model).unwrap_or_default();
             let model = percent_decode(raw).ok_or_else(|| InvalidModel::new(raw))?;
             let stream = endpoint == Endpoint::StreamGenerateContent;
+            let tokens = estimate_tokens(body, [None; 3]);
             if let Some((first, rest)) = defaults.aliases.route(pool, &model) {
-                return Ok(RouteTarget::new(first.provider, &first.model, endpoint, stream).with_fallbacks(rest));
+                let target = RouteTarget::new(first.provider, &first.model, endpoint, stream).with_fallbacks(rest);
+                return Ok(target.with_estimated_tokens(tokens));
             }
             let (provider, model) = resolve(pool, &model, Inbound::Gemini, defaults)?;
-            Ok(RouteTarget::new(provider, model, endpoint, stream))
+            Ok(RouteTarget::new(provider, model, endpoint, stream).with_estimated_tokens(tokens))
         }
         Endpoint::ResponseResource => stored_response_target(parts, pool, defaults),
         _ => body_target(body, endpoint, pool, defaults),
@@ -201,7 +219,11 @@ fn body_target(
         .is_some_and(|options| options.include_usage);
     let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
         .with_model_span(span)
-        .with_stream_options(probe.stream_options.is_some(), include_usage);
+        .with_stream_options(probe.stream_options.is_some(), include_usage)
+        .with_estimated_tokens(estimate_tokens(
+            body,
+            [probe.max_tokens, probe.max_completion_tokens, probe.max_output_tokens],
+        ));
     let target = match super::session::from_body(probe.prompt_cache_key, probe.metadata, endpoint) {
         Some(session) => target.with_session(session),
         None => target,

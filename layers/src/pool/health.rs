@@ -6,7 +6,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::{sync::Semaphore, time::Instant};
 
-use super::clock::{PoolClock, invalid_ladder, rate_limit_ladder};
+use super::{
+    clock::{PoolClock, invalid_ladder, rate_limit_ladder},
+    learned::Learned,
+    limits::Windows,
+};
 use crate::classify::{Failure, FailureClass};
 
 /// More distinct models than this per key and idle ones are forgotten:
@@ -106,6 +110,8 @@ pub(crate) struct ModelState {
     /// A success of this model has settled its metric label (see
     /// `labels.rs`): later successes need not look at the labels' lock.
     pub label_settled: bool,
+    /// What the provider's headers last said this (key, model) has left.
+    pub learned: Learned,
 }
 
 impl ModelState {
@@ -118,6 +124,7 @@ impl ModelState {
             counters: Counters::default(),
             slots: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
             label_settled: false,
+            learned: Learned::default(),
         }
     }
 
@@ -136,7 +143,9 @@ impl ModelState {
     }
 
     fn idle(&self, now: Instant, cap: usize) -> bool {
-        self.cooldown.is_none_or(|c| c.until <= now) && self.slots.as_ref().is_none_or(|s| s.available_permits() == cap)
+        self.cooldown.is_none_or(|c| c.until <= now)
+            && self.learned.stale(now)
+            && self.slots.as_ref().is_none_or(|s| s.available_permits() == cap)
     }
 }
 
@@ -162,6 +171,8 @@ pub(crate) struct Health {
     /// Recent successes, upstream failures and latency, decayed, for the
     /// `reliability` strategy.
     pub reliability: super::Reliability,
+    /// Requests and tokens of the last minute, for the key's `rpm` and `tpm`.
+    pub windows: Windows,
 }
 
 /// Whether a key can take a request for a model right now.
@@ -221,9 +232,16 @@ impl Health {
         let Some(state) = self.models.get(model) else {
             return Availability::Ready { probe, free_slots: None };
         };
+        // The provider said nothing is left until a reset: as good as a
+        // rate limit's cooldown, without the 429.
+        let spent = state.learned.spent_until(now);
         if let Some(cooldown) = state.active_cooldown(now, today) {
             let rate_limited = matches!(cooldown.class, FailureClass::RateLimit | FailureClass::Quota);
-            return Availability::Cooling { until: cooldown.until, rate_limited };
+            let until = spent.map_or(cooldown.until, |spent| spent.max(cooldown.until));
+            return Availability::Cooling { until, rate_limited: rate_limited || spent.is_some() };
+        }
+        if let Some(until) = spent {
+            return Availability::Cooling { until, rate_limited: true };
         }
         match &state.slots {
             Some(slots) if slots.available_permits() == 0 => Availability::Full,
@@ -344,6 +362,7 @@ impl Health {
             model.cooldown = None;
             model.rate_streak = 0;
             model.transient_streak = 0;
+            model.learned = Learned::default();
         }
     }
 }

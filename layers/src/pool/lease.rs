@@ -27,6 +27,8 @@ pub struct KeyLease {
     /// When the key was chosen: an attempt's time starts here, so a wait
     /// for a key is no attempt's.
     pub(super) leased_at: tokio::time::Instant,
+    /// Tokens reserved in the key's `tpm` window when it was chosen.
+    pub(super) reserved_tokens: u64,
 }
 
 impl KeyLease {
@@ -82,9 +84,21 @@ impl KeyLease {
         self.pool.slots(self.index, model)
     }
 
-    /// Counts the tokens an answer reported for (key, `model`).
+    /// Counts the tokens an answer reported for (key, `model`), and puts
+    /// them in the key's `tpm` window in place of the estimate reserved
+    /// when it was chosen. (An answer that reports nothing keeps its
+    /// reservation.)
     pub fn count_usage(&self, model: &str, usage: crate::usage::Usage) {
         self.pool.count_usage(self.index, model, usage);
+        let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        self.pool.reconcile_tokens(self.index, self.leased_at, self.reserved_tokens, used);
+    }
+
+    /// Takes what the answer's rate-limit headers say this key has left
+    /// for `model`: a key with nothing left is skipped for the model until
+    /// the reset they name.
+    pub fn learn_limits(&self, model: &str, headers: &http::HeaderMap) {
+        self.pool.learn_limits(self.index, model, headers);
     }
 }
 

@@ -33,7 +33,9 @@ mod encrypted;
 mod health;
 mod key;
 mod labels;
+mod learned;
 mod lease;
+mod limits;
 mod provider_pool;
 mod reliability;
 mod responses;
@@ -58,7 +60,7 @@ pub use self::{
     select::{Candidate, Selection, UnknownSelection, pick},
     settings::KeySettings,
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
-    status::{CooldownStatus, KeyStatus, ModelStatus, SettingsStatus},
+    status::{CooldownStatus, KeyStatus, LearnedStatus, ModelStatus, SettingsStatus, WindowStatus},
 };
 
 /// Every provider the proxy knows, with its keys.

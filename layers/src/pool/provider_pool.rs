@@ -20,6 +20,7 @@ use super::{
     ResponseOwners, Selection, SessionAffinity,
     health::Availability,
     labels::ModelLabels,
+    limits,
     select::{self, Candidate},
 };
 use crate::{
@@ -76,7 +77,9 @@ pub struct Unavailable {
     /// The provider has no key at all.
     pub no_keys: bool,
     /// The earliest end of a cooldown (or of a provider pause) among keys
-    /// not excluded.
+    /// not excluded; a key at its `rpm`, `tpm` or `rpd` limit, or one the
+    /// provider's headers said has nothing left for the model, counts as
+    /// cooling for a rate limit until then.
     pub cooling_until: Option<Instant>,
     /// Some key is usable but has no free slot: wait on [`ProviderPool::slot_freed`].
     pub full: bool,
@@ -161,7 +164,7 @@ impl ProviderPool {
     /// (same-key retries). The chosen key counts in flight until the
     /// returned guard drops.
     pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
-        self.choose_preferring(model, excluded, pinned, None)
+        self.choose_preferring(model, excluded, pinned, None, 0)
     }
 
     /// [`choose`](Self::choose) for a request of `session` (when it carries
@@ -203,11 +206,29 @@ impl ProviderPool {
         pinned: Option<&KeyId>,
         session: Option<&str>,
     ) -> Choice {
+        self.choose_reserving(model, excluded, pinned, session, 0)
+    }
+
+    /// [`choose_for`](Self::choose_for) for a request estimated to use
+    /// `tokens` (prompt and completion): a key with a `tpm` limit is taken
+    /// only when its last minute has room for them, and holds them
+    /// reserved until the answer reports its usage
+    /// ([`KeyLease::count_usage`]). Keys at their `rpm`, `tpm` or `rpd`
+    /// limit are skipped like cooling keys, rate limited until their
+    /// window frees ([`Unavailable::cooling_until`]).
+    pub fn choose_reserving(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        session: Option<&str>,
+        tokens: u64,
+    ) -> Choice {
         let session = session.filter(|_| self.options.affinity == Affinity::Session);
-        let Some(session) = session else { return self.choose(model, excluded, pinned) };
+        let Some(session) = session else { return self.choose_preferring(model, excluded, pinned, None, tokens) };
         let now = Instant::now();
         let preferred = pinned.is_none().then(|| self.sessions.key_for(session, model, now)).flatten();
-        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref());
+        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref(), tokens);
         if let Choice::Leased(lease, _) = &choice {
             self.sessions.bind(session, model, lease.key_id(), now);
         }
@@ -220,6 +241,7 @@ impl ProviderPool {
         excluded: &[KeyId],
         pinned: Option<&KeyId>,
         preferred: Option<&KeyId>,
+        tokens: u64,
     ) -> Choice {
         let now = Instant::now();
         let today = self.clock.day(now);
@@ -242,7 +264,14 @@ impl ProviderPool {
                 continue;
             }
             let health = key.health();
-            match health.availability(model, now, today) {
+            let mut availability = health.availability(model, now, today);
+            if let Availability::Ready { .. } = availability
+                && let Some(until) = self.limits_free_at(index, &health, now, tokens)
+            {
+                // At its configured limits: as good as a rate limit's cooldown.
+                availability = Availability::Cooling { until, rate_limited: true };
+            }
+            match availability {
                 Availability::Ready { probe, .. } => {
                     if !probe && preferred == Some(key.id()) {
                         preferred_ready = Some(index);
@@ -303,9 +332,19 @@ impl ProviderPool {
         let key = &self.keys[index];
         let mut health = key.health();
         // Checked again under the lock: another request may have taken the
-        // last slot or the probe since the scan.
+        // last slot, the probe or the last room in a window since the scan.
+        // Full either way: the caller waits for the next freed slot, not
+        // for this key's window alone (other keys may be ready).
         let probe = match health.availability(model, now, today) {
-            Availability::Ready { probe, .. } => probe,
+            Availability::Ready { probe, .. } => match self.limits_free_at(index, &health, now, tokens) {
+                None => probe,
+                Some(until) => {
+                    drop(health);
+                    why.full = true;
+                    why.cooling(until, true);
+                    return Choice::Unavailable(why);
+                }
+            },
             _ => {
                 drop(health);
                 why.full = true;
@@ -315,11 +354,12 @@ impl ProviderPool {
         health.probing |= probe;
         health.count_request(today);
         health.model(model, today, self.cap_of(index), now).counters.requests += 1;
+        health.windows.count(&self.settings[index], limits::second(&self.clock, now), tokens);
         drop(health);
         key.in_flight.fetch_add(1, Relaxed);
         key.requests.fetch_add(1, Relaxed);
         key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
-        let lease = KeyLease { pool: self.clone(), index, leased_at: now };
+        let lease = KeyLease { pool: self.clone(), index, leased_at: now, reserved_tokens: tokens };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
         Choice::Leased(lease, guard)
     }

@@ -1,12 +1,17 @@
 //! [`KeySettings`]: how one key of a provider is used, beside the
 //! provider's own options: its weight for `weighted` selection, its
-//! priority tier, the models it is bound to, and its own concurrency cap.
+//! priority tier, the models it is bound to, its own concurrency cap, and
+//! its published limits (requests per minute and per day, tokens per
+//! minute), which selection enforces before the provider has to.
 //!
 //! ```
 //! use keyrelay_layers::pool::KeySettings;
 //!
 //! let paid = KeySettings::new().priority(1).weight(3).models(&["gpt-4o*".to_owned()]).max_concurrent(4);
 //! assert!(paid.serves("gpt-4o-mini") && paid.serves("GPT-4o") && !paid.serves("o3"));
+//! let limited = KeySettings::new().rpm(500).tpm(200_000).rpd(10_000);
+//! assert_eq!((limited.rpm, limited.tpm, limited.rpd), (Some(500), Some(200_000), Some(10_000)));
+//! assert_eq!(KeySettings::new().rpm(0).rpm, None, "0: no limit");
 //! assert!(KeySettings::new().serves("anything"), "no binding: every model");
 //! ```
 
@@ -27,11 +32,18 @@ pub struct KeySettings {
     /// Its own cap of requests in flight per model (0: none), instead of
     /// the provider's `max_concurrent_per_key`.
     pub max_concurrent: Option<usize>,
+    /// Requests per minute at most (a sliding minute; `None`: no limit).
+    pub rpm: Option<u64>,
+    /// Tokens per minute at most, prompt and completion (reserved from an
+    /// estimate when the key is chosen, corrected by the reported usage).
+    pub tpm: Option<u64>,
+    /// Requests per day at most (the pool's day, from its daily reset).
+    pub rpd: Option<u64>,
 }
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { weight: 1, priority: 0, models: Vec::new(), max_concurrent: None }
+        Self { weight: 1, priority: 0, models: Vec::new(), max_concurrent: None, rpm: None, tpm: None, rpd: None }
     }
 }
 
@@ -74,6 +86,31 @@ impl KeySettings {
         self
     }
 
+    /// Requests per minute at most, over a sliding minute (0: no limit).
+    pub fn rpm(mut self, limit: u64) -> Self {
+        self.rpm = (limit > 0).then_some(limit);
+        self
+    }
+
+    /// Tokens per minute at most, prompt and completion together, over a
+    /// sliding minute (0: no limit).
+    pub fn tpm(mut self, limit: u64) -> Self {
+        self.tpm = (limit > 0).then_some(limit);
+        self
+    }
+
+    /// Requests per day at most, the day turning at the pool's daily reset
+    /// (0: no limit).
+    pub fn rpd(mut self, limit: u64) -> Self {
+        self.rpd = (limit > 0).then_some(limit);
+        self
+    }
+
+    /// Whether any of `rpm`, `tpm`, `rpd` is set.
+    pub fn has_limits(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.rpd.is_some()
+    }
+
     /// The model globs the key is bound to (empty: every model).
     pub fn model_globs(&self) -> impl Iterator<Item = &str> {
         self.models.iter().map(|(glob, _)| glob.as_str())
@@ -86,7 +123,11 @@ impl KeySettings {
 
     /// Whether these are the default settings (a plain key).
     pub fn is_default(&self) -> bool {
-        self.weight == 1 && self.priority == 0 && self.models.is_empty() && self.max_concurrent.is_none()
+        self.weight == 1
+            && self.priority == 0
+            && self.models.is_empty()
+            && self.max_concurrent.is_none()
+            && !self.has_limits()
     }
 }
 
@@ -96,6 +137,7 @@ impl PartialEq for KeySettings {
             && self.priority == other.priority
             && self.model_globs().eq(other.model_globs())
             && self.max_concurrent == other.max_concurrent
+            && (self.rpm, self.tpm, self.rpd) == (other.rpm, other.tpm, other.rpd)
     }
 }
 
@@ -106,6 +148,9 @@ impl fmt::Debug for KeySettings {
             .field("priority", &self.priority)
             .field("models", &self.model_globs().collect::<Vec<_>>())
             .field("max_concurrent", &self.max_concurrent)
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .field("rpd", &self.rpd)
             .finish()
     }
 }

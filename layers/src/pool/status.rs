@@ -58,6 +58,43 @@ pub struct KeyStatus {
     pub models: Vec<ModelStatus>,
     /// How the key is used: its settings (never its secret).
     pub settings: SettingsStatus,
+    /// Its use now of the limits its settings may set.
+    pub window: WindowStatus,
+    /// What the provider's rate-limit headers last said it has left, by
+    /// model (only what has not reset yet).
+    pub learned: Vec<LearnedStatus>,
+}
+
+/// A key's requests and tokens of the last minute and of the day, the
+/// measures of its `rpm`, `tpm` and `rpd`.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct WindowStatus {
+    /// Requests chosen in the last minute (counted only under an `rpm`).
+    pub requests_last_minute: u64,
+    /// Tokens of the last minute, estimates for answers still running
+    /// (counted only under a `tpm`).
+    pub tokens_last_minute: u64,
+    /// Requests sent with the key in the pool's current day.
+    pub requests_today: u64,
+}
+
+/// What the provider's headers last said a (key, model) has left.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LearnedStatus {
+    /// The model.
+    pub model: String,
+    /// Requests left, until `requests_reset_unix_ms`.
+    pub requests_remaining: Option<u64>,
+    /// When the requests' count resets, in milliseconds since the Unix epoch.
+    pub requests_reset_unix_ms: Option<u64>,
+    /// Tokens left (the scarcest kind), until `tokens_reset_unix_ms`.
+    pub tokens_remaining: Option<u64>,
+    /// When the tokens' count resets, in milliseconds since the Unix epoch.
+    pub tokens_reset_unix_ms: Option<u64>,
 }
 
 /// A key's [`KeySettings`](super::KeySettings) as `/v1/keys` shows them.
@@ -73,6 +110,12 @@ pub struct SettingsStatus {
     pub models: Vec<String>,
     /// Its concurrency cap per model: its own, else the provider's (0: none).
     pub max_concurrent: usize,
+    /// Requests per minute at most (`None`: no limit).
+    pub rpm: Option<u64>,
+    /// Tokens per minute at most (`None`: no limit).
+    pub tpm: Option<u64>,
+    /// Requests per day at most (`None`: no limit).
+    pub rpd: Option<u64>,
 }
 
 impl ProviderPool {
@@ -84,7 +127,19 @@ impl ProviderPool {
         let mut today_counters = Counters::default();
         let mut cooldowns = Vec::new();
         let mut models: Vec<ModelStatus> = Vec::new();
+        let mut learned = Vec::new();
         for (model, state) in &health.models {
+            if !state.learned.stale(now) {
+                let (requests, tokens) = (state.learned.requests, state.learned.tokens);
+                let fresh = |r: Option<super::learned::Remaining>| r.filter(|r| r.reset > now);
+                learned.push(LearnedStatus {
+                    model: model.to_string(),
+                    requests_remaining: fresh(requests).map(|r| r.left),
+                    requests_reset_unix_ms: fresh(requests).map(|r| self.clock.unix_ms(r.reset)),
+                    tokens_remaining: fresh(tokens).map(|r| r.left),
+                    tokens_reset_unix_ms: fresh(tokens).map(|r| self.clock.unix_ms(r.reset)),
+                });
+            }
             if let Some(c) = state.active_cooldown(now, today) {
                 cooldowns.push(CooldownStatus {
                     model: model.to_string(),
@@ -100,6 +155,14 @@ impl ProviderPool {
         }
         cooldowns.sort_by(|a, b| a.model.cmp(&b.model));
         models.sort_by(|a, b| a.model.cmp(&b.model));
+        learned.sort_by(|a, b| a.model.cmp(&b.model));
+        let second = super::limits::second(&self.clock, now);
+        let window = WindowStatus {
+            requests_last_minute: health.windows.requests.used(second),
+            tokens_last_minute: health.windows.tokens.used(second),
+            requests_today: health.requests_on(today),
+        };
+        let settings = &self.settings[index];
         KeyStatus {
             id: key.id().as_str().to_owned(),
             provider: self.provider.id().as_str().to_owned(),
@@ -112,11 +175,16 @@ impl ProviderPool {
             today: today_counters,
             models,
             settings: SettingsStatus {
-                weight: self.settings[index].weight,
-                priority: self.settings[index].priority,
-                models: self.settings[index].model_globs().map(str::to_owned).collect(),
+                weight: settings.weight,
+                priority: settings.priority,
+                models: settings.model_globs().map(str::to_owned).collect(),
                 max_concurrent: self.cap_of(index),
+                rpm: settings.rpm,
+                tpm: settings.tpm,
+                rpd: settings.rpd,
             },
+            window,
+            learned,
         }
     }
 }

@@ -255,6 +255,8 @@ where
                     return Ok(finish(res));
                 };
                 let status = res.status();
+                // What the provider says the key has left, on a success or a 429.
+                lease.learn_limits(model, res.headers());
                 if !(status.is_client_error() || status.is_server_error()) {
                     lease.record(model, Ok(()));
                     count_attempt(&lease, "success");
