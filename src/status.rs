@@ -167,7 +167,7 @@ fn key_counts(states: &[KeyState]) -> serde_json::Value {
 /// `GET /metrics`: Prometheus text. Key gauges are refreshed from the pool
 /// at each scrape, so they are exact when read.
 pub fn metrics(pool: &KeyPool, handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response<ProxyBody> {
-    use keyrelay_layers::metrics::{KEY_IN_FLIGHT, KEY_STATE};
+    use keyrelay_layers::metrics::{KEY_IN_FLIGHT, KEY_LEARNED_REMAINING, KEY_LIMIT, KEY_STATE, KEY_WINDOW_USED};
     const STATES: [(KeyState, &str); 5] = [
         (KeyState::Ok, "ok"),
         (KeyState::Cooling, "cooling"),
@@ -182,6 +182,30 @@ pub fn metrics(pool: &KeyPool, handle: &metrics_exporter_prometheus::PrometheusH
         }
         let labels = [("provider", key.provider.clone()), ("key", key.id.clone())];
         metrics::gauge!(KEY_IN_FLIGHT, &labels).set(f64::from(key.in_flight));
+        let kinds = [
+            ("rpm", key.settings.rpm, key.window.requests_last_minute),
+            ("tpm", key.settings.tpm, key.window.tokens_last_minute),
+            ("rpd", key.settings.rpd, key.window.requests_today),
+        ];
+        for (kind, limit, used) in kinds {
+            let labels = [("provider", key.provider.clone()), ("key", key.id.clone()), ("kind", kind.to_owned())];
+            if let Some(limit) = limit {
+                metrics::gauge!(KEY_LIMIT, &labels).set(limit as f64);
+            }
+            metrics::gauge!(KEY_WINDOW_USED, &labels).set(used as f64);
+        }
+        for learned in &key.learned {
+            for (kind, remaining) in [("requests", learned.requests_remaining), ("tokens", learned.tokens_remaining)] {
+                let Some(remaining) = remaining else { continue };
+                let labels = [
+                    ("provider", key.provider.clone()),
+                    ("key", key.id.clone()),
+                    ("model", learned.model.clone()),
+                    ("kind", kind.to_owned()),
+                ];
+                metrics::gauge!(KEY_LEARNED_REMAINING, &labels).set(remaining as f64);
+            }
+        }
     }
     handle.run_upkeep();
     let mut res = Response::new(full(Bytes::from(handle.render())));

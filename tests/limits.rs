@@ -60,6 +60,19 @@ async fn openai_saying_no_requests_remain_keeps_the_next_requests_off_that_key()
     assert_eq!(learned[0]["tokens_remaining"], 149_984, "{learned}");
     assert!(learned[0]["requests_reset_unix_ms"].as_u64().is_some(), "{learned}");
     assert_eq!(keys[&mock.key_id(other)]["learned"], json!([]));
+
+    // And for the scraper: what each key has left, while before its reset.
+    let text = client.fetch(support::get(&proxy.url("/metrics"), Auth::Bearer(PROXY_KEY))).await.text().to_owned();
+    let spent_label = format!("key=\"{}\"", mock.key_id(&spent));
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("keyrelay_key_learned_remaining{")
+                && l.contains(&spent_label)
+                && l.contains("kind=\"requests\"")
+        })
+        .unwrap_or_else(|| panic!("no learned gauge for the spent key: {text}"));
+    assert!(line.ends_with(" 0"), "{line}");
 }
 
 #[tokio::test]

@@ -58,6 +58,17 @@ pub const COOLDOWNS: &str = "keyrelay_cooldowns_total";
 pub const KEY_STATE: &str = "keyrelay_key_state";
 /// Gauge: requests in flight per key (set by the binary at scrape).
 pub const KEY_IN_FLIGHT: &str = "keyrelay_key_in_flight";
+/// Gauge: a key's configured limit; labels `provider`, `key`, `kind`
+/// (`rpm`, `tpm`, `rpd`), only for limits that are set (set at scrape).
+pub const KEY_LIMIT: &str = "keyrelay_key_limit";
+/// Gauge: a key's use of its windows; labels `provider`, `key`, `kind`
+/// (`rpm`: requests in the last minute, `tpm`: tokens in the last minute,
+/// `rpd`: requests today) (set at scrape).
+pub const KEY_WINDOW_USED: &str = "keyrelay_key_window_used";
+/// Gauge: what the provider's headers last said a (key, model) has left;
+/// labels `provider`, `key`, `model`, `kind` (`requests`, `tokens`), while
+/// before its reset (set at scrape).
+pub const KEY_LEARNED_REMAINING: &str = "keyrelay_key_learned_remaining";
 /// Counter: tokens; labels `provider`, `model`, `kind` (`prompt` or `completion`).
 pub const TOKENS: &str = "keyrelay_tokens_total";
 /// Counter: frames of streamed answers passed to clients; label `provider`.
@@ -87,6 +98,15 @@ pub fn describe() {
     describe_counter!(COOLDOWNS, "Cooldowns and invalid marks started, by provider, key id and class.");
     describe_gauge!(KEY_STATE, "1 for the state each key is in (ok, cooling, exhausted, invalid, disabled), else 0.");
     describe_gauge!(KEY_IN_FLIGHT, "Requests in flight per key.");
+    describe_gauge!(KEY_LIMIT, "Per-key limits as configured: rpm, tpm, rpd.");
+    describe_gauge!(
+        KEY_WINDOW_USED,
+        "Per-key window use: requests (rpm) and tokens (tpm) in the last minute, requests today (rpd)."
+    );
+    describe_gauge!(
+        KEY_LEARNED_REMAINING,
+        "Requests or tokens a (key, model) has left, as the provider's headers last said, until their reset."
+    );
     describe_counter!(TOKENS, "Tokens by provider, model and kind (prompt or completion).");
     describe_counter!(STREAM_CHUNKS, "Frames of streamed answers passed to clients, by provider.");
     describe_counter!(STREAM_BREAKS, "Streams that broke after their headers, by provider and key id.");
