@@ -81,6 +81,14 @@ async fn an_alias_moves_to_its_next_target_when_every_key_is_rate_limited() {
     let reply = client.fetch(post(&proxy.url(CHAT), Auth::Bearer(PROXY_KEY), chat_body("fast", true))).await;
     assert_eq!((reply.status.as_u16(), reply.header("x-keyrelay-model")), (200, Some("groq/llama-3.3-70b-versatile")));
     assert_eq!(openai.keys_seen().len(), 2);
+
+    // The metrics name the provider that served, and count the move.
+    let text = client.fetch(support::get(&proxy.url("/metrics"), Auth::Bearer(PROXY_KEY))).await.text().to_owned();
+    let has = |name: &str, labels: &[&str]| {
+        text.lines().any(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label)))
+    };
+    assert!(has("keyrelay_requests_total", &["provider=\"groq\"", "status_class=\"2xx\""]), "{text}");
+    assert!(has("keyrelay_fallbacks_total", &["from=\"openai\"", "to=\"groq\""]), "{text}");
 }
 
 #[tokio::test]

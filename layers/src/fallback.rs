@@ -214,7 +214,15 @@ where
             error = %err,
             "model alias falls back to its next target"
         );
+        let labels = [("from", current.provider().as_str().to_owned()), ("to", next.provider.as_str().to_owned())];
+        metrics::counter!(crate::metrics::FALLBACKS, &labels).increment(1);
         current = first.retarget(next);
+        if let Some(record) = pristine.extensions().get::<crate::record::RequestRecord>()
+            && let Some(provider) = pool.provider(current.provider().as_str())
+        {
+            let label = provider.model_label(current.model());
+            record.set_fallback_route(current.provider().clone(), current.model_arc(), label);
+        }
         req = copy(&pristine);
         req.extensions_mut().insert(current.clone());
     }

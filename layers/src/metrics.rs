@@ -69,6 +69,9 @@ pub const KEY_WINDOW_USED: &str = "keyrelay_key_window_used";
 /// labels `provider`, `key`, `model`, `kind` (`requests`, `tokens`), while
 /// before its reset (set at scrape).
 pub const KEY_LEARNED_REMAINING: &str = "keyrelay_key_learned_remaining";
+/// Counter: requests a model alias moved to its next target; labels
+/// `from`, `to` (providers).
+pub const FALLBACKS: &str = "keyrelay_fallbacks_total";
 /// Counter: tokens; labels `provider`, `model`, `kind` (`prompt` or `completion`).
 pub const TOKENS: &str = "keyrelay_tokens_total";
 /// Counter: frames of streamed answers passed to clients; label `provider`.
@@ -98,6 +101,7 @@ pub fn describe() {
     describe_counter!(COOLDOWNS, "Cooldowns and invalid marks started, by provider, key id and class.");
     describe_gauge!(KEY_STATE, "1 for the state each key is in (ok, cooling, exhausted, invalid, disabled), else 0.");
     describe_gauge!(KEY_IN_FLIGHT, "Requests in flight per key.");
+    describe_counter!(FALLBACKS, "Requests a model alias moved from one provider's pool to its next target's.");
     describe_gauge!(KEY_LIMIT, "Per-key limits as configured: rpm, tpm, rpd.");
     describe_gauge!(
         KEY_WINDOW_USED,

@@ -58,6 +58,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     model_label: Option<Arc<str>>,
+    /// Where a model alias's fallback sent the request instead.
+    rerouted: Option<RouteInfo>,
     attempts: Vec<AttemptRecord>,
     usage: Option<Usage>,
     broken: bool,
@@ -113,9 +115,18 @@ impl RequestRecord {
             self.state().model_label = Some(model_label);
         }
     }
-    /// Where the request went, once Parse knew it.
-    pub fn route(&self) -> Option<&RouteInfo> {
-        self.0.route.get()
+    /// FallbackLayer: a model alias's next target took the request over
+    /// (its provider and model, and the model's label).
+    pub fn set_fallback_route(&self, provider: ProviderId, model: Arc<str>, model_label: Arc<str>) {
+        let mut state = self.state();
+        state.rerouted = Some(RouteInfo { provider, model });
+        state.model_label = Some(model_label);
+    }
+
+    /// Where the request went: the target that served it last (a model
+    /// alias's fallback), else where Parse sent it.
+    pub fn route(&self) -> Option<RouteInfo> {
+        self.state().rerouted.clone().or_else(|| self.0.route.get().cloned())
     }
 
     /// RetryRotate, on success: the model's label again, now that the

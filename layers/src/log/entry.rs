@@ -131,6 +131,7 @@ impl Record {
         let (request_body, request_body_truncated) = self.request_body.take();
         let (response_body, response_body_truncated) = self.response_body.take();
         let route = finish.labels.route();
+        let route = route.as_ref();
         // Kept only where the provider's bytes differ from the client's
         // (a translated dialect, a dropped usage chunk, a re-framed stream).
         let upstream_body =

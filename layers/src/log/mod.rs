@@ -400,6 +400,7 @@ impl Finish {
         let status_class = self.status.map_or("cancelled", crate::metrics::status_class);
         let elapsed = self.start.elapsed();
         let route = self.labels.route();
+        let route = route.as_ref();
         let labels = route.map(|r| (r.provider.clone(), self.labels.model_label().unwrap_or_else(|| r.model.clone())));
         let key = (labels, status_class, self.code, Inbound::from_path(self.line.uri.path()));
         let handles = self.handles.get(key, RequestMetrics::resolve);
