@@ -6,7 +6,7 @@
 //! | extension | inserted by | read by |
 //! |---|---|---|
 //! | [`RequestId`] | RequestLog (from `x-request-id` or generated) | anyone logging |
-//! | [`RequestRecord`](crate::record::RequestRecord) | RequestLog | written through named methods by Parse, RetryRotate and the usage meter; read by RequestLog |
+//! | [`RequestRecord`](crate::record::RequestRecord) | RequestLog | written through named methods by Parse, FallbackLayer, RetryRotate and the usage meter; read by RequestLog |
 //! | [`Endpoint`] | the router, when it has recognised the path (optional) | Parse (else it reads the path) |
 //! | [`Deadline`] | Deadline | anyone who waits (key selection, retries) |
 //! | [`RouteTarget`] | Parse (Fallback, for an alias's later targets) | Fallback, RetryRotate, KeySelect, KeyConcurrency, Upstream |
