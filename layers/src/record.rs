@@ -7,6 +7,7 @@
 //! | field | written by | through |
 //! |---|---|---|
 //! | provider, model and model label | Parse | [`RequestRecord::set_route`] |
+//! | the same, when a model alias falls back to its next target | FallbackLayer | [`RequestRecord::set_fallback_route`] |
 //! | model label, once the provider accepted the model | RetryRotate | [`RequestRecord::set_model_label`] |
 //! | each upstream attempt (key, outcome, status, time) | RetryRotate | [`RequestRecord::push_attempt`] |
 //! | token usage | the usage meter on the answer's body | [`RequestRecord::set_usage`] |

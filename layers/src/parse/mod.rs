@@ -23,8 +23,8 @@
 //!
 //! Reads the [`Endpoint`] a router recognised (else the path); writes
 //! [`RouteTarget`](crate::extensions::RouteTarget), and the provider and model into the request's
-//! [`RequestRecord`]. Fails with [`InvalidBody`], [`MissingModel`],
-//! [`InvalidModel`], [`UnknownProvider`] (400), [`BodyTooLarge`] (413) or
+//! [`RequestRecord`]. Fails with [`InvalidBody`], [`MissingModel`](crate::error::MissingModel),
+//! [`InvalidModel`](crate::error::InvalidModel), [`UnknownProvider`](crate::error::UnknownProvider) (400), [`BodyTooLarge`] (413) or
 //! [`RouteNotFound`] (404) for a path that is not a proxied endpoint.
 //!
 //! ```

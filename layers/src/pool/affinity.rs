@@ -104,7 +104,7 @@ impl FromStr for Affinity {
 }
 
 /// (session, model) -> the key that served it last; bounded, least recently
-/// used first out, with a TTL refreshed on use. See the [module docs](self).
+/// used first out, with a TTL refreshed on use.
 pub struct SessionAffinity {
     inner: Mutex<Sessions>,
     capacity: usize,
