@@ -186,12 +186,7 @@ fn query_key(uri: &Uri) -> Option<String> {
 
 /// The URI without its `key=` query parameter, which must go no further.
 fn without_query_key(uri: &Uri) -> Uri {
-    let kept: Vec<&str> =
-        uri.query().into_iter().flat_map(|q| q.split('&')).filter(|p| !p.starts_with("key=")).collect();
-    let path_and_query = match kept.is_empty() {
-        true => uri.path().to_owned(),
-        false => format!("{}?{}", uri.path(), kept.join("&")),
-    };
+    let path_and_query = crate::credentials::path_without_query_key(uri.path(), uri.query());
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = path_and_query.parse().ok();
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())

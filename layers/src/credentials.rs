@@ -30,6 +30,17 @@ pub fn is_credential(name: &HeaderName) -> bool {
     CREDENTIAL_HEADERS.iter().any(|credential| credential == name)
 }
 
+/// `path`, followed by `query` less any `key` parameter (Google's clients
+/// send a key in the URL as `?key=`): what may go further than Auth.
+pub(crate) fn path_without_query_key(path: &str, query: Option<&str>) -> String {
+    let is_key = |param: &&str| *param == "key" || param.starts_with("key=");
+    let kept: Vec<&str> = query.into_iter().flat_map(|q| q.split('&')).filter(|p| !is_key(p)).collect();
+    match kept.is_empty() {
+        true => path.to_owned(),
+        false => format!("{path}?{}", kept.join("&")),
+    }
+}
+
 /// Removes every header whose name `doomed` picks, looking at each name
 /// present once: a `HeaderMap::remove` hashes its name whether or not it is
 /// there, and most names a proxy strips are absent.

@@ -162,7 +162,7 @@ async fn translated(
     if success && plan.stream {
         let from_provider = match plan.dialect {
             Dialect::OpenAi if plan.split_think => Some(Box::new(dialect::think::ThinkSplitter::new()) as _),
-            _ => provider_dialect.stream(Endpoint::ChatCompletions, &plan.model, true, now(), plan.hints),
+            _ => provider_dialect.stream(Endpoint::ChatCompletions, &plan.model, plan.include_usage, now(), plan.hints),
         };
         let chain = ChainedStream::new(from_provider, client.stream(&plan.model, hints));
         return Ok(stream(parts, body, Some(Box::new(chain)), true, &lease, plan, idle));

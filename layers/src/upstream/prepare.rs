@@ -227,17 +227,7 @@ fn translated(mut parts: Parts, inbound: Inbound) -> Result<Prepared, BoxError> 
 /// base URL, with the client's query (less any `key=`, the proxy key as
 /// Gemini clients send it).
 fn native_uri(provider: &crate::provider::Provider, path: &str, query: Option<&str>) -> http::Uri {
-    let kept: Vec<&str> = query.into_iter().flat_map(|q| q.split('&')).filter(|p| !is_key_param(p)).collect();
-    let path = match kept.is_empty() {
-        true => path.to_owned(),
-        false => format!("{path}?{}", kept.join("&")),
-    };
-    provider.api_base().join(&path)
-}
-
-/// Whether a query parameter is `key=...` (Google's way of sending a key).
-pub(crate) fn is_key_param(param: &str) -> bool {
-    param == "key" || param.starts_with("key=")
+    provider.api_base().join(&crate::credentials::path_without_query_key(path, query))
 }
 
 fn no_translation(endpoint: Endpoint) -> dialect::TranslateError {
