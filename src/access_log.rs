@@ -258,7 +258,7 @@ mod tests {
         line.provider = Some("openai");
         line.model = Some("gpt-4o \"mini\"");
         line.attempts = attempts;
-        line.tokens = Some(Usage { prompt_tokens: 12, completion_tokens: 5 });
+        line.tokens = Some(Usage::new(12, 5));
         line.code = None;
         line.outcome = "completed";
         line.headers_after_ms = Some(3);
@@ -287,7 +287,7 @@ mod tests {
             let record = req.extensions().get::<RequestRecord>().unwrap();
             record.set_route(ProviderId::new("openai"), "gpt-4o \"mini\"".into(), "other".into());
             attempts().into_iter().for_each(|a| record.push_attempt(a));
-            record.set_usage(Usage { prompt_tokens: 12, completion_tokens: 5 });
+            record.set_usage(Usage::new(12, 5));
             Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
         }));
         let req = http::Request::post("/v1/chat/completions").header("x-request-id", "r-1").body(()).unwrap();

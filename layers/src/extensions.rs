@@ -302,6 +302,7 @@ pub struct RouteTarget {
     session: Option<Arc<str>>,
     fallbacks: Option<Arc<[crate::parse::AliasTarget]>>,
     estimated_tokens: u64,
+    max_output: Option<u64>,
 }
 
 /// The one key a request may use: the key that made the Responses API
@@ -338,6 +339,7 @@ impl RouteTarget {
             session: None,
             fallbacks: None,
             estimated_tokens: 0,
+            max_output: None,
         }
     }
 
@@ -352,6 +354,30 @@ impl RouteTarget {
     /// The request's token estimate (0 when none was made).
     pub fn estimated_tokens(&self) -> u64 {
         self.estimated_tokens
+    }
+
+    /// The completion cap the request names (`max_tokens` and its other
+    /// dialects' names), part of the token estimate.
+    pub fn with_max_output(mut self, max_output: Option<u64>) -> Self {
+        self.max_output = max_output;
+        self
+    }
+
+    /// The completion cap the request names, if any.
+    pub fn max_output(&self) -> Option<u64> {
+        self.max_output
+    }
+
+    /// The most the request may cost under `prices`: its prompt estimate
+    /// and completion cap (see [`crate::price::Price::max_cost`]); 0 for a
+    /// token count, `None` when the model has no price.
+    pub fn max_cost(&self, prices: &crate::price::PriceTable) -> Option<f64> {
+        let price = prices.price(self.provider.as_str(), &self.model)?;
+        if self.endpoint.counts_tokens() {
+            return Some(0.0);
+        }
+        let prompt = self.estimated_tokens.saturating_sub(self.max_output.unwrap_or(0));
+        Some(price.max_cost(prompt, self.max_output))
     }
 
     /// The targets to try, in order, when this one's pool cannot serve

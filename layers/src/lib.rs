@@ -115,6 +115,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod classify;
 pub mod concurrency;
 pub mod credentials;
@@ -122,10 +123,12 @@ pub mod error;
 pub mod extensions;
 pub mod fallback;
 pub mod filter;
+pub mod ledger;
 pub mod log;
 pub mod metrics;
 pub mod parse;
 pub mod pool;
+pub mod price;
 pub mod provider;
 pub mod record;
 pub mod respond;

@@ -40,7 +40,9 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Counter: client requests finished; labels `provider`, `model`,
-/// `status_class` ([`status_class`], or `cancelled`) and `error_kind`.
+/// `status_class` ([`status_class`], or `cancelled`), `error_kind`,
+/// `inbound` and `client` (a client key's name, `default` for the proxy key,
+/// `none` when refused before the key was known).
 pub const REQUESTS: &str = "keyrelay_requests_total";
 /// Histogram (seconds): arrival to the end of the response body; labels
 /// `provider`, `status_class`.
@@ -80,6 +82,23 @@ pub const STREAM_CHUNKS: &str = "keyrelay_stream_chunks_total";
 pub const STREAM_BREAKS: &str = "keyrelay_stream_breaks_total";
 /// Emitted by the binary's request log queue, not by a layer.
 pub const REQUEST_LOG_DROPPED: &str = "keyrelay_request_log_dropped_total";
+/// Counter: USD spent, from the price table; labels `client`, `provider`,
+/// `model`. Fractions: kept by [`crate::price::CostTotals`], not the facade.
+pub const COST: &str = "keyrelay_cost_usd_total";
+/// Counter: tokens by client; labels `client`, `provider`, `model`, `kind`
+/// (`prompt`, `completion`, `cached`).
+pub const CLIENT_TOKENS: &str = "keyrelay_client_tokens_total";
+/// Counter: answers whose usage had no price; labels `provider`, `model`.
+pub const UNPRICED: &str = "keyrelay_unpriced_requests_total";
+/// Gauge: USD left of a client's budget in its period; label `client`.
+pub const CLIENT_BUDGET_REMAINING: &str = "keyrelay_client_budget_remaining_usd";
+/// Gauge: USD left of a key's budget in its period; labels `provider`, `key`.
+pub const KEY_BUDGET_REMAINING: &str = "keyrelay_key_budget_remaining_usd";
+/// Counter: ledger rows written (emitted by the binary's ledger writer).
+pub const LEDGER_ROWS: &str = "keyrelay_ledger_rows_total";
+/// Counter: ledger rows dropped because the writer's queue was full or the
+/// database failed (emitted by the binary's ledger writer).
+pub const LEDGER_DROPPED: &str = "keyrelay_ledger_rows_dropped_total";
 
 /// Buckets for LLM-scale latencies: from 50 ms to 10 minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -88,7 +107,16 @@ pub const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 pub fn describe() {
     describe_counter!(
         REQUESTS,
-        "Client requests finished, by provider, model, status class, error kind and inbound dialect."
+        "Client requests finished, by provider, model, status class, error kind, inbound dialect and client."
+    );
+    describe_counter!(CLIENT_TOKENS, "Tokens by client, provider, model and kind (prompt, completion, cached).");
+    describe_counter!(UNPRICED, "Answers with usage but no price for their model, by provider and model.");
+    describe_gauge!(CLIENT_BUDGET_REMAINING, "USD left of each client's budget in its current period.");
+    describe_gauge!(KEY_BUDGET_REMAINING, "USD left of each key's budget in its current period.");
+    describe_counter!(LEDGER_ROWS, "Usage ledger rows written to the database.");
+    describe_counter!(
+        LEDGER_DROPPED,
+        "Usage ledger rows dropped (the writer's queue was full, or the database refused them)."
     );
     describe_histogram!(
         REQUEST_DURATION,

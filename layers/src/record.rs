@@ -6,6 +6,7 @@
 //!
 //! | field | written by | through |
 //! |---|---|---|
+//! | the client's name | Auth | [`RequestRecord::set_client`] |
 //! | provider, model and model label | Parse | [`RequestRecord::set_route`] |
 //! | the same, when a model alias falls back to its next target | FallbackLayer | [`RequestRecord::set_fallback_route`] |
 //! | model label, once the provider accepted the model | RetryRotate | [`RequestRecord::set_model_label`] |
@@ -26,7 +27,7 @@
 //! record.set_route(ProviderId::new("openai"), "gpt-4o".into(), "gpt-4o".into());
 //! record.push_attempt(AttemptRecord::new("openai:1a2b3c4d", "rate_limit", Some(429), 120));
 //! record.push_attempt(AttemptRecord::new("openai:5e6f7a8b", "success", Some(200), 310));
-//! record.set_usage(Usage { prompt_tokens: 9, completion_tokens: 2 });
+//! record.set_usage(Usage::new(9, 2));
 //!
 //! assert_eq!(seen_by_log.model_label().as_deref(), Some("gpt-4o"));
 //! let keys: Vec<_> = seen_by_log.attempts().into_iter().map(|a| a.key).collect();
@@ -50,6 +51,7 @@ pub struct RequestRecord(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
+    client: OnceLock<Arc<str>>,
     route: OnceLock<RouteInfo>,
     /// Whether a request log wants the provider's own bytes.
     capture_upstream: bool,
@@ -107,6 +109,16 @@ impl RequestRecord {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Auth: the name of the client whose key the request carries; the
+    /// first call wins.
+    pub fn set_client(&self, name: Arc<str>) {
+        let _ = self.0.client.set(name);
+    }
+    /// The client's name, once Auth knew it.
+    pub fn client(&self) -> Option<Arc<str>> {
+        self.0.client.get().cloned()
     }
 
     /// Parse: the request's provider, model and model label; the first

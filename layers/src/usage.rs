@@ -18,7 +18,7 @@
 //! for chunk in stream.as_bytes().chunks(7) {
 //!     tap.push(chunk); // as the frames pass, split anywhere
 //! }
-//! assert_eq!(tap.usage(), Some(Usage { prompt_tokens: 9, completion_tokens: 2 }));
+//! assert_eq!(tap.usage(), Some(Usage::new(9, 2)));
 //! assert_eq!(UsageTap::default().usage(), None);
 //! ```
 
@@ -37,6 +37,23 @@ pub struct Usage {
     /// `usage.completion_tokens` (0 when absent, as in embeddings answers).
     #[serde(default)]
     pub completion_tokens: u64,
+    /// The prompt tokens read from the provider's prompt cache: part of
+    /// `prompt_tokens` (as OpenAI counts them), priced at the cached rate.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    /// `prompt` and `completion` tokens, none of them cached.
+    pub const fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self { prompt_tokens, completion_tokens, cached_tokens: 0 }
+    }
+
+    /// The same, with `cached` of the prompt tokens read from a cache.
+    pub const fn with_cached(mut self, cached: u64) -> Self {
+        self.cached_tokens = cached;
+        self
+    }
 }
 
 /// Keeps the last 8 KiB of a body, to read its usage at the end.
@@ -93,15 +110,20 @@ impl UsageTap {
 /// `prompt_tokens` / `completion_tokens`; Anthropic's `input_tokens` plus
 /// its cache reads and writes / `output_tokens`; the Responses API's
 /// `input_tokens` / `output_tokens`; Gemini's `promptTokenCount` /
-/// `candidatesTokenCount` plus `thoughtsTokenCount`.
+/// `candidatesTokenCount` plus `thoughtsTokenCount`. The cached part of
+/// the prompt: OpenAI's `prompt_tokens_details.cached_tokens`, the
+/// Responses API's `input_tokens_details.cached_tokens`, Anthropic's
+/// `cache_read_input_tokens`, Gemini's `cachedContentTokenCount`.
 ///
 /// ```
 /// use keyrelay_layers::usage::{usage_in_tail, Usage};
 ///
 /// let anthropic = br#"{"usage": {"input_tokens": 3, "cache_read_input_tokens": 100, "output_tokens": 9}}"#;
-/// assert_eq!(usage_in_tail(anthropic), Some(Usage { prompt_tokens: 103, completion_tokens: 9 }));
+/// assert_eq!(usage_in_tail(anthropic), Some(Usage::new(103, 9).with_cached(100)));
 /// let gemini = br#"{"usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7, "thoughtsTokenCount": 2}}"#;
-/// assert_eq!(usage_in_tail(gemini), Some(Usage { prompt_tokens: 5, completion_tokens: 9 }));
+/// assert_eq!(usage_in_tail(gemini), Some(Usage::new(5, 9)));
+/// let openai = br#"{"usage": {"prompt_tokens": 50, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 32}}}"#;
+/// assert_eq!(usage_in_tail(openai), Some(Usage::new(50, 1).with_cached(32)));
 /// ```
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     // One backward search finds both keys: `"usage"` and `"usageMetadata"`
@@ -146,6 +168,20 @@ struct AnyUsage {
     candidates_token_count: Option<u64>,
     #[serde(default)]
     thoughts_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default, rename = "prompt_tokens_details")]
+    prompt_details: Option<CachedDetails>,
+    #[serde(default, rename = "input_tokens_details")]
+    input_details: Option<CachedDetails>,
+}
+
+/// OpenAI's `prompt_tokens_details` and the Responses API's
+/// `input_tokens_details`: the cached part of the prompt.
+#[derive(Deserialize)]
+struct CachedDetails {
+    #[serde(default, rename = "cached_tokens")]
+    cached: Option<u64>,
 }
 
 impl From<AnyUsage> for Usage {
@@ -160,7 +196,12 @@ impl From<AnyUsage> for Usage {
             .completion
             .or(u.output)
             .or(u.candidates_token_count.map(|candidates| candidates + u.thoughts_token_count));
-        Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) }
+        let cached = u
+            .prompt_details
+            .or(u.input_details)
+            .and_then(|d| d.cached)
+            .unwrap_or(u.cache_read.max(u.cached_content_token_count));
+        Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0), cached_tokens: cached }
     }
 }
 
@@ -198,13 +239,13 @@ mod tests {
     #[test]
     fn finds_usage_in_a_completion_and_in_the_last_stream_chunk() {
         let completion = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
-        assert_eq!(usage_in_tail(completion), Some(Usage { prompt_tokens: 19, completion_tokens: 10 }));
+        assert_eq!(usage_in_tail(completion), Some(Usage::new(19, 10)));
         let stream = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n\
             data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n\
             data: [DONE]\n\n";
-        assert_eq!(usage_in_tail(stream), Some(Usage { prompt_tokens: 5, completion_tokens: 7 }));
+        assert_eq!(usage_in_tail(stream), Some(Usage::new(5, 7)));
         let embeddings = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
-        assert_eq!(usage_in_tail(embeddings), Some(Usage { prompt_tokens: 8, completion_tokens: 0 }));
+        assert_eq!(usage_in_tail(embeddings), Some(Usage::new(8, 0)));
         assert_eq!(usage_in_tail(b"data: {\"usage\":null}\n\n"), None);
         assert_eq!(usage_in_tail(b"no usage here"), None);
     }
@@ -218,7 +259,7 @@ mod tests {
                 tap.push(chunk);
             }
             assert!(tap.tail.len() <= TAIL);
-            assert_eq!(tap.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 4 }), "split {split}");
+            assert_eq!(tap.usage(), Some(Usage::new(3, 4)), "split {split}");
             let mut frames = UsageTap::default();
             for chunk in body.as_bytes().chunks(split) {
                 frames.push_bytes(&bytes::Bytes::copy_from_slice(chunk));

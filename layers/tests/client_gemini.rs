@@ -395,7 +395,7 @@ fn the_stream_golden_comes_out_the_same_whatever_the_split() {
     let mut translator = gemini_stream(&ClientHints::default());
     let whole = run(translator.as_mut(), [stream.as_slice()]).unwrap();
     assert!(translator.is_complete());
-    assert_eq!(translator.usage(), Some(Usage { prompt_tokens: 80, completion_tokens: 30 }));
+    assert_eq!(translator.usage(), Some(Usage::new(80, 30)));
     let whole_bytes: Vec<u8> = whole.concat();
     if blessing() {
         std::fs::write(path("client_gemini/stream.gemini.sse"), &whole_bytes).unwrap();
@@ -626,7 +626,7 @@ fn gemini_streams_come_back_through_chat() {
     assert_eq!(last["usageMetadata"]["thoughtsTokenCount"], 15);
     assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 30);
     assert!(chain.is_complete());
-    assert_eq!(chain.usage(), Some(Usage { prompt_tokens: 80, completion_tokens: 45 }));
+    assert_eq!(chain.usage(), Some(Usage::new(80, 45)));
 }
 
 #[test]

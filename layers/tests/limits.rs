@@ -83,7 +83,7 @@ async fn tokens_are_reserved_from_the_estimate_and_reconciled_with_the_usage() {
     assert!(choose(&pool, 400).is_ok(), "but room for 400");
     advance(secs(5)).await;
     // The first answer used 150 tokens: its reservation gives back 450.
-    first.count_usage("gpt-4o", Usage { prompt_tokens: 100, completion_tokens: 50 });
+    first.count_usage("gpt-4o", Usage::new(100, 50));
     let status = pool.key_status(key_id("openai", "k1").as_str()).unwrap();
     assert_eq!(status.window.tokens_last_minute, 550);
     assert!(choose(&pool, 450).is_ok(), "room again after the reconciliation");

@@ -228,7 +228,7 @@ async fn the_completion_event_reports_what_inner_layers_recorded_each_field_once
         ] {
             record.push_attempt(AttemptRecord::new(key, outcome, Some(status), 7));
         }
-        record.set_usage(Usage { prompt_tokens: 12, completion_tokens: 5 });
+        record.set_usage(Usage::new(12, 5));
         async { Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new())) }
     }));
     drop(within(svc.oneshot(Request::new(()))).await.unwrap());

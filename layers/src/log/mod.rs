@@ -21,6 +21,11 @@
 //! (credential headers redacted). The sink must not block; writing is its
 //! business. Without a sink nothing is copied.
 //!
+//! With prices ([`RequestLogLayer::with_prices`]) each request's cost is
+//! reckoned from its usage when it ends, for the cost and per-client token
+//! metrics; with a [`LedgerSink`] ([`RequestLogLayer::with_ledger`]) each
+//! request on a proxied route ends as one [`LedgerRow`].
+//!
 //! Writes [`RequestId`] and [`RequestRecord`]; reads the response's
 //! [`ErrorCode`] and [`Quiet`].
 //!
@@ -67,8 +72,10 @@ pub use self::{
     entry::{CAPTURE_LIMIT, RequestLogEntry, RequestLogSink},
 };
 use crate::{
-    extensions::{ErrorCode, Inbound, RequestId},
+    extensions::{Endpoint, ErrorCode, Inbound, RequestId},
+    ledger::{LedgerRow, LedgerSink},
     metrics::HandleCache,
+    price::{CostTotals, PriceTable},
     provider::ProviderId,
     record::RequestRecord,
 };
@@ -88,6 +95,18 @@ pub struct RequestLogLayer {
     sink: Option<Arc<dyn RequestLogSink>>,
     access: Option<Arc<dyn AccessLog>>,
     handles: Arc<RequestHandles>,
+    spend: Arc<Spend>,
+}
+
+/// What the end of a request is reckoned with: prices, the cost totals
+/// they add to, and the ledger.
+#[derive(Default)]
+struct Spend {
+    prices: Arc<PriceTable>,
+    totals: Arc<CostTotals>,
+    ledger: Option<Arc<dyn LedgerSink>>,
+    tokens: HandleCache<(Arc<str>, ProviderId, Arc<str>), [metrics::Counter; 3]>,
+    unpriced: HandleCache<(ProviderId, Arc<str>), metrics::Counter>,
 }
 
 impl fmt::Debug for RequestLogLayer {
@@ -95,6 +114,7 @@ impl fmt::Debug for RequestLogLayer {
         f.debug_struct("RequestLogLayer")
             .field("sink", &self.sink.is_some())
             .field("access_log", &self.access.is_some())
+            .field("ledger", &self.spend.ledger.is_some())
             .finish()
     }
 }
@@ -118,13 +138,48 @@ impl RequestLogLayer {
         self.access = Some(access);
         self
     }
+
+    /// Reckons each request's cost with `prices`, adding it to `totals`
+    /// (the `keyrelay_cost_usd_total` the binary serves) and to the ledger.
+    pub fn with_prices(mut self, prices: Arc<PriceTable>, totals: Arc<CostTotals>) -> Self {
+        let spend = self.spend_mut();
+        spend.prices = prices;
+        spend.totals = totals;
+        self
+    }
+
+    /// Hands one [`LedgerRow`] per finished request on a proxied route to
+    /// `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<dyn LedgerSink>) -> Self {
+        self.spend_mut().ledger = Some(ledger);
+        self
+    }
+
+    fn spend_mut(&mut self) -> &mut Spend {
+        if Arc::get_mut(&mut self.spend).is_none() {
+            let current = &self.spend;
+            self.spend = Arc::new(Spend {
+                prices: current.prices.clone(),
+                totals: current.totals.clone(),
+                ledger: current.ledger.clone(),
+                ..Spend::default()
+            });
+        }
+        Arc::get_mut(&mut self.spend).expect("just made unique")
+    }
 }
 
 impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner, sink: self.sink.clone(), access: self.access.clone(), handles: self.handles.clone() }
+        RequestLog {
+            inner,
+            sink: self.sink.clone(),
+            access: self.access.clone(),
+            handles: self.handles.clone(),
+            spend: self.spend.clone(),
+        }
     }
 }
 
@@ -135,12 +190,14 @@ pub struct RequestLog<S> {
     sink: Option<Arc<dyn RequestLogSink>>,
     access: Option<Arc<dyn AccessLog>>,
     handles: Arc<RequestHandles>,
+    spend: Arc<Spend>,
 }
 
 /// The request metrics' handles by (provider, model label, status class,
-/// error code, inbound dialect); unknown provider and model are `None`.
+/// error code, inbound dialect, client); unknown provider and model are
+/// `None`, as is the client of a request refused before its key was known.
 type RequestHandles = HandleCache<RequestLabels, RequestMetrics>;
-type RequestLabels = (Option<(ProviderId, Arc<str>)>, &'static str, Option<&'static str>, Inbound);
+type RequestLabels = (Option<(ProviderId, Arc<str>)>, &'static str, Option<&'static str>, Inbound, Option<Arc<str>>);
 
 #[derive(Clone)]
 struct RequestMetrics {
@@ -150,7 +207,7 @@ struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    fn resolve((labels, status_class, code, inbound): &RequestLabels) -> Self {
+    fn resolve((labels, status_class, code, inbound, client): &RequestLabels) -> Self {
         let (provider, model) = match labels {
             Some((provider, model)) => (provider.as_str().to_owned(), model.to_string()),
             None => ("none".to_owned(), "none".to_owned()),
@@ -161,6 +218,7 @@ impl RequestMetrics {
             ("status_class", (*status_class).to_owned()),
             ("error_kind", code.unwrap_or("none").to_owned()),
             ("inbound", inbound.as_str().to_owned()),
+            ("client", client.as_deref().unwrap_or("none").to_owned()),
         ];
         let requests = metrics::counter!(crate::metrics::REQUESTS, &labels);
         let labels = [("provider", provider.clone()), ("status_class", (*status_class).to_owned())];
@@ -236,7 +294,15 @@ where
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
             inner,
-            log: Some(Log { handles: self.handles.clone(), span, line, start: Instant::now(), labels, record }),
+            log: Some(Log {
+                handles: self.handles.clone(),
+                spend: self.spend.clone(),
+                span,
+                line,
+                start: Instant::now(),
+                labels,
+                record,
+            }),
         }
     }
 }
@@ -263,6 +329,7 @@ fn request_id(headers: &HeaderMap) -> RequestId {
 
 struct Log {
     handles: Arc<RequestHandles>,
+    spend: Arc<Spend>,
     span: Span,
     line: Line,
     start: Instant,
@@ -350,9 +417,10 @@ impl Log {
     /// What reports the request's end: with `(status, code)` once the
     /// response headers are known, without when there are none.
     fn finish(self, answered: Option<(u16, Option<&'static str>)>, quiet: bool) -> Finish {
-        let Log { handles, span, line, start, labels, record } = self;
+        let Log { handles, spend, span, line, start, labels, record } = self;
         Finish {
             handles,
+            spend,
             span,
             line,
             headers_after_ms: answered.map(|_| start.elapsed().as_millis() as u64),
@@ -376,6 +444,7 @@ struct Line {
 
 struct Finish {
     handles: Arc<RequestHandles>,
+    spend: Arc<Spend>,
     span: Span,
     line: Line,
     start: Instant,
@@ -402,12 +471,21 @@ impl Finish {
         let route = self.labels.route();
         let route = route.as_ref();
         let labels = route.map(|r| (r.provider.clone(), self.labels.model_label().unwrap_or_else(|| r.model.clone())));
-        let key = (labels, status_class, self.code, Inbound::from_path(self.line.uri.path()));
+        let client = self.labels.client();
+        let key = (labels, status_class, self.code, Inbound::from_path(self.line.uri.path()), client.clone());
         let handles = self.handles.get(key, RequestMetrics::resolve);
         handles.requests.increment(1);
         handles.duration.record(elapsed.as_secs_f64());
         if let Some(ms) = self.headers_after_ms {
             handles.first_byte.record(ms as f64 / 1000.0);
+        }
+        let usage = self.labels.usage();
+        let model_label = self.labels.model_label();
+        let cost = self.spend.count(client.as_ref(), route, model_label, usage);
+        if let Some(ledger) = &self.spend.ledger
+            && let Some(endpoint) = Endpoint::from_path(self.line.uri.path())
+        {
+            ledger.record(self.ledger_row(endpoint, outcome, client, route, usage, cost, elapsed));
         }
         let level = if self.quiet { Level::DEBUG } else { Level::INFO };
         // The subscriber's filter decides, for an access log too.
@@ -441,6 +519,91 @@ impl Finish {
                 None => finished(&self.span, &line),
             }
         });
+    }
+}
+
+impl Finish {
+    #[allow(clippy::too_many_arguments)]
+    fn ledger_row(
+        &self,
+        endpoint: Endpoint,
+        outcome: &'static str,
+        client: Option<Arc<str>>,
+        route: Option<&crate::record::RouteInfo>,
+        usage: Option<crate::usage::Usage>,
+        cost: Option<f64>,
+        elapsed: std::time::Duration,
+    ) -> LedgerRow {
+        let arrived = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
+        let (key, attempts) =
+            self.labels.with_attempts(|attempts| (attempts.last().map(|a| a.key.clone()), attempts.len()));
+        let usage = usage.unwrap_or_default();
+        LedgerRow {
+            unix_ms: arrived.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            request_id: self.line.id.as_str().to_owned(),
+            client: client.map(|c| c.to_string()),
+            route: endpoint.path_suffix(),
+            provider: route.map(|r| r.provider.as_str().to_owned()),
+            model: route.map(|r| r.model.to_string()),
+            key,
+            status: self.status,
+            outcome,
+            error_code: self.code,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            tokens_in: usage.prompt_tokens,
+            tokens_out: usage.completion_tokens,
+            tokens_cached: usage.cached_tokens,
+            cost_usd: cost,
+            unpriced: self.labels.usage().is_some() && cost.is_none(),
+            ttfb_ms: self.headers_after_ms,
+            duration_ms: elapsed.as_millis() as u64,
+        }
+    }
+}
+
+impl Spend {
+    /// The cost of a request that used `usage` of `route`'s model, added
+    /// to the client's cost and token metrics; an unpriced model's usage is
+    /// counted as unpriced.
+    fn count(
+        &self,
+        client: Option<&Arc<str>>,
+        route: Option<&crate::record::RouteInfo>,
+        model_label: Option<Arc<str>>,
+        usage: Option<crate::usage::Usage>,
+    ) -> Option<f64> {
+        let (route, usage) = (route?, usage?);
+        let client = client.cloned().unwrap_or_else(|| Arc::from(crate::ledger::DEFAULT_CLIENT));
+        // Labels name a model only when it is known to be real (see
+        // `crate::metrics`); the price is the model's own.
+        let label = model_label.unwrap_or_else(|| route.model.clone());
+        let key = (client.clone(), route.provider.clone(), label.clone());
+        let [prompt, completion, cached] = self.tokens.get(key, |(client, provider, model)| {
+            ["prompt", "completion", "cached"].map(|kind| {
+                let labels = [
+                    ("client", client.to_string()),
+                    ("provider", provider.as_str().to_owned()),
+                    ("model", model.to_string()),
+                    ("kind", kind.to_owned()),
+                ];
+                metrics::counter!(crate::metrics::CLIENT_TOKENS, &labels)
+            })
+        });
+        prompt.increment(usage.prompt_tokens);
+        completion.increment(usage.completion_tokens);
+        cached.increment(usage.cached_tokens);
+        let cost = self.prices.cost(route.provider.as_str(), &route.model, usage);
+        match cost {
+            Some(cost) => self.totals.add(&client, route.provider.as_str(), &label, cost),
+            None => self
+                .unpriced
+                .get((route.provider.clone(), label), |(provider, model)| {
+                    let labels = [("provider", provider.as_str().to_owned()), ("model", model.to_string())];
+                    metrics::counter!(crate::metrics::UNPRICED, &labels)
+                })
+                .increment(1),
+        }
+        cost
     }
 }
 

@@ -125,8 +125,12 @@ struct Probe<'a> {
 /// The tokens a request may use: its prompt at about four bytes a token,
 /// plus its completion cap when it names one.
 fn estimate_tokens(body: &[u8], caps: [Option<&RawValue>; 3]) -> u64 {
-    let cap = caps.into_iter().flatten().filter_map(|raw| raw.get().parse::<u64>().ok()).max().unwrap_or(0);
-    (body.len() as u64 / 4).saturating_add(cap)
+    (body.len() as u64 / 4).saturating_add(completion_cap(caps).unwrap_or(0))
+}
+
+/// The completion cap a request names, under any of its dialects' names.
+fn completion_cap(caps: [Option<&RawValue>; 3]) -> Option<u64> {
+    caps.into_iter().flatten().filter_map(|raw| raw.get().parse::<u64>().ok()).max()
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -217,13 +221,12 @@ fn body_target(
         .stream_options
         .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
         .is_some_and(|options| options.include_usage);
+    let caps = [probe.max_tokens, probe.max_completion_tokens, probe.max_output_tokens];
     let target = RouteTarget::new(provider, upstream_model, endpoint, probe.stream.unwrap_or(false))
         .with_model_span(span)
         .with_stream_options(probe.stream_options.is_some(), include_usage)
-        .with_estimated_tokens(estimate_tokens(
-            body,
-            [probe.max_tokens, probe.max_completion_tokens, probe.max_output_tokens],
-        ));
+        .with_estimated_tokens(estimate_tokens(body, caps))
+        .with_max_output(completion_cap(caps));
     let target = match super::session::from_body(probe.prompt_cache_key, probe.metadata, endpoint) {
         Some(session) => target.with_session(session),
         None => target,

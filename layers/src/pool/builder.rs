@@ -124,6 +124,7 @@ pub struct KeyPoolBuilder {
     pause: ProviderPause,
     carry_over: Option<Arc<KeyPool>>,
     responses: Option<(usize, Duration)>,
+    prices: Arc<crate::price::PriceTable>,
 }
 
 impl KeyPoolBuilder {
@@ -191,6 +192,13 @@ impl KeyPoolBuilder {
         keys: Vec<(Secret, KeySettings)>,
     ) -> Self {
         self.providers.push((provider, options, keys));
+        self
+    }
+
+    /// What requests cost, for keys' budgets and the cost of an answer
+    /// (default: no prices).
+    pub fn prices(mut self, prices: Arc<crate::price::PriceTable>) -> Self {
+        self.prices = prices;
         self
     }
 
@@ -271,6 +279,6 @@ impl KeyPoolBuilder {
                 sessions,
             }));
         }
-        Ok(Arc::new(KeyPool { providers, by_id, clock, responses }))
+        Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))
     }
 }

@@ -72,9 +72,15 @@ pub struct KeyPool {
     by_id: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     clock: PoolClock,
     responses: Arc<ResponseOwners>,
+    prices: Arc<crate::price::PriceTable>,
 }
 
 impl KeyPool {
+    /// What requests cost (see [`KeyPoolBuilder::prices`]).
+    pub fn prices(&self) -> &Arc<crate::price::PriceTable> {
+        &self.prices
+    }
+
     /// Starts an empty pool.
     pub fn builder() -> KeyPoolBuilder {
         KeyPoolBuilder::default()

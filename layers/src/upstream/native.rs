@@ -98,6 +98,7 @@ fn larger(seen: Option<Usage>, new: Usage) -> Usage {
     Usage {
         prompt_tokens: seen.prompt_tokens.max(new.prompt_tokens),
         completion_tokens: seen.completion_tokens.max(new.completion_tokens),
+        cached_tokens: seen.cached_tokens.max(new.cached_tokens),
     }
 }
 
@@ -186,8 +187,8 @@ mod tests {
 
     #[test]
     fn the_larger_reading_wins_field_by_field() {
-        let start = Usage { prompt_tokens: 120, completion_tokens: 1 };
-        let delta = Usage { prompt_tokens: 0, completion_tokens: 40 };
-        assert_eq!(larger(Some(start), delta), Usage { prompt_tokens: 120, completion_tokens: 40 });
+        let start = Usage::new(120, 1);
+        let delta = Usage::new(0, 40);
+        assert_eq!(larger(Some(start), delta), Usage::new(120, 40));
     }
 }

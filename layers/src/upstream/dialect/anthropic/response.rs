@@ -52,6 +52,13 @@ pub(super) struct Usage {
     prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
+impl Usage {
+    /// The prompt tokens read from Anthropic's cache.
+    pub(super) fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens)
+    }
+}
+
 #[derive(Serialize)]
 struct PromptTokensDetails {
     cached_tokens: u64,

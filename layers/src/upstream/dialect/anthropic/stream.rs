@@ -366,10 +366,9 @@ impl StreamTranslator for ChatStream {
 
     fn usage(&self) -> Option<crate::usage::Usage> {
         let usage = self.usage.openai();
-        self.ended.then_some(crate::usage::Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-        })
+        self.ended.then_some(
+            crate::usage::Usage::new(usage.prompt_tokens, usage.completion_tokens).with_cached(usage.cached_tokens()),
+        )
     }
 }
 

@@ -214,10 +214,12 @@ impl StreamTranslator for ChatStream {
 
     fn usage(&self) -> Option<crate::usage::Usage> {
         let usage = usage(Some(self.usage.as_ref()?));
-        Some(crate::usage::Usage {
-            prompt_tokens: usage.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-            completion_tokens: usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
-        })
+        let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let cached = usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64);
+        Some(
+            crate::usage::Usage::new(count("prompt_tokens"), count("completion_tokens"))
+                .with_cached(cached.unwrap_or(0)),
+        )
     }
 }
 

@@ -33,10 +33,8 @@ impl MessagesUsage {
 
     /// The counts as the proxy meters them (chat's).
     pub(super) fn metered(&self) -> crate::usage::Usage {
-        crate::usage::Usage {
-            prompt_tokens: self.input_tokens.saturating_add(self.cache_read_input_tokens),
-            completion_tokens: self.output_tokens,
-        }
+        crate::usage::Usage::new(self.input_tokens.saturating_add(self.cache_read_input_tokens), self.output_tokens)
+            .with_cached(self.cache_read_input_tokens)
     }
 }
 

@@ -239,6 +239,7 @@ impl StreamTranslator for GeminiStream {
     fn usage(&self) -> Option<Usage> {
         let usage = self.usage.as_ref()?;
         let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
-        Some(Usage { prompt_tokens: count("prompt_tokens"), completion_tokens: count("completion_tokens") })
+        let cached = usage.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64);
+        Some(Usage::new(count("prompt_tokens"), count("completion_tokens")).with_cached(cached.unwrap_or(0)))
     }
 }

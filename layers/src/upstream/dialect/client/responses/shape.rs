@@ -195,7 +195,8 @@ impl ChatUsage {
 
     /// The proxy's own count.
     pub(super) fn usage(&self) -> crate::usage::Usage {
-        crate::usage::Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.completion_tokens }
+        let cached = self.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        crate::usage::Usage::new(self.prompt_tokens, self.completion_tokens).with_cached(cached)
     }
 }
 
