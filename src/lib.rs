@@ -12,6 +12,7 @@ pub mod routes;
 pub mod server;
 pub mod stack;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token_count;
