@@ -3,6 +3,7 @@
 //! [`keyrelay_layers`], and a hyper server.
 
 pub mod access_log;
+pub mod admin_clients;
 pub mod cli;
 pub mod config;
 pub mod persist;
@@ -48,7 +49,8 @@ const MODEL_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn app(settings: &Settings) -> Result<App, BoxError> {
     let client = build_client(&ClientOptions::default())?;
     let shed = keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests);
-    app_from(settings, client, shed, None, ReloadHandle::default())
+    let clients = Arc::new(keyrelay_layers::client::ClientDirectory::default());
+    app_from(settings, client, shed, None, ReloadHandle::default(), clients)
 }
 
 /// The state for reloaded `settings`: keys, providers and proxy settings
@@ -61,6 +63,7 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
         current.shed.clone(),
         Some(current.pool.clone()),
         current.reload.clone(),
+        current.clients.clone(),
     )?;
     app.request_log = current.request_log.clone();
     Ok(app)
@@ -72,6 +75,7 @@ fn app_from(
     shed: keyrelay_layers::shed::LoadShedLayer,
     carry_over: Option<Arc<KeyPool>>,
     reload: ReloadHandle,
+    clients: Arc<keyrelay_layers::client::ClientDirectory>,
 ) -> Result<App, BoxError> {
     let (remembered, ttl) = settings.remembered_responses;
     let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset).remembered_responses(remembered, ttl);
@@ -81,8 +85,12 @@ fn app_from(
     for p in &settings.providers {
         pool = pool.provider_keys(p.provider.clone(), p.options, p.keys.clone());
     }
+    let pool = pool.build()?;
+    // Only once the new state is sure to be built: a refused reload
+    // leaves the clients as they were.
+    clients.set_configured(settings.clients.clone());
     Ok(App {
-        pool: pool.build()?,
+        pool,
         catalog: Arc::new(ModelCatalog::new(client.clone(), settings.models_cache_ttl, MODEL_LIST_TIMEOUT)),
         client,
         proxy_key: settings.proxy_key.clone(),
@@ -102,6 +110,8 @@ fn app_from(
         request_log: None,
         shed,
         reload,
+        clients,
+        data_dir: settings.data_dir.clone(),
     })
 }
 
@@ -128,7 +138,16 @@ impl Bound {
             writer
         });
         let state = StateFile::in_dir(&settings.data_dir);
-        let notes = state.restore(&app.pool).into_iter().collect();
+        let mut notes: Vec<String> = state.restore(&app.pool).into_iter().collect();
+        let db = store::db_path(&settings.data_dir);
+        match admin_clients::restore(&app.clients, &db) {
+            Ok(0) => {}
+            Ok(n) => notes.push(format!("restored {n} client key(s) made at run time from {}", db.display())),
+            Err(err) => notes.push(format!("cannot read the client keys from {}: {err}", db.display())),
+        }
+        if let Err(err) = admin_clients::restore_spend(&app.clients, &db) {
+            notes.push(format!("cannot read what clients spent from {}: {err}", db.display()));
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", settings.listen)))?;

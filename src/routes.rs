@@ -43,6 +43,10 @@ pub enum Route<'p> {
     Metrics,
     /// `POST /v1/admin/reload`
     AdminReload,
+    /// `GET` (list) and `POST` (make) `/v1/admin/clients`
+    AdminClients,
+    /// `DELETE /v1/admin/clients/{name}`; the name as the path has it.
+    AdminClient(&'p str),
 }
 
 impl<'p> Route<'p> {
@@ -74,6 +78,7 @@ impl<'p> Route<'p> {
             "/keys" => Some((Self::Keys, "GET")),
             "/token-count" => Some((Self::TokenCount, "POST")),
             "/admin/reload" => Some((Self::AdminReload, "POST")),
+            "/admin/clients" => Some((Self::AdminClients, "GET, POST")),
             _ => {
                 if let Some((_, action)) = response_resource(path) {
                     let methods = match action {
@@ -82,6 +87,9 @@ impl<'p> Route<'p> {
                         Some(_) => "GET",
                     };
                     return Some((Self::Proxy(Endpoint::ResponseResource), methods));
+                }
+                if let Some(name) = path.strip_prefix("/admin/clients/").filter(|n| !n.is_empty() && !n.contains('/')) {
+                    return Some((Self::AdminClient(name), "DELETE"));
                 }
                 if let Some(id) = path.strip_prefix("/models/") {
                     // Model ids hold slashes (`openrouter/meta-llama/llama-3-70b`),
@@ -135,6 +143,11 @@ pub struct KeyChange {
     pub action: KeyAction,
 }
 
+/// Request extension of `DELETE /v1/admin/clients/{name}`: the client's
+/// name (percent-decoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientName(pub String);
+
 /// Request extension of `GET /v1/models/{id}`: the model the path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestedModel {
@@ -184,6 +197,10 @@ pub struct Routes<B> {
     pub token_count: RouteService<B>,
     pub metrics: RouteService<B>,
     pub admin_reload: RouteService<B>,
+    /// `GET`/`POST /v1/admin/clients`.
+    pub admin_clients: RouteService<B>,
+    /// Finds a [`ClientName`] in the request's extensions.
+    pub admin_client: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -198,6 +215,7 @@ enum Learned {
     Endpoint(Endpoint),
     Model(RequestedModel),
     KeyChange(KeyChange),
+    Client(ClientName),
 }
 
 impl<B> Service<Request<B>> for Router<B> {
@@ -237,6 +255,11 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::TokenCount => (&routes.token_count, Learned::Nothing),
             Route::Metrics => (&routes.metrics, Learned::Nothing),
             Route::AdminReload => (&routes.admin_reload, Learned::Nothing),
+            Route::AdminClients => (&routes.admin_clients, Learned::Nothing),
+            Route::AdminClient(name) => {
+                let name = percent_decode(name).unwrap_or_else(|| name.to_owned());
+                (&routes.admin_client, Learned::Client(ClientName(name)))
+            }
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -250,6 +273,9 @@ impl<B> Service<Request<B>> for Router<B> {
             }
             Learned::KeyChange(change) => {
                 extensions.insert(change);
+            }
+            Learned::Client(name) => {
+                extensions.insert(name);
             }
         }
         Either::Right(svc.oneshot(req))
@@ -329,6 +355,8 @@ mod tests {
             token_count: seeing("token_count"),
             metrics: seeing("metrics"),
             admin_reload: seeing("admin_reload"),
+            admin_clients: seeing("admin_clients"),
+            admin_client: seeing("admin_client"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

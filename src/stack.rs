@@ -11,6 +11,7 @@ use keyrelay_layers::{
     BoxError, ProxyBody,
     auth::AuthLayer,
     body::GuardedBody,
+    client::{ClientDirectory, gate::ClientGateLayer},
     concurrency::KeyConcurrencyLayer,
     credentials::CREDENTIAL_HEADERS,
     fallback::FallbackLayer,
@@ -57,6 +58,10 @@ pub struct App {
     pub shed: LoadShedLayer,
     /// What `POST /v1/admin/reload` calls.
     pub reload: crate::reload::ReloadHandle,
+    /// Client keys (configured and made at run time); kept across reloads.
+    pub clients: Arc<ClientDirectory>,
+    /// Where the store, the request logs and the state live.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The response body the server writes.
@@ -97,10 +102,13 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let auth = match &app.proxy_key {
+    let proxy_auth = match &app.proxy_key {
         Some(key) => AuthLayer::require(key.clone()),
         None => AuthLayer::disabled(),
     };
+    // Client keys work wherever the proxy key does for models, but never
+    // on key status, metrics or admin routes.
+    let auth = proxy_auth.clone().with_clients(app.clients.clone());
     // Reading key status is for either key; changing keys wants the admin
     // key when there is one (the proxy key then gets 403).
     let (status_auth, admin_auth) = match (&app.admin_key, &app.proxy_key) {
@@ -110,8 +118,8 @@ where
         ),
         // No proxy key (loopback only): reading is as open as the other
         // status routes; changing keys still wants the admin key.
-        (Some(admin), None) => (auth.clone(), AuthLayer::admin(admin.clone(), None)),
-        (None, _) => (auth.clone(), auth.clone()),
+        (Some(admin), None) => (proxy_auth.clone(), AuthLayer::admin(admin.clone(), None)),
+        (None, _) => (proxy_auth.clone(), proxy_auth.clone()),
     };
 
     let proxy = ServiceBuilder::new()
@@ -134,6 +142,11 @@ where
         .layer(ParseLayer::new(app.pool.clone(), app.max_body_bytes).route_defaults(app.route_defaults.clone()))
         // Refuse models the operator blocked, before any key is spent on them.
         .layer(ModelFilterLayer::new(app.pool.clone()))
+        // A client key's models, limits and budget (its maximum cost
+        // reserved until the answer ends): once the model is known, before
+        // any upstream key is chosen; outside Fallback, so that an alias's
+        // later targets spend from the same reservation.
+        .layer(ClientGateLayer::new(app.pool.clone()))
         // A model alias moves to its next target when a whole pool cannot
         // serve: outside RetryRotate, which rotates keys within one
         // provider and answers for the pool when it is spent; inside Parse
@@ -206,13 +219,43 @@ where
                 std::future::ready(Ok::<_, Infallible>(crate::reload::answer(&handle)))
             })))
         },
+        admin_clients: {
+            let admin = crate::admin_clients::ClientAdmin {
+                clients: app.clients.clone(),
+                db: crate::store::db_path(&app.data_dir),
+            };
+            route(admin_auth.layer(service_fn(move |req: Request<B>| {
+                let admin = admin.clone();
+                async move {
+                    if req.method() == http::Method::POST {
+                        crate::admin_clients::create(&admin, req).await
+                    } else {
+                        crate::admin_clients::list(&admin).await
+                    }
+                }
+            })))
+        },
+        admin_client: {
+            let admin = crate::admin_clients::ClientAdmin {
+                clients: app.clients.clone(),
+                db: crate::store::db_path(&app.data_dir),
+            };
+            route(admin_auth.layer(service_fn(move |req: Request<B>| {
+                let admin = admin.clone();
+                async move {
+                    let name = req.extensions().get::<crate::routes::ClientName>().map(|n| n.0.clone());
+                    let name = name.ok_or_else(|| keyrelay_layers::error::MissingExtension::new("ClientName"))?;
+                    crate::admin_clients::revoke(&admin, &name).await
+                }
+            })))
+        },
         metrics: {
             let pool = app.pool.clone();
             let handle = crate::telemetry::metrics_handle();
             let scrape = service_fn(move |_: Request<B>| {
                 std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, handle)))
             });
-            let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { auth.clone() };
+            let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { proxy_auth.clone() };
             route(metrics_auth.layer(scrape))
         },
     })

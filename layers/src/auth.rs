@@ -11,7 +11,16 @@
 //! is removed before the request goes further: the client's credential is
 //! never forwarded upstream.
 //!
-//! Reads no extension; writes none. Fails with [`Unauthorized`] (401).
+//! With [client keys](crate::client) ([`AuthLayer::with_clients`]), a
+//! client's key is accepted in every place the proxy key is, and the
+//! request carries its [`Client`] on (as an extension) for the
+//! [`ClientGate`](crate::client::gate::ClientGate). A client key is looked
+//! up by its SHA-256, only after the proxy key did not match; an expired
+//! key is unknown.
+//!
+//! Writes the client's name on the [`RequestRecord`] (the proxy key's is
+//! [`DEFAULT_CLIENT`]) and an `Arc<Client>` for a client key. Fails with
+//! [`Unauthorized`] (401).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -42,8 +51,11 @@ use tower::{Layer, filter::Predicate};
 
 use crate::{
     BoxError,
+    client::{Client, ClientDirectory},
     error::{Forbidden, Unauthorized},
+    ledger::DEFAULT_CLIENT,
     pool::Secret,
+    record::RequestRecord,
 };
 
 // Named once, not parsed from a string at every look-up.
@@ -111,7 +123,13 @@ impl AuthLayer {
     /// Every request must carry one of `keys`.
     pub fn require_any(keys: Vec<Secret>) -> Self {
         let expected = Expected::new("PROXY_API_KEY", &keys, &[]);
-        Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
+        Self { check: KeyCheck { expected: Some(Arc::new(expected)), clients: None } }
+    }
+
+    /// Also accepts the keys of `clients` (see the [module docs](self)).
+    pub fn with_clients(mut self, clients: Arc<ClientDirectory>) -> Self {
+        self.check.clients = Some(clients);
+        self
     }
 
     /// Admin routes: the admin key is required; the proxy key is refused
@@ -119,13 +137,13 @@ impl AuthLayer {
     pub fn admin(admin: Secret, proxy: Option<Secret>) -> Self {
         let forbidden: Vec<Secret> = proxy.into_iter().collect();
         let expected = Expected::new("ADMIN_API_KEY", &[admin], &forbidden);
-        Self { check: KeyCheck { expected: Some(Arc::new(expected)) } }
+        Self { check: KeyCheck { expected: Some(Arc::new(expected)), clients: None } }
     }
 
     /// No key is checked (the binary allows this only on loopback binds);
     /// client credential headers are still stripped.
     pub fn disabled() -> Self {
-        Self { check: KeyCheck { expected: None } }
+        Self { check: KeyCheck { expected: None, clients: None } }
     }
 }
 
@@ -153,6 +171,7 @@ pub type Auth<S> = tower::filter::Filter<S, KeyCheck>;
 #[derive(Clone)]
 pub struct KeyCheck {
     expected: Option<Arc<Expected>>,
+    clients: Option<Arc<ClientDirectory>>,
 }
 
 impl fmt::Debug for KeyCheck {
@@ -166,8 +185,19 @@ impl<B> Predicate<Request<B>> for KeyCheck {
 
     fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, BoxError> {
         let query_key = query_key(req.uri());
-        if let Some(expected) = &self.expected {
-            check(req.headers(), query_key.as_deref(), expected)?;
+        let clients = self.clients.as_deref().filter(|c| !c.is_empty());
+        let client = match &self.expected {
+            Some(expected) => check(req.headers(), query_key.as_deref(), expected, clients)?,
+            // No key required: a client's key still makes its requests its own.
+            None => clients.and_then(|clients| {
+                candidates(req.headers(), query_key.as_deref()).find_map(|key| find_client(clients, key))
+            }),
+        };
+        if let Some(record) = req.extensions().get::<RequestRecord>() {
+            record.set_client(client.as_ref().map_or_else(|| Arc::from(DEFAULT_CLIENT), |c| c.name().clone()));
+        }
+        if let Some(client) = client {
+            req.extensions_mut().insert(client);
         }
         strip_client_credentials(req.headers_mut());
         if query_key.is_some() {
@@ -192,7 +222,9 @@ fn without_query_key(uri: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
-fn check(headers: &HeaderMap, query_key: Option<&str>, expected: &Expected) -> Result<(), BoxError> {
+/// Every key the request presents: bearer tokens, `x-api-key`,
+/// `x-goog-api-key`, then the query's `key=`.
+fn candidates<'a>(headers: &'a HeaderMap, query_key: Option<&'a str>) -> impl Iterator<Item = &'a str> {
     let bearer = headers.get_all(AUTHORIZATION).iter().filter_map(|value| {
         let value = value.to_str().ok()?.trim();
         let (scheme, token) = value.split_once(' ')?;
@@ -202,23 +234,49 @@ fn check(headers: &HeaderMap, query_key: Option<&str>, expected: &Expected) -> R
         .into_iter()
         .flat_map(|name| headers.get_all(name).into_iter())
         .filter_map(|value| value.to_str().ok().map(str::trim));
+    bearer.chain(api_key).chain(query_key)
+}
+
+fn find_client(clients: &ClientDirectory, key: &str) -> Option<Arc<Client>> {
+    clients.find(key, crate::client::state_now_ms())
+}
+
+/// The client whose key the request carries (`None` for the proxy key),
+/// or why the request is refused.
+fn check(
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    expected: &Expected,
+    clients: Option<&ClientDirectory>,
+) -> Result<Option<Arc<Client>>, BoxError> {
     let (mut presented, mut forbidden) = (false, false);
-    for candidate in bearer.chain(api_key).chain(query_key) {
+    for candidate in candidates(headers, query_key) {
         presented = true;
         let tag = expected.hasher.hash_one(candidate.as_bytes());
         // Every comparison runs, so timing tells nothing about which matched.
         let accepted = expected.matches(&expected.accepted, candidate.as_bytes(), tag);
         let refused = expected.matches(&expected.forbidden, candidate.as_bytes(), tag);
         if accepted == 1 {
-            return Ok(());
+            return Ok(None);
         }
         forbidden |= refused == 1;
+    }
+    // Only then the clients' keys: the proxy key pays for no digest.
+    if let Some(client) =
+        clients.and_then(|clients| candidates(headers, query_key).find_map(|k| find_client(clients, k)))
+    {
+        return Ok(Some(client));
     }
     Err(match (presented, forbidden) {
         (_, true) => Forbidden::new().into(),
         (true, false) => Unauthorized::invalid().for_key(expected.name).into(),
         (false, false) => Unauthorized::missing().for_key(expected.name).into(),
     })
+}
+
+#[cfg(test)]
+fn check_key(headers: &HeaderMap, query_key: Option<&str>, expected: &Expected) -> Result<(), BoxError> {
+    check(headers, query_key, expected, None).map(|_| ())
 }
 
 fn strip_client_credentials(headers: &mut HeaderMap) {
@@ -244,18 +302,18 @@ mod tests {
     #[test]
     fn accepts_bearer_and_x_api_key() {
         let key = expected("k1");
-        assert!(check(&headers(&[("authorization", "Bearer k1")]), None, &key).is_ok());
-        assert!(check(&headers(&[("authorization", "bearer  k1 ")]), None, &key).is_ok());
-        assert!(check(&headers(&[("x-api-key", "k1")]), None, &key).is_ok());
-        assert!(check(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), None, &key).is_ok());
+        assert!(check_key(&headers(&[("authorization", "Bearer k1")]), None, &key).is_ok());
+        assert!(check_key(&headers(&[("authorization", "bearer  k1 ")]), None, &key).is_ok());
+        assert!(check_key(&headers(&[("x-api-key", "k1")]), None, &key).is_ok());
+        assert!(check_key(&headers(&[("authorization", "Bearer wrong"), ("x-api-key", "k1")]), None, &key).is_ok());
     }
 
     #[test]
     fn accepts_google_style_keys_and_strips_the_query_key() {
         let key = expected("k1");
-        assert!(check(&headers(&[("x-goog-api-key", "k1")]), None, &key).is_ok());
-        assert!(check(&headers(&[]), Some("k1"), &key).is_ok());
-        assert!(check(&headers(&[]), Some("k2"), &key).is_err());
+        assert!(check_key(&headers(&[("x-goog-api-key", "k1")]), None, &key).is_ok());
+        assert!(check_key(&headers(&[]), Some("k1"), &key).is_ok());
+        assert!(check_key(&headers(&[]), Some("k2"), &key).is_err());
         let uri: Uri = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&key=k1".parse().unwrap();
         assert_eq!(query_key(&uri).as_deref(), Some("k1"));
         assert_eq!(without_query_key(&uri), "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse");
@@ -267,13 +325,13 @@ mod tests {
     #[test]
     fn tells_missing_from_invalid() {
         let key = expected("k1");
-        let missing = check(&headers(&[]), None, &key).unwrap_err().to_string();
+        let missing = check_key(&headers(&[]), None, &key).unwrap_err().to_string();
         assert!(missing.starts_with("missing"), "{missing}");
-        let invalid = check(&headers(&[("authorization", "Bearer k2")]), None, &key).unwrap_err().to_string();
+        let invalid = check_key(&headers(&[("authorization", "Bearer k2")]), None, &key).unwrap_err().to_string();
         assert!(invalid.starts_with("invalid"), "{invalid}");
-        let basic = check(&headers(&[("authorization", "Basic azE=")]), None, &key).unwrap_err().to_string();
+        let basic = check_key(&headers(&[("authorization", "Basic azE=")]), None, &key).unwrap_err().to_string();
         assert!(basic.starts_with("missing"), "{basic}");
-        let prefix = check(&headers(&[("x-api-key", "k")]), None, &key);
+        let prefix = check_key(&headers(&[("x-api-key", "k")]), None, &key);
         assert!(prefix.is_err());
     }
 }

@@ -303,6 +303,7 @@ pub struct RouteTarget {
     fallbacks: Option<Arc<[crate::parse::AliasTarget]>>,
     estimated_tokens: u64,
     max_output: Option<u64>,
+    alias: Option<Arc<str>>,
 }
 
 /// The one key a request may use: the key that made the Responses API
@@ -340,7 +341,20 @@ impl RouteTarget {
             fallbacks: None,
             estimated_tokens: 0,
             max_output: None,
+            alias: None,
         }
+    }
+
+    /// The model alias the client named, which Parse resolved to this
+    /// target (a client's model list may name the alias).
+    pub fn with_alias(mut self, alias: &str) -> Self {
+        self.alias = Some(alias.into());
+        self
+    }
+
+    /// The model alias the client named, if it named one.
+    pub fn alias(&self) -> Option<&str> {
+        self.alias.as_deref()
     }
 
     /// The tokens the request may use, prompt and completion, estimated

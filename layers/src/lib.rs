@@ -117,6 +117,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod classify;
+pub mod client;
 pub mod concurrency;
 pub mod credentials;
 pub mod error;

@@ -76,6 +76,11 @@ impl KeySources {
     }
 
     /// The providers `LLM_KEYS` names.
+    /// The value of variable `name`, trimmed, when it is set and not empty.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
     pub fn llm_providers(&self) -> impl Iterator<Item = &str> {
         self.llm_keys.iter().map(|k| k.provider.as_str())
     }

@@ -6,6 +6,7 @@
 //! [`Settings`] is the validated result the server runs on.
 
 mod aliases;
+pub mod clients;
 mod env_compat;
 mod keys;
 pub mod providers;
@@ -43,6 +44,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     /// Model aliases: `[models."<alias>"] targets = ["provider/model", ...]`.
     pub models: BTreeMap<String, aliases::AliasConfig>,
+    /// Client keys, each with its models, limits and budget.
+    pub clients: Vec<clients::ClientConfig>,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -384,6 +387,8 @@ pub struct Settings {
     pub route_defaults: RouteDefaults,
     /// How many response ids keep their key, and for how long.
     pub remembered_responses: (usize, Duration),
+    /// The configured client keys (digests only) and their policies.
+    pub clients: Vec<(keyrelay_layers::client::KeyDigest, keyrelay_layers::client::ClientPolicy)>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -560,7 +565,9 @@ fn validate(
         ));
     }
 
+    let clients = clients::configured(&config.clients, key_sources, proxy_key.as_ref().map(Secret::expose))?;
     Ok(Settings {
+        clients,
         listen: SocketAddr::new(host, server.port),
         proxy_key,
         global_timeout: Duration::from_secs(config.proxy.global_timeout_secs),

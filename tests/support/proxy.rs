@@ -76,12 +76,30 @@ impl Proxy {
         Self::start_from(env, Some(data_dir.to_path_buf()), tweak).await
     }
 
+    /// Starts with `config_toml` as the working dir's `config.toml`, and
+    /// its state in `data_dir` when given.
+    pub async fn start_with_config(env: Vec<(String, String)>, config_toml: &str, data_dir: Option<&Path>) -> Self {
+        Self::start_configured(env, Some(config_toml), data_dir.map(Path::to_path_buf), |_| {}).await
+    }
+
     async fn start_from(
         env: Vec<(String, String)>,
         data_dir: Option<PathBuf>,
         tweak: impl FnOnce(&mut Settings),
     ) -> Self {
+        Self::start_configured(env, None, data_dir, tweak).await
+    }
+
+    async fn start_configured(
+        env: Vec<(String, String)>,
+        config_toml: Option<&str>,
+        data_dir: Option<PathBuf>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary working dir");
+        if let Some(toml) = config_toml {
+            std::fs::write(dir.path().join("config.toml"), toml).expect("config.toml written");
+        }
         let env_sets_reset = env.iter().any(|(name, _)| name == "KEYRELAY_PROXY__DAILY_RESET_UTC");
         let mut settings =
             load_settings(dir.path(), env, data_dir).unwrap_or_else(|err| panic!("test configuration refused: {err}"));

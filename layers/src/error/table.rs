@@ -184,6 +184,60 @@ failures! {
             }
         }
 
+    /// A client key asked for a model outside its client's list.
+    ClientModelNotAllowed { client: String, model: String }
+        reply 403, "invalid_request_error", "model_not_allowed";
+        message |this, f| write!(
+            f,
+            "client `{}` may not use model `{}`: it is not in the client's models list ([[clients]] models, or the models given to POST /v1/admin/clients)",
+            this.client,
+            this.model
+        );
+        impl {
+            /// `model` as `provider/model` (or the alias the client named).
+            pub fn new(client: &str, model: &str) -> Self {
+                Self { client: client.to_owned(), model: echo(model) }
+            }
+        }
+
+    /// A client key is over one of its own limits (`rpm`, `tpm`,
+    /// `max_parallel`), with `Retry-After` in whole seconds, rounded up.
+    ClientRateLimited { client: String, limit: String, retry_after: Duration }
+        reply 429, "rate_limit_error", "rate_limit_exceeded";
+        retry_after |this| Some(ceil_secs(this.retry_after).max(1));
+        message |this, f| write!(
+            f,
+            "client `{}` is over its limit of {}; retry in {} s",
+            this.client,
+            this.limit,
+            ceil_secs(this.retry_after).max(1)
+        );
+        impl {
+            /// `limit` says which, e.g. `60 requests per minute (rpm)`.
+            pub fn new(client: &str, limit: String, retry_after: Duration) -> Self {
+                Self { client: client.to_owned(), limit, retry_after }
+            }
+        }
+
+    /// A client key spent its budget for the period (with `Retry-After` at
+    /// the period's end; none for a `total` budget, which never resets).
+    BudgetExceeded { client: String, limit_usd: f64, period: &'static str, retry_after: Option<Duration> }
+        reply 429, "rate_limit_error", "budget_exceeded";
+        retry_after |this| this.retry_after.map(|after| ceil_secs(after).max(1));
+        message |this, f| {
+            write!(f, "client `{}` has spent its budget of ${} ", this.client, this.limit_usd)?;
+            match this.period {
+                "total" => f.write_str("(in total); ask the operator to raise it"),
+                period => write!(f, "for this {period}; it resets at the start of the next {period} (UTC)"),
+            }
+        };
+        impl {
+            /// `retry_after`: until the period ends (`None` for `total`).
+            pub fn new(client: &str, limit_usd: f64, period: &'static str, retry_after: Option<Duration>) -> Self {
+                Self { client: client.to_owned(), limit_usd, period, retry_after }
+            }
+        }
+
     /// Every key of the provider is rate limited or out of quota for this
     /// model (or the provider is paused) past the request's deadline, with
     /// `Retry-After` in whole seconds, rounded up.
@@ -392,6 +446,51 @@ failures! {
             /// `id` is the key id the client asked for (echoed, bounded).
             pub fn new(id: &str) -> Self {
                 Self { id: echo(id) }
+            }
+        }
+
+    /// No client key has this name (on the admin client routes).
+    UnknownClient { name: String }
+        reply 404, "invalid_request_error", "client_not_found";
+        message |this, f| write!(f, "no client named `{}`; GET /v1/admin/clients lists them", this.name);
+        impl {
+            /// `name` is the client name the request named (echoed, bounded).
+            pub fn new(name: &str) -> Self {
+                Self { name: echo(name) }
+            }
+        }
+
+    /// A client cannot be made or revoked as asked: its name is taken, or
+    /// it comes from the configuration.
+    ClientConflict { why: String }
+        reply 409, "invalid_request_error", "client_conflict";
+        message |this, f| f.write_str(&this.why);
+        impl {
+            /// `why` says what is in the way.
+            pub fn new(why: impl Into<String>) -> Self {
+                Self { why: why.into() }
+            }
+        }
+
+    /// The body of `POST /v1/admin/clients` does not describe a client.
+    InvalidClient { why: String }
+        reply 400, "invalid_request_error", "invalid_client";
+        message |this, f| write!(f, "invalid client: {}", this.why);
+        impl {
+            /// `why` names the field and what is wrong with it.
+            pub fn new(why: impl Into<String>) -> Self {
+                Self { why: why.into() }
+            }
+        }
+
+    /// The durable store (the SQLite database under the data dir) failed.
+    StoreFailed { why: String }
+        reply 500, "server_error", "store_error";
+        message |this, f| write!(f, "the store failed: {}", this.why);
+        impl {
+            /// `why` is the database's error (it holds no secret).
+            pub fn new(why: impl std::fmt::Display) -> Self {
+                Self { why: why.to_string() }
             }
         }
 

@@ -188,7 +188,7 @@ fn target_of(
             let tokens = estimate_tokens(body, [None; 3]);
             if let Some((first, rest)) = defaults.aliases.route(pool, &model) {
                 let target = RouteTarget::new(first.provider, &first.model, endpoint, stream).with_fallbacks(rest);
-                return Ok(target.with_estimated_tokens(tokens));
+                return Ok(target.with_estimated_tokens(tokens).with_alias(&model));
             }
             let (provider, model) = resolve(pool, &model, Inbound::Gemini, defaults)?;
             Ok(RouteTarget::new(provider, model, endpoint, stream).with_estimated_tokens(tokens))
@@ -232,7 +232,7 @@ fn body_target(
         None => target,
     };
     let target = match alias {
-        Some((_, rest)) => target.with_fallbacks(rest),
+        Some((_, rest)) => target.with_fallbacks(rest).with_alias(&model),
         None => target,
     };
     if !matches!(endpoint, Endpoint::Responses | Endpoint::ResponsesInputTokens) {

@@ -36,6 +36,7 @@ mod labels;
 mod learned;
 mod lease;
 mod limits;
+pub(crate) use limits::MinuteWindow;
 mod provider_pool;
 mod reliability;
 mod responses;

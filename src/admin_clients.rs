@@ -1,0 +1,306 @@
+//! `/v1/admin/clients`: client keys made, listed and revoked at run time
+//! (admin key). A new key is answered once and stored only as its SHA-256;
+//! listings show a short prefix, never the key.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use keyrelay_layers::{
+    BoxError, ProxyBody,
+    budget::BudgetPeriod,
+    client::{ClientDirectory, Origin, budget_of, key_digest},
+    error::{BodyTooLarge, ClientConflict, InvalidClient, StoreFailed, UnknownClient},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    config::clients::ClientLimits,
+    status::json,
+    store::{self, clients::StoredClient},
+};
+
+/// A client's request body is small: name, models and a few numbers.
+const MAX_BODY: usize = 64 * 1024;
+/// How much of a key listings show.
+const PREFIX_LEN: usize = 10;
+
+/// What the admin client routes work on.
+#[derive(Clone, Debug)]
+pub struct ClientAdmin {
+    pub clients: Arc<ClientDirectory>,
+    /// The store's database file.
+    pub db: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `GET /v1/admin/clients`: every client with its settings, its use now and
+/// what it spent in each period (from the store).
+pub async fn list(admin: &ClientAdmin) -> Result<Response<ProxyBody>, BoxError> {
+    let db = admin.db.clone();
+    let now = now_ms();
+    let spend = tokio::task::spawn_blocking(move || spend_by_client(&db, now)).await.map_err(StoreFailed::new)?;
+    let spend = spend.map_err(StoreFailed::new)?;
+    let stored: Vec<StoredClient> = {
+        let db = admin.db.clone();
+        tokio::task::spawn_blocking(move || store::open(&db).and_then(|c| store::clients::load_all(&c)))
+            .await
+            .map_err(StoreFailed::new)?
+            .map_err(StoreFailed::new)?
+    };
+    let data: Vec<Value> = admin
+        .clients
+        .list()
+        .into_iter()
+        .map(|(client, origin)| {
+            let policy = client.policy();
+            let stored = stored.iter().find(|s| s.name == **client.name());
+            let second = now / 1000;
+            let (requests, tokens) = client.state().window_use(second);
+            let budget = budget_of(&client).map(|meter| {
+                let budget = meter.budget();
+                json!({
+                    "limit_usd": budget.limit_usd,
+                    "period": budget.period.as_str(),
+                    "spent_usd": meter.spent(now),
+                    "reserved_usd": meter.reserved(),
+                    "remaining_usd": meter.remaining(now),
+                    "resets_at": budget.period.end(now).map(rfc3339),
+                })
+            });
+            json!({
+                "name": &**client.name(),
+                "origin": match origin { Origin::Config => "config", Origin::Runtime => "runtime" },
+                "key_prefix": stored.map(|s| s.key_prefix.as_str()),
+                "created_at": stored.map(|s| rfc3339(s.created_ms.max(0) as u64)),
+                "expires_at": policy.expires_at_ms.map(rfc3339),
+                "models": &policy.models,
+                "rpm": policy.rpm,
+                "tpm": policy.tpm,
+                "max_parallel": policy.max_parallel,
+                "budget": budget,
+                "in_flight": client.state().in_flight(),
+                "requests_last_minute": requests,
+                "tokens_last_minute": tokens,
+                "spend_usd": spend.get(&**client.name()).cloned().unwrap_or_else(|| json!({})),
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
+}
+
+/// Each client's spend in the periods that hold `now`: `{name: {day, week, month, total}}`.
+fn spend_by_client(db: &std::path::Path, now: u64) -> rusqlite::Result<serde_json::Map<String, Value>> {
+    let conn = store::open(db)?;
+    let mut out = serde_json::Map::new();
+    let mut statement = conn
+        .prepare("SELECT name, period, usd FROM spend WHERE kind = 'client' AND period = ?1 AND period_start = ?2")?;
+    for period in BudgetPeriod::ALL {
+        let start = i64::try_from(period.start(now)).unwrap_or(i64::MAX);
+        let rows = statement.query_map(rusqlite::params![period.as_str(), start], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, f64>(2)?))
+        })?;
+        for row in rows {
+            let (name, period, usd) = row?;
+            let entry = out.entry(name).or_insert_with(|| json!({}));
+            entry[period] = json!(usd);
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /v1/admin/clients`: makes a client and answers its key, once.
+pub async fn create<B>(admin: &ClientAdmin, req: Request<B>) -> Result<Response<ProxyBody>, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(BodyTooLarge::new(MAX_BODY as u64).into());
+        }
+        Err(err) => return Err(InvalidClient::new(format!("could not read the body: {err}")).into()),
+    };
+    let mut fields: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|err| InvalidClient::new(format!("the body must be a JSON object ({err})")))?;
+    let name = match fields.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => return Err(InvalidClient::new("`name` (a string) is required").into()),
+    };
+    let expires_ms = match fields.remove("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(at)) => Some(parse_time(&at).ok_or_else(|| {
+            InvalidClient::new(format!("expires_at: `{at}` is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"))
+        })?),
+        Some(_) => return Err(InvalidClient::new("expires_at: an RFC 3339 time as a string").into()),
+    };
+    let limits: ClientLimits =
+        serde_json::from_value(Value::Object(fields)).map_err(|err| InvalidClient::new(err.to_string()))?;
+    let mut policy = limits.policy(&name, "client").map_err(InvalidClient::new)?;
+    let now = now_ms();
+    if let Some(at) = expires_ms {
+        if at <= now {
+            return Err(InvalidClient::new("expires_at: already past").into());
+        }
+        policy = policy.expires_at_ms(at);
+    }
+    if admin.clients.by_name(&name).is_some() {
+        return Err(ClientConflict::new(format!("a client named `{name}` already exists")).into());
+    }
+    let key = new_key()?;
+    let digest = key_digest(&key);
+    let stored = StoredClient {
+        name: name.clone(),
+        key_sha256: hex(&digest),
+        key_prefix: key[..PREFIX_LEN].to_owned(),
+        settings: serde_json::to_string(&limits).map_err(StoreFailed::new)?,
+        created_ms: now as i64,
+        expires_ms: expires_ms.map(|at| at as i64),
+    };
+    let db = admin.db.clone();
+    let row = stored.clone();
+    tokio::task::spawn_blocking(move || store::open(&db).and_then(|conn| store::clients::insert(&conn, &row)))
+        .await
+        .map_err(StoreFailed::new)?
+        .map_err(|err| match err {
+            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                BoxError::from(ClientConflict::new(format!("a client named `{name}` already exists")))
+            }
+            err => StoreFailed::new(err).into(),
+        })?;
+    if let Err(conflict) = admin.clients.add_runtime(digest, policy) {
+        // Made meanwhile under the same name: the store keeps the first.
+        let db = admin.db.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            store::open(&db).and_then(|c| store::clients::delete(&c, &stored.name))
+        })
+        .await;
+        return Err(ClientConflict::new(conflict.0).into());
+    }
+    let mut answer = serde_json::to_value(&limits).map_err(StoreFailed::new)?;
+    answer["name"] = json!(name);
+    answer["key"] = json!(key);
+    answer["key_prefix"] = json!(&key[..PREFIX_LEN]);
+    answer["expires_at"] = json!(expires_ms.map(rfc3339));
+    answer["note"] = json!("the key is shown only now: keyrelay keeps only its SHA-256");
+    Ok(json(StatusCode::CREATED, &answer))
+}
+
+/// `DELETE /v1/admin/clients/{name}`: revokes a runtime client at once.
+pub async fn revoke(admin: &ClientAdmin, name: &str) -> Result<Response<ProxyBody>, BoxError> {
+    match admin.clients.remove_runtime(name) {
+        Err(conflict) => Err(ClientConflict::new(conflict.0).into()),
+        Ok(false) => Err(UnknownClient::new(name).into()),
+        Ok(true) => {
+            let (db, owned) = (admin.db.clone(), name.to_owned());
+            tokio::task::spawn_blocking(move || store::open(&db).and_then(|c| store::clients::delete(&c, &owned)))
+                .await
+                .map_err(StoreFailed::new)?
+                .map_err(StoreFailed::new)?;
+            Ok(json(StatusCode::OK, &json!({ "name": name, "revoked": true })))
+        }
+    }
+}
+
+/// Puts the stored runtime clients in `clients` (at start); returns how
+/// many, or why the store could not be read. A stored client whose name
+/// is now configured stays shadowed by the configuration.
+pub fn restore(clients: &ClientDirectory, db: &std::path::Path) -> Result<usize, String> {
+    let conn = store::open(db).map_err(|err| err.to_string())?;
+    let stored = store::clients::load_all(&conn).map_err(|err| err.to_string())?;
+    let mut restored = 0;
+    for client in stored {
+        let Some(digest) = unhex(&client.key_sha256) else { continue };
+        let Ok(limits) = serde_json::from_str::<ClientLimits>(&client.settings) else { continue };
+        let Ok(mut policy) = limits.policy(&client.name, "stored client") else { continue };
+        if let Some(at) = client.expires_ms {
+            policy = policy.expires_at_ms(at.max(0) as u64);
+        }
+        if clients.add_runtime(digest, policy).is_ok() {
+            restored += 1;
+        }
+    }
+    Ok(restored)
+}
+
+/// Gives each client's budget what the store says it spent in the
+/// current period (at start).
+pub fn restore_spend(clients: &ClientDirectory, db: &std::path::Path) -> Result<(), String> {
+    let now = now_ms();
+    let conn = store::open(db).map_err(|err| err.to_string())?;
+    let mut statement = conn
+        .prepare("SELECT name, usd FROM spend WHERE kind = 'client' AND period = ?1 AND period_start = ?2")
+        .map_err(|err| err.to_string())?;
+    for period in BudgetPeriod::ALL {
+        let start = period.start(now);
+        let rows = statement
+            .query_map(rusqlite::params![period.as_str(), i64::try_from(start).unwrap_or(i64::MAX)], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, f64>(1)?))
+            })
+            .map_err(|err| err.to_string())?;
+        for row in rows {
+            let (name, usd) = row.map_err(|err| err.to_string())?;
+            clients.restore_spend(&name, now, period, start, usd);
+        }
+    }
+    Ok(())
+}
+
+/// A fresh client key: `kr-` and 32 bytes of the OS's CSPRNG, in hex.
+fn new_key() -> Result<String, BoxError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| StoreFailed::new(format!("no randomness for a key: {err}")))?;
+    Ok(format!("kr-{}", hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn parse_time(text: &str) -> Option<u64> {
+    let at: jiff::Timestamp = text.parse().ok()?;
+    u64::try_from(at.as_millisecond()).ok()
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(i64::try_from(unix_ms).unwrap_or(i64::MAX))
+        .map_or_else(|_| String::new(), |at| at.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fresh_and_digests_round_trip() {
+        let (a, b) = (new_key().unwrap(), new_key().unwrap());
+        assert_ne!(a, b);
+        assert!(a.starts_with("kr-") && a.len() == 67);
+        let digest = key_digest(&a);
+        assert_eq!(unhex(&hex(&digest)), Some(digest));
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(parse_time("2027-01-31T00:00:00Z"), Some(1_801_353_600_000));
+        assert_eq!(rfc3339(1_801_353_600_000), "2027-01-31T00:00:00Z");
+    }
+}
