@@ -250,10 +250,10 @@ where
             })))
         },
         metrics: {
-            let pool = app.pool.clone();
+            let (pool, clients) = (app.pool.clone(), app.clients.clone());
             let handle = crate::telemetry::metrics_handle();
             let scrape = service_fn(move |_: Request<B>| {
-                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, handle)))
+                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, &clients, handle)))
             });
             let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { proxy_auth.clone() };
             route(metrics_auth.layer(scrape))

@@ -166,7 +166,11 @@ fn key_counts(states: &[KeyState]) -> serde_json::Value {
 
 /// `GET /metrics`: Prometheus text. Key gauges are refreshed from the pool
 /// at each scrape, so they are exact when read.
-pub fn metrics(pool: &KeyPool, handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response<ProxyBody> {
+pub fn metrics(
+    pool: &KeyPool,
+    clients: &keyrelay_layers::client::ClientDirectory,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Response<ProxyBody> {
     use keyrelay_layers::metrics::{KEY_IN_FLIGHT, KEY_LEARNED_REMAINING, KEY_LIMIT, KEY_STATE, KEY_WINDOW_USED};
     const STATES: [(KeyState, &str); 5] = [
         (KeyState::Ok, "ok"),
@@ -205,6 +209,13 @@ pub fn metrics(pool: &KeyPool, handle: &metrics_exporter_prometheus::PrometheusH
                 ];
                 metrics::gauge!(KEY_LEARNED_REMAINING, &labels).set(remaining as f64);
             }
+        }
+    }
+    let now = pool.clock().now_unix_ms();
+    for (client, _) in clients.list() {
+        if let Some(meter) = keyrelay_layers::client::budget_of(&client) {
+            let labels = [("client", client.name().to_string())];
+            metrics::gauge!(keyrelay_layers::metrics::CLIENT_BUDGET_REMAINING, &labels).set(meter.remaining(now));
         }
     }
     handle.run_upkeep();

@@ -143,14 +143,27 @@ pub struct BudgetMeter {
     state: Mutex<Spend>,
 }
 
+/// Amounts are kept in nano-dollars: sums of many small costs, and
+/// reservations added and taken away again, stay exact.
 #[derive(Debug)]
 struct Spend {
     budget: Budget,
     /// The start of the period `spent` counts.
     period_start: u64,
-    spent: f64,
+    spent: u64,
     /// What requests in flight reserved (whatever their period).
-    reserved: f64,
+    reserved: u64,
+}
+
+const NANOS: f64 = 1e9;
+
+fn nanos(usd: f64) -> u64 {
+    // `as` saturates, and makes NaN 0.
+    (usd.max(0.0) * NANOS).round() as u64
+}
+
+fn usd(nanos: u64) -> f64 {
+    nanos as f64 / NANOS
 }
 
 impl Spend {
@@ -159,7 +172,7 @@ impl Spend {
         let start = self.budget.period.start(now);
         if start > self.period_start {
             self.period_start = start;
-            self.spent = 0.0;
+            self.spent = 0;
         }
     }
 }
@@ -179,7 +192,7 @@ pub struct BudgetSpent {
 impl BudgetMeter {
     /// A meter with nothing spent.
     pub fn new(budget: Budget) -> Self {
-        Self { state: Mutex::new(Spend { budget, period_start: 0, spent: 0.0, reserved: 0.0 }) }
+        Self { state: Mutex::new(Spend { budget, period_start: 0, spent: 0, reserved: 0 }) }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Spend> {
@@ -212,7 +225,7 @@ impl BudgetMeter {
     pub fn try_reserve(self: &Arc<Self>, now: u64, amount: f64) -> Result<BudgetHold, BudgetSpent> {
         let mut state = self.state();
         state.roll(now);
-        if state.spent + state.reserved >= state.budget.limit_usd {
+        if state.spent.saturating_add(state.reserved) >= nanos(state.budget.limit_usd) {
             let budget = state.budget;
             return Err(BudgetSpent {
                 limit_usd: budget.limit_usd,
@@ -220,8 +233,8 @@ impl BudgetMeter {
                 resets_at: budget.period.end(now),
             });
         }
-        let amount = amount.max(0.0);
-        state.reserved += amount;
+        let amount = nanos(amount);
+        state.reserved = state.reserved.saturating_add(amount);
         Ok(BudgetHold { meter: self.clone(), reserved: amount })
     }
 
@@ -229,7 +242,7 @@ impl BudgetMeter {
     pub fn charge(&self, now: u64, cost: f64) {
         let mut state = self.state();
         state.roll(now);
-        state.spent += cost.max(0.0);
+        state.spent = state.spent.saturating_add(nanos(cost));
     }
 
     /// Adds `spent`, counted from a durable store, to the period that
@@ -238,7 +251,7 @@ impl BudgetMeter {
         let mut state = self.state();
         state.roll(now);
         if period_start == state.period_start {
-            state.spent += spent.max(0.0);
+            state.spent = state.spent.saturating_add(nanos(spent));
         }
     }
 
@@ -246,7 +259,7 @@ impl BudgetMeter {
     pub fn spent(&self, now: u64) -> f64 {
         let mut state = self.state();
         state.roll(now);
-        state.spent
+        usd(state.spent)
     }
 
     /// What is left of the period of `now`'s budget after the spend and
@@ -254,12 +267,12 @@ impl BudgetMeter {
     pub fn remaining(&self, now: u64) -> f64 {
         let mut state = self.state();
         state.roll(now);
-        (state.budget.limit_usd - state.spent - state.reserved).max(0.0)
+        usd(nanos(state.budget.limit_usd).saturating_sub(state.spent.saturating_add(state.reserved)))
     }
 
     /// What requests in flight reserved.
     pub fn reserved(&self) -> f64 {
-        self.state().reserved
+        usd(self.state().reserved)
     }
 }
 
@@ -268,7 +281,8 @@ impl BudgetMeter {
 #[must_use = "a hold frees its reservation when dropped"]
 pub struct BudgetHold {
     meter: Arc<BudgetMeter>,
-    reserved: f64,
+    /// Nano-dollars.
+    reserved: u64,
 }
 
 impl fmt::Debug for BudgetHold {
@@ -280,7 +294,7 @@ impl fmt::Debug for BudgetHold {
 impl BudgetHold {
     /// What this hold reserved.
     pub fn reserved(&self) -> f64 {
-        self.reserved
+        usd(self.reserved)
     }
 
     /// The request ended at `now` having cost `cost` (none when its model
@@ -296,7 +310,7 @@ impl BudgetHold {
 impl Drop for BudgetHold {
     fn drop(&mut self) {
         let mut state = self.meter.state();
-        state.reserved = (state.reserved - self.reserved).max(0.0);
+        state.reserved = state.reserved.saturating_sub(self.reserved);
     }
 }
 
