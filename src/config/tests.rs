@@ -417,3 +417,46 @@ fn session_affinity_per_provider() {
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+#[test]
+fn client_tables_give_named_keys_with_models_limits_and_budgets() {
+    use keyrelay_layers::{budget::BudgetPeriod, client::key_digest};
+    let dir = tempfile::tempdir().unwrap();
+    let client = |extra: &str| format!("[[clients]]\nname = \"ci-bot\"\nkey_env = \"CI_BOT_KEY\"\n{extra}\n");
+    fs::write(
+        dir.path().join("config.toml"),
+        client(
+            "models = [\"openai/gpt-4o-mini\"]\nrpm = 60\ntpm = 100000\nmax_parallel = 4\nbudget_usd = 25.0\nbudget_period = \"month\"",
+        ) + "[[clients]]\nname = \"notebook\"\nkey = \"kr-notebook-0123456789\"\n",
+    )
+    .unwrap();
+    let env = [("CI_BOT_KEY", "kr-ci-0123456789abcdef"), ("PROXY_API_KEY", "pk-0123456789abcdef")];
+    let s = load(sources(dir.path(), &env)).unwrap();
+    assert_eq!(s.clients.len(), 2);
+    let (digest, ci) = &s.clients[0];
+    assert_eq!(*digest, key_digest("kr-ci-0123456789abcdef"));
+    assert_eq!(&*ci.name, "ci-bot");
+    assert_eq!((ci.rpm, ci.tpm, ci.max_parallel), (Some(60), Some(100_000), Some(4)));
+    let budget = ci.budget.unwrap();
+    assert_eq!((budget.limit_usd, budget.period), (25.0, BudgetPeriod::Month));
+    assert!(ci.allows("openai", "gpt-4o-mini", None) && !ci.allows("openai", "gpt-4o", None));
+    assert!(s.clients[1].1.budget.is_none() && s.clients[1].1.allows("any", "model", None));
+
+    for (toml, says) in [
+        (client("budget_period = \"fortnight\"\nbudget_usd = 1"), "clients[0].budget_period"),
+        (client("budget_period = \"day\""), "needs budget_usd"),
+        (client("rpm = 0"), "clients[0].rpm"),
+        (client("colour = \"red\""), "unknown field"),
+        (client("") + &client(""), "named twice"),
+        ("[[clients]]\nname = \"default\"\nkey = \"kr-0123456789abcdef\"\n".to_owned(), "reserved"),
+        ("[[clients]]\nname = \"x\"\nkey = \"short\"\n".to_owned(), "at least 16"),
+        ("[[clients]]\nname = \"x\"\nkey = \"pk-0123456789abcdef\"\n".to_owned(), "cannot be the proxy key"),
+    ] {
+        fs::write(dir.path().join("config.toml"), toml).unwrap();
+        let message = err(sources(dir.path(), &env));
+        assert!(message.contains(says), "{says}: {message}");
+        assert!(!message.contains("kr-ci-0123456789abcdef"), "never the key: {message}");
+    }
+    fs::write(dir.path().join("config.toml"), client("")).unwrap();
+    assert!(err(sources(dir.path(), &[])).contains("clients[0].key_env: variable CI_BOT_KEY is not set"));
+}
