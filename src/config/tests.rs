@@ -238,6 +238,13 @@ fn the_example_config_documents_every_key() {
         "selection",
         "models",
         "targets",
+        "name",
+        "key_env",
+        "rpm",
+        "tpm",
+        "max_parallel",
+        "budget_usd",
+        "budget_period",
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }
