@@ -90,51 +90,49 @@ impl Price {
 /// Prices by `provider/model`; see the [module docs](self).
 #[derive(Clone, Default, PartialEq)]
 pub struct PriceTable {
-    prices: HashMap<String, Price>,
+    /// By provider, then model: looked up per request without building a
+    /// `provider/model` string.
+    prices: HashMap<String, HashMap<String, Price>>,
 }
 
 impl fmt::Debug for PriceTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PriceTable").field("models", &self.prices.len()).finish()
+        f.debug_struct("PriceTable").field("models", &self.len()).finish()
     }
 }
 
 impl PriceTable {
     /// Sets the price of `model`, named `provider/model`; a later price of
     /// the same model replaces an earlier one (config over the shipped table).
+    /// A name without a `/` is a model of no provider, which no request
+    /// names: the caller (config) refuses it.
     pub fn insert(&mut self, provider_model: &str, price: Price) {
-        self.prices.insert(provider_model.to_owned(), price);
+        let (provider, model) = provider_model.split_once('/').unwrap_or(("", provider_model));
+        self.prices.entry(provider.to_owned()).or_default().insert(model.to_owned(), price);
     }
 
     /// How many models have a price.
     pub fn len(&self) -> usize {
-        self.prices.len()
+        self.prices.values().map(HashMap::len).sum()
     }
 
     /// Whether no model has a price.
     pub fn is_empty(&self) -> bool {
-        self.prices.is_empty()
+        self.len() == 0
     }
 
-    /// Every priced model, `provider/model`, with its price.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Price)> {
-        self.prices.iter().map(|(name, price)| (name.as_str(), price))
+    /// Every priced model as `(provider, model)`, with its price.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Price)> {
+        self.prices.iter().flat_map(|(provider, models)| {
+            models.iter().map(move |(model, price)| (provider.as_str(), model.as_str(), price))
+        })
     }
 
     /// The price of `model` of `provider`: by its name, else by its name
     /// without a date or `-latest` suffix.
     pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
-        let mut key = String::with_capacity(provider.len() + 1 + model.len());
-        key.push_str(provider);
-        key.push('/');
-        key.push_str(model);
-        if let Some(price) = self.prices.get(&key) {
-            return Some(price);
-        }
-        let base = undated(model)?;
-        key.truncate(provider.len() + 1);
-        key.push_str(base);
-        self.prices.get(&key)
+        let models = self.prices.get(provider)?;
+        models.get(model).or_else(|| models.get(undated(model)?))
     }
 
     /// What `usage` of `model` cost, or `None` when the model has no price.
