@@ -7,6 +7,8 @@
 //! Migrations are the SQL files under `migrations/sqlite/`, applied in
 //! order, each in one transaction, and counted in `PRAGMA user_version`.
 
+pub mod report;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
