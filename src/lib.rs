@@ -16,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token_count;
+pub mod usage;
 
 use std::{
     future::Future,
@@ -100,6 +101,7 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
+        data_dir: settings.data_dir.clone(),
         shed,
         reload,
     })

@@ -43,6 +43,8 @@ pub enum Route<'p> {
     Metrics,
     /// `POST /v1/admin/reload`
     AdminReload,
+    /// `GET /v1/usage`: the ledger's totals.
+    Usage,
 }
 
 impl<'p> Route<'p> {
@@ -74,6 +76,7 @@ impl<'p> Route<'p> {
             "/keys" => Some((Self::Keys, "GET")),
             "/token-count" => Some((Self::TokenCount, "POST")),
             "/admin/reload" => Some((Self::AdminReload, "POST")),
+            "/usage" => Some((Self::Usage, "GET")),
             _ => {
                 if let Some((_, action)) = response_resource(path) {
                     let methods = match action {
@@ -184,6 +187,7 @@ pub struct Routes<B> {
     pub token_count: RouteService<B>,
     pub metrics: RouteService<B>,
     pub admin_reload: RouteService<B>,
+    pub usage: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -237,6 +241,7 @@ impl<B> Service<Request<B>> for Router<B> {
             Route::TokenCount => (&routes.token_count, Learned::Nothing),
             Route::Metrics => (&routes.metrics, Learned::Nothing),
             Route::AdminReload => (&routes.admin_reload, Learned::Nothing),
+            Route::Usage => (&routes.usage, Learned::Nothing),
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -269,6 +274,7 @@ mod tests {
         assert_eq!(Route::recognize("/v1/models"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/v1/models/"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
+        assert_eq!(Route::recognize("/v1/usage"), Some((Route::Usage, "GET")));
         let reset = Route::KeyAction { id: "openai:1a2b3c4d", action: KeyAction::Reset };
         assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((reset, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
@@ -329,6 +335,7 @@ mod tests {
             token_count: seeing("token_count"),
             metrics: seeing("metrics"),
             admin_reload: seeing("admin_reload"),
+            usage: seeing("usage"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

@@ -50,6 +50,8 @@ pub struct App {
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
+    /// Where the database lives (`GET /v1/usage` reads it).
+    pub data_dir: std::path::PathBuf,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
     /// The cap on proxied requests in flight; shared by every stack built
@@ -204,6 +206,12 @@ where
             let handle = app.reload.clone();
             route(admin_auth.layer(service_fn(move |_: Request<B>| {
                 std::future::ready(Ok::<_, Infallible>(crate::reload::answer(&handle)))
+            })))
+        },
+        usage: {
+            let data_dir = Arc::new(app.data_dir.clone());
+            route(admin_auth.layer(service_fn(move |req: Request<B>| {
+                crate::usage::route::answer(data_dir.clone(), req.uri().query().map(str::to_owned))
             })))
         },
         metrics: {
