@@ -115,7 +115,7 @@ fn read(path: &Path, query: UsageQuery) -> Result<UsageReport, String> {
     // here most likely means the wrong data dir.
     if !path.exists() {
         return Err(format!(
-            "no usage database at {} (the server makes it when it first starts); pass --data-dir",
+            "no usage database at {}: the server has written none there; pass the server's --data-dir",
             path.display()
         ));
     }
