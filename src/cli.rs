@@ -2,12 +2,17 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 /// keyrelay: one OpenAI-compatible endpoint in front of a pool of LLM provider keys.
+///
+/// Without a command it serves.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on [default: 127.0.0.1]. Without PROXY_API_KEY only
     /// a loopback address is allowed.
     #[arg(long)]
@@ -18,11 +23,11 @@ pub struct Cli {
     pub port: Option<u16>,
 
     /// Config file [default: ./config.toml when present].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Directory for the key pool's state file [default: ./data].
-    #[arg(long, value_name = "DIR")]
+    /// Directory of the database (usage ledger, pool state) [default: ./data].
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
@@ -54,4 +59,35 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// What keyrelay can do besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print usage totals from the ledger: requests, errors, tokens, cost
+    /// (reads the database; works while the server runs).
+    Usage(UsageArgs),
+}
+
+/// `keyrelay usage`: the report of `GET /v1/usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start of the window: a duration back from now (30m, 24h, 7d, 2w), a
+    /// date (2026-12-01, UTC) or an RFC 3339 time [default: 7 days before --until].
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// End of the window, not included (as --since; a date counts its whole
+    /// day) [default: now].
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// Group by any of client, provider, model, key, day, comma-separated;
+    /// empty for the total only [default: client,provider,model].
+    #[arg(long, value_name = "GROUPS")]
+    pub by: Option<String>,
+
+    /// Print the JSON that GET /v1/usage answers instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -17,6 +17,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token_count;
+pub mod usage;
 
 use std::{
     future::Future,
@@ -108,10 +109,10 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
+        data_dir: settings.data_dir.clone(),
         shed,
         reload,
         clients,
-        data_dir: settings.data_dir.clone(),
     })
 }
 

@@ -3,7 +3,7 @@ use std::{io::Write, process::ExitCode, sync::Arc};
 use clap::Parser;
 use keyrelay::{
     Bound, banner,
-    cli::Cli,
+    cli::{Cli, Command},
     config::{self, Sources},
     server::{Shutdown, shutdown_signal},
     telemetry,
@@ -17,7 +17,13 @@ const EXIT_CONFIG: u8 = 64;
 /// runtime pays for work-stealing it cannot use, about a quarter of the
 /// CPU per request in benches/load. More cores get the multi-thread one,
 /// sized by tokio (`TOKIO_WORKER_THREADS` or the cores available).
+///
+/// `keyrelay usage` reads the database and needs no runtime.
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Usage(args)) = &cli.command {
+        return keyrelay::usage::command::run(&cli, args);
+    }
     let workers = std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|n| n.trim().parse::<usize>().ok());
     let cores = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = if cores == 1 {
@@ -25,12 +31,11 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
     };
-    runtime.expect("a tokio runtime").block_on(run())
+    runtime.expect("a tokio runtime").block_on(run(cli))
 }
 
 #[expect(clippy::print_stderr, reason = "start-up failures happen before logging exists, and must reach the operator")]
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> ExitCode {
     let settings = match config::load(Sources::from_cli(&cli)) {
         Ok(mut settings) => {
             settings.apply_cli_tls(&cli);

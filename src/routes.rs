@@ -47,6 +47,8 @@ pub enum Route<'p> {
     AdminClients,
     /// `DELETE /v1/admin/clients/{name}`; the name as the path has it.
     AdminClient(&'p str),
+    /// `GET /v1/usage`: the ledger's totals.
+    Usage,
 }
 
 impl<'p> Route<'p> {
@@ -79,6 +81,7 @@ impl<'p> Route<'p> {
             "/token-count" => Some((Self::TokenCount, "POST")),
             "/admin/reload" => Some((Self::AdminReload, "POST")),
             "/admin/clients" => Some((Self::AdminClients, "GET, POST")),
+            "/usage" => Some((Self::Usage, "GET")),
             _ => {
                 if let Some((_, action)) = response_resource(path) {
                     let methods = match action {
@@ -201,6 +204,7 @@ pub struct Routes<B> {
     pub admin_clients: RouteService<B>,
     /// Finds a [`ClientName`] in the request's extensions.
     pub admin_client: RouteService<B>,
+    pub usage: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -260,6 +264,7 @@ impl<B> Service<Request<B>> for Router<B> {
                 let name = percent_decode(name).unwrap_or_else(|| name.to_owned());
                 (&routes.admin_client, Learned::Client(ClientName(name)))
             }
+            Route::Usage => (&routes.usage, Learned::Nothing),
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -295,6 +300,7 @@ mod tests {
         assert_eq!(Route::recognize("/v1/models"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/v1/models/"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
+        assert_eq!(Route::recognize("/v1/usage"), Some((Route::Usage, "GET")));
         let reset = Route::KeyAction { id: "openai:1a2b3c4d", action: KeyAction::Reset };
         assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((reset, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
@@ -357,6 +363,7 @@ mod tests {
             admin_reload: seeing("admin_reload"),
             admin_clients: seeing("admin_clients"),
             admin_client: seeing("admin_client"),
+            usage: seeing("usage"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

@@ -51,6 +51,8 @@ pub struct App {
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
+    /// Where the database lives (`GET /v1/usage` reads it).
+    pub data_dir: std::path::PathBuf,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
     /// The cap on proxied requests in flight; shared by every stack built
@@ -60,8 +62,6 @@ pub struct App {
     pub reload: crate::reload::ReloadHandle,
     /// Client keys (configured and made at run time); kept across reloads.
     pub clients: Arc<ClientDirectory>,
-    /// Where the store, the request logs and the state live.
-    pub data_dir: std::path::PathBuf,
 }
 
 /// The response body the server writes.
@@ -247,6 +247,12 @@ where
                     let name = name.ok_or_else(|| keyrelay_layers::error::MissingExtension::new("ClientName"))?;
                     crate::admin_clients::revoke(&admin, &name).await
                 }
+            })))
+        },
+        usage: {
+            let data_dir = Arc::new(app.data_dir.clone());
+            route(admin_auth.layer(service_fn(move |req: Request<B>| {
+                crate::usage::route::answer(data_dir.clone(), req.uri().query().map(str::to_owned))
             })))
         },
         metrics: {

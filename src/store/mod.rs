@@ -8,6 +8,7 @@
 //! order, each in one transaction, and counted in `PRAGMA user_version`.
 
 pub mod clients;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 
