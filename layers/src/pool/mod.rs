@@ -32,6 +32,7 @@ mod clock;
 mod encrypted;
 mod health;
 mod key;
+mod key_budget;
 mod labels;
 mod learned;
 mod lease;
@@ -60,7 +61,7 @@ pub use self::{
     select::{Candidate, Selection, UnknownSelection, pick},
     settings::KeySettings,
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
-    status::{CooldownStatus, KeyStatus, LearnedStatus, ModelStatus, SettingsStatus, WindowStatus},
+    status::{BudgetStatus, CooldownStatus, KeyStatus, LearnedStatus, ModelStatus, SettingsStatus, WindowStatus},
 };
 
 /// Every provider the proxy knows, with its keys.
