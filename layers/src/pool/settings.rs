@@ -52,7 +52,16 @@ pub struct KeySettings {
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { weight: 1, priority: 0, models: Vec::new(), max_concurrent: None, rpm: None, tpm: None, rpd: None, budget: None }
+        Self {
+            weight: 1,
+            priority: 0,
+            models: Vec::new(),
+            max_concurrent: None,
+            rpm: None,
+            tpm: None,
+            rpd: None,
+            budget: None,
+        }
     }
 }
 
