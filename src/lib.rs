@@ -79,7 +79,10 @@ fn app_from(
     clients: Arc<keyrelay_layers::client::ClientDirectory>,
 ) -> Result<App, BoxError> {
     let (remembered, ttl) = settings.remembered_responses;
-    let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset).remembered_responses(remembered, ttl);
+    let mut pool = KeyPool::builder()
+        .daily_reset_utc(settings.daily_reset)
+        .remembered_responses(remembered, ttl)
+        .prices(settings.prices.clone());
     if let Some(previous) = carry_over {
         pool = pool.carry_over(previous);
     }

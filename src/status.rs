@@ -171,7 +171,9 @@ pub fn metrics(
     clients: &keyrelay_layers::client::ClientDirectory,
     handle: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> Response<ProxyBody> {
-    use keyrelay_layers::metrics::{KEY_IN_FLIGHT, KEY_LEARNED_REMAINING, KEY_LIMIT, KEY_STATE, KEY_WINDOW_USED};
+    use keyrelay_layers::metrics::{
+        KEY_BUDGET_REMAINING, KEY_IN_FLIGHT, KEY_LEARNED_REMAINING, KEY_LIMIT, KEY_STATE, KEY_WINDOW_USED,
+    };
     const STATES: [(KeyState, &str); 5] = [
         (KeyState::Ok, "ok"),
         (KeyState::Cooling, "cooling"),
@@ -186,6 +188,9 @@ pub fn metrics(
         }
         let labels = [("provider", key.provider.clone()), ("key", key.id.clone())];
         metrics::gauge!(KEY_IN_FLIGHT, &labels).set(f64::from(key.in_flight));
+        if let Some(budget) = &key.budget {
+            metrics::gauge!(KEY_BUDGET_REMAINING, &labels).set(budget.remaining_usd);
+        }
         let kinds = [
             ("rpm", key.settings.rpm, key.window.requests_last_minute),
             ("tpm", key.settings.tpm, key.window.tokens_last_minute),

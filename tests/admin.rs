@@ -89,7 +89,7 @@ async fn every_key_disabled_is_503_and_enabling_one_serves_again() {
         act_ok(&client, &proxy, key, "disable", Auth::Bearer(PROXY_KEY)).await;
     }
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid, disabled");
     assert!(mock.requests().is_empty());
 
     act_ok(&client, &proxy, KEY_TWO, "enable", Auth::Bearer(PROXY_KEY)).await;
@@ -136,7 +136,7 @@ async fn reset_also_enables_a_disabled_key() {
     let client = TestClient::http1();
     act_ok(&client, &proxy, KEY_ONE, "disable", Auth::Bearer(PROXY_KEY)).await;
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid, disabled");
     let status = act_ok(&client, &proxy, KEY_ONE, "reset", Auth::Bearer(PROXY_KEY)).await;
     assert_eq!(status["state"], "ok", "reset returns the key to ok: {status}");
     assert_answered(&chat(&client, &proxy).await);

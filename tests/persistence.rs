@@ -264,7 +264,7 @@ async fn invalid_key_whose_cooldown_ended_gets_one_probe_and_a_good_answer_clear
     };
     eventually("the probe to reach the upstream", || async { mock.in_flight(KEY_ONE) == 1 }).await;
     let reply = chat(&client, &proxy).await;
-    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+    assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid, disabled");
     assert_eq!(mock.requests().len(), 1, "a single probe");
 
     valve.open();
@@ -315,7 +315,7 @@ async fn failed_probe_climbs_the_invalid_ladder_up_to_a_day() {
         mock.always_for(KEY_ONE, Script::invalid_key());
 
         let reply = chat(&client, &proxy).await;
-        assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+        assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid, disabled");
         assert_eq!(mock.requests().len(), 1, "strikes {strikes}: one probe");
         let one = &keys(&client, &proxy).await[&key_id(KEY_ONE)];
         assert_eq!(one["state"], "invalid", "{one}");

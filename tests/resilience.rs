@@ -449,7 +449,7 @@ async fn every_key_invalid_is_503_no_usable_key() {
 
     for stream in [false, true] {
         let reply = chat_as(&client, &proxy, MODEL, stream).await;
-        assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid or disabled");
+        assert_openai_error(&reply, 503, "no_usable_key", "every key is invalid, disabled");
         if let Some(after) = reply.header("retry-after") {
             let after: u64 = after.parse().expect("Retry-After in seconds");
             assert!((1..=300).contains(&after), "no later than the first probe: {after}");

@@ -15,6 +15,18 @@
 //! headers said has nothing left for the model, counts as cooling for a
 //! rate limit until its window frees.
 //!
+//! A key with a budget ([`KeySettings::budget`](crate::pool::KeySettings::budget))
+//! is chosen only while its spend and the reservations of requests in
+//! flight on it leave anything: the request reserves its
+//! [`RouteTarget::max_cost`] under the pool's prices until its answer ends.
+//! A key whose remaining budget is all reserved counts as full (the request
+//! may wait for a reservation to be freed); a key that spent its budget is
+//! skipped and never waited for: when no other key
+//! can take the request, it fails at once like keys out of quota
+//! ([`AllKeysCooling`], `Retry-After` at the earliest end of a budget's
+//! period), or with [`NoUsableKey`] when every such budget is a `total`
+//! one, which never resets.
+//!
 //! When every usable key is full, the request waits for a slot; when every
 //! key is cooling, it waits for the earliest if that comes before the
 //! request's [`Deadline`], else fails at once with [`AllKeysCooling`] (429
@@ -239,6 +251,8 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         None => (&wants.excluded.0[..], wants.pinned.as_ref().map(|p| &p.0)),
     };
     let deadline = wants.deadline.map(|d| d.0);
+    // A model with no price reserves nothing of a key's budget.
+    let max_cost = target.max_cost(pool.prices()).unwrap_or(0.0);
     loop {
         // Registered before looking, so that a slot freed in between is not missed.
         let freed = provider.slot_freed().notified();
@@ -247,7 +261,14 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         // A session prefers its key, softly (`choose_for`); a required key
         // is pinned, and wins.
         let tokens = target.estimated_tokens();
-        let why = match provider.choose_reserving(target.model(), excluded, pinned, target.session(), tokens) {
+        let why = match provider.choose_reserving_cost(
+            target.model(),
+            excluded,
+            pinned,
+            target.session(),
+            tokens,
+            max_cost,
+        ) {
             Choice::Leased(lease, in_flight) => return Ok((lease, in_flight)),
             Choice::Unavailable(why) => why,
         };
@@ -284,17 +305,27 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         if why.excluded && required.is_none() {
             return Err(KeysExhausted::new(id).into());
         }
-        if let Some(until) = why.cooling_until {
-            // 429 only when the wait is a rate limit's or a quota's; keys
-            // resting after upstream failures are the upstream's trouble.
-            return Err(if why.rate_limited {
+        // A key over budget is as good as one out of quota: back when its
+        // period ends (or never, for a `total` budget).
+        let back = [why.cooling_until, why.budget_until].into_iter().flatten().min();
+        if let Some(until) = back {
+            // 429 only when the wait is a rate limit's, a quota's or a
+            // budget's; keys resting after upstream failures are the
+            // upstream's trouble.
+            return Err(if why.rate_limited || why.over_budget {
                 AllKeysCooling::new(id, target.model(), until - now).into()
             } else {
                 KeysRecovering::new(id, target.model(), until - now).into()
             });
         }
         if let Some(required) = required {
-            let state = if why.invalid_until.is_some() { "invalid" } else { "disabled" };
+            let state = if why.over_budget {
+                "over its budget"
+            } else if why.invalid_until.is_some() {
+                "invalid"
+            } else {
+                "disabled"
+            };
             let why = format!("key {}, which is {state}", required.key);
             return Err(ResponseKeyUnavailable::new(&required.response_id, why).into());
         }

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use keyrelay_layers::pool::{KeySettings, Secret};
+use keyrelay_layers::{
+    budget::{Budget, BudgetPeriod},
+    pool::{KeySettings, Secret},
+};
 use serde::Deserialize;
 
 use super::{ConfigError, ConfigSecrets, KeyConfig, env_compat::Var};
@@ -118,6 +121,9 @@ impl KeySources {
                 settings = settings.max_concurrent(cap);
             }
             settings = settings.rpm(table.rpm.unwrap_or(0)).tpm(table.tpm.unwrap_or(0)).rpd(table.rpd.unwrap_or(0));
+            if let Some(budget) = budget(&at, table.budget_usd, table.budget_period.as_deref())? {
+                settings = settings.budget(budget);
+            }
             keys.push((Secret::new(secret), settings));
         }
         for key in plain.0.into_iter().filter(|k| !k.0.is_empty()) {
@@ -128,5 +134,68 @@ impl KeySources {
             keys.push((Secret::new(llm.secret.as_str()), settings));
         }
         Ok(keys)
+    }
+}
+
+/// A key table's budget: `budget_usd` (above 0) per `budget_period`
+/// (default `month`); errors name the table (`at`).
+fn budget(at: &str, usd: Option<f64>, period: Option<&str>) -> Result<Option<Budget>, ConfigError> {
+    let Some(usd) = usd else {
+        return match period {
+            Some(_) => Err(ConfigError(format!("{at}.budget_period: set budget_usd too (the budget in USD)"))),
+            None => Ok(None),
+        };
+    };
+    if !(usd.is_finite() && usd > 0.0) {
+        return Err(ConfigError(format!("{at}.budget_usd: {usd} is not an amount above 0")));
+    }
+    let period = match period {
+        None => BudgetPeriod::default(),
+        Some(period) => period
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|err| ConfigError(format!("{at}.budget_period: {err}")))?,
+    };
+    Ok(Some(Budget::new(usd, period)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(json: serde_json::Value) -> KeyConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn keys(tables: Vec<KeyConfig>) -> Result<Vec<(Secret, KeySettings)>, ConfigError> {
+        KeySources::default().keys_of("openai", tables, ConfigSecrets::default())
+    }
+
+    #[test]
+    fn a_key_table_may_set_a_budget_per_calendar_period() {
+        let parsed = keys(vec![
+            table(serde_json::json!({"key": "sk-a", "budget_usd": 5, "budget_period": "day"})),
+            table(serde_json::json!({"key": "sk-b", "budget_usd": 20.5})),
+            table(serde_json::json!({"key": "sk-c"})),
+        ])
+        .unwrap();
+        assert_eq!(parsed[0].1.budget, Some(Budget::new(5.0, BudgetPeriod::Day)));
+        assert_eq!(parsed[1].1.budget, Some(Budget::new(20.5, BudgetPeriod::Month)), "month by default");
+        assert_eq!(parsed[2].1.budget, None);
+    }
+
+    #[test]
+    fn a_bad_budget_names_the_key_table_never_the_key() {
+        let message = |json| keys(vec![table(json)]).unwrap_err().to_string();
+        let bad_period = message(serde_json::json!({"key": "sk-secret", "budget_usd": 5, "budget_period": "year"}));
+        assert!(bad_period.contains("providers.openai.keys[0].budget_period"), "{bad_period}");
+        assert!(bad_period.contains("day, week, month or total") && !bad_period.contains("sk-secret"), "{bad_period}");
+        for usd in [0.0, -1.0] {
+            let zero = message(serde_json::json!({"key": "sk-secret", "budget_usd": usd}));
+            assert!(zero.contains("providers.openai.keys[0].budget_usd"), "{zero}");
+        }
+        let alone = message(serde_json::json!({"key": "sk-secret", "budget_period": "week"}));
+        assert!(alone.contains("set budget_usd too"), "{alone}");
     }
 }

@@ -213,6 +213,10 @@ pub struct KeyConfig {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub rpd: Option<u64>,
+    /// USD the key may spend per `budget_period` (none: no budget).
+    pub budget_usd: Option<f64>,
+    /// `day`, `week`, `month` (default) or `total`, calendar periods in UTC.
+    pub budget_period: Option<String>,
 }
 
 fn one() -> u32 {
@@ -391,6 +395,9 @@ pub struct Settings {
     pub clients: Vec<(keyrelay_layers::client::KeyDigest, keyrelay_layers::client::ClientPolicy)>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
+    /// What requests cost (keys' budgets are charged by it); empty until
+    /// the config's prices fill it.
+    pub prices: std::sync::Arc<keyrelay_layers::price::PriceTable>,
 }
 
 /// A configuration that cannot run: the message names the key and where it
@@ -604,6 +611,7 @@ fn validate(
         ),
         providers,
         notes,
+        prices: Default::default(),
     })
 }
 

@@ -307,7 +307,7 @@ failures! {
         retry_after |this| this.retry_after.map(|d| ceil_secs(d).max(1));
         message |this, f| write!(
             f,
-            "no usable key for provider `{}`: every key is invalid or disabled (see GET /v1/keys)",
+            "no usable key for provider `{}`: every key is invalid, disabled or has spent a `total` budget (see GET /v1/keys)",
             this.provider
         );
         impl {

@@ -132,8 +132,9 @@ impl KeyPoolBuilder {
     /// provider, secret and auth header) keeps its state, shared with
     /// requests still in flight on `previous` — cooldowns, invalid marks,
     /// counters, in-flight counts and concurrency slots — and a provider
-    /// keeps the models it listed. Keys not given again leave with
-    /// `previous`, once the requests holding them finish.
+    /// keeps the models it listed. A key keeps what it spent of its budget
+    /// (the budget itself is the new settings'). Keys not given again leave
+    /// with `previous`, once the requests holding them finish.
     ///
     /// ```
     /// use keyrelay_layers::{pool::{KeyPool, Secret}, provider::Provider};
@@ -250,7 +251,10 @@ impl KeyPoolBuilder {
                 }
                 let fresh = KeyEntry::new(&provider, secret, position + 1)?;
                 let kept = self.carry_over.as_ref().and_then(|old| old.same_key(&fresh));
-                keys.push(kept.unwrap_or_else(|| Arc::new(fresh)));
+                let key = kept.unwrap_or_else(|| Arc::new(fresh));
+                // A kept key keeps its spend; its budget is the new settings'.
+                key.health().set_budget(key_settings.budget, clock.now_unix_ms());
+                keys.push(key);
                 settings.push(key_settings);
             }
             let previous = self.carry_over.as_ref().and_then(|old| old.provider(provider.id().as_str()));
@@ -277,6 +281,7 @@ impl KeyPoolBuilder {
                 token_counters: HandleCache::default(),
                 responses: responses.clone(),
                 sessions,
+                prices: self.prices.clone(),
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))

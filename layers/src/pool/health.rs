@@ -173,6 +173,9 @@ pub(crate) struct Health {
     pub reliability: super::Reliability,
     /// Requests and tokens of the last minute, for the key's `rpm` and `tpm`.
     pub windows: Windows,
+    /// The key's spend against its budget, when it has one (see
+    /// `key_budget.rs`); shared with the holds of requests in flight.
+    pub budget: Option<Arc<crate::budget::BudgetMeter>>,
 }
 
 /// Whether a key can take a request for a model right now.

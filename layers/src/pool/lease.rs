@@ -84,12 +84,15 @@ impl KeyLease {
         self.pool.slots(self.index, model)
     }
 
-    /// Counts the tokens an answer reported for (key, `model`), and puts
-    /// them in the key's `tpm` window in place of the estimate reserved
-    /// when it was chosen. (An answer that reports nothing keeps its
-    /// reservation.)
+    /// Counts the tokens an answer reported for (key, `model`), puts them
+    /// in the key's `tpm` window in place of the estimate reserved when it
+    /// was chosen (an answer that reports nothing keeps its reservation),
+    /// and charges what they cost to the key's budget, if it has one (the
+    /// reservation of the budget is the [`InFlight`] guard's, freed when
+    /// the answer ends).
     pub fn count_usage(&self, model: &str, usage: crate::usage::Usage) {
         self.pool.count_usage(self.index, model, usage);
+        self.pool.charge_budget(self.index, model, usage);
         let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         self.pool.reconcile_tokens(self.index, self.leased_at, self.reserved_tokens, used);
     }
@@ -109,18 +112,22 @@ impl fmt::Debug for KeyLease {
 }
 
 /// Holds one request in a key's in-flight count until dropped. It lives in
-/// the response body, so a stream counts until its last byte.
+/// the response body, so a stream counts until its last byte. It holds the
+/// request's reservation of the key's budget too, freed when it drops.
 pub struct InFlight {
     pub(super) pool: Arc<ProviderPool>,
     pub(super) index: usize,
     pub(super) model: Arc<str>,
     pub(super) probe: bool,
+    pub(super) budget: Option<crate::budget::BudgetHold>,
 }
 
 impl InFlight {
-    /// Counts the tokens a successful answer reported.
+    /// Counts the tokens a successful answer reported, and charges what
+    /// they cost to the key's budget.
     pub fn count_usage(&self, usage: crate::usage::Usage) {
         self.pool.count_usage(self.index, &self.model, usage);
+        self.pool.charge_budget(self.index, &self.model, usage);
     }
 
     /// A stream broke after its headers: a transient failure of this key.
@@ -144,6 +151,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let key = &self.pool.keys[self.index];
         key.in_flight.fetch_sub(1, Relaxed);
+        // What was reserved and not spent may let another request in.
+        drop(self.budget.take());
         if self.probe {
             // The probe ended without a verdict (the client left): let
             // another request probe.

@@ -32,6 +32,7 @@ mod clock;
 mod encrypted;
 mod health;
 mod key;
+mod key_budget;
 mod labels;
 mod learned;
 mod lease;
@@ -44,6 +45,7 @@ mod select;
 mod settings;
 mod snapshot;
 mod status;
+mod unavailable;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -55,13 +57,14 @@ pub use self::{
     health::{Counters, KeyState},
     key::{InvalidKey, KeyEntry, KeyId, Secret},
     lease::{InFlight, KeyLease, SlotPermit},
-    provider_pool::{Choice, ProviderPool, Unavailable},
+    provider_pool::{Choice, ProviderPool},
     reliability::{RELIABILITY_HALF_LIFE, RELIABILITY_REFERENCE_LATENCY, Reliability},
     responses::{DEFAULT_REMEMBERED_RESPONSES, DEFAULT_RESPONSE_TTL, ResponseOwner, ResponseOwners},
     select::{Candidate, Selection, UnknownSelection, pick},
     settings::KeySettings,
     snapshot::{KeySnapshot, ModelSnapshot, PoolSnapshot, ResponseSnapshot, SNAPSHOT_VERSION},
-    status::{CooldownStatus, KeyStatus, LearnedStatus, ModelStatus, SettingsStatus, WindowStatus},
+    status::{BudgetStatus, CooldownStatus, KeyStatus, LearnedStatus, ModelStatus, SettingsStatus, WindowStatus},
+    unavailable::Unavailable,
 };
 
 /// Every provider the proxy knows, with its keys.

@@ -19,9 +19,11 @@ use super::{
     Affinity, InFlight, KeyEntry, KeyId, KeyLease, KeySettings, PoolClock, ProviderOptions, ProviderPause,
     ResponseOwners, Selection, SessionAffinity,
     health::Availability,
+    key_budget::BudgetRoom,
     labels::ModelLabels,
     limits,
     select::{self, Candidate},
+    unavailable::Unavailable,
 };
 use crate::{
     classify::{Failure, FailureClass},
@@ -60,6 +62,8 @@ pub struct ProviderPool {
     pub(super) responses: Arc<ResponseOwners>,
     /// Which key served each session last (this provider's, kept over reloads).
     pub(super) sessions: Arc<SessionAffinity>,
+    /// The pool's prices: what keys' budgets are charged.
+    pub(super) prices: Arc<crate::price::PriceTable>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -71,44 +75,17 @@ pub enum Choice {
     Unavailable(Unavailable),
 }
 
-/// Why no key could be chosen, and when one might be.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Unavailable {
-    /// The provider has no key at all.
-    pub no_keys: bool,
-    /// The earliest end of a cooldown (or of a provider pause) among keys
-    /// not excluded; a key at its `rpm`, `tpm` or `rpd` limit, or one the
-    /// provider's headers said has nothing left for the model, counts as
-    /// cooling for a rate limit until then.
-    pub cooling_until: Option<Instant>,
-    /// Some key is usable but has no free slot: wait on [`ProviderPool::slot_freed`].
-    pub full: bool,
-    /// Some keys were skipped because the request already tried them.
-    pub excluded: bool,
-    /// The provider has keys, but none is bound to the model (their
-    /// [`KeySettings::models`] leave it out).
-    pub no_key_for_model: bool,
-    /// The earliest time an invalid key may be probed.
-    pub invalid_until: Option<Instant>,
-    /// Whether any key that could serve is cooling for a rate limit or a
-    /// quota, or the provider is paused (which rate limits on several keys
-    /// start). `false` when every cooling key only rests after repeated
-    /// transient failures (5xx, resets, timeouts): the upstream is
-    /// struggling and nobody was rate limited, so the client should hear
-    /// 503 [`KeysRecovering`](crate::error::KeysRecovering), not 429. Mixed,
-    /// it is `true`: a 429 is then the truth for part of the pool, and
-    /// `Retry-After` still names when the first key is back. Always `false`
-    /// without `cooling_until`.
-    pub rate_limited: bool,
+/// What a request reserves of the key it is given: tokens of its `tpm`
+/// window, USD of its budget.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ask {
+    tokens: u64,
+    max_cost: f64,
 }
 
-impl Unavailable {
-    /// Keeps the earliest cooldown end, and whether any is a rate limit's.
-    fn cooling(&mut self, until: Instant, rate_limited: bool) {
-        self.cooling_until = Some(self.cooling_until.map_or(until, |earliest| earliest.min(until)));
-        self.rate_limited |= rate_limited;
-    }
-}
+/// Scans one choice may make when other requests keep taking the last of
+/// the budget of the key it chose.
+const BUDGET_RACES: usize = 3;
 
 impl ProviderPool {
     /// The settings of the key at `index` (see [`keys`](Self::keys)).
@@ -164,7 +141,7 @@ impl ProviderPool {
     /// (same-key retries). The chosen key counts in flight until the
     /// returned guard drops.
     pub fn choose(self: &Arc<Self>, model: &str, excluded: &[KeyId], pinned: Option<&KeyId>) -> Choice {
-        self.choose_preferring(model, excluded, pinned, None, 0)
+        self.choose_preferring(model, excluded, pinned, None, Ask::default())
     }
 
     /// [`choose`](Self::choose) for a request of `session` (when it carries
@@ -224,11 +201,34 @@ impl ProviderPool {
         session: Option<&str>,
         tokens: u64,
     ) -> Choice {
+        self.choose_reserving_cost(model, excluded, pinned, session, tokens, 0.0)
+    }
+
+    /// [`choose_reserving`](Self::choose_reserving) for a request that may
+    /// cost up to `max_cost` USD (its
+    /// [`RouteTarget::max_cost`](crate::extensions::RouteTarget::max_cost);
+    /// 0 for a model with no price): a key with a budget
+    /// ([`KeySettings::budget`]) is taken only while its spend and the
+    /// reservations of requests in flight on it leave anything, and holds
+    /// `max_cost` reserved until the answer ends (the [`InFlight`] guard
+    /// frees it; [`KeyLease::count_usage`] charges the real cost). A key
+    /// over budget is skipped and never waited for
+    /// ([`Unavailable::over_budget`]).
+    pub fn choose_reserving_cost(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        session: Option<&str>,
+        tokens: u64,
+        max_cost: f64,
+    ) -> Choice {
+        let ask = Ask { tokens, max_cost };
         let session = session.filter(|_| self.options.affinity == Affinity::Session);
-        let Some(session) = session else { return self.choose_preferring(model, excluded, pinned, None, tokens) };
+        let Some(session) = session else { return self.choose_preferring(model, excluded, pinned, None, ask) };
         let now = Instant::now();
         let preferred = pinned.is_none().then(|| self.sessions.key_for(session, model, now)).flatten();
-        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref(), tokens);
+        let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref(), ask);
         if let Choice::Leased(lease, _) = &choice {
             self.sessions.bind(session, model, lease.key_id(), now);
         }
@@ -241,9 +241,33 @@ impl ProviderPool {
         excluded: &[KeyId],
         pinned: Option<&KeyId>,
         preferred: Option<&KeyId>,
-        tokens: u64,
+        ask: Ask,
     ) -> Choice {
+        // Another request may take a key's last budget between the scan and
+        // the lease: look again, when that key is over budget and skipped.
+        let mut raced = Unavailable::default();
+        for _ in 0..BUDGET_RACES {
+            match self.choose_once(model, excluded, pinned, preferred, ask) {
+                Ok(choice) => return choice,
+                Err(why) => raced = why,
+            }
+        }
+        Choice::Unavailable(raced)
+    }
+
+    /// One scan and lease; `Err` when the key chosen lost its budget to
+    /// another request in between.
+    fn choose_once(
+        self: &Arc<Self>,
+        model: &str,
+        excluded: &[KeyId],
+        pinned: Option<&KeyId>,
+        preferred: Option<&KeyId>,
+        ask: Ask,
+    ) -> Result<Choice, Unavailable> {
+        let tokens = ask.tokens;
         let now = Instant::now();
+        let now_ms = self.clock.unix_ms(now);
         let today = self.clock.day(now);
         let mut why = Unavailable { no_keys: self.keys.is_empty(), ..Unavailable::default() };
         let paused = self.paused_until(now);
@@ -265,6 +289,19 @@ impl ProviderPool {
             }
             let health = key.health();
             let mut availability = health.availability(model, now, today);
+            if let Availability::Ready { .. } = availability {
+                match health.budget_room(now_ms) {
+                    BudgetRoom::Free => {}
+                    // Freed when a request on the key ends, like a slot.
+                    BudgetRoom::Reserved => availability = Availability::Full,
+                    // Not a cooldown: nothing short of the period's end
+                    // brings it back, and nobody waits for that.
+                    BudgetRoom::Spent { resets_at } => {
+                        why.budget_spent(self.budget_reset(resets_at));
+                        continue;
+                    }
+                }
+            }
             if let Availability::Ready { .. } = availability
                 && let Some(until) = self.limits_free_at(index, &health, now, tokens)
             {
@@ -320,14 +357,14 @@ impl ProviderPool {
                 why.cooling_until = Some(pause.max(ready));
                 why.rate_limited = true;
             }
-            return Choice::Unavailable(why);
+            return Ok(Choice::Unavailable(why));
         }
         // Still there after the tier cut: the session stays on its key.
         let preferred = preferred_ready.filter(|&index| candidates.iter().any(|c| c.index == index));
         let Some(index) = preferred.or_else(|| {
             select::pick(self.options.selection, &candidates, self.keys.len(), &self.cursor, fastrand::f64())
         }) else {
-            return Choice::Unavailable(why);
+            return Ok(Choice::Unavailable(why));
         };
         let key = &self.keys[index];
         let mut health = key.health();
@@ -342,13 +379,22 @@ impl ProviderPool {
                     drop(health);
                     why.full = true;
                     why.cooling(until, true);
-                    return Choice::Unavailable(why);
+                    return Ok(Choice::Unavailable(why));
                 }
             },
             _ => {
                 drop(health);
                 why.full = true;
-                return Choice::Unavailable(why);
+                return Ok(Choice::Unavailable(why));
+            }
+        };
+        let budget = match health.reserve_budget(now_ms, ask.max_cost) {
+            Ok(hold) => hold,
+            // Another request took what was left since the scan: the next
+            // scan sees the key full or spent.
+            Err(_) => {
+                why.full = true;
+                return Err(why);
             }
         };
         health.probing |= probe;
@@ -360,8 +406,8 @@ impl ProviderPool {
         key.requests.fetch_add(1, Relaxed);
         key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
         let lease = KeyLease { pool: self.clone(), index, leased_at: now, reserved_tokens: tokens };
-        let guard = InFlight { pool: self.clone(), index, model: model.into(), probe };
-        Choice::Leased(lease, guard)
+        let guard = InFlight { pool: self.clone(), index, model: model.into(), probe, budget };
+        Ok(Choice::Leased(lease, guard))
     }
 
     /// When the first key cooling for `model` comes back, if any is cooling.

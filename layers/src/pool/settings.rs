@@ -2,10 +2,12 @@
 //! provider's own options: its weight for `weighted` selection, its
 //! priority tier, the models it is bound to, its own concurrency cap, and
 //! its published limits (requests per minute and per day, tokens per
-//! minute), which selection enforces before the provider has to.
+//! minute), which selection enforces before the provider has to, and its
+//! budget in USD over a calendar period (a key with free credits or a
+//! monthly cap), which selection enforces too.
 //!
 //! ```
-//! use keyrelay_layers::pool::KeySettings;
+//! use keyrelay_layers::{budget::{Budget, BudgetPeriod}, pool::KeySettings};
 //!
 //! let paid = KeySettings::new().priority(1).weight(3).models(&["gpt-4o*".to_owned()]).max_concurrent(4);
 //! assert!(paid.serves("gpt-4o-mini") && paid.serves("GPT-4o") && !paid.serves("o3"));
@@ -13,11 +15,15 @@
 //! assert_eq!((limited.rpm, limited.tpm, limited.rpd), (Some(500), Some(200_000), Some(10_000)));
 //! assert_eq!(KeySettings::new().rpm(0).rpm, None, "0: no limit");
 //! assert!(KeySettings::new().serves("anything"), "no binding: every model");
+//! let capped = KeySettings::new().budget(Budget::new(5.0, BudgetPeriod::Month));
+//! assert_eq!(capped.budget.unwrap().limit_usd, 5.0);
 //! ```
 
 use std::fmt;
 
 use wildmatch::WildMatch;
+
+use crate::budget::Budget;
 
 /// How one key is used; the default is weight 1, priority 0, every model,
 /// the provider's concurrency cap.
@@ -39,11 +45,23 @@ pub struct KeySettings {
     pub tpm: Option<u64>,
     /// Requests per day at most (the pool's day, from its daily reset).
     pub rpd: Option<u64>,
+    /// USD the key may spend per calendar period (priced by the pool's
+    /// [`PriceTable`](crate::price::PriceTable)); `None`: no budget.
+    pub budget: Option<Budget>,
 }
 
 impl Default for KeySettings {
     fn default() -> Self {
-        Self { weight: 1, priority: 0, models: Vec::new(), max_concurrent: None, rpm: None, tpm: None, rpd: None }
+        Self {
+            weight: 1,
+            priority: 0,
+            models: Vec::new(),
+            max_concurrent: None,
+            rpm: None,
+            tpm: None,
+            rpd: None,
+            budget: None,
+        }
     }
 }
 
@@ -106,6 +124,16 @@ impl KeySettings {
         self
     }
 
+    /// At most `budget.limit_usd` spent per `budget.period` (calendar
+    /// periods in UTC). The key is not chosen while what it spent, and what
+    /// requests in flight on it reserved (each its maximum cost), fill the
+    /// budget: `/v1/keys` shows it `exhausted` until the period ends. A
+    /// model with no price reserves and costs nothing.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Whether any of `rpm`, `tpm`, `rpd` is set.
     pub fn has_limits(&self) -> bool {
         self.rpm.is_some() || self.tpm.is_some() || self.rpd.is_some()
@@ -128,6 +156,7 @@ impl KeySettings {
             && self.models.is_empty()
             && self.max_concurrent.is_none()
             && !self.has_limits()
+            && self.budget.is_none()
     }
 }
 
@@ -138,6 +167,7 @@ impl PartialEq for KeySettings {
             && self.model_globs().eq(other.model_globs())
             && self.max_concurrent == other.max_concurrent
             && (self.rpm, self.tpm, self.rpd) == (other.rpm, other.tpm, other.rpd)
+            && self.budget == other.budget
     }
 }
 
@@ -151,6 +181,7 @@ impl fmt::Debug for KeySettings {
             .field("rpm", &self.rpm)
             .field("tpm", &self.tpm)
             .field("rpd", &self.rpd)
+            .field("budget", &self.budget)
             .finish()
     }
 }

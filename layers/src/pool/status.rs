@@ -42,6 +42,10 @@ pub struct KeyStatus {
     pub provider: String,
     /// The state status pages show.
     pub state: KeyState,
+    /// Why an `exhausted` key is: `budget` (it spent its budget, until the
+    /// period ends) or `quota` (the provider said so, for some model);
+    /// `None` in other states.
+    pub reason: Option<&'static str>,
     /// Requests in flight now.
     pub in_flight: u32,
     /// Requests sent with the key since start (or since the state file).
@@ -63,6 +67,28 @@ pub struct KeyStatus {
     /// What the provider's rate-limit headers last said it has left, by
     /// model (only what has not reset yet).
     pub learned: Vec<LearnedStatus>,
+    /// Its budget and what it spent of it, when it has one.
+    pub budget: Option<BudgetStatus>,
+}
+
+/// A key's budget as `/v1/keys` shows it, in USD.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct BudgetStatus {
+    /// The most the key may spend per period.
+    pub limit_usd: f64,
+    /// `day`, `week`, `month` or `total` (calendar periods in UTC).
+    pub period: &'static str,
+    /// Spent in the current period.
+    pub spent_usd: f64,
+    /// Reserved by requests in flight (each its maximum cost).
+    pub reserved_usd: f64,
+    /// Left after the spend and the reservations (never below 0).
+    pub remaining_usd: f64,
+    /// When the period ends and the spend starts from 0 again, in
+    /// milliseconds since the Unix epoch; `None` for `total`.
+    pub resets_at_unix_ms: Option<u64>,
 }
 
 /// A key's requests and tokens of the last minute and of the day, the
@@ -163,10 +189,32 @@ impl ProviderPool {
             requests_today: health.requests_on(today),
         };
         let settings = &self.settings[index];
+        let now_ms = self.clock.unix_ms(now);
+        let budget = health.budget.as_ref().map(|meter| {
+            let limit = meter.budget();
+            BudgetStatus {
+                limit_usd: limit.limit_usd,
+                period: limit.period.as_str(),
+                spent_usd: meter.spent(now_ms),
+                reserved_usd: meter.reserved(),
+                remaining_usd: meter.remaining(now_ms),
+                resets_at_unix_ms: limit.period.end(now_ms),
+            }
+        });
+        let mut state = health.state(now, today);
+        let reason = if matches!(state, KeyState::Disabled | KeyState::Invalid) {
+            None
+        } else if health.budget_spent(now_ms) {
+            state = KeyState::Exhausted;
+            Some("budget")
+        } else {
+            (state == KeyState::Exhausted).then_some("quota")
+        };
         KeyStatus {
             id: key.id().as_str().to_owned(),
             provider: self.provider.id().as_str().to_owned(),
-            state: health.state(now, today),
+            state,
+            reason,
             in_flight: key.in_flight(),
             requests: key.requests(),
             last_used_unix_ms: Some(key.last_used_unix_ms()).filter(|&ms| ms > 0),
@@ -185,6 +233,7 @@ impl ProviderPool {
             },
             window,
             learned,
+            budget,
         }
     }
 }
