@@ -63,6 +63,8 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
         current.reload.clone(),
     )?;
     app.request_log = current.request_log.clone();
+    // Spend since start is one counter across reloads: it never goes back.
+    app.cost_totals = current.cost_totals.clone();
     Ok(app)
 }
 
@@ -74,7 +76,10 @@ fn app_from(
     reload: ReloadHandle,
 ) -> Result<App, BoxError> {
     let (remembered, ttl) = settings.remembered_responses;
-    let mut pool = KeyPool::builder().daily_reset_utc(settings.daily_reset).remembered_responses(remembered, ttl);
+    let mut pool = KeyPool::builder()
+        .daily_reset_utc(settings.daily_reset)
+        .remembered_responses(remembered, ttl)
+        .prices(settings.prices.clone());
     if let Some(previous) = carry_over {
         pool = pool.carry_over(previous);
     }
@@ -100,6 +105,7 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
+        cost_totals: Arc::default(),
         shed,
         reload,
     })

@@ -52,6 +52,8 @@ pub struct App {
     pub configured_providers: Vec<String>,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
+    /// USD spent since start (`keyrelay_cost_usd_total`); kept across reloads.
+    pub cost_totals: Arc<keyrelay_layers::price::CostTotals>,
     /// The cap on proxied requests in flight; shared by every stack built
     /// from this app (and kept across reloads).
     pub shed: LoadShedLayer,
@@ -79,6 +81,7 @@ where
         Some(access) => request_log.with_access_log(access),
         None => request_log,
     };
+    let request_log = request_log.with_prices(app.pool.prices().clone(), app.cost_totals.clone());
     ServiceBuilder::new()
         // Mark credentials sensitive before anything could log a header.
         .layer(SetSensitiveRequestHeadersLayer::new(CREDENTIAL_HEADERS.iter().cloned()))
@@ -207,10 +210,10 @@ where
             })))
         },
         metrics: {
-            let pool = app.pool.clone();
+            let (pool, totals) = (app.pool.clone(), app.cost_totals.clone());
             let handle = crate::telemetry::metrics_handle();
             let scrape = service_fn(move |_: Request<B>| {
-                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, handle)))
+                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, &totals, handle)))
             });
             let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { auth.clone() };
             route(metrics_auth.layer(scrape))

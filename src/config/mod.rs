@@ -8,6 +8,7 @@
 mod aliases;
 mod env_compat;
 mod keys;
+pub mod prices;
 pub mod providers;
 
 use std::{
@@ -43,6 +44,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     /// Model aliases: `[models."<alias>"] targets = ["provider/model", ...]`.
     pub models: BTreeMap<String, aliases::AliasConfig>,
+    /// Prices over the shipped table: `[prices."provider/model"] input = ...`.
+    pub prices: BTreeMap<String, prices::PriceConfig>,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -384,6 +387,9 @@ pub struct Settings {
     pub route_defaults: RouteDefaults,
     /// How many response ids keep their key, and for how long.
     pub remembered_responses: (usize, Duration),
+    /// USD per million tokens by `provider/model`: the shipped table with
+    /// config's prices over it.
+    pub prices: std::sync::Arc<keyrelay_layers::price::PriceTable>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -595,6 +601,7 @@ fn validate(
             config.routes.remembered_responses,
             Duration::from_secs(config.routes.remembered_response_ttl_secs),
         ),
+        prices: prices::price_table(&config.prices)?,
         providers,
         notes,
     })
