@@ -276,6 +276,7 @@ impl KeyPoolBuilder {
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
                 responses: responses.clone(),
+                prices: self.prices.clone(),
                 sessions,
             }));
         }
