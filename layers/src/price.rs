@@ -149,8 +149,11 @@ impl PriceTable {
 /// its `/metrics` page with [`CostTotals::render`].
 #[derive(Debug, Default)]
 pub struct CostTotals {
-    totals: Mutex<HashMap<(Arc<str>, String, Arc<str>), f64>>,
+    totals: Mutex<HashMap<TotalKey, f64>>,
 }
+
+/// (client, provider, model label).
+type TotalKey = (Arc<str>, String, Arc<str>);
 
 impl CostTotals {
     /// Adds `cost` USD spent by `client` on `model` of `provider`.
