@@ -67,6 +67,8 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
         current.clients.clone(),
     )?;
     app.request_log = current.request_log.clone();
+    // Spend since start is one counter across reloads: it never goes back.
+    app.cost_totals = current.cost_totals.clone();
     Ok(app)
 }
 
@@ -113,6 +115,7 @@ fn app_from(
             .collect(),
         request_log: None,
         data_dir: settings.data_dir.clone(),
+        cost_totals: Arc::default(),
         shed,
         reload,
         clients,

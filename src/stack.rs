@@ -55,6 +55,8 @@ pub struct App {
     pub data_dir: std::path::PathBuf,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
+    /// USD spent since start (`keyrelay_cost_usd_total`); kept across reloads.
+    pub cost_totals: Arc<keyrelay_layers::price::CostTotals>,
     /// The cap on proxied requests in flight; shared by every stack built
     /// from this app (and kept across reloads).
     pub shed: LoadShedLayer,
@@ -84,6 +86,7 @@ where
         Some(access) => request_log.with_access_log(access),
         None => request_log,
     };
+    let request_log = request_log.with_prices(app.pool.prices().clone(), app.cost_totals.clone());
     ServiceBuilder::new()
         // Mark credentials sensitive before anything could log a header.
         .layer(SetSensitiveRequestHeadersLayer::new(CREDENTIAL_HEADERS.iter().cloned()))
@@ -256,10 +259,10 @@ where
             })))
         },
         metrics: {
-            let (pool, clients) = (app.pool.clone(), app.clients.clone());
+            let (pool, clients, totals) = (app.pool.clone(), app.clients.clone(), app.cost_totals.clone());
             let handle = crate::telemetry::metrics_handle();
             let scrape = service_fn(move |_: Request<B>| {
-                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, &clients, handle)))
+                std::future::ready(Ok::<_, Infallible>(crate::status::metrics(&pool, &clients, &totals, handle)))
             });
             let metrics_auth = if app.metrics_open { AuthLayer::disabled() } else { proxy_auth.clone() };
             route(metrics_auth.layer(scrape))

@@ -165,10 +165,12 @@ fn key_counts(states: &[KeyState]) -> serde_json::Value {
 }
 
 /// `GET /metrics`: Prometheus text. Key gauges are refreshed from the pool
-/// at each scrape, so they are exact when read.
+/// at each scrape, so they are exact when read; the cost totals (fractions
+/// of a dollar, which the exporter's counters cannot hold) follow them.
 pub fn metrics(
     pool: &KeyPool,
     clients: &keyrelay_layers::client::ClientDirectory,
+    totals: &keyrelay_layers::price::CostTotals,
     handle: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> Response<ProxyBody> {
     use keyrelay_layers::metrics::{
@@ -224,7 +226,12 @@ pub fn metrics(
         }
     }
     handle.run_upkeep();
-    let mut res = Response::new(full(Bytes::from(handle.render())));
+    let mut page = handle.render();
+    if !page.is_empty() && !page.ends_with('\n') {
+        page.push('\n');
+    }
+    page.push_str(&totals.render());
+    let mut res = Response::new(full(Bytes::from(page)));
     res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     res
 }

@@ -9,6 +9,7 @@ mod aliases;
 pub mod clients;
 mod env_compat;
 mod keys;
+pub mod prices;
 pub mod providers;
 
 use std::{
@@ -46,6 +47,8 @@ pub struct Config {
     pub models: BTreeMap<String, aliases::AliasConfig>,
     /// Client keys, each with its models, limits and budget.
     pub clients: Vec<clients::ClientConfig>,
+    /// Prices over the shipped table: `[prices."provider/model"] input = ...`.
+    pub prices: BTreeMap<String, prices::PriceConfig>,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -393,11 +396,11 @@ pub struct Settings {
     pub remembered_responses: (usize, Duration),
     /// The configured client keys (digests only) and their policies.
     pub clients: Vec<(keyrelay_layers::client::KeyDigest, keyrelay_layers::client::ClientPolicy)>,
+    /// USD per million tokens by `provider/model`: the shipped table with
+    /// config's prices over it.
+    pub prices: std::sync::Arc<keyrelay_layers::price::PriceTable>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
-    /// What requests cost (keys' budgets are charged by it); empty until
-    /// the config's prices fill it.
-    pub prices: std::sync::Arc<keyrelay_layers::price::PriceTable>,
 }
 
 /// A configuration that cannot run: the message names the key and where it
@@ -609,9 +612,9 @@ fn validate(
             config.routes.remembered_responses,
             Duration::from_secs(config.routes.remembered_response_ttl_secs),
         ),
+        prices: prices::price_table(&config.prices)?,
         providers,
         notes,
-        prices: Default::default(),
     })
 }
 

@@ -100,6 +100,21 @@ where
             Poll::Pending => Poll::Ready(()),
         }
     }
+
+    /// The batch [`poll_prefetch`](Self::poll_prefetch) completed, when it
+    /// is the whole body: the inner body ended with it, as it said (hyper's
+    /// body does once a `Content-Length` is all here) or by ending within
+    /// the batch's turn (a chunked body's last chunk read with it). `None`
+    /// when more may follow, or nothing was prefetched.
+    pub fn prefetched_whole(&self) -> Option<&Bytes> {
+        let Some(Some(Ok(frame))) = &self.prefetched else { return None };
+        let data = frame.data_ref()?;
+        let ended = match &self.after {
+            Some(end) => end.is_none(),
+            None => self.first.is_none() && self.inner.is_end_stream(),
+        };
+        ended.then_some(data)
+    }
 }
 
 impl<B: Body> std::fmt::Debug for CoalescedBody<B> {

@@ -280,8 +280,8 @@ impl KeyPoolBuilder {
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),
                 responses: responses.clone(),
-                sessions,
                 prices: self.prices.clone(),
+                sessions,
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))

@@ -60,10 +60,11 @@ pub struct ProviderPool {
     pub(super) token_counters: HandleCache<Arc<str>, [metrics::Counter; 2]>,
     /// The pool's memory of which key made which response.
     pub(super) responses: Arc<ResponseOwners>,
+    /// The pool's prices (shared): what an answer costs, priced where it is
+    /// read, and what keys' budgets are charged.
+    pub(super) prices: Arc<crate::price::PriceTable>,
     /// Which key served each session last (this provider's, kept over reloads).
     pub(super) sessions: Arc<SessionAffinity>,
-    /// The pool's prices: what keys' budgets are charged.
-    pub(super) prices: Arc<crate::price::PriceTable>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -102,6 +103,12 @@ impl ProviderPool {
     /// Which key made each Responses API response (the pool's, shared).
     pub fn responses(&self) -> &Arc<ResponseOwners> {
         &self.responses
+    }
+
+    /// What requests cost: the pool's prices (see
+    /// [`KeyPoolBuilder::prices`](super::KeyPoolBuilder::prices)).
+    pub fn prices(&self) -> &Arc<crate::price::PriceTable> {
+        &self.prices
     }
 
     /// Which key served each session last (see [`choose_for`](Self::choose_for)).

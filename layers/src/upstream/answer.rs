@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::{
     capture::{Capture, CapturedBody},
+    cost,
     dialect::{self, client::ChainedStream},
     headers,
     meter::{MeteredBody, UsageMeter},
@@ -49,10 +50,11 @@ pub(super) async fn answer(
     let (mut parts, body) = res.into_parts();
     let capture = Capture::for_record(plan.record.as_ref(), lease.secret());
     // Events that arrive in one read leave in one write (see CoalescedBody),
-    // and a stream's first events with the response head.
+    // and a stream's first events with the response head; a whole answer
+    // that came with its head is priced in it (see `cost`).
     let success = parts.status.is_success();
     let mut body = CoalescedBody::new(CapturedBody::new(body, capture));
-    if plan.stream && success {
+    if success {
         std::future::poll_fn(|cx| Pin::new(&mut body).poll_prefetch(cx)).await;
     }
     headers::for_client(&mut parts.headers);
@@ -92,6 +94,7 @@ async fn hub(
         return Ok(stream(parts, body, translator, !passes_through, &lease, plan, idle));
     }
     if success && passes_through {
+        cost::set(&mut parts.headers, &lease, &plan.model, cost::usage_if_whole(&body));
         return Ok(Response::from_parts(parts, MeteredBody::new(body, meter(&lease, plan)).boxed_unsync()));
     }
     let bytes = read_whole(&mut parts, body, &lease).await?;
@@ -103,7 +106,9 @@ async fn hub(
     };
     let translated = translated.map_err(|err| unreadable(&lease, err))?;
     if success {
-        meter(&lease, plan).finished(crate::usage::usage_in_tail(&translated));
+        let usage = crate::usage::usage_in_tail(&translated);
+        cost::set(&mut parts.headers, &lease, &plan.model, usage);
+        meter(&lease, plan).finished(usage);
     }
     Ok(Response::from_parts(parts, full(translated)))
 }
@@ -133,6 +138,7 @@ fn native(mut parts: Parts, body: Upstream, lease: KeyLease, plan: &Plan, idle: 
         IdCapture::new(ids.clone(), owner)
     });
     if !plan.stream {
+        cost::set(&mut parts.headers, &lease, &plan.model, cost::usage_if_whole(&body));
         return Response::from_parts(parts, NativeBody::new(body, false, meter(&lease, plan), id).boxed_unsync());
     }
     parts.headers.remove(CONTENT_LENGTH);
@@ -185,7 +191,9 @@ async fn translated(
     };
     let chat = chat.map_err(|err| unreadable(&lease, err))?;
     let answer = client.answer(&chat, &plan.model, hints).map_err(|err| unreadable(&lease, err))?;
-    meter(&lease, plan).finished(crate::usage::usage_in_tail(&chat));
+    let usage = crate::usage::usage_in_tail(&chat);
+    cost::set(&mut parts.headers, &lease, &plan.model, usage);
+    meter(&lease, plan).finished(usage);
     Ok(Response::from_parts(parts, full(answer)))
 }
 

@@ -14,7 +14,8 @@
 //! chunk the proxy asked for on the client's behalf (`stream.rs`).
 //! Files: `prepare.rs` (the provider's request), `answer.rs` (the client's
 //! answer), `stream.rs` (framed streams), `meter.rs` (usage),
-//! `capture.rs` (the provider's bytes for a request log).
+//! `cost.rs` (the answer's price in [`COST_USD`]), `capture.rs` (the
+//! provider's bytes for a request log).
 //!
 //! Reads [`RouteTarget`](crate::extensions::RouteTarget),
 //! [`KeyLease`](crate::pool::KeyLease) and the request's
@@ -59,6 +60,7 @@
 mod answer;
 mod capture;
 mod client;
+mod cost;
 pub mod dialect;
 pub mod headers;
 mod local;
@@ -82,6 +84,7 @@ use tower::Service;
 
 pub use self::{
     client::{ClientOptions, HttpsClient, build_client},
+    cost::COST_USD,
     models::{ModelCatalog, ModelInfo},
     prepare::{Plan, prepare},
     stream::drop_usage_chunk,
