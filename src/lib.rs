@@ -34,11 +34,12 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{
     config::Settings,
-    persist::StateFile,
+    persist::PoolState,
     reload::{Live, ReloadHandle, ReloadSource, Reloader, ServerShape, SettingsLoader},
     request_log::RequestLogWriter,
     server::{ServerOptions, Shutdown},
     stack::App,
+    store::{Store, ledger::LedgerWriter},
 };
 
 /// How long one provider's model list may take to fetch.
@@ -63,6 +64,8 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
         current.reload.clone(),
     )?;
     app.request_log = current.request_log.clone();
+    app.ledger = current.ledger.clone();
+    app.store = current.store.clone();
     Ok(app)
 }
 
@@ -100,6 +103,8 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
+        ledger: None,
+        store: None,
         shed,
         reload,
     })
@@ -111,15 +116,17 @@ pub struct Bound {
     listener: TcpListener,
     app: App,
     options: ServerOptions,
-    state: StateFile,
+    state: PoolState,
     state_save_interval: Duration,
     notes: Vec<String>,
     request_log: Option<RequestLogWriter>,
+    ledger: LedgerWriter,
     reload_source: Option<ReloadSource>,
 }
 
 impl Bound {
-    /// Builds the app, restores the pool's saved state, and binds.
+    /// Builds the app, opens the store, restores the pool's saved state,
+    /// starts the ledger's writer, and binds.
     pub async fn bind(settings: &Settings) -> Result<Self, BoxError> {
         let mut app = app(settings)?;
         let request_log = settings.request_logging.then(|| {
@@ -127,7 +134,19 @@ impl Bound {
             app.request_log = Some(queue);
             writer
         });
-        let state = StateFile::in_dir(&settings.data_dir);
+        let db = settings.ledger.db_path.clone();
+        let cannot_open = |err: rusqlite::Error| format!("cannot open the database {}: {err}", db.display());
+        let store = Store::open(&db).map_err(cannot_open)?;
+        // The writer's own connection: its batches never wait for the
+        // admin's, and the other way round only at SQLite's write lock.
+        let (queue, ledger) = store::ledger::start(
+            store::open(&db).map_err(cannot_open)?,
+            store::ledger::QUEUE_CAPACITY,
+            settings.ledger.retention_days,
+        );
+        app.ledger = Some(queue);
+        app.store = Some(store.clone());
+        let state = PoolState::new(store, &settings.data_dir);
         let notes = state.restore(&app.pool).into_iter().collect();
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -146,6 +165,7 @@ impl Bound {
             state_save_interval: settings.state_save_interval,
             notes,
             request_log,
+            ledger,
             reload_source: None,
         })
     }
@@ -172,8 +192,9 @@ impl Bound {
 
     /// Serves until `shutdown` resolves and in-flight requests drain, saving
     /// the pool's state on an interval and once more at the end and running
-    /// the metrics recorder's upkeep; with request logging, writes what is
-    /// still queued before returning.
+    /// the metrics recorder's upkeep; commits the ledger rows still queued
+    /// and, with request logging, writes what is still queued before
+    /// returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let build = stack::build::<hyper::body::Incoming>;
         let service = Live::new(build(&self.app));
@@ -211,6 +232,7 @@ impl Bound {
                 tracing::warn!(error = %err, "the request log writer failed");
             }
         }
+        self.ledger.finish().await;
         if let Err(err) = self.state.save(&pool_now()).await {
             tracing::warn!(path = %self.state.path().display(), error = %err, "cannot save key state at shutdown");
         }

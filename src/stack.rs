@@ -52,6 +52,12 @@ pub struct App {
     pub configured_providers: Vec<String>,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
+    /// The usage ledger's queue (one row per finished proxied request);
+    /// kept across reloads.
+    pub ledger: Option<crate::store::ledger::LedgerQueue>,
+    /// The durable store (runtime clients, pool state, spend); kept across
+    /// reloads.
+    pub store: Option<crate::store::Store>,
     /// The cap on proxied requests in flight; shared by every stack built
     /// from this app (and kept across reloads).
     pub shed: LoadShedLayer,
@@ -74,6 +80,10 @@ where
     let request_log = match &app.request_log {
         Some(queue) => RequestLogLayer::new().with_sink(Arc::new(queue.clone())),
         None => RequestLogLayer::new(),
+    };
+    let request_log = match &app.ledger {
+        Some(queue) => request_log.with_ledger(Arc::new(queue.clone())),
+        None => request_log,
     };
     let request_log = match crate::telemetry::access_log() {
         Some(access) => request_log.with_access_log(access),

@@ -8,6 +8,7 @@
 mod aliases;
 mod env_compat;
 mod keys;
+pub mod ledger;
 pub mod providers;
 
 use std::{
@@ -43,6 +44,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     /// Model aliases: `[models."<alias>"] targets = ["provider/model", ...]`.
     pub models: BTreeMap<String, aliases::AliasConfig>,
+    /// The durable store and the usage ledger's retention.
+    pub ledger: ledger::LedgerConfig,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -384,6 +387,9 @@ pub struct Settings {
     pub route_defaults: RouteDefaults,
     /// How many response ids keep their key, and for how long.
     pub remembered_responses: (usize, Duration),
+    /// The database (ledger, spend, runtime clients, pool state) and the
+    /// ledger's retention.
+    pub ledger: ledger::LedgerSettings,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -547,6 +553,10 @@ fn validate(
         providers.push(provider_settings(&id, provider, config, true, key_sources)?);
     }
 
+    // Relative to the working directory, like `.env` and `config.toml`.
+    let data_dir = working_dir.join(&server.data_dir);
+    let ledger = ledger::settings(&config.ledger, working_dir, &data_dir)?;
+
     let proxy_key = config.proxy.api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0));
     if proxy_key.is_none() && !host.is_loopback() {
         return Err(ConfigError(format!(
@@ -575,8 +585,7 @@ fn validate(
         stream_idle_timeout: Duration::from_secs(config.proxy.stream_idle_timeout_secs),
         max_cooldown_wait: Duration::from_secs(config.proxy.max_cooldown_wait_secs),
         daily_reset: parse_time_of_day(&config.proxy.daily_reset_utc)?,
-        // Relative to the working directory, like `.env` and `config.toml`.
-        data_dir: working_dir.join(&server.data_dir),
+        data_dir,
         state_save_interval: Duration::from_secs(server.state_save_interval_secs),
         request_logging: server.request_logging,
         metrics_open: match config.proxy.metrics_auth.as_str() {
@@ -596,6 +605,7 @@ fn validate(
             Duration::from_secs(config.routes.remembered_response_ttl_secs),
         ),
         providers,
+        ledger,
         notes,
     })
 }
