@@ -48,3 +48,8 @@ pub fn rows(conn: &Connection, sql: &str) -> Vec<Value> {
         .unwrap();
     rows.collect::<Result<_, _>>().unwrap()
 }
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    store::now_ms() as i64
+}
