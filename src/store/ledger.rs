@@ -126,7 +126,7 @@ impl LedgerWriter {
 pub fn start(conn: Connection, capacity: usize, retention_days: u32) -> (LedgerQueue, LedgerWriter) {
     let (queue, rx) = channel(capacity);
     let dropped = queue.dropped.clone();
-    let writer = Writer { conn, rx, dropped, retention_days, next_prune: Instant::now() };
+    let writer = Writer { conn, rx, dropped, retention_days, next_prune: now() };
     let thread = std::thread::Builder::new()
         .name("keyrelay-ledger".to_owned())
         .spawn(move || writer.run())
@@ -154,14 +154,14 @@ impl Writer {
         let mut open = true;
         while open {
             self.prune_when_due();
-            match self.rx.recv_timeout(self.next_prune.saturating_duration_since(Instant::now())) {
+            match self.rx.recv_timeout(self.next_prune.saturating_duration_since(now())) {
                 Ok(Message::Row(row)) => batch.push(*row),
                 Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => open = false,
                 Err(RecvTimeoutError::Timeout) => continue,
             }
-            let deadline = Instant::now() + BATCH_WINDOW;
+            let deadline = now() + BATCH_WINDOW;
             while open && batch.len() < MAX_BATCH {
-                match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                match self.rx.recv_timeout(deadline.saturating_duration_since(now())) {
                     Ok(Message::Row(row)) => batch.push(*row),
                     Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => open = false,
                     Err(RecvTimeoutError::Timeout) => break,
@@ -200,11 +200,11 @@ impl Writer {
     }
 
     fn prune_when_due(&mut self) {
-        let now = Instant::now();
-        if now < self.next_prune {
+        let at = now();
+        if at < self.next_prune {
             return;
         }
-        self.next_prune = now + PRUNE_EVERY;
+        self.next_prune = at + PRUNE_EVERY;
         if self.retention_days == 0 {
             return;
         }
@@ -216,6 +216,13 @@ impl Writer {
             Err(err) => tracing::warn!(error = %err, "cannot apply the usage ledger's retention"),
         }
     }
+}
+
+/// The writer's clock. It is a std thread waiting on a std channel with
+/// real timeouts, so tokio's (pausable) clock would only disagree with them.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
 }
 
 const INSERT_ROW: &str = "INSERT INTO ledger (unix_ms, request_id, client, route, provider, model, key_id, status, \
@@ -282,7 +289,7 @@ mod tests {
         }
         assert_eq!(queue.dropped(), 3);
         let conn = super::super::open(&path).unwrap();
-        let writer = Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: Instant::now() };
+        let writer = Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
         let thread = std::thread::spawn(move || writer.run());
         LedgerWriter { tx: queue.tx.clone(), thread }.finish_blocking();
         assert_eq!(count(&super::super::open(&path).unwrap()), 2, "the queued rows were written");
@@ -310,8 +317,7 @@ mod tests {
         // A batch with a cost cannot be written without the spend table.
         conn.execute_batch("DROP TABLE spend").unwrap();
         let (queue, rx) = channel(1);
-        let mut writer =
-            Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: Instant::now() };
+        let mut writer = Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
         let mut costly = row("costly");
         costly.cost_usd = Some(0.5);
         writer.write(&mut vec![row("free-1"), costly]);

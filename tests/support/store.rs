@@ -29,7 +29,7 @@ pub fn ledger_rows(data_dir: &Path) -> Vec<Value> {
 /// Every row `sql` selects, as JSON objects keyed by column.
 pub fn rows(conn: &Connection, sql: &str) -> Vec<Value> {
     let mut select = conn.prepare(sql).unwrap_or_else(|err| panic!("{sql}: {err}"));
-    let names: Vec<String> = select.column_names().into_iter().map(str::to_owned).collect();
+    let names: Vec<String> = select.column_names().map(str::to_owned).collect();
     let rows = select
         .query_map([], |row| {
             let mut object = Map::new();
