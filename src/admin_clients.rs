@@ -2,11 +2,7 @@
 //! (admin key). A new key is answered once and stored only as its SHA-256;
 //! listings show a short prefix, never the key.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -14,7 +10,6 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use keyrelay_layers::{
     BoxError, ProxyBody,
-    budget::BudgetPeriod,
     client::{ClientDirectory, Origin, budget_of, key_digest},
     error::{BodyTooLarge, ClientConflict, InvalidClient, StoreFailed, UnknownClient},
 };
@@ -23,7 +18,12 @@ use serde_json::{Value, json};
 use crate::{
     config::clients::ClientLimits,
     status::json,
-    store::{self, clients::StoredClient},
+    store::{
+        Store,
+        clients::{InsertError, StoredClient},
+        now_ms,
+        spend::{self, SpendRow},
+    },
 };
 
 /// A client's request body is small: name, models and a few numbers.
@@ -35,28 +35,23 @@ const PREFIX_LEN: usize = 10;
 #[derive(Clone, Debug)]
 pub struct ClientAdmin {
     pub clients: Arc<ClientDirectory>,
-    /// The store's database file.
-    pub db: PathBuf,
+    /// The durable store (`None` only in an app built without binding).
+    pub store: Option<Store>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+impl ClientAdmin {
+    fn store(&self) -> Result<&Store, BoxError> {
+        self.store.as_ref().ok_or_else(|| StoreFailed::new("no store is open").into())
+    }
 }
 
 /// `GET /v1/admin/clients`: every client with its settings, its use now and
 /// what it spent in each period (from the store).
 pub async fn list(admin: &ClientAdmin) -> Result<Response<ProxyBody>, BoxError> {
-    let db = admin.db.clone();
+    let store = admin.store()?;
     let now = now_ms();
-    let spend = tokio::task::spawn_blocking(move || spend_by_client(&db, now)).await.map_err(StoreFailed::new)?;
-    let spend = spend.map_err(StoreFailed::new)?;
-    let stored: Vec<StoredClient> = {
-        let db = admin.db.clone();
-        tokio::task::spawn_blocking(move || store::open(&db).and_then(|c| store::clients::load_all(&c)))
-            .await
-            .map_err(StoreFailed::new)?
-            .map_err(StoreFailed::new)?
-    };
+    let spend = spend_by_client(store.current_spend(now).await.map_err(StoreFailed::new)?);
+    let stored: Vec<StoredClient> = store.load_clients().await.map_err(StoreFailed::new)?;
     let data: Vec<Value> = admin
         .clients
         .list()
@@ -98,24 +93,14 @@ pub async fn list(admin: &ClientAdmin) -> Result<Response<ProxyBody>, BoxError> 
     Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
 }
 
-/// Each client's spend in the periods that hold `now`: `{name: {day, week, month, total}}`.
-fn spend_by_client(db: &std::path::Path, now: u64) -> rusqlite::Result<serde_json::Map<String, Value>> {
-    let conn = store::open(db)?;
+/// Each client's spend in the periods that hold now: `{name: {day, week, month, total}}`.
+fn spend_by_client(rows: Vec<SpendRow>) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
-    let mut statement = conn
-        .prepare("SELECT name, period, usd FROM spend WHERE kind = 'client' AND period = ?1 AND period_start = ?2")?;
-    for period in BudgetPeriod::ALL {
-        let start = i64::try_from(period.start(now)).unwrap_or(i64::MAX);
-        let rows = statement.query_map(rusqlite::params![period.as_str(), start], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, f64>(2)?))
-        })?;
-        for row in rows {
-            let (name, period, usd) = row?;
-            let entry = out.entry(name).or_insert_with(|| json!({}));
-            entry[period] = json!(usd);
-        }
+    for row in rows.into_iter().filter(|row| row.kind == spend::CLIENT) {
+        let entry = out.entry(row.name).or_insert_with(|| json!({}));
+        entry[row.period.as_str()] = json!(row.usd);
     }
-    Ok(out)
+    out
 }
 
 /// `POST /v1/admin/clients`: makes a client and answers its key, once.
@@ -167,24 +152,18 @@ where
         created_ms: now as i64,
         expires_ms: expires_ms.map(|at| at as i64),
     };
-    let db = admin.db.clone();
-    let row = stored.clone();
-    tokio::task::spawn_blocking(move || store::open(&db).and_then(|conn| store::clients::insert(&conn, &row)))
-        .await
-        .map_err(StoreFailed::new)?
-        .map_err(|err| match err {
-            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                BoxError::from(ClientConflict::new(format!("a client named `{name}` already exists")))
-            }
-            err => StoreFailed::new(err).into(),
-        })?;
+    let store = admin.store()?;
+    store.insert_client(stored.clone()).await.map_err(|err| match err {
+        InsertError::NameTaken => {
+            BoxError::from(ClientConflict::new(format!("a client named `{name}` already exists")))
+        }
+        // A fresh 256-bit key is nobody's: nothing more to say about it.
+        InsertError::KeyTaken => ClientConflict::new("try again").into(),
+        err => StoreFailed::new(err).into(),
+    })?;
     if let Err(conflict) = admin.clients.add_runtime(digest, policy) {
         // Made meanwhile under the same name: the store keeps the first.
-        let db = admin.db.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            store::open(&db).and_then(|c| store::clients::delete(&c, &stored.name))
-        })
-        .await;
+        let _ = store.delete_client(stored.name).await;
         return Err(ClientConflict::new(conflict.0).into());
     }
     let mut answer = serde_json::to_value(&limits).map_err(StoreFailed::new)?;
@@ -202,22 +181,25 @@ pub async fn revoke(admin: &ClientAdmin, name: &str) -> Result<Response<ProxyBod
         Err(conflict) => Err(ClientConflict::new(conflict.0).into()),
         Ok(false) => Err(UnknownClient::new(name).into()),
         Ok(true) => {
-            let (db, owned) = (admin.db.clone(), name.to_owned());
-            tokio::task::spawn_blocking(move || store::open(&db).and_then(|c| store::clients::delete(&c, &owned)))
-                .await
-                .map_err(StoreFailed::new)?
-                .map_err(StoreFailed::new)?;
+            admin.store()?.delete_client(name.to_owned()).await.map_err(StoreFailed::new)?;
             Ok(json(StatusCode::OK, &json!({ "name": name, "revoked": true })))
         }
     }
 }
 
-/// Puts the stored runtime clients in `clients` (at start); returns how
-/// many, or why the store could not be read. A stored client whose name
-/// is now configured stays shadowed by the configuration.
-pub fn restore(clients: &ClientDirectory, db: &std::path::Path) -> Result<usize, String> {
-    let conn = store::open(db).map_err(|err| err.to_string())?;
-    let stored = store::clients::load_all(&conn).map_err(|err| err.to_string())?;
+/// Puts the stored runtime clients in `clients` (at start), and gives
+/// each client's budget what the store says it spent in its current
+/// period; returns a note for the banner. A stored client whose name is
+/// now configured stays shadowed by the configuration.
+pub fn restore(clients: &ClientDirectory, store: &Store) -> Option<String> {
+    let now = now_ms();
+    let loaded = store.blocking(|conn| {
+        Ok::<_, rusqlite::Error>((crate::store::clients::load_all(conn)?, spend::current(conn, now)?))
+    });
+    let (stored, spent) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return Some(format!("cannot read the client keys from {}: {err}", store.path().display())),
+    };
     let mut restored = 0;
     for client in stored {
         let Some(digest) = unhex(&client.key_sha256) else { continue };
@@ -230,30 +212,11 @@ pub fn restore(clients: &ClientDirectory, db: &std::path::Path) -> Result<usize,
             restored += 1;
         }
     }
-    Ok(restored)
-}
-
-/// Gives each client's budget what the store says it spent in the
-/// current period (at start).
-pub fn restore_spend(clients: &ClientDirectory, db: &std::path::Path) -> Result<(), String> {
-    let now = now_ms();
-    let conn = store::open(db).map_err(|err| err.to_string())?;
-    let mut statement = conn
-        .prepare("SELECT name, usd FROM spend WHERE kind = 'client' AND period = ?1 AND period_start = ?2")
-        .map_err(|err| err.to_string())?;
-    for period in BudgetPeriod::ALL {
-        let start = period.start(now);
-        let rows = statement
-            .query_map(rusqlite::params![period.as_str(), i64::try_from(start).unwrap_or(i64::MAX)], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, f64>(1)?))
-            })
-            .map_err(|err| err.to_string())?;
-        for row in rows {
-            let (name, usd) = row.map_err(|err| err.to_string())?;
-            clients.restore_spend(&name, now, period, start, usd);
-        }
+    for row in spent.into_iter().filter(|row| row.kind == spend::CLIENT) {
+        clients.restore_spend(&row.name, now, row.period, row.period_start, row.usd);
     }
-    Ok(())
+    (restored > 0)
+        .then(|| format!("restored {restored} client key(s) made at run time from {}", store.path().display()))
 }
 
 /// A fresh client key: `kr-` and 32 bytes of the OS's CSPRNG, in hex.

@@ -36,11 +36,12 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{
     config::Settings,
-    persist::StateFile,
+    persist::PoolState,
     reload::{Live, ReloadHandle, ReloadSource, Reloader, ServerShape, SettingsLoader},
     request_log::RequestLogWriter,
     server::{ServerOptions, Shutdown},
     stack::App,
+    store::{Store, ledger::LedgerWriter},
 };
 
 /// How long one provider's model list may take to fetch.
@@ -69,6 +70,8 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
     app.request_log = current.request_log.clone();
     // Spend since start is one counter across reloads: it never goes back.
     app.cost_totals = current.cost_totals.clone();
+    app.ledger = current.ledger.clone();
+    app.store = current.store.clone();
     Ok(app)
 }
 
@@ -114,8 +117,10 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
-        data_dir: settings.data_dir.clone(),
+        db_path: settings.ledger.db_path.clone(),
         cost_totals: Arc::default(),
+        ledger: None,
+        store: None,
         shed,
         reload,
         clients,
@@ -128,15 +133,17 @@ pub struct Bound {
     listener: TcpListener,
     app: App,
     options: ServerOptions,
-    state: StateFile,
+    state: PoolState,
     state_save_interval: Duration,
     notes: Vec<String>,
     request_log: Option<RequestLogWriter>,
+    ledger: LedgerWriter,
     reload_source: Option<ReloadSource>,
 }
 
 impl Bound {
-    /// Builds the app, restores the pool's saved state, and binds.
+    /// Builds the app, opens the store, restores the pool's saved state,
+    /// starts the ledger's writer, and binds.
     pub async fn bind(settings: &Settings) -> Result<Self, BoxError> {
         let mut app = app(settings)?;
         let request_log = settings.request_logging.then(|| {
@@ -144,17 +151,22 @@ impl Bound {
             app.request_log = Some(queue);
             writer
         });
-        let state = StateFile::in_dir(&settings.data_dir);
+        let db = settings.ledger.db_path.clone();
+        let cannot_open = |err: rusqlite::Error| format!("cannot open the database {}: {err}", db.display());
+        let store = Store::open(&db).map_err(cannot_open)?;
+        // The writer's own connection: its batches never wait for the
+        // admin's, and the other way round only at SQLite's write lock.
+        let (queue, ledger) = store::ledger::start(
+            store::open(&db).map_err(cannot_open)?,
+            store::ledger::QUEUE_CAPACITY,
+            settings.ledger.retention_days,
+        );
+        app.ledger = Some(queue);
+        app.store = Some(store.clone());
+        let state = PoolState::new(store, &settings.data_dir);
         let mut notes: Vec<String> = state.restore(&app.pool).into_iter().collect();
-        let db = store::db_path(&settings.data_dir);
-        match admin_clients::restore(&app.clients, &db) {
-            Ok(0) => {}
-            Ok(n) => notes.push(format!("restored {n} client key(s) made at run time from {}", db.display())),
-            Err(err) => notes.push(format!("cannot read the client keys from {}: {err}", db.display())),
-        }
-        if let Err(err) = admin_clients::restore_spend(&app.clients, &db) {
-            notes.push(format!("cannot read what clients spent from {}: {err}", db.display()));
-        }
+        notes.extend(admin_clients::restore(&app.clients, app.store.as_ref().expect("just opened")));
+        notes.extend(restore_spend(&app));
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", settings.listen)))?;
@@ -172,6 +184,7 @@ impl Bound {
             state_save_interval: settings.state_save_interval,
             notes,
             request_log,
+            ledger,
             reload_source: None,
         })
     }
@@ -198,8 +211,9 @@ impl Bound {
 
     /// Serves until `shutdown` resolves and in-flight requests drain, saving
     /// the pool's state on an interval and once more at the end and running
-    /// the metrics recorder's upkeep; with request logging, writes what is
-    /// still queued before returning.
+    /// the metrics recorder's upkeep; commits the ledger rows still queued
+    /// and, with request logging, writes what is still queued before
+    /// returning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let build = stack::build::<hyper::body::Incoming>;
         let service = Live::new(build(&self.app));
@@ -237,11 +251,30 @@ impl Bound {
                 tracing::warn!(error = %err, "the request log writer failed");
             }
         }
+        self.ledger.finish().await;
         if let Err(err) = self.state.save(&pool_now()).await {
             tracing::warn!(path = %self.state.path().display(), error = %err, "cannot save key state at shutdown");
         }
         outcome
     }
+}
+
+/// Gives each key's budget what the store says it spent in the key's
+/// current period (the ledger writer keeps it per period); a note when the
+/// store cannot be read.
+fn restore_spend(app: &App) -> Option<String> {
+    let store = app.store.as_ref()?;
+    let now = store::now_ms();
+    let rows = match store.blocking(|conn| store::spend::current(conn, now)) {
+        Ok(rows) => rows,
+        Err(err) => return Some(format!("cannot read what keys spent from {}: {err}", store.path().display())),
+    };
+    for row in rows.into_iter().filter(|row| row.kind == store::spend::KEY) {
+        if app.pool.key_budget(&row.name).is_some_and(|budget| budget.period == row.period) {
+            app.pool.restore_key_spend(&row.name, row.period_start, row.usd);
+        }
+    }
+    None
 }
 
 /// The start-up banner: where it listens and what it holds, never a secret.

@@ -51,12 +51,19 @@ pub struct App {
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
-    /// Where the database lives (`GET /v1/usage` reads it).
-    pub data_dir: std::path::PathBuf,
+    /// The database (`ledger.url`, else `keyrelay.db` in the data dir):
+    /// `GET /v1/usage` reads it.
+    pub db_path: std::path::PathBuf,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
     /// USD spent since start (`keyrelay_cost_usd_total`); kept across reloads.
     pub cost_totals: Arc<keyrelay_layers::price::CostTotals>,
+    /// The usage ledger's queue (one row per finished proxied request);
+    /// kept across reloads.
+    pub ledger: Option<crate::store::ledger::LedgerQueue>,
+    /// The durable store (runtime clients, pool state, spend); kept across
+    /// reloads.
+    pub store: Option<crate::store::Store>,
     /// The cap on proxied requests in flight; shared by every stack built
     /// from this app (and kept across reloads).
     pub shed: LoadShedLayer,
@@ -81,6 +88,10 @@ where
     let request_log = match &app.request_log {
         Some(queue) => RequestLogLayer::new().with_sink(Arc::new(queue.clone())),
         None => RequestLogLayer::new(),
+    };
+    let request_log = match &app.ledger {
+        Some(queue) => request_log.with_ledger(Arc::new(queue.clone())),
+        None => request_log,
     };
     let request_log = match crate::telemetry::access_log() {
         Some(access) => request_log.with_access_log(access),
@@ -223,10 +234,7 @@ where
             })))
         },
         admin_clients: {
-            let admin = crate::admin_clients::ClientAdmin {
-                clients: app.clients.clone(),
-                db: crate::store::db_path(&app.data_dir),
-            };
+            let admin = crate::admin_clients::ClientAdmin { clients: app.clients.clone(), store: app.store.clone() };
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {
@@ -239,10 +247,7 @@ where
             })))
         },
         admin_client: {
-            let admin = crate::admin_clients::ClientAdmin {
-                clients: app.clients.clone(),
-                db: crate::store::db_path(&app.data_dir),
-            };
+            let admin = crate::admin_clients::ClientAdmin { clients: app.clients.clone(), store: app.store.clone() };
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {
@@ -253,9 +258,9 @@ where
             })))
         },
         usage: {
-            let data_dir = Arc::new(app.data_dir.clone());
+            let db = Arc::new(app.db_path.clone());
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
-                crate::usage::route::answer(data_dir.clone(), req.uri().query().map(str::to_owned))
+                crate::usage::route::answer(db.clone(), req.uri().query().map(str::to_owned))
             })))
         },
         metrics: {

@@ -220,7 +220,7 @@ async fn sigterm_stops_accepting_lets_in_flight_requests_and_streams_finish_save
     }
     let exited = running.exited().await;
     assert_eq!(exited.code, Some(0), "stderr:\n{}", exited.stderr);
-    let state = std::fs::read_to_string(dir.path().join("data/state.json")).expect("state saved at shutdown");
+    let state = support::store::pool_state(&dir.path().join("data")).expect("state saved at shutdown");
     assert!(state.contains(&support::key_id(KEY_ONE)), "{state}");
     assert_eq!(mock.requests().len(), 5, "nothing was retried or lost");
 }

@@ -343,7 +343,7 @@ async fn response_owners_survive_a_restart() {
     let id = reply.json()["id"].as_str().unwrap().to_owned();
     let owner = mock.requests()[0].key.clone().unwrap();
     first.stop().await;
-    let state = std::fs::read_to_string(data.path().join("state.json")).unwrap();
+    let state = support::store::pool_state(data.path()).expect("state saved at shutdown");
     assert!(state.contains(&id) && !state.contains(&owner), "the id and its key id, never the key");
 
     let second = Proxy::start_in(dialect_env(&[&mock], 3), data.path(), |_| {}).await;

@@ -7,8 +7,9 @@
 //! wrong keys clients presented, may then appear in:
 //!
 //! - stdout and stderr of both runs;
-//! - any file under the working directory or the data dir (`state.json`
-//!   and anything else written there);
+//! - any file under the working directory or the data dir (`keyrelay.db`,
+//!   its usage ledger and the pool's state, and anything else written
+//!   there);
 //! - any response status line, header or body received, streams included,
 //!   which covers every error body, `/metrics`, `/v1/keys`, `/v1/providers`
 //!   and `/v1/models`.
@@ -790,8 +791,7 @@ async fn no_secret_shows(local_userinfo: bool) {
     assert!(mocks.local.requests().iter().any(|r| r.answer == "status:401"));
 
     // The state file holds real content: every key, by id.
-    let state_path = data.path().join("state.json");
-    let state = std::fs::read_to_string(&state_path).expect("the state file was written at shutdown");
+    let state = support::store::pool_state(data.path()).expect("the state was saved at shutdown");
     for id in ids.all() {
         assert!(state.contains(id), "the state file names {id}:\n{state}");
     }
@@ -830,7 +830,8 @@ async fn no_secret_shows(local_userinfo: bool) {
         leaks.scan(what, text);
     }
     let files: Vec<_> = files_under(cwd.path()).into_iter().chain(files_under(data.path())).collect();
-    assert!(files.iter().any(|(path, _)| *path == state_path), "scanned the state file: {files:?}");
+    let db = keyrelay::store::db_path(data.path());
+    assert!(files.iter().any(|(path, _)| *path == db), "scanned the database: {files:?}");
     for (path, text) in &files {
         leaks.scan(&format!("file {}", path.display()), text);
     }

@@ -1,9 +1,11 @@
-//! The pool's state across restarts: `state.json` in the data dir is
-//! written on an interval and when `serve()` returns, holds key ids and
-//! never secrets, and a new proxy on the same dir and keys starts with the
-//! cooldowns, invalid marks, disabled switches and counters the last one
-//! left. A corrupt file is set aside and the proxy starts fresh; an invalid
-//! key whose cooldown ended (while the proxy was down) gets one probe.
+//! The pool's state across restarts: the `pool_state` row of the data
+//! dir's database is written on an interval and when `serve()` returns,
+//! holds key ids and never secrets, and a new proxy on the same dir and
+//! keys starts with the cooldowns, invalid marks, disabled switches and
+//! counters the last one left. The `state.json` of earlier versions is
+//! imported once and renamed; a corrupt file is set aside, a corrupt saved
+//! document replaced, and the proxy starts fresh; an invalid key whose
+//! cooldown ended (while the proxy was down) gets one probe.
 
 mod support;
 
@@ -43,13 +45,12 @@ fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as u64
 }
 
-/// The state file, read and checked: JSON, version 1, no secret.
+/// The saved state, read and checked: JSON, version 1, no secret.
 fn read_state(dir: &Path) -> Value {
-    let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    assert_no_secret("the state file", &text);
+    let text = support::store::pool_state(dir).expect("the pool's state is saved in the database");
+    assert_no_secret("the saved state", &text);
     let state: Value =
-        serde_json::from_str(&text).unwrap_or_else(|err| panic!("the state file is JSON ({err}): {text}"));
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("the saved state is JSON ({err}): {text}"));
     assert_eq!(state["version"], 1, "{state}");
     state
 }
@@ -103,7 +104,7 @@ async fn cooling_disabled_and_invalid_keys_survive_a_restart() {
     }
     assert_eq!(saved[&key_id(KEY_TWO)]["disabled"], true, "{state}");
     assert_eq!(saved[&key_id(KEY_ONE)]["models"]["gpt-4o-mini"]["cooldown_reason"], "rate_limit", "{state}");
-    assert!(data.path().read_dir().unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(!data.path().join("state.json").exists(), "no state file any more");
 
     // A new proxy on the same dir and keys starts where the last one left off.
     let second = Proxy::start_in(openai_env(&mock, 3), data.path(), |_| {}).await;
@@ -142,11 +143,13 @@ async fn state_is_saved_on_an_interval_while_serving() {
     let reply = client.fetch(request(Method::POST, &proxy.url(&path), Auth::Bearer(PROXY_KEY))).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
-    let file = data.path().join("state.json");
     eventually("a save that shows the disabled key", || async {
-        std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).is_some_and(|state| {
-            state["keys"][key_id(KEY_ONE)]["disabled"] == true && state["keys"][key_id(KEY_TWO)]["disabled"] == false
-        })
+        support::store::pool_state(data.path()).and_then(|s| serde_json::from_str::<Value>(&s).ok()).is_some_and(
+            |state| {
+                state["keys"][key_id(KEY_ONE)]["disabled"] == true
+                    && state["keys"][key_id(KEY_TWO)]["disabled"] == false
+            },
+        )
     })
     .await;
     read_state(data.path());
@@ -180,7 +183,7 @@ async fn corrupt_state_file_is_set_aside_and_the_proxy_starts_fresh() {
     assert_answered(&chat(&client, &proxy).await);
     proxy.stop().await;
     let state = read_state(data.path());
-    assert_eq!(state["keys"].as_object().unwrap().len(), 2, "a good file replaces it: {state}");
+    assert_eq!(state["keys"].as_object().unwrap().len(), 2, "a good save replaces it: {state}");
 }
 
 #[tokio::test]
@@ -196,7 +199,68 @@ async fn state_file_of_another_format_version_restores_nothing() {
     let client = TestClient::http1();
     let proxy = Proxy::start_in(openai_env(&mock, 1), data.path(), |_| {}).await;
     assert_eq!(keys(&client, &proxy).await[&key_id(KEY_ONE)]["state"], "ok", "not restored");
+    assert!(data.path().join("state.json.v2").exists(), "kept for the version that wrote it");
     assert_answered(&chat(&client, &proxy).await);
+}
+
+#[tokio::test]
+async fn the_state_file_of_an_earlier_version_is_imported_once_and_renamed() {
+    let data = tempfile::tempdir().expect("a data dir");
+    let legacy = json!({
+        "version": 1,
+        "saved_at_unix_ms": now_unix_ms() - 60_000,
+        "keys": { key_id(KEY_TWO): { "disabled": true } }
+    });
+    std::fs::write(data.path().join("state.json"), serde_json::to_vec_pretty(&legacy).unwrap()).unwrap();
+    let mock = MockUpstream::start().await;
+    let client = TestClient::http1();
+
+    let first = Proxy::start_in(openai_env(&mock, 2), data.path(), |_| {}).await;
+    let note = first.notes().join("\n");
+    assert!(note.contains("restored the state of 1 key(s)"), "{note}");
+    assert!(note.contains("keyrelay.db") && note.contains("state.json.migrated"), "the operator is told: {note}");
+    assert!(!data.path().join("state.json").exists());
+    let migrated = std::fs::read_to_string(data.path().join("state.json.migrated")).expect("the file, renamed");
+    assert_eq!(serde_json::from_str::<Value>(&migrated).unwrap(), legacy, "kept as it was");
+    // In the database at once: a crash before the first save loses nothing.
+    assert_eq!(read_state(data.path())["keys"][key_id(KEY_TWO)]["disabled"], true);
+    assert_eq!(keys(&client, &first).await[&key_id(KEY_TWO)]["state"], "disabled");
+    assert_answered(&chat(&client, &first).await);
+    first.stop().await;
+
+    // The next start reads the database; the renamed file is left alone.
+    let second = Proxy::start_in(openai_env(&mock, 2), data.path(), |_| {}).await;
+    let note = second.notes().join("\n");
+    assert!(note.contains("restored the state of 2 key(s)") && note.contains("keyrelay.db"), "{note}");
+    assert!(!note.contains("state.json"), "{note}");
+    let keys = keys(&client, &second).await;
+    assert_eq!(keys[&key_id(KEY_TWO)]["state"], "disabled");
+    assert_eq!(keys[&key_id(KEY_ONE)]["requests"], 1, "the counters of the first run");
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_saved_state_is_replaced_and_another_version_copied_aside() {
+    let data = tempfile::tempdir().expect("a data dir");
+    let db = keyrelay::store::open(&keyrelay::store::db_path(data.path())).unwrap();
+    db.execute("INSERT INTO pool_state (id, snapshot, saved_ms) VALUES (1, '{\"version\": 1, \"keys\": {', 0)", [])
+        .unwrap();
+    let mock = MockUpstream::start().await;
+    let client = TestClient::http1();
+    let proxy = Proxy::start_in(openai_env(&mock, 2), data.path(), |_| {}).await;
+    assert!(proxy.notes().iter().any(|n| n.contains("corrupt")), "the operator is told: {:?}", proxy.notes());
+    assert_answered(&chat(&client, &proxy).await);
+    proxy.stop().await;
+    assert_eq!(read_state(data.path())["keys"].as_object().unwrap().len(), 2, "a good save replaced it");
+
+    let newer = json!({"version": 2, "saved_at_unix_ms": 0, "keys": {key_id(KEY_ONE): {"disabled": true}}}).to_string();
+    db.execute("UPDATE pool_state SET snapshot = ?1", [&newer]).unwrap();
+    drop(db);
+    let proxy = Proxy::start_in(openai_env(&mock, 2), data.path(), |_| {}).await;
+    assert!(proxy.notes().iter().any(|n| n.contains("format version 2")), "{:?}", proxy.notes());
+    assert_eq!(std::fs::read_to_string(data.path().join("pool_state.v2.json")).unwrap(), newer);
+    assert_eq!(keys(&client, &proxy).await[&key_id(KEY_ONE)]["state"], "ok", "not restored");
+    proxy.stop().await;
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod aliases;
 pub mod clients;
 mod env_compat;
 mod keys;
+pub mod ledger;
 pub mod prices;
 pub mod providers;
 
@@ -49,6 +50,8 @@ pub struct Config {
     pub clients: Vec<clients::ClientConfig>,
     /// Prices over the shipped table: `[prices."provider/model"] input = ...`.
     pub prices: BTreeMap<String, prices::PriceConfig>,
+    /// The durable store and the usage ledger's retention.
+    pub ledger: ledger::LedgerConfig,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -399,6 +402,9 @@ pub struct Settings {
     /// USD per million tokens by `provider/model`: the shipped table with
     /// config's prices over it.
     pub prices: std::sync::Arc<keyrelay_layers::price::PriceTable>,
+    /// The database (ledger, spend, runtime clients, pool state) and the
+    /// ledger's retention.
+    pub ledger: ledger::LedgerSettings,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -562,6 +568,10 @@ fn validate(
         providers.push(provider_settings(&id, provider, config, true, key_sources)?);
     }
 
+    // Relative to the working directory, like `.env` and `config.toml`.
+    let data_dir = working_dir.join(&server.data_dir);
+    let ledger = ledger::settings(&config.ledger, working_dir, &data_dir)?;
+
     let proxy_key = config.proxy.api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0));
     if proxy_key.is_none() && !host.is_loopback() {
         return Err(ConfigError(format!(
@@ -592,8 +602,7 @@ fn validate(
         stream_idle_timeout: Duration::from_secs(config.proxy.stream_idle_timeout_secs),
         max_cooldown_wait: Duration::from_secs(config.proxy.max_cooldown_wait_secs),
         daily_reset: parse_time_of_day(&config.proxy.daily_reset_utc)?,
-        // Relative to the working directory, like `.env` and `config.toml`.
-        data_dir: working_dir.join(&server.data_dir),
+        data_dir,
         state_save_interval: Duration::from_secs(server.state_save_interval_secs),
         request_logging: server.request_logging,
         metrics_open: match config.proxy.metrics_auth.as_str() {
@@ -614,6 +623,7 @@ fn validate(
         ),
         prices: prices::price_table(&config.prices)?,
         providers,
+        ledger,
         notes,
     })
 }

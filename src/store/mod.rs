@@ -8,11 +8,21 @@
 //! order, each in one transaction, and counted in `PRAGMA user_version`.
 
 pub mod clients;
+mod handle;
+pub mod ledger;
+pub mod pool_state;
 pub mod report;
+pub mod retention;
+pub mod spend;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use rusqlite::{Connection, OpenFlags};
+
+pub use self::handle::{Store, StoreError, StoreResult};
 
 /// The database's file name under the data dir.
 pub const DB_FILE: &str = "keyrelay.db";
@@ -23,6 +33,17 @@ const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 /// Where the database of `data_dir` lives.
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A count or a time as SQLite's signed integer (saturating; no real
+/// value comes near).
+pub(crate) fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Opens (creating it and its directory if need be) the database at

@@ -32,7 +32,7 @@ pub fn run(cli: &Cli, args: &UsageArgs) -> ExitCode {
             return ExitCode::from(EXIT_ARGS);
         }
     };
-    let report = match data_dir(cli).and_then(|dir| read(&store::db_path(&dir), query)) {
+    let report = match database(cli).and_then(|db| read(&db, query)) {
         Ok(report) => report,
         Err(message) => {
             eprintln!("keyrelay usage: {message}");
@@ -99,15 +99,15 @@ fn duration_ms(text: &str) -> Option<i64> {
     count.parse::<i64>().ok()?.checked_mul(unit_ms)
 }
 
-/// `--data-dir`, else the data dir of the configuration the server would
-/// load (config file, `.env`, environment).
-fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
+/// The database under `--data-dir`, else the one of the configuration the
+/// server would load (config file, `.env`, environment; `ledger.url`).
+fn database(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(dir) = &cli.data_dir {
-        return Ok(dir.clone());
+        return Ok(store::db_path(dir));
     }
     config::load(Sources::from_cli(cli))
-        .map(|settings| settings.data_dir)
-        .map_err(|err| format!("cannot load the configuration to find the data dir ({err}); pass --data-dir"))
+        .map(|settings| settings.ledger.db_path)
+        .map_err(|err| format!("cannot load the configuration to find the database ({err}); pass --data-dir"))
 }
 
 fn read(path: &Path, query: UsageQuery) -> Result<UsageReport, String> {

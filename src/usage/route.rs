@@ -9,10 +9,7 @@ use http_body_util::BodyExt;
 use keyrelay_layers::{ProxyBody, error::ErrorReply, extensions::percent_decode, respond::reply_response};
 
 use super::{DEFAULT_GROUP_BY, Edge, UsageReport, bounded, parse_time, window};
-use crate::store::{
-    self,
-    report::{GroupBy, UsageQuery},
-};
+use crate::store::report::{GroupBy, UsageQuery};
 
 /// The query string's parameters.
 const PARAMS: [&str; 3] = ["start", "end", "group_by"];
@@ -63,8 +60,8 @@ pub fn parse_query(query: Option<&str>, now_ms: i64) -> Result<UsageQuery, Inval
     Ok(UsageQuery { start_ms, end_ms, group_by })
 }
 
-/// Answers `GET /v1/usage` from the database under `data_dir`.
-pub async fn answer(data_dir: Arc<PathBuf>, query: Option<String>) -> Result<Response<ProxyBody>, Infallible> {
+/// Answers `GET /v1/usage` from the database at `db`.
+pub async fn answer(db: Arc<PathBuf>, query: Option<String>) -> Result<Response<ProxyBody>, Infallible> {
     let query = match parse_query(query.as_deref(), super::now_ms()) {
         Ok(query) => query,
         Err(InvalidQuery { param, reason }) => {
@@ -77,12 +74,12 @@ pub async fn answer(data_dir: Arc<PathBuf>, query: Option<String>) -> Result<Res
             )));
         }
     };
-    let path = store::db_path(&data_dir);
+    let path = db.to_path_buf();
     let read = tokio::task::spawn_blocking(move || UsageReport::read(&path, query)).await;
     Ok(match read {
         Ok(Ok(report)) => crate::status::json(StatusCode::OK, &report),
         Ok(Err(err)) => {
-            tracing::warn!(path = %store::db_path(&data_dir).display(), error = %err, "cannot read the usage ledger");
+            tracing::warn!(path = %db.display(), error = %err, "cannot read the usage ledger");
             unreadable()
         }
         Err(err) => {

@@ -98,6 +98,13 @@ impl Running {
         self.exited().await
     }
 
+    /// SIGKILL: no shutdown, no drain, nothing flushed; waits (bounded) for
+    /// the exit and the output.
+    pub async fn kill(mut self) -> Exited {
+        within("the binary to die", self.child.kill()).await.expect("SIGKILL the child");
+        self.exited().await
+    }
+
     /// Waits (bounded) for the exit and the output.
     pub async fn exited(mut self) -> Exited {
         let status = within("the binary to exit after SIGTERM", self.child.wait()).await.expect("wait for the child");

@@ -93,6 +93,17 @@ impl TestClient {
     pub async fn fetch(&self, req: Request<ReqBody>) -> Reply {
         Reply::read(self.send(req).await).await
     }
+
+    /// Sends and reads the whole response, or says why not (for a server
+    /// a test is about to kill); bounded like [`Self::fetch`].
+    pub async fn try_fetch(&self, req: Request<ReqBody>) -> Result<Reply, super::BoxError> {
+        within("a response, or a failure", async {
+            let (parts, body) = self.0.request(req).await?.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok(Reply { status: parts.status, headers: parts.headers, body })
+        })
+        .await
+    }
 }
 
 /// A whole response.

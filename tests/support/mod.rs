@@ -15,6 +15,8 @@
 //!   whole bodies, OpenAI error bodies and SSE streams.
 //! - [`sdk`]: answers checked the way the OpenAI SDK reads them (chat
 //!   completions, streams folded chunk by chunk, embeddings).
+//! - [`store`]: keyrelay's database read as an operator would (ledger
+//!   rows, the pool's saved state).
 //!
 //! Every wait is bounded by [`WAIT`], so a bug fails a test instead of
 //! hanging it. Nothing here reaches the network beyond loopback.
@@ -27,6 +29,7 @@ pub mod client;
 pub mod mock;
 pub mod proxy;
 pub mod sdk;
+pub mod store;
 
 use std::{future::Future, time::Duration};
 
