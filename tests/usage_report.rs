@@ -102,8 +102,15 @@ fn data_dir_with(entries: &[Entry]) -> tempfile::TempDir {
     dir
 }
 
+/// The keys, and a ledger kept forever: the rows these tests write are
+/// dated (some a year back), and the proxy's retention would prune them
+/// while a test reads.
 fn admin_env() -> Vec<(String, String)> {
-    vec![("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()), ("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned())]
+    vec![
+        ("PROXY_API_KEY".to_owned(), PROXY_KEY.to_owned()),
+        ("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned()),
+        ("KEYRELAY_LEDGER__RETENTION_DAYS".to_owned(), "0".to_owned()),
+    ]
 }
 
 async fn usage(client: &TestClient, proxy: &Proxy, query: &str) -> Reply {

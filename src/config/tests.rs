@@ -245,6 +245,12 @@ fn the_example_config_documents_every_key() {
         "max_parallel",
         "budget_usd",
         "budget_period",
+        "input",
+        "output",
+        "cached_input",
+        "max_output",
+        "retention_days",
+        "url",
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }
