@@ -110,6 +110,24 @@ async fn concurrent_requests_stop_at_the_budget_with_at_most_one_request_over() 
     assert_eq!(budget["remaining_usd"], 0.0, "{budget}");
     assert_eq!(budget["period"], "total");
 
+    // The metrics say the same, by client.
+    let metrics = client.fetch(get(&proxy.url("/metrics"), Auth::None)).await;
+    let text = metrics.text();
+    let value = |prefix: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value(r#"keyrelay_client_budget_remaining_usd{client="ci-bot"}"#), 0.0);
+    let cost = value(r#"keyrelay_cost_usd_total{client="ci-bot",provider="openai",model="gpt-4o-mini"}"#);
+    assert!((cost - spent).abs() < 1e-9, "{cost} vs {spent}");
+    let refused = text
+        .lines()
+        .filter(|l| l.starts_with("keyrelay_requests_total{") && l.contains(r#"client="ci-bot""#))
+        .filter(|l| l.contains(r#"error_kind="budget_exceeded""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum::<f64>();
+    assert_eq!(refused as usize, 20 - admitted + 1, "{text}");
+
     // The ledger: a row for every request, each with the client's name;
     // the served with their key, tokens and cost, the refused with why.
     proxy.stop().await;
