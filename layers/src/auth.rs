@@ -19,7 +19,7 @@
 //! key is unknown.
 //!
 //! Writes the client's name on the [`RequestRecord`] (the proxy key's is
-//! [`DEFAULT_CLIENT`]) and an `Arc<Client>` for a client key. Fails with
+//! [`DEFAULT_CLIENT`](crate::ledger::DEFAULT_CLIENT)) and an `Arc<Client>` for a client key. Fails with
 //! [`Unauthorized`] (401).
 //!
 //! ```
@@ -53,7 +53,6 @@ use crate::{
     BoxError,
     client::{Client, ClientDirectory},
     error::{Forbidden, Unauthorized},
-    ledger::DEFAULT_CLIENT,
     pool::Secret,
     record::RequestRecord,
 };
@@ -194,7 +193,7 @@ impl<B> Predicate<Request<B>> for KeyCheck {
             }),
         };
         if let Some(record) = req.extensions().get::<RequestRecord>() {
-            record.set_client(client.as_ref().map_or_else(|| Arc::from(DEFAULT_CLIENT), |c| c.name().clone()));
+            record.set_client(client.as_ref().map_or_else(crate::ledger::default_client, |c| c.name().clone()));
         }
         if let Some(client) = client {
             req.extensions_mut().insert(client);

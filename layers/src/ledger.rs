@@ -34,6 +34,13 @@ pub trait LedgerSink: Send + Sync + 'static {
 /// where none is required).
 pub const DEFAULT_CLIENT: &str = "default";
 
+/// [`DEFAULT_CLIENT`], shared: written on every proxy-key request's
+/// record without an allocation.
+pub fn default_client() -> std::sync::Arc<str> {
+    static NAME: std::sync::LazyLock<std::sync::Arc<str>> = std::sync::LazyLock::new(|| DEFAULT_CLIENT.into());
+    NAME.clone()
+}
+
 /// One finished request.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]

@@ -27,7 +27,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use crate::usage::Usage;
+use crate::{provider::ProviderId, usage::Usage};
 
 const PER: f64 = 1_000_000.0;
 
@@ -151,19 +151,21 @@ pub struct CostTotals {
 }
 
 /// (client, provider, model label).
-type CostLabels = (Arc<str>, String, Arc<str>);
+type CostLabels = (Arc<str>, ProviderId, Arc<str>);
 
 impl CostTotals {
     /// Adds `cost` USD spent by `client` on `model` of `provider`.
-    pub fn add(&self, client: &Arc<str>, provider: &str, model: &Arc<str>, cost: f64) {
+    pub fn add(&self, client: &Arc<str>, provider: &ProviderId, model: &Arc<str>, cost: f64) {
         let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        *totals.entry((client.clone(), provider.to_owned(), model.clone())).or_default() += cost;
+        // Every part is an `Arc`: the key costs no allocation per request.
+        *totals.entry((client.clone(), provider.clone(), model.clone())).or_default() += cost;
     }
 
     /// Every total, sorted by client, provider and model.
     pub fn snapshot(&self) -> Vec<(Arc<str>, String, Arc<str>, f64)> {
         let totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut all: Vec<_> = totals.iter().map(|((c, p, m), v)| (c.clone(), p.clone(), m.clone(), *v)).collect();
+        let mut all: Vec<_> =
+            totals.iter().map(|((c, p, m), v)| (c.clone(), p.as_str().to_owned(), m.clone(), *v)).collect();
         all.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         all
     }

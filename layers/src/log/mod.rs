@@ -573,7 +573,7 @@ impl Spend {
         usage: Option<crate::usage::Usage>,
     ) -> Option<f64> {
         let (route, usage) = (route?, usage?);
-        let client = client.cloned().unwrap_or_else(|| Arc::from(crate::ledger::DEFAULT_CLIENT));
+        let client = client.cloned().unwrap_or_else(crate::ledger::default_client);
         // Labels name a model only when it is known to be real (see
         // `crate::metrics`); the price is the model's own.
         let label = model_label.unwrap_or_else(|| route.model.clone());
@@ -594,7 +594,7 @@ impl Spend {
         cached.increment(usage.cached_tokens);
         let cost = self.prices.cost(route.provider.as_str(), &route.model, usage);
         match cost {
-            Some(cost) => self.totals.add(&client, route.provider.as_str(), &label, cost),
+            Some(cost) => self.totals.add(&client, &route.provider, &label, cost),
             None => self
                 .unpriced
                 .get((route.provider.clone(), label), |(provider, model)| {

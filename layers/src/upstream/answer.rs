@@ -94,8 +94,11 @@ async fn hub(
         return Ok(stream(parts, body, translator, !passes_through, &lease, plan, idle));
     }
     if success && passes_through {
-        cost::set(&mut parts.headers, &lease, &plan.model, cost::usage_if_whole(&body));
-        return Ok(Response::from_parts(parts, MeteredBody::new(body, meter(&lease, plan)).boxed_unsync()));
+        let whole = cost::usage_if_whole(&body);
+        cost::set(&mut parts.headers, &lease, &plan.model, whole);
+        // A whole body read once for the header is not read again at its end.
+        let body = MeteredBody::new(body, meter(&lease, plan)).knowing(whole);
+        return Ok(Response::from_parts(parts, body.boxed_unsync()));
     }
     let bytes = read_whole(&mut parts, body, &lease).await?;
     let provider_dialect = dialect::for_dialect(plan.dialect);

@@ -72,12 +72,21 @@ pin_project! {
         inner: B,
         tap: UsageTap,
         meter: Option<UsageMeter>,
+        // The usage, when the whole body was already read for it.
+        known: Option<Usage>,
     }
 }
 
 impl<B> MeteredBody<B> {
     pub(crate) fn new(inner: B, meter: UsageMeter) -> Self {
-        Self { inner, tap: UsageTap::default(), meter: Some(meter) }
+        Self { inner, tap: UsageTap::default(), meter: Some(meter), known: None }
+    }
+
+    /// The body's usage is `usage` (read from the whole body before it
+    /// went out): the tap is not fed, nor read again at the end.
+    pub(crate) fn knowing(mut self, usage: Option<Usage>) -> Self {
+        self.known = usage;
+        self
     }
 }
 
@@ -94,7 +103,9 @@ where
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match frame {
             Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
+                if this.known.is_none()
+                    && let Some(data) = frame.data_ref()
+                {
                     this.tap.push_bytes(data);
                 }
                 // The end, as soon as it is known: a body whose last frame
@@ -102,7 +113,7 @@ where
                 if this.inner.is_end_stream()
                     && let Some(meter) = this.meter.take()
                 {
-                    meter.finished(this.tap.usage());
+                    meter.finished(this.known.or_else(|| this.tap.usage()));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -114,7 +125,7 @@ where
             }
             None => {
                 if let Some(meter) = this.meter.take() {
-                    meter.finished(this.tap.usage());
+                    meter.finished(this.known.or_else(|| this.tap.usage()));
                 }
                 Poll::Ready(None)
             }
