@@ -91,3 +91,31 @@ async fn a_key_over_budget_leaves_the_traffic_to_the_next_and_with_none_left_the
     assert!(retry_after <= want + 1 && retry_after + 30 >= want, "Retry-After {retry_after}, period ends in {want} s");
     assert!(mock.take_requests().is_empty(), "no key was sent");
 }
+
+#[tokio::test]
+async fn a_keys_spend_survives_a_restart() {
+    let mock = MockUpstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_in(openai_env(&mock, 2), data.path(), budgets).await;
+    let client = TestClient::http1();
+    for _ in 0..2 {
+        let url = proxy.url("/v1/chat/completions");
+        let reply = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o", false))).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(mock.take_requests().len(), 2);
+    proxy.stop().await;
+
+    // The same keys and budgets on the same data dir: the ledger's spend
+    // table gives KEY_ONE its $0.058 back, so it is still spent.
+    let proxy = Proxy::start_in(openai_env(&mock, 2), data.path(), budgets).await;
+    let keys = keys_by_id(&client, &proxy, Auth::Bearer(PROXY_KEY)).await;
+    let one = &keys[&mock.key_id(KEY_ONE)];
+    assert_eq!((one["state"].as_str(), one["reason"].as_str()), (Some("exhausted"), Some("budget")), "{one}");
+    assert!((one["budget"]["spent_usd"].as_f64().unwrap() - 2.0 * ANSWER_USD).abs() < 1e-9, "{one}");
+    let url = proxy.url("/v1/chat/completions");
+    let reply = client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o", false))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
+    assert_eq!(served, [KEY_TWO], "the spent key stays out after the restart");
+}
