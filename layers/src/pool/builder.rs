@@ -125,6 +125,7 @@ pub struct KeyPoolBuilder {
     carry_over: Option<Arc<KeyPool>>,
     responses: Option<(usize, Duration)>,
     prices: Arc<crate::price::PriceTable>,
+    events: Option<Arc<dyn super::PoolEvents>>,
 }
 
 impl KeyPoolBuilder {
@@ -193,6 +194,13 @@ impl KeyPoolBuilder {
         keys: Vec<(Secret, KeySettings)>,
     ) -> Self {
         self.providers.push((provider, options, keys));
+        self
+    }
+
+    /// Announces each cooldown and invalid mark the pool starts to `events`
+    /// (other replicas apply them with [`KeyPool::apply`]).
+    pub fn events(mut self, events: Arc<dyn super::PoolEvents>) -> Self {
+        self.events = Some(events);
         self
     }
 
@@ -282,6 +290,7 @@ impl KeyPoolBuilder {
                 responses: responses.clone(),
                 prices: self.prices.clone(),
                 sessions,
+                events: self.events.clone(),
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))

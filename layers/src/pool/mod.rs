@@ -43,12 +43,14 @@ mod reliability;
 mod responses;
 mod select;
 mod settings;
+mod shared;
 mod snapshot;
 mod status;
 mod unavailable;
 
 use std::{collections::HashMap, sync::Arc};
 
+pub use self::shared::{PoolEvent, PoolEvents};
 pub use self::{
     affinity::{Affinity, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TTL, SessionAffinity, UnknownAffinity},
     builder::{DEFAULT_MAX_MODEL_LABELS, KeyPoolBuilder, ProviderOptions, ProviderPause},

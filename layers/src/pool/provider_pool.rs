@@ -65,6 +65,8 @@ pub struct ProviderPool {
     pub(super) prices: Arc<crate::price::PriceTable>,
     /// Which key served each session last (this provider's, kept over reloads).
     pub(super) sessions: Arc<SessionAffinity>,
+    /// Where cooldowns and invalid marks are announced to other replicas.
+    pub(super) events: Option<Arc<dyn super::PoolEvents>>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -477,7 +479,9 @@ impl ProviderPool {
             }
             _ => {}
         }
+        let invalid_before = health.invalid.map(|i| i.until);
         let started = health.record(model, outcome, &self.clock, self.cap_of(index), now);
+        let newly_invalid = health.invalid.map(|i| i.until).filter(|&until| Some(until) != invalid_before);
         // A model the provider answered with success is a real model: a
         // metric label. Only the first success per (key, model) asks.
         let unsettled_success = outcome.is_ok() && health.models.get(model).is_some_and(|m| !m.label_settled);
@@ -489,7 +493,19 @@ impl ProviderPool {
             state.label_settled = true;
         }
         let labels = || [("provider", self.provider.id().as_str().to_owned()), ("key", key.id().as_str().to_owned())];
+        if let Some(until) = newly_invalid {
+            self.announce(|clock| super::PoolEvent::Invalid {
+                key: key.id().as_str().to_owned(),
+                until_unix_ms: clock.unix_ms(until),
+            });
+        }
         if let Some(cooldown) = started {
+            self.announce(|clock| super::PoolEvent::Cooled {
+                key: key.id().as_str().to_owned(),
+                model: model.to_owned(),
+                until_unix_ms: clock.unix_ms(cooldown.until),
+                class: cooldown.class,
+            });
             let [provider, key_label] = labels();
             metrics::counter!(
                 crate::metrics::COOLDOWNS,
