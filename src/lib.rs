@@ -11,6 +11,7 @@ pub mod reload;
 pub mod request_log;
 pub mod routes;
 pub mod server;
+pub mod shared;
 pub mod stack;
 pub mod status;
 pub mod store;
@@ -52,7 +53,8 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
     let client = build_client(&ClientOptions::default())?;
     let shed = keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests);
     let clients = Arc::new(keyrelay_layers::client::ClientDirectory::default());
-    app_from(settings, client, shed, None, ReloadHandle::default(), clients)
+    let shared = settings.shared.as_ref().map(shared::channel);
+    app_from(settings, client, shed, None, ReloadHandle::default(), clients, shared)
 }
 
 /// The state for reloaded `settings`: keys, providers and proxy settings
@@ -66,6 +68,8 @@ pub fn app_reloaded(settings: &Settings, current: &App) -> Result<App, BoxError>
         Some(current.pool.clone()),
         current.reload.clone(),
         current.clients.clone(),
+        // Redis is a start-up setting: a reload keeps the connection.
+        current.shared.clone(),
     )?;
     app.request_log = current.request_log.clone();
     // Spend since start is one counter across reloads: it never goes back.
@@ -82,12 +86,16 @@ fn app_from(
     carry_over: Option<Arc<KeyPool>>,
     reload: ReloadHandle,
     clients: Arc<keyrelay_layers::client::ClientDirectory>,
+    shared: Option<(Arc<shared::Outbox>, Arc<shared::Shared>)>,
 ) -> Result<App, BoxError> {
     let (remembered, ttl) = settings.remembered_responses;
     let mut pool = KeyPool::builder()
         .daily_reset_utc(settings.daily_reset)
         .remembered_responses(remembered, ttl)
         .prices(settings.prices.clone());
+    if let Some((outbox, _)) = &shared {
+        pool = pool.events(outbox.clone());
+    }
     if let Some(previous) = carry_over {
         pool = pool.carry_over(previous);
     }
@@ -124,6 +132,7 @@ fn app_from(
         shed,
         reload,
         clients,
+        shared,
     })
 }
 
@@ -237,6 +246,7 @@ impl Bound {
             move || current.read().unwrap_or_else(|p| p.into_inner()).pool.clone()
         };
         let saver = tokio::spawn(self.state.clone().save_every(pool_now.clone(), self.state_save_interval));
+        let shared = self.app.shared.as_ref().map(|(_, shared)| shared.run(pool_now.clone())).unwrap_or_default();
         let upkeep = tokio::spawn(telemetry::metrics_upkeep(telemetry::METRICS_UPKEEP_INTERVAL));
         let request_log = self.request_log.map(|writer| {
             let (stop, stopped) = oneshot::channel();
@@ -244,6 +254,9 @@ impl Bound {
         });
         let outcome = server::serve(self.listener, service, &self.options, shutdown).await;
         saver.abort();
+        for task in shared {
+            task.abort();
+        }
         upkeep.abort();
         if let Some((stop, writer)) = request_log {
             let _ = stop.send(());

@@ -71,6 +71,9 @@ pub struct App {
     pub reload: crate::reload::ReloadHandle,
     /// Client keys (configured and made at run time); kept across reloads.
     pub clients: Arc<ClientDirectory>,
+    /// The keys' state shared on Redis (`shared.redis_url`): where the pool
+    /// announces, and the tasks `serve` starts; kept across reloads.
+    pub shared: Option<(Arc<crate::shared::Outbox>, Arc<crate::shared::Shared>)>,
 }
 
 /// The response body the server writes.

@@ -94,6 +94,11 @@ pub const UNPRICED: &str = "keyrelay_unpriced_requests_total";
 pub const CLIENT_BUDGET_REMAINING: &str = "keyrelay_client_budget_remaining_usd";
 /// Gauge: USD left of a key's budget in its period; labels `provider`, `key`.
 pub const KEY_BUDGET_REMAINING: &str = "keyrelay_key_budget_remaining_usd";
+/// Gauge: 1 while the replica shares its keys' state on Redis, 0 while it
+/// runs on its own (emitted by the binary).
+pub const SHARED_STATE_UP: &str = "keyrelay_shared_state_up";
+/// Counter: key events not sent to Redis because the queue was full.
+pub const SHARED_EVENTS_DROPPED: &str = "keyrelay_shared_events_dropped_total";
 /// Counter: ledger rows written (emitted by the binary's ledger writer).
 pub const LEDGER_ROWS: &str = "keyrelay_ledger_rows_total";
 /// Counter: ledger rows dropped because the writer's queue was full or the
@@ -114,6 +119,8 @@ pub fn describe() {
     describe_gauge!(CLIENT_BUDGET_REMAINING, "USD left of each client's budget in its current period.");
     describe_gauge!(KEY_BUDGET_REMAINING, "USD left of each key's budget in its current period.");
     describe_counter!(LEDGER_ROWS, "Usage ledger rows written to the database.");
+    describe_gauge!(SHARED_STATE_UP, "1 while keys' cooldowns and marks are shared on Redis, 0 while local only.");
+    describe_counter!(SHARED_EVENTS_DROPPED, "Key events not sent to Redis because the queue was full.");
     describe_counter!(
         LEDGER_DROPPED,
         "Usage ledger rows dropped (the writer's queue was full, or the database refused them)."

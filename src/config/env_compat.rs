@@ -2,6 +2,7 @@
 //! existing key-rotating proxies' `.env` files plus `KEYRELAY_<SECTION>__<KEY>`.
 //!
 //! - `PROXY_API_KEY` -> `proxy.api_key`; `GLOBAL_TIMEOUT` -> `proxy.global_timeout_secs`
+//! - `REDIS_URL` -> `shared.redis_url`
 //! - `MAX_CONCURRENT_REQUESTS` -> `server.max_concurrent_requests` (not to be
 //!   confused with `MAX_CONCURRENT_REQUESTS_PER_KEY_<P>`, below)
 //! - `MAX_CONCURRENT_REQUESTS_PER_KEY_<P>` -> `providers.<p>.max_concurrent_per_key`
@@ -72,6 +73,7 @@ enum Compat {
     MaxConcurrentPerKey(String),
     IgnoreModels(String),
     WhitelistModels(String),
+    RedisUrl,
 }
 
 fn provider_id(prefix: &str) -> Option<String> {
@@ -91,6 +93,7 @@ fn classify(name: &str) -> Option<Compat> {
         // Matched whole, so the per-key variables below never land here.
         "MAX_CONCURRENT_REQUESTS" => return Some(Compat::MaxConcurrentRequests),
         "ADMIN_API_KEY" => return Some(Compat::AdminKey),
+        "REDIS_URL" => return Some(Compat::RedisUrl),
         _ => {}
     }
     if let Some(provider) = name.strip_prefix("MAX_CONCURRENT_REQUESTS_PER_KEY_") {
@@ -194,6 +197,9 @@ pub fn compat(vars: &[Var], origin: Origin) -> VarsProvider {
                 vec!["server".to_owned(), "max_concurrent_requests".to_owned()],
                 value.parse::<Value>().expect("infallible"),
             ),
+            Some(Compat::RedisUrl) => {
+                (vec!["shared".to_owned(), "redis_url".to_owned()], Value::from(value.to_owned()))
+            }
             Some(Compat::ProviderBase(p)) => {
                 (vec!["providers".to_owned(), p, "api_base".to_owned()], Value::from(value.to_owned()))
             }

@@ -12,6 +12,7 @@ mod keys;
 pub mod ledger;
 pub mod prices;
 pub mod providers;
+pub mod shared;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -52,6 +53,8 @@ pub struct Config {
     pub prices: BTreeMap<String, prices::PriceConfig>,
     /// The durable store and the usage ledger's retention.
     pub ledger: ledger::LedgerConfig,
+    /// State shared by replicas on Redis.
+    pub shared: shared::SharedConfig,
 }
 
 /// The dialect routes (`/v1/messages`, `/v1/responses`, Gemini's).
@@ -405,6 +408,8 @@ pub struct Settings {
     /// The database (ledger, spend, runtime clients, pool state) and the
     /// ledger's retention.
     pub ledger: ledger::LedgerSettings,
+    /// Redis, when replicas share their keys' state.
+    pub shared: Option<shared::SharedSettings>,
     /// Things worth telling the operator at start (never secrets).
     pub notes: Vec<String>,
 }
@@ -571,6 +576,7 @@ fn validate(
     // Relative to the working directory, like `.env` and `config.toml`.
     let data_dir = working_dir.join(&server.data_dir);
     let ledger = ledger::settings(&config.ledger, working_dir, &data_dir)?;
+    let shared = shared::settings(&config.shared)?;
 
     let proxy_key = config.proxy.api_key.filter(|k| !k.0.is_empty()).map(|k| Secret::new(k.0));
     if proxy_key.is_none() && !host.is_loopback() {
@@ -624,6 +630,7 @@ fn validate(
         prices: prices::price_table(&config.prices)?,
         providers,
         ledger,
+        shared,
         notes,
     })
 }

@@ -251,6 +251,9 @@ fn the_example_config_documents_every_key() {
         "max_output",
         "retention_days",
         "url",
+        "redis_url",
+        "key_prefix",
+        "call_timeout_ms",
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }

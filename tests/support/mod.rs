@@ -28,6 +28,7 @@ pub mod binary;
 pub mod client;
 pub mod mock;
 pub mod proxy;
+pub mod redis;
 pub mod sdk;
 pub mod store;
 

@@ -78,6 +78,16 @@ pub enum PoolEvent {
 }
 
 impl PoolEvent {
+    /// [`PoolEvent::Cooled`].
+    pub fn cooled(key: &str, model: &str, until_unix_ms: u64, class: FailureClass) -> Self {
+        Self::Cooled { key: key.to_owned(), model: model.to_owned(), until_unix_ms, class }
+    }
+
+    /// [`PoolEvent::Invalid`].
+    pub fn invalid(key: &str, until_unix_ms: u64) -> Self {
+        Self::Invalid { key: key.to_owned(), until_unix_ms }
+    }
+
     /// The key the event is about.
     pub fn key(&self) -> &str {
         match self {

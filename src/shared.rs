@@ -1,0 +1,290 @@
+//! Keys' health shared by replicas on Redis (or Valkey), when
+//! `shared.redis_url` is set: a cooldown or invalid mark one replica starts
+//! is obeyed by the others within milliseconds.
+//!
+//! Each event the pool announces ([`PoolEvents`]) is queued without
+//! waiting, then one task writes it to Redis (a key per key and model,
+//! expiring when the cooldown ends, so nothing outlives its deadline) and
+//! publishes it on `<prefix>events`. Another task subscribes there and
+//! applies the other replicas' events to the current pool
+//! ([`KeyPool::apply`]); when it (re)connects it first reads every live
+//! cooldown and mark back, so a replica that starts late, or lost Redis for
+//! a while, converges.
+//!
+//! Redis never takes the proxy down: every call has a short timeout, a
+//! replica that cannot reach Redis goes on with its own state (it already
+//! applied its own events), says so in the log and in
+//! `keyrelay_shared_state_up`, retries with backoff, and on reconnect
+//! publishes what it learned meanwhile. Keys written carry the prefix and
+//! a hash tag of the key id (`keyrelay:{openai:3f9a1c2e}:cool:gpt-4o`), so a
+//! key's data stays in one Redis Cluster slot. Key ids only, never a secret.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::StreamExt;
+use keyrelay_layers::{
+    classify::FailureClass,
+    pool::{KeyPool, PoolEvent, PoolEvents},
+};
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::config::shared::SharedSettings;
+
+/// Events queued for Redis beyond which new ones are dropped (and counted):
+/// a replica cut off from Redis keeps working on its own state.
+const QUEUE: usize = 4096;
+/// Events kept while Redis is away, to publish on reconnect.
+const BACKLOG: usize = 4096;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where the pool's events go: a bounded queue, never waited on.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<PoolEvent>,
+}
+
+impl PoolEvents for Outbox {
+    fn publish(&self, event: PoolEvent) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!(keyrelay_layers::metrics::SHARED_EVENTS_DROPPED).increment(1);
+        }
+    }
+}
+
+/// The Redis side, ready to run once the server serves.
+#[derive(Debug)]
+pub struct Shared {
+    settings: SharedSettings,
+    instance: String,
+    rx: Mutex<Option<mpsc::Receiver<PoolEvent>>>,
+}
+
+/// The outbox the pool announces to, and the tasks to start with
+/// [`Shared::run`].
+pub fn channel(settings: &SharedSettings) -> (Arc<Outbox>, Arc<Shared>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let instance = format!("{:016x}", fastrand_u64());
+    (Arc::new(Outbox { tx }), Arc::new(Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)) }))
+}
+
+fn fastrand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // A replica id only has to differ between replicas.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes) ^ std::process::id() as u64
+}
+
+/// One event on the wire.
+#[derive(Debug, Deserialize, Serialize)]
+struct Wire {
+    /// The replica that published it.
+    from: String,
+    kind: String,
+    key: String,
+    #[serde(default)]
+    model: Option<String>,
+    until: u64,
+    #[serde(default)]
+    class: Option<String>,
+}
+
+impl Wire {
+    fn of(event: &PoolEvent, from: &str) -> Option<Self> {
+        let (kind, model, class) = match event {
+            PoolEvent::Cooled { model, class, .. } => ("cooled", Some(model.clone()), Some(class.as_str().to_owned())),
+            PoolEvent::Invalid { .. } => ("invalid", None, None),
+            _ => return None,
+        };
+        Some(Self {
+            from: from.to_owned(),
+            kind: kind.to_owned(),
+            key: event.key().to_owned(),
+            model,
+            until: event.until_unix_ms(),
+            class,
+        })
+    }
+
+    fn event(&self) -> Option<PoolEvent> {
+        match self.kind.as_str() {
+            "cooled" => Some(PoolEvent::cooled(
+                &self.key,
+                self.model.as_deref()?,
+                self.until,
+                FailureClass::parse(self.class.as_deref()?)?,
+            )),
+            "invalid" => Some(PoolEvent::invalid(&self.key, self.until)),
+            _ => None,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    fn redis_key(&self, event: &PoolEvent) -> String {
+        let prefix = &self.settings.key_prefix;
+        match event {
+            PoolEvent::Cooled { key, model, .. } => format!("{prefix}{{{key}}}:cool:{model}"),
+            _ => format!("{prefix}{{{}}}:invalid", event.key()),
+        }
+    }
+
+    fn channel_name(&self) -> String {
+        format!("{}events", self.settings.key_prefix)
+    }
+
+    /// Starts publishing the pool's events and applying the others' to
+    /// the pool `pool_now` returns (the current one, across reloads).
+    pub fn run(self: &Arc<Self>, pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync + 'static) -> Vec<JoinHandle<()>> {
+        let Some(rx) = self.rx.lock().unwrap_or_else(PoisonError::into_inner).take() else { return Vec::new() };
+        let client = match redis::Client::open(self.settings.redis_url.as_str()) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(error = ?err.kind(), "shared.redis_url cannot be used: each replica keeps its own state");
+                return Vec::new();
+            }
+        };
+        set_up(false);
+        let publisher = tokio::spawn(self.clone().publish(client.clone(), rx));
+        let subscriber = tokio::spawn(self.clone().subscribe(client, pool_now));
+        vec![publisher, subscriber]
+    }
+
+    async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+        match tokio::time::timeout(self.settings.call_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(format!("{:?}", err.kind())),
+            Err(_) => Err(format!("no answer within {} ms", self.settings.call_timeout.as_millis())),
+        }
+    }
+
+    async fn publish(self: Arc<Self>, client: redis::Client, mut rx: mpsc::Receiver<PoolEvent>) {
+        let mut backlog: VecDeque<PoolEvent> = VecDeque::new();
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = if backlog.is_empty() {
+                rx.recv().await
+            } else {
+                // Events wait for Redis; try again after the backoff, or
+                // as soon as another event comes.
+                tokio::time::timeout(backoff, rx.recv()).await.unwrap_or(Some(PoolEvent::invalid("", 0)))
+            };
+            let Some(event) = next else { return };
+            if !event.key().is_empty() {
+                if backlog.len() == BACKLOG {
+                    backlog.pop_front();
+                }
+                backlog.push_back(event);
+            }
+            let now = now_ms();
+            backlog.retain(|e| e.until_unix_ms() > now);
+            match self.flush(&client, &mut conn, &mut backlog).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    if conn.take().is_some() || backoff == Duration::from_millis(100) {
+                        tracing::warn!(error = %err, queued = backlog.len(), "cannot reach Redis: keys' state stays local until it is back");
+                    }
+                    set_up(false);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn flush(
+        &self,
+        client: &redis::Client,
+        conn: &mut Option<MultiplexedConnection>,
+        backlog: &mut VecDeque<PoolEvent>,
+    ) -> Result<(), String> {
+        if conn.is_none() {
+            *conn = Some(self.timed(client.get_multiplexed_async_connection()).await?);
+        }
+        let con = conn.as_mut().expect("connected above");
+        while let Some(event) = backlog.front() {
+            let Some(wire) = Wire::of(event, &self.instance) else {
+                backlog.pop_front();
+                continue;
+            };
+            let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
+            let ttl = event.until_unix_ms().saturating_sub(now_ms()).max(1);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(self.redis_key(event)).arg(&payload).arg("PX").arg(ttl).ignore();
+            pipe.cmd("PUBLISH").arg(self.channel_name()).arg(&payload).ignore();
+            self.timed(pipe.query_async::<()>(con)).await?;
+            backlog.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn subscribe(self: Arc<Self>, client: redis::Client, pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.listen(&client, &pool_now).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost Redis: keys' state stays local until it is back");
+                    set_up(false);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Subscribes, reads the live state back, then applies every event
+    /// until the connection drops.
+    async fn listen(&self, client: &redis::Client, pool_now: &impl Fn() -> Arc<KeyPool>) -> Result<(), String> {
+        let mut pubsub = self.timed(client.get_async_pubsub()).await?;
+        self.timed(pubsub.subscribe(self.channel_name())).await?;
+        let mut con = self.timed(client.get_multiplexed_async_connection()).await?;
+        let pattern = format!("{}{{*}}:*", self.settings.key_prefix);
+        // SCAN, not KEYS: a shared Redis may hold much more than keyrelay's.
+        let (mut cursor, mut keys) = (0u64, Vec::new());
+        loop {
+            let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).to_owned();
+            let (next, found): (u64, Vec<String>) = self.timed(scan.query_async(&mut con)).await?;
+            keys.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut applied = 0;
+        for chunk in keys.chunks(256) {
+            let values: Vec<Option<String>> = self.timed(redis::cmd("MGET").arg(chunk).query_async(&mut con)).await?;
+            let pool = pool_now();
+            for value in values.into_iter().flatten() {
+                applied += usize::from(self.apply(&pool, &value));
+            }
+        }
+        set_up(true);
+        tracing::info!(applied, "connected to Redis: keys' cooldowns and marks are shared");
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(payload) = message.get_payload::<String>() else { continue };
+            self.apply(&pool_now(), &payload);
+        }
+        Err("the subscription ended".to_owned())
+    }
+
+    fn apply(&self, pool: &KeyPool, payload: &str) -> bool {
+        let Ok(wire) = serde_json::from_str::<Wire>(payload) else { return false };
+        // Our own events are in our pool already.
+        wire.from != self.instance && wire.event().is_some_and(|event| pool.apply(&event))
+    }
+}
+
+fn set_up(up: bool) {
+    metrics::gauge!(keyrelay_layers::metrics::SHARED_STATE_UP).set(if up { 1.0 } else { 0.0 });
+}

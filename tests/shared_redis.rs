@@ -1,0 +1,97 @@
+//! Replicas sharing their keys' health on a real Redis (issue 16): a
+//! cooldown met by one replica is obeyed by the others before their next
+//! request, a replica started later reads it back, and losing Redis fails
+//! no request and converges once Redis is back.
+
+mod support;
+
+use support::{
+    Auth, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Script, TestClient, chat_body, dialect_env,
+    eventually, keys_by_id, post, redis::RedisServer,
+};
+
+fn env(mock: &MockUpstream, redis: &RedisServer) -> Vec<(String, String)> {
+    let mut env = dialect_env(&[mock], 3);
+    env.push(("REDIS_URL".to_owned(), redis.url()));
+    env
+}
+
+async fn chat(client: &TestClient, proxy: &Proxy) -> u16 {
+    let url = proxy.url("/v1/chat/completions");
+    client.fetch(post(&url, Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await.status.as_u16()
+}
+
+async fn cooling(client: &TestClient, proxy: &Proxy, key: &str) -> bool {
+    let keys = keys_by_id(client, proxy, Auth::Bearer(PROXY_KEY)).await;
+    keys[&support::key_id(key)]["state"] == "cooling"
+}
+
+#[tokio::test]
+async fn three_replicas_obey_one_replicas_cooldown_and_converge_after_losing_redis() {
+    let mock = MockUpstream::start().await;
+    let mut redis = RedisServer::start().await;
+    let client = TestClient::http1();
+    let (a, b, c) = (
+        Proxy::start(env(&mock, &redis)).await,
+        Proxy::start(env(&mock, &redis)).await,
+        Proxy::start(env(&mock, &redis)).await,
+    );
+
+    // Replica A meets a 429 on KEY_ONE (two minutes).
+    mock.always_for(KEY_ONE, Script::rate_limited(Some("120")));
+    for _ in 0..3 {
+        assert_eq!(chat(&client, &a).await, 200, "A rotates past the 429");
+        if cooling(&client, &a, KEY_ONE).await {
+            break;
+        }
+    }
+    assert!(cooling(&client, &a, KEY_ONE).await, "A cooled KEY_ONE");
+    mock.clear_for(KEY_ONE);
+    // B and C learn it from Redis, without meeting the 429 themselves.
+    for replica in [&b, &c] {
+        eventually("the cooldown to reach the other replicas", || cooling(&client, replica, KEY_ONE)).await;
+    }
+    mock.take_requests();
+    for replica in [&b, &c, &b, &c] {
+        assert_eq!(chat(&client, replica).await, 200);
+    }
+    let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
+    assert!(served.iter().all(|key| key != KEY_ONE), "nobody sends to the cooling key: {served:?}");
+    // Written with the key's hash tag, and gone with the cooldown.
+    let stored = format!("EXISTS \"keyrelay:{{{}}}:cool:gpt-4o-mini\"", support::key_id(KEY_ONE));
+    assert_eq!(redis.command(&stored).await, ":1");
+
+    // A replica started now reads the live cooldown back.
+    let d = Proxy::start(env(&mock, &redis)).await;
+    eventually("a late replica to read the cooldown", || cooling(&client, &d, KEY_ONE)).await;
+
+    // Redis goes away: no request fails for it.
+    redis.stop().await;
+    for replica in [&a, &b, &c, &d] {
+        assert_eq!(chat(&client, replica).await, 200, "served without Redis");
+    }
+    // Meanwhile only B meets a 429 on KEY_TWO; the others cannot know.
+    mock.always_for(KEY_TWO, Script::rate_limited(Some("120")));
+    for _ in 0..3 {
+        assert_eq!(chat(&client, &b).await, 200, "B rotates past the 429 without Redis");
+        if cooling(&client, &b, KEY_TWO).await {
+            break;
+        }
+    }
+    mock.clear_for(KEY_TWO);
+    assert!(cooling(&client, &b, KEY_TWO).await, "B cooled KEY_TWO");
+    for replica in [&a, &c, &d] {
+        assert!(!cooling(&client, replica, KEY_TWO).await, "no news without Redis");
+    }
+    // Redis comes back, empty: B publishes what it learned meanwhile, and
+    // every replica ends up with both cooldowns.
+    redis.resume().await;
+    for replica in [&a, &c, &d] {
+        eventually("B's cooldown everywhere after Redis is back", || cooling(&client, replica, KEY_TWO)).await;
+        assert!(cooling(&client, replica, KEY_ONE).await, "the older cooldown stays");
+    }
+    mock.take_requests();
+    assert_eq!(chat(&client, &c).await, 200);
+    let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
+    assert_eq!(served, [KEY_THREE], "only the key nobody cooled");
+}
