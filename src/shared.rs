@@ -80,34 +80,55 @@ fn fastrand_u64() -> u64 {
     u64::from_le_bytes(bytes) ^ std::process::id() as u64
 }
 
-/// One event on the wire.
-#[derive(Debug, Deserialize, Serialize)]
+/// One event on the wire: `kind` names the [`PoolEvent`], the rest are
+/// its fields (key ids, model names, response ids and times; never a
+/// secret).
+#[derive(Debug, Default, Deserialize, Serialize)]
 struct Wire {
     /// The replica that published it.
     from: String,
     kind: String,
     key: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     until: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_id: Option<String>,
 }
 
 impl Wire {
     fn of(event: &PoolEvent, from: &str) -> Option<Self> {
-        let (kind, model, class) = match event {
-            PoolEvent::Cooled { model, class, .. } => ("cooled", Some(model.clone()), Some(class.as_str().to_owned())),
-            PoolEvent::Invalid { .. } => ("invalid", None, None),
-            _ => return None,
-        };
-        Some(Self {
+        let wire = Self {
             from: from.to_owned(),
-            kind: kind.to_owned(),
             key: event.key().to_owned(),
-            model,
             until: event.until_unix_ms(),
-            class,
+            ..Self::default()
+        };
+        Some(match event {
+            PoolEvent::Cooled { model, class, .. } => Self {
+                kind: "cooled".to_owned(),
+                model: Some(model.clone()),
+                class: Some(class.as_str().to_owned()),
+                ..wire
+            },
+            PoolEvent::Invalid { .. } => Self { kind: "invalid".to_owned(), ..wire },
+            PoolEvent::Paused { .. } => Self { kind: "paused".to_owned(), ..wire },
+            PoolEvent::Owned { id, model, created_unix_ms, response_id, .. } => Self {
+                kind: "owned".to_owned(),
+                id: Some(id.clone()),
+                model: Some(model.clone()),
+                created: Some(*created_unix_ms),
+                response_id: response_id.clone(),
+                ..wire
+            },
+            PoolEvent::Forgotten { id, .. } => Self { kind: "forgotten".to_owned(), id: Some(id.clone()), ..wire },
+            _ => return None,
         })
     }
 
@@ -120,6 +141,15 @@ impl Wire {
                 FailureClass::parse(self.class.as_deref()?)?,
             )),
             "invalid" => Some(PoolEvent::invalid(&self.key, self.until)),
+            "paused" => Some(PoolEvent::paused(&self.key, self.until)),
+            "owned" => Some(PoolEvent::owned(
+                self.id.as_deref()?,
+                &self.key,
+                self.model.as_deref()?,
+                self.created?,
+                self.response_id.as_deref(),
+            )),
+            "forgotten" => Some(PoolEvent::forgotten(self.id.as_deref()?, &self.key)),
             _ => None,
         }
     }
@@ -130,11 +160,16 @@ fn now_ms() -> u64 {
 }
 
 impl Shared {
+    /// Where an event lives in Redis: under its key's (or provider's) hash
+    /// tag, so that one key's data stays in one Redis Cluster slot.
     fn redis_key(&self, event: &PoolEvent) -> String {
         let prefix = &self.settings.key_prefix;
+        let tag = event.key();
         match event {
-            PoolEvent::Cooled { key, model, .. } => format!("{prefix}{{{key}}}:cool:{model}"),
-            _ => format!("{prefix}{{{}}}:invalid", event.key()),
+            PoolEvent::Cooled { model, .. } => format!("{prefix}{{{tag}}}:cool:{model}"),
+            PoolEvent::Paused { .. } => format!("{prefix}{{{tag}}}:paused"),
+            PoolEvent::Owned { id, .. } | PoolEvent::Forgotten { id, .. } => format!("{prefix}{{{tag}}}:resp:{id}"),
+            _ => format!("{prefix}{{{tag}}}:invalid"),
         }
     }
 
@@ -217,9 +252,13 @@ impl Shared {
                 continue;
             };
             let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
-            let ttl = event.until_unix_ms().saturating_sub(now_ms()).max(1);
             let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(self.redis_key(event)).arg(&payload).arg("PX").arg(ttl).ignore();
+            if matches!(event, PoolEvent::Forgotten { .. }) {
+                pipe.cmd("DEL").arg(self.redis_key(event)).ignore();
+            } else {
+                let ttl = event.until_unix_ms().saturating_sub(now_ms()).max(1);
+                pipe.cmd("SET").arg(self.redis_key(event)).arg(&payload).arg("PX").arg(ttl).ignore();
+            }
             pipe.cmd("PUBLISH").arg(self.channel_name()).arg(&payload).ignore();
             self.timed(pipe.query_async::<()>(con)).await?;
             backlog.pop_front();

@@ -95,3 +95,63 @@ async fn three_replicas_obey_one_replicas_cooldown_and_converge_after_losing_red
     let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
     assert_eq!(served, [KEY_THREE], "only the key nobody cooled");
 }
+
+fn responses_body(extra: serde_json::Value) -> String {
+    let mut body = serde_json::json!({"model": "gpt-5-codex", "input": "Hi", "store": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body.to_string()
+}
+
+#[tokio::test]
+async fn a_responses_follow_up_on_another_replica_reaches_the_key_that_made_it() {
+    use support::{get, mock::responses};
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let client = TestClient::http1();
+    let (a, c) = (Proxy::start(env(&mock, &redis)).await, Proxy::start(env(&mock, &redis)).await);
+    // Two requests first, so that A's least-used choice for the response
+    // is not the key a fresh C would pick on its own.
+    for _ in 0..2 {
+        assert_eq!(chat(&client, &a).await, 200);
+    }
+    mock.take_requests();
+    let first = client
+        .fetch(post(&a.url("/v1/responses"), Auth::Bearer(PROXY_KEY), responses_body(serde_json::json!({}))))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let owner = mock.requests()[0].key.clone().unwrap();
+    assert_ne!(owner, KEY_ONE, "the test needs an owner C would not pick by itself");
+
+    // A publishes the owner (stored with the key's hash tag); C applies it
+    // a moment later: reading the stored response works there.
+    let published = format!("EXISTS \"keyrelay:{{{}}}:resp:{id}\"", support::key_id(&owner));
+    eventually("A to publish the response's owner", || async { redis.command(&published).await == ":1" }).await;
+    let stored = format!("/v1/responses/{id}");
+    eventually("C to know which key made the response", || async {
+        client.fetch(get(&c.url(&stored), Auth::Bearer(PROXY_KEY))).await.status == 200
+    })
+    .await;
+    // Follow-ups on C, which would spread over its idle keys, all go there.
+    let mut previous = id;
+    for turn in 0..3 {
+        let body = responses_body(serde_json::json!({"previous_response_id": previous}));
+        let reply = client.fetch(post(&c.url("/v1/responses"), Auth::Bearer(PROXY_KEY), body)).await;
+        assert_eq!(reply.status, 200, "turn {turn}: {}", reply.text());
+        previous = reply.json()["id"].as_str().unwrap().to_owned();
+        assert!(responses::made_with(&previous, &owner), "turn {turn} on the owner's key");
+    }
+    let elsewhere: Vec<_> = mock.requests().into_iter().filter(|r| r.key.as_deref() != Some(owner.as_str())).collect();
+    assert!(
+        elsewhere.is_empty(),
+        "C never tried another key: {:?}",
+        elsewhere.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    // And back on A, C's newest response is known too.
+    let body = responses_body(serde_json::json!({"previous_response_id": previous}));
+    eventually("A to know C's response", || async {
+        let reply = client.fetch(post(&a.url("/v1/responses"), Auth::Bearer(PROXY_KEY), body.clone())).await;
+        reply.status == 200
+    })
+    .await;
+}

@@ -248,6 +248,9 @@ impl KeyPoolBuilder {
             (None, Some((capacity, ttl))) => Arc::new(ResponseOwners::new(capacity, ttl)),
             (None, None) => Arc::default(),
         };
+        if let Some(events) = &self.events {
+            responses.announce_to(events.clone());
+        }
         let mut providers = Vec::with_capacity(self.providers.len());
         let mut by_id = HashMap::with_capacity_and_hasher(self.providers.len(), Default::default());
         for (provider, options, secrets) in self.providers {

@@ -34,7 +34,7 @@ use crate::{
 #[derive(Debug, Default)]
 pub(super) struct PauseState {
     recent: VecDeque<(usize, Instant)>,
-    until: Option<Instant>,
+    pub(super) until: Option<Instant>,
 }
 
 /// One provider and its keys.
@@ -553,6 +553,7 @@ impl ProviderPool {
             state.until = Some(now + pause);
             self.maybe_paused.store(true, Relaxed);
             state.recent.clear();
+            self.announce(|clock| super::PoolEvent::paused(self.provider.id().as_str(), clock.unix_ms(now + pause)));
             tracing::warn!(
                 provider = self.provider.id().as_str(),
                 keys = distinct.len(),

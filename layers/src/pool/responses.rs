@@ -80,6 +80,9 @@ pub struct ResponseOwners {
     inner: Mutex<Owners>,
     capacity: usize,
     ttl_ms: u64,
+    /// Where each id remembered or forgotten here is announced to the
+    /// other replicas (see [`super::PoolEvents`]).
+    events: std::sync::OnceLock<Arc<dyn super::PoolEvents>>,
 }
 
 #[derive(Default)]
@@ -105,15 +108,41 @@ impl Default for ResponseOwners {
 impl ResponseOwners {
     /// Remembers at most `capacity` ids, each for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
-        Self { inner: Mutex::default(), capacity, ttl_ms: ttl.as_millis() as u64 }
+        Self { inner: Mutex::default(), capacity, ttl_ms: ttl.as_millis() as u64, events: std::sync::OnceLock::new() }
+    }
+
+    /// Announces every id remembered or forgotten from now on to `events`
+    /// (the first call wins: a pool's memory is announced to one place).
+    pub fn announce_to(&self, events: Arc<dyn super::PoolEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    /// How long an id is remembered, in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Remembers that `owner` made response `id`.
+    /// Remembers that `owner` made response `id`, and tells the other
+    /// replicas.
     pub fn remember(&self, id: &str, owner: ResponseOwner) {
+        if let Some(events) = self.events.get() {
+            events.publish(super::PoolEvent::owned(
+                id,
+                owner.key.as_str(),
+                &owner.model,
+                owner.created_unix_ms,
+                owner.response_id.as_deref(),
+            ));
+        }
+        self.remember_quietly(id, owner);
+    }
+
+    /// Remembers what another replica announced, without announcing it.
+    pub(super) fn remember_quietly(&self, id: &str, owner: ResponseOwner) {
         if self.capacity == 0 {
             return;
         }
@@ -141,8 +170,18 @@ impl ResponseOwners {
         owners.by_id.get(id).filter(|o| o.created_unix_ms + self.ttl_ms >= now_unix_ms).cloned()
     }
 
-    /// Forgets `id` (the response was deleted).
+    /// Forgets `id` (the response was deleted), and tells the other
+    /// replicas.
     pub fn forget(&self, id: &str) {
+        let owner = self.lock().by_id.get(id).map(|o| o.key.clone());
+        if let (Some(events), Some(key)) = (self.events.get(), owner) {
+            events.publish(super::PoolEvent::Forgotten { id: id.to_owned(), key: key.as_str().to_owned() });
+        }
+        self.forget_quietly(id);
+    }
+
+    /// Forgets what another replica announced gone.
+    pub(super) fn forget_quietly(&self, id: &str) {
         let mut owners = self.lock();
         owners.by_id.remove(id);
         owners.order.retain(|kept| &**kept != id);

@@ -75,6 +75,36 @@ pub enum PoolEvent {
         /// When a request may probe it again, in ms since the Unix epoch.
         until_unix_ms: u64,
     },
+    /// Several of `provider`'s keys were rate limited at once: the provider
+    /// rests until `until_unix_ms`.
+    Paused {
+        /// The provider's id.
+        provider: String,
+        /// The end of the pause, in ms since the Unix epoch.
+        until_unix_ms: u64,
+    },
+    /// Response `id` (or an encrypted reasoning digest, `enc:...`) was made
+    /// by `owner`'s key: follow-ups on any replica go there.
+    Owned {
+        /// The response id.
+        id: String,
+        /// The key that made it.
+        key: String,
+        /// The upstream model it was made with.
+        model: String,
+        /// When it was made, in ms since the Unix epoch.
+        created_unix_ms: u64,
+        /// The response an entry belongs to when it is not its own id (an
+        /// encrypted reasoning digest's).
+        response_id: Option<String>,
+    },
+    /// Response `id`, made by `key`, was deleted.
+    Forgotten {
+        /// The response id.
+        id: String,
+        /// The key that made it.
+        key: String,
+    },
 }
 
 impl PoolEvent {
@@ -88,17 +118,51 @@ impl PoolEvent {
         Self::Invalid { key: key.to_owned(), until_unix_ms }
     }
 
-    /// The key the event is about.
-    pub fn key(&self) -> &str {
-        match self {
-            Self::Cooled { key, .. } | Self::Invalid { key, .. } => key,
+    /// [`PoolEvent::Paused`].
+    pub fn paused(provider: &str, until_unix_ms: u64) -> Self {
+        Self::Paused { provider: provider.to_owned(), until_unix_ms }
+    }
+
+    /// [`PoolEvent::Owned`].
+    pub fn owned(id: &str, key: &str, model: &str, created_unix_ms: u64, response_id: Option<&str>) -> Self {
+        Self::Owned {
+            id: id.to_owned(),
+            key: key.to_owned(),
+            model: model.to_owned(),
+            created_unix_ms,
+            response_id: response_id.map(str::to_owned),
         }
     }
 
-    /// When the event stops mattering, in ms since the Unix epoch.
+    /// [`PoolEvent::Forgotten`].
+    pub fn forgotten(id: &str, key: &str) -> Self {
+        Self::Forgotten { id: id.to_owned(), key: key.to_owned() }
+    }
+
+    /// The key the event is about (for a pause, the provider): what shared
+    /// storage groups it under.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Cooled { key, .. }
+            | Self::Invalid { key, .. }
+            | Self::Forgotten { key, .. }
+            | Self::Owned { key, .. } => key,
+            Self::Paused { provider, .. } => provider,
+        }
+    }
+
+    /// When the event stops mattering, in ms since the Unix epoch (a
+    /// response's owner: when it is forgotten anyway; a deletion: at once,
+    /// once told).
     pub fn until_unix_ms(&self) -> u64 {
         match self {
-            Self::Cooled { until_unix_ms, .. } | Self::Invalid { until_unix_ms, .. } => *until_unix_ms,
+            Self::Cooled { until_unix_ms, .. }
+            | Self::Invalid { until_unix_ms, .. }
+            | Self::Paused { until_unix_ms, .. } => *until_unix_ms,
+            Self::Owned { created_unix_ms, .. } => {
+                created_unix_ms.saturating_add(super::DEFAULT_RESPONSE_TTL.as_millis() as u64)
+            }
+            Self::Forgotten { .. } => u64::MAX,
         }
     }
 }
@@ -109,6 +173,34 @@ impl KeyPool {
     /// only ever grows. `false` when the key is not here or the event is
     /// over.
     pub fn apply(&self, event: &PoolEvent) -> bool {
+        match event {
+            PoolEvent::Owned { id, key, model, created_unix_ms, response_id } => {
+                let Some((pool, index)) = self.key(key) else { return false };
+                let owner = super::ResponseOwner::new(
+                    pool.provider().id().clone(),
+                    pool.keys[index].id().clone(),
+                    model,
+                    *created_unix_ms,
+                )
+                .of_response(response_id.as_deref().map(Into::into));
+                self.responses.remember_quietly(id, owner);
+                return true;
+            }
+            PoolEvent::Forgotten { id, .. } => {
+                self.responses.forget_quietly(id);
+                return true;
+            }
+            PoolEvent::Paused { provider, until_unix_ms } => {
+                let Some(pool) = self.provider(provider) else { return false };
+                let now = Instant::now();
+                let Some(left) = until_unix_ms.checked_sub(self.clock.unix_ms(now)).filter(|&ms| ms > 0) else {
+                    return false;
+                };
+                pool.pause_from_elsewhere(now + Duration::from_millis(left));
+                return true;
+            }
+            _ => {}
+        }
         let Some((pool, index)) = self.key(event.key()) else { return false };
         let now = Instant::now();
         let now_ms = self.clock.unix_ms(now);
@@ -122,6 +214,7 @@ impl KeyPool {
                 let longest = health.invalid.map_or(until, |i| i.until.max(until));
                 health.invalid = Some(super::health::Invalid { until: longest, strikes });
             }
+            _ => return false,
         }
         true
     }
@@ -135,6 +228,12 @@ impl ProviderPool {
         let state = health.model(model, today, cap, now);
         let until = state.cooldown.filter(|c| c.until > now).map_or(until, |c| c.until.max(until));
         state.cooldown = Some(Cooldown { until, class, day: today });
+    }
+
+    fn pause_from_elsewhere(&self, until: Instant) {
+        let mut state = self.pause_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.until = Some(state.until.map_or(until, |current| current.max(until)));
+        self.maybe_paused.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Tells the other replicas, when the pool has somewhere to tell them.
