@@ -103,6 +103,22 @@ impl std::fmt::Debug for Reconnecting {
     }
 }
 
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        // The sync client closes its connection by blocking on its own
+        // runtime, which panics on a tokio thread (the last store handle
+        // often goes with the app, there): closed on a thread of its own.
+        if let Some(client) = self.client.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let spawned = std::thread::Builder::new().name("keyrelay-pg-close".to_owned()).spawn(move || drop(client));
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "cannot close a Postgres connection cleanly");
+            }
+        }
+    }
+}
+
 impl Reconnecting {
     /// Starts with `client`, connected to `url`.
     pub fn new(url: PostgresUrl, client: Client) -> Self {
