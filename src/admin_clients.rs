@@ -216,8 +216,7 @@ pub async fn restore(clients: &ClientDirectory, store: &Store) -> Option<String>
     for row in spent.into_iter().filter(|row| row.kind == spend::CLIENT) {
         clients.restore_spend(&row.name, now, row.period, row.period_start, row.usd);
     }
-    (restored > 0)
-        .then(|| format!("restored {restored} client key(s) made at run time from {}", store.describe()))
+    (restored > 0).then(|| format!("restored {restored} client key(s) made at run time from {}", store.describe()))
 }
 
 /// A fresh client key: `kr-` and 32 bytes of the OS's CSPRNG, in hex.

@@ -165,7 +165,7 @@ impl Bound {
             config::ledger::LedgerBackend::Postgres(url) => {
                 let (shared, writer) = open_postgres(url.clone()).await?;
                 store = store.with_postgres(shared);
-                LedgerDb::Postgres(writer)
+                LedgerDb::Postgres(Box::new(writer))
             }
         };
         let (queue, ledger) =

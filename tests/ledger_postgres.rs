@@ -21,7 +21,11 @@ fn env(mock: &MockUpstream, url: &str) -> Vec<(String, String)> {
 }
 
 async fn chat(client: &TestClient, proxy: &Proxy, key: &str) -> StatusCode {
-    let reply = client.fetch(post(&proxy.url("/v1/chat/completions"), Auth::Bearer(key), chat_body("openai/gpt-4o-mini", false)));
+    let reply = client.fetch(post(
+        &proxy.url("/v1/chat/completions"),
+        Auth::Bearer(key),
+        chat_body("openai/gpt-4o-mini", false),
+    ));
     reply.await.status
 }
 
@@ -40,7 +44,6 @@ fn database_of(url: &str) -> &str {
 #[tokio::test]
 async fn two_replicas_write_one_ledger_and_either_reports_both() {
     let pg = PostgresServer::start();
-    eprintln!("postgres started in {:?}", pg.started_in);
     let url = pg.create_database();
     let mock = MockUpstream::start().await;
     // Started together: both try to migrate the empty database at once.

@@ -212,7 +212,8 @@ mod tests {
 
     #[test]
     fn bad_postgres_and_other_urls_are_refused_clearly() {
-        for bad in ["postgres://kr:hunter2@db/k?sslmode=require", "postgres://kr:hunter2@db/k?bogus=1", "postgres:///k"] {
+        for bad in ["postgres://kr:hunter2@db/k?sslmode=require", "postgres://kr:hunter2@db/k?bogus=1", "postgres:///k"]
+        {
             let err = url(Some(bad)).unwrap_err().to_string();
             assert!(err.starts_with("ledger.url:"), "{err}");
             assert!(!err.contains("hunter2"), "the URL's password is not echoed: {err}");

@@ -53,7 +53,7 @@ pub enum LedgerDb {
     Sqlite(Connection),
     /// Its own connection to the shared Postgres (reconnected when lost:
     /// the batches meanwhile are dropped and counted, like refused ones).
-    Postgres(Reconnecting),
+    Postgres(Box<Reconnecting>),
 }
 
 impl From<Connection> for LedgerDb {
@@ -331,7 +331,8 @@ mod tests {
         }
         assert_eq!(queue.dropped(), 3);
         let conn = super::super::open(&path).unwrap();
-        let writer = Writer { db: conn.into(), rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
+        let writer =
+            Writer { db: conn.into(), rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
         let thread = std::thread::spawn(move || writer.run());
         LedgerWriter { tx: queue.tx.clone(), thread }.finish_blocking();
         assert_eq!(count(&super::super::open(&path).unwrap()), 2, "the queued rows were written");

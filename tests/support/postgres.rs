@@ -8,6 +8,10 @@
 //! Postgres refuses to run as root; when the tests do, the cluster belongs
 //! to the `postgres` user and its programs run through `setpriv`.
 
+// Start and stop are sync (stop runs in Drop) and wait on a real process
+// in real time, which tokio's pausable clock has nothing to do with.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     net::TcpStream,
     path::{Path, PathBuf},

@@ -67,9 +67,8 @@ pub fn load_all(pg: &mut Client) -> Result<Vec<StoredClient>, PgError> {
 
 /// The spend of the periods that hold `now_ms` (and every `total`).
 pub fn current_spend(pg: &mut Client, now_ms: u64) -> Result<Vec<SpendRow>, PgError> {
-    let select = pg.prepare(
-        "SELECT kind, name, usd FROM spend WHERE period = $1 AND period_start = $2 ORDER BY kind, name",
-    )?;
+    let select =
+        pg.prepare("SELECT kind, name, usd FROM spend WHERE period = $1 AND period_start = $2 ORDER BY kind, name")?;
     let mut out = Vec::new();
     for period in BudgetPeriod::ALL {
         let start = period.start(now_ms);
