@@ -191,14 +191,15 @@ pub async fn revoke(admin: &ClientAdmin, name: &str) -> Result<Response<ProxyBod
 /// each client's budget what the store says it spent in its current
 /// period; returns a note for the banner. A stored client whose name is
 /// now configured stays shadowed by the configuration.
-pub fn restore(clients: &ClientDirectory, store: &Store) -> Option<String> {
+pub async fn restore(clients: &ClientDirectory, store: &Store) -> Option<String> {
     let now = now_ms();
-    let loaded = store.blocking(|conn| {
-        Ok::<_, rusqlite::Error>((crate::store::clients::load_all(conn)?, spend::current(conn, now)?))
-    });
+    let loaded = match store.load_clients().await {
+        Ok(stored) => store.current_spend(now).await.map(|spent| (stored, spent)),
+        Err(err) => Err(err),
+    };
     let (stored, spent) = match loaded {
         Ok(loaded) => loaded,
-        Err(err) => return Some(format!("cannot read the client keys from {}: {err}", store.path().display())),
+        Err(err) => return Some(format!("cannot read the client keys from {}: {err}", store.describe())),
     };
     let mut restored = 0;
     for client in stored {
@@ -215,8 +216,7 @@ pub fn restore(clients: &ClientDirectory, store: &Store) -> Option<String> {
     for row in spent.into_iter().filter(|row| row.kind == spend::CLIENT) {
         clients.restore_spend(&row.name, now, row.period, row.period_start, row.usd);
     }
-    (restored > 0)
-        .then(|| format!("restored {restored} client key(s) made at run time from {}", store.path().display()))
+    (restored > 0).then(|| format!("restored {restored} client key(s) made at run time from {}", store.describe()))
 }
 
 /// A fresh client key: `kr-` and 32 bytes of the OS's CSPRNG, in hex.

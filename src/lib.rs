@@ -42,7 +42,11 @@ use crate::{
     request_log::RequestLogWriter,
     server::{ServerOptions, Shutdown},
     stack::App,
-    store::{Store, ledger::LedgerWriter},
+    store::{
+        Store,
+        ledger::{LedgerDb, LedgerWriter},
+        pg::Reconnecting,
+    },
 };
 
 /// How long one provider's model list may take to fetch.
@@ -125,7 +129,7 @@ fn app_from(
             .map(|p| p.provider.id().as_str().to_owned())
             .collect(),
         request_log: None,
-        db_path: settings.ledger.db_path.clone(),
+        usage_ledger: settings.ledger.backend.clone(),
         cost_totals: Arc::default(),
         ledger: None,
         store: None,
@@ -162,20 +166,25 @@ impl Bound {
         });
         let db = settings.ledger.db_path.clone();
         let cannot_open = |err: rusqlite::Error| format!("cannot open the database {}: {err}", db.display());
-        let store = Store::open(&db).map_err(cannot_open)?;
+        let mut store = Store::open(&db).map_err(cannot_open)?;
         // The writer's own connection: its batches never wait for the
         // admin's, and the other way round only at SQLite's write lock.
-        let (queue, ledger) = store::ledger::start(
-            store::open(&db).map_err(cannot_open)?,
-            store::ledger::QUEUE_CAPACITY,
-            settings.ledger.retention_days,
-        );
+        let ledger_db = match &settings.ledger.backend {
+            config::ledger::LedgerBackend::Sqlite(_) => LedgerDb::Sqlite(store::open(&db).map_err(cannot_open)?),
+            config::ledger::LedgerBackend::Postgres(url) => {
+                let (shared, writer) = open_postgres(url.clone()).await?;
+                store = store.with_postgres(shared);
+                LedgerDb::Postgres(Box::new(writer))
+            }
+        };
+        let (queue, ledger) =
+            store::ledger::start(ledger_db, store::ledger::QUEUE_CAPACITY, settings.ledger.retention_days);
         app.ledger = Some(queue);
         app.store = Some(store.clone());
-        let state = PoolState::new(store, &settings.data_dir);
+        let state = PoolState::new(store.clone(), &settings.data_dir);
         let mut notes: Vec<String> = state.restore(&app.pool).into_iter().collect();
-        notes.extend(admin_clients::restore(&app.clients, app.store.as_ref().expect("just opened")));
-        notes.extend(restore_spend(&app));
+        notes.extend(admin_clients::restore(&app.clients, &store).await);
+        notes.extend(restore_spend(&app).await);
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {}: {err}", settings.listen)))?;
@@ -272,15 +281,29 @@ impl Bound {
     }
 }
 
+/// Connects to the Postgres ledger (migrating it): one connection for the
+/// store's rare operations, one for the ledger's writer. Off tokio's
+/// workers: the sync client runs a runtime of its own.
+async fn open_postgres(url: config::ledger::PostgresUrl) -> Result<(Reconnecting, Reconnecting), BoxError> {
+    let shown = url.to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let shared = store::pg::open(&url)?;
+        let writer = store::pg::connect(&url)?;
+        Ok::<_, store::pg::PgError>((Reconnecting::new(url.clone(), shared), Reconnecting::new(url, writer)))
+    })
+    .await?;
+    opened.map_err(|err| format!("cannot open the Postgres ledger {shown}: {err}").into())
+}
+
 /// Gives each key's budget what the store says it spent in the key's
 /// current period (the ledger writer keeps it per period); a note when the
 /// store cannot be read.
-fn restore_spend(app: &App) -> Option<String> {
+async fn restore_spend(app: &App) -> Option<String> {
     let store = app.store.as_ref()?;
     let now = store::now_ms();
-    let rows = match store.blocking(|conn| store::spend::current(conn, now)) {
+    let rows = match store.current_spend(now).await {
         Ok(rows) => rows,
-        Err(err) => return Some(format!("cannot read what keys spent from {}: {err}", store.path().display())),
+        Err(err) => return Some(format!("cannot read what keys spent from {}: {err}", store.describe())),
     };
     for row in rows.into_iter().filter(|row| row.kind == store::spend::KEY) {
         if app.pool.key_budget(&row.name).is_some_and(|budget| budget.period == row.period) {

@@ -51,9 +51,9 @@ pub struct App {
     /// Providers named in config or env, listed by `/v1/providers` even
     /// without keys.
     pub configured_providers: Vec<String>,
-    /// The database (`ledger.url`, else `keyrelay.db` in the data dir):
-    /// `GET /v1/usage` reads it.
-    pub db_path: std::path::PathBuf,
+    /// The ledger's database (`ledger.url`, else `keyrelay.db` in the data
+    /// dir): `GET /v1/usage` reads it.
+    pub usage_ledger: crate::config::ledger::LedgerBackend,
     /// Where finished requests go when request logging is on.
     pub request_log: Option<crate::request_log::RequestLogQueue>,
     /// USD spent since start (`keyrelay_cost_usd_total`); kept across reloads.
@@ -261,7 +261,7 @@ where
             })))
         },
         usage: {
-            let db = Arc::new(app.db_path.clone());
+            let db = Arc::new(app.usage_ledger.clone());
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 crate::usage::route::answer(db.clone(), req.uri().query().map(str::to_owned))
             })))

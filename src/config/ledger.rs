@@ -1,7 +1,14 @@
 //! `[ledger]`: where the durable store is and how long the usage ledger
-//! keeps its rows.
+//! keeps its rows. `ledger.url` names the ledger's database: the SQLite
+//! file of the data dir by default, or a Postgres database
+//! (`postgres://user:password@host:5432/keyrelay`) that several replicas
+//! share: the ledger, the spend and the runtime client keys live there,
+//! and each replica's pool state stays in its own `keyrelay.db`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -16,7 +23,8 @@ pub struct LedgerConfig {
     /// Days of rows to keep (0: forever). Env `KEYRELAY_LEDGER__RETENTION_DAYS`.
     pub retention_days: u32,
     /// The database: absent for `<data_dir>/keyrelay.db`, else
-    /// `sqlite://<path>` or a plain path (relative to the working dir).
+    /// `sqlite://<path>` or a plain path (relative to the working dir), or
+    /// `postgres://` / `postgresql://` for a shared Postgres database.
     pub url: Option<String>,
 }
 
@@ -29,35 +37,136 @@ impl Default for LedgerConfig {
 /// The validated `[ledger]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerSettings {
-    /// The SQLite database: the ledger, spend, runtime clients, pool state.
+    /// The local SQLite database: the pool's state always, and the ledger,
+    /// spend and runtime clients unless they are on Postgres.
     pub db_path: PathBuf,
+    /// Where the ledger, spend and runtime clients live.
+    pub backend: LedgerBackend,
     /// Days of ledger rows kept (0: forever).
     pub retention_days: u32,
 }
 
-/// Where the database is, from `url`, the working dir and the data dir.
-pub fn settings(config: &LedgerConfig, working_dir: &Path, data_dir: &Path) -> Result<LedgerSettings, ConfigError> {
-    let db_path = match config.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-        None => crate::store::db_path(data_dir),
-        Some(url) => working_dir.join(sqlite_path(url)?),
+/// The database of the ledger, the spend and the runtime client keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerBackend {
+    /// The SQLite file at this path (the same as [`LedgerSettings::db_path`]).
+    Sqlite(PathBuf),
+    /// A Postgres database, shared by the replicas that name it.
+    Postgres(PostgresUrl),
+}
+
+impl LedgerBackend {
+    /// Where it is, for logs and notes: a path, or the URL without its
+    /// password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres(url) => url.to_string(),
+        }
+    }
+}
+
+/// A Postgres connection URL. It may hold a password: [`Display`] and
+/// [`Debug`] show it as `***`; only [`PostgresUrl::config`] sees it.
+///
+/// [`Display`]: fmt::Display
+/// [`Debug`]: fmt::Debug
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// Checks `url` (a `postgres://` or `postgresql://` URL): it must parse,
+    /// name a host and a user, and ask for no TLS, which is not built yet
+    /// (`sslmode=disable` or `prefer`, which falls back to plain). The
+    /// error never repeats the URL.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|err| ConfigError(format!("ledger.url: not a Postgres URL keyrelay can use: {err}")))?;
+        if config.get_hosts().is_empty() {
+            return Err(ConfigError("ledger.url: the Postgres URL names no host (postgres://user@host/db)".to_owned()));
+        }
+        if config.get_user().is_none() {
+            return Err(ConfigError("ledger.url: the Postgres URL names no user (postgres://user@host/db)".to_owned()));
+        }
+        if !matches!(config.get_ssl_mode(), postgres::config::SslMode::Disable | postgres::config::SslMode::Prefer) {
+            return Err(ConfigError(
+                "ledger.url: keyrelay connects to Postgres without TLS for now: sslmode=require is refused \
+                 (use a private network or a local TLS tunnel, and sslmode=disable)"
+                    .to_owned(),
+            ));
+        }
+        Ok(Self(url.to_owned()))
+    }
+
+    /// The connection's settings, password included.
+    pub fn config(&self) -> postgres::Config {
+        self.0.parse().expect("checked by PostgresUrl::parse")
+    }
+}
+
+impl fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted(&self.0))
+    }
+}
+
+impl fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgresUrl({self})")
+    }
+}
+
+/// `url` with the password of its user info, and any `password=` option,
+/// as `***`.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
     };
-    Ok(LedgerSettings { db_path, retention_days: config.retention_days })
+    let path = match path.split_once('?') {
+        Some((path, query)) => {
+            let options: Vec<String> = query
+                .split('&')
+                .map(|pair| if pair.starts_with("password=") { "password=***".to_owned() } else { pair.to_owned() })
+                .collect();
+            format!("{path}?{}", options.join("&"))
+        }
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+/// Where the databases are, from `url`, the working dir and the data dir.
+pub fn settings(config: &LedgerConfig, working_dir: &Path, data_dir: &Path) -> Result<LedgerSettings, ConfigError> {
+    let url = config.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    let (db_path, backend) = match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            (crate::store::db_path(data_dir), LedgerBackend::Postgres(PostgresUrl::parse(url)?))
+        }
+        None => (crate::store::db_path(data_dir), LedgerBackend::Sqlite(crate::store::db_path(data_dir))),
+        Some(url) => {
+            let path = working_dir.join(sqlite_path(url)?);
+            (path.clone(), LedgerBackend::Sqlite(path))
+        }
+    };
+    Ok(LedgerSettings { db_path, backend, retention_days: config.retention_days })
 }
 
 fn sqlite_path(url: &str) -> Result<&str, ConfigError> {
     let path = match url.split_once("://") {
         None => url,
         Some(("sqlite", path)) => path,
-        Some(("postgres" | "postgresql", _)) => {
-            return Err(ConfigError(
-                "ledger.url: the Postgres ledger is not built yet (issue 16); leave ledger.url unset for the \
-                 SQLite database in the data dir, or give sqlite://<path>"
-                    .to_owned(),
-            ));
-        }
         Some((scheme, _)) => {
             return Err(ConfigError(format!(
-                "ledger.url: `{scheme}://` is not a database keyrelay knows: give sqlite://<path> or a file path"
+                "ledger.url: `{scheme}://` is not a database keyrelay knows: give sqlite://<path>, a file path \
+                 or postgres://user:password@host:5432/database"
             )));
         }
     };
@@ -89,11 +198,27 @@ mod tests {
     }
 
     #[test]
-    fn postgres_and_other_urls_are_refused_clearly() {
-        let err = url(Some("postgres://user:pw@db/keyrelay")).unwrap_err().to_string();
-        assert!(err.contains("Postgres ledger is not built yet") && err.contains("issue 16"), "{err}");
-        assert!(!err.contains("pw"), "the URL's password is not echoed: {err}");
-        assert!(url(Some("postgresql://db/k")).is_err());
+    fn a_postgres_url_keeps_the_pool_state_in_the_data_dir_and_never_shows_its_password() {
+        let settings = url(Some("postgres://kr:hunter2@db.internal:5433/keyrelay?sslmode=disable")).unwrap();
+        assert_eq!(settings.db_path, Path::new("/work/data/keyrelay.db"), "each replica's own pool state");
+        let LedgerBackend::Postgres(pg) = &settings.backend else { panic!("{settings:?}") };
+        assert_eq!(pg.to_string(), "postgres://kr:***@db.internal:5433/keyrelay?sslmode=disable");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert_eq!(pg.config().get_password(), Some(&b"hunter2"[..]));
+        assert!(matches!(url(Some("postgresql://kr@db/k")).unwrap().backend, LedgerBackend::Postgres(_)));
+        let shown = redacted("postgres://kr@db/k?password=hunter2&application_name=x");
+        assert_eq!(shown, "postgres://kr@db/k?password=***&application_name=x");
+    }
+
+    #[test]
+    fn bad_postgres_and_other_urls_are_refused_clearly() {
+        for bad in ["postgres://kr:hunter2@db/k?sslmode=require", "postgres://kr:hunter2@db/k?bogus=1", "postgres:///k"]
+        {
+            let err = url(Some(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("ledger.url:"), "{err}");
+            assert!(!err.contains("hunter2"), "the URL's password is not echoed: {err}");
+        }
+        assert!(url(Some("postgres://kr:pw@db/k?sslmode=require")).unwrap_err().to_string().contains("without TLS"));
         let err = url(Some("mysql://db/k")).unwrap_err().to_string();
         assert!(err.contains("mysql://"), "{err}");
         assert!(url(Some("sqlite://")).is_err());

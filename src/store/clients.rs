@@ -49,6 +49,8 @@ pub enum InsertError {
     /// caller in a way that confirms someone's key).
     KeyTaken,
     Db(rusqlite::Error),
+    /// The shared (Postgres) store refused it or could not be reached.
+    Shared(String),
     /// The blocking task did not finish (see [`super::Store`]).
     Task(String),
 }
@@ -59,6 +61,7 @@ impl fmt::Display for InsertError {
             Self::NameTaken => f.write_str("a client of that name exists"),
             Self::KeyTaken => f.write_str("another client has the same key"),
             Self::Db(err) => write!(f, "cannot store the client: {err}"),
+            Self::Shared(err) => write!(f, "cannot store the client: {err}"),
             Self::Task(err) => write!(f, "cannot store the client: {err}"),
         }
     }

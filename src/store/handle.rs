@@ -2,6 +2,10 @@
 //! clients, the pool's state, spend read back at start). Those operations
 //! are rare, so one connection behind a mutex does, and each runs on
 //! tokio's blocking pool, never on a request's thread.
+//!
+//! The pool's state is always in the local SQLite file; the runtime
+//! clients and the spend are there too, unless the ledger is on Postgres
+//! ([`Store::with_postgres`]), where they are shared by the replicas.
 
 use std::{
     path::Path,
@@ -12,6 +16,7 @@ use rusqlite::Connection;
 
 use super::{
     clients::{self, InsertError, StoredClient},
+    pg::{self, PgError, Reconnecting},
     spend::{self, SpendRow},
 };
 
@@ -20,6 +25,8 @@ use super::{
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
+    /// The shared database of the clients and the spend, when configured.
+    shared: Option<Arc<Mutex<Reconnecting>>>,
 }
 
 /// An operation that did not run to the end (the blocking task panicked
@@ -30,6 +37,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug)]
 pub enum StoreError {
     Db(rusqlite::Error),
+    /// The shared (Postgres) store refused it or could not be reached.
+    Shared(PgError),
     /// The blocking task did not finish.
     Task(tokio::task::JoinError),
 }
@@ -38,6 +47,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Db(err) => write!(f, "database: {err}"),
+            Self::Shared(err) => write!(f, "shared database: {err}"),
             Self::Task(err) => write!(f, "database task: {err}"),
         }
     }
@@ -51,15 +61,51 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<PgError> for StoreError {
+    fn from(err: PgError) -> Self {
+        Self::Shared(err)
+    }
+}
+
 impl Store {
     /// Opens (creating, migrating) the database at `path`.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        Ok(Self { conn: Arc::new(Mutex::new(super::open(path)?)), path: Arc::from(path) })
+        Ok(Self { conn: Arc::new(Mutex::new(super::open(path)?)), path: Arc::from(path), shared: None })
     }
 
-    /// The database file.
+    /// Keeps the runtime clients and the spend in the Postgres database
+    /// `shared` is connected to (migrated), not in the local file.
+    pub fn with_postgres(mut self, shared: Reconnecting) -> Self {
+        self.shared = Some(Arc::new(Mutex::new(shared)));
+        self
+    }
+
+    /// The local database file (the pool's state).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the runtime clients and the spend are, for notes and logs: the
+    /// local file, or the Postgres URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.shared {
+            Some(shared) => shared.lock().unwrap_or_else(PoisonError::into_inner).url().to_string(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// Runs `op` on the shared database if there is one, else `local` on
+    /// the local file; on tokio's blocking pool either way.
+    async fn either<T: Send + 'static>(
+        &self,
+        shared: impl FnOnce(&mut postgres::Client) -> Result<T, PgError> + Send + 'static,
+        local: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let Some(pg) = self.shared.clone() else { return self.run(local).await };
+        let task = tokio::task::spawn_blocking(move || {
+            pg.lock().unwrap_or_else(PoisonError::into_inner).with(shared).map_err(StoreError::Shared)
+        });
+        task.await.map_err(StoreError::Task)?
     }
 
     /// Runs `op` on the connection, on this thread (it may block).
@@ -84,24 +130,39 @@ impl Store {
     /// [`InsertError::NameTaken`] or [`InsertError::KeyTaken`].
     pub async fn insert_client(&self, client: StoredClient) -> Result<(), InsertError> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.blocking(|conn| clients::insert(conn, &client)))
-            .await
-            .map_err(|err| InsertError::Task(err.to_string()))?
+        tokio::task::spawn_blocking(move || match &store.shared {
+            Some(pg) => {
+                let mut pg = pg.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut outcome = Ok(());
+                // The connection's own failure is the Err; the insert's
+                // answer (name or key taken) travels in `outcome`.
+                pg.with(|conn| {
+                    outcome = pg::clients::insert(conn, &client);
+                    Ok(())
+                })
+                .map_err(|err| InsertError::Shared(err.to_string()))?;
+                outcome
+            }
+            None => store.blocking(|conn| clients::insert(conn, &client)),
+        })
+        .await
+        .map_err(|err| InsertError::Task(err.to_string()))?
     }
 
     /// Deletes the runtime client `name`; whether there was one.
     pub async fn delete_client(&self, name: String) -> StoreResult<bool> {
-        self.run(move |conn| clients::delete(conn, &name)).await
+        let local = name.clone();
+        self.either(move |pg| pg::clients::delete(pg, &name), move |conn| clients::delete(conn, &local)).await
     }
 
     /// Every runtime client.
     pub async fn load_clients(&self) -> StoreResult<Vec<StoredClient>> {
-        self.run(|conn| clients::load_all(conn)).await
+        self.either(pg::clients::load_all, |conn| clients::load_all(conn)).await
     }
 
     /// The spend of the periods that hold `now_ms`; see [`spend::current`].
     pub async fn current_spend(&self, now_ms: u64) -> StoreResult<Vec<SpendRow>> {
-        self.run(move |conn| spend::current(conn, now_ms)).await
+        self.either(move |pg| pg::clients::current_spend(pg, now_ms), move |conn| spend::current(conn, now_ms)).await
     }
 }
 

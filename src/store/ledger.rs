@@ -9,6 +9,10 @@
 //! start and about hourly it deletes older rows and the spend of periods
 //! that ended before the cutoff (never the `total`).
 //!
+//! The database is the local SQLite file or a shared Postgres
+//! ([`LedgerDb`]); the queue, the batches and their transactions are the
+//! same for both.
+//!
 //! ```no_run
 //! use keyrelay::store::{self, ledger};
 //! use keyrelay_layers::ledger::{LedgerRow, LedgerSink};
@@ -37,7 +41,44 @@ use keyrelay_layers::{
 };
 use rusqlite::{Connection, params};
 
-use super::{retention, spend, sql_int};
+use super::{
+    pg::{self, Reconnecting},
+    retention, spend, sql_int,
+};
+
+/// The database the writer writes to.
+#[derive(Debug)]
+pub enum LedgerDb {
+    /// Its own connection to the SQLite file.
+    Sqlite(Connection),
+    /// Its own connection to the shared Postgres (reconnected when lost:
+    /// the batches meanwhile are dropped and counted, like refused ones).
+    Postgres(Box<Reconnecting>),
+}
+
+impl From<Connection> for LedgerDb {
+    fn from(conn: Connection) -> Self {
+        Self::Sqlite(conn)
+    }
+}
+
+type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+impl LedgerDb {
+    fn write_batch(&mut self, rows: &[LedgerRow]) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(conn) => Ok(write_batch(conn, rows)?),
+            Self::Postgres(pg) => Ok(pg.with(|client| pg::ledger::write_batch(client, rows))?),
+        }
+    }
+
+    fn prune(&mut self, now_ms: u64, retention_days: u32) -> Result<retention::Pruned, DbError> {
+        match self {
+            Self::Sqlite(conn) => Ok(retention::prune(conn, now_ms, retention_days)?),
+            Self::Postgres(pg) => Ok(pg.with(|client| pg::ledger::prune(client, now_ms, retention_days))?),
+        }
+    }
+}
 
 /// How many finished requests may wait for the writer: a few seconds of a
 /// busy proxy, a couple of MB at most.
@@ -121,12 +162,13 @@ impl LedgerWriter {
     }
 }
 
-/// A queue of `capacity` rows and the thread that writes them into `conn`'s
-/// database, keeping `retention_days` of rows (0: all).
-pub fn start(conn: Connection, capacity: usize, retention_days: u32) -> (LedgerQueue, LedgerWriter) {
+/// A queue of `capacity` rows and the thread that writes them into `db`
+/// (a SQLite [`Connection`] or a [`LedgerDb`]), keeping `retention_days`
+/// of rows (0: all).
+pub fn start(db: impl Into<LedgerDb>, capacity: usize, retention_days: u32) -> (LedgerQueue, LedgerWriter) {
     let (queue, rx) = channel(capacity);
     let dropped = queue.dropped.clone();
-    let writer = Writer { conn, rx, dropped, retention_days, next_prune: now() };
+    let writer = Writer { db: db.into(), rx, dropped, retention_days, next_prune: now() };
     let thread = std::thread::Builder::new()
         .name("keyrelay-ledger".to_owned())
         .spawn(move || writer.run())
@@ -140,7 +182,7 @@ fn channel(capacity: usize) -> (LedgerQueue, Receiver<Message>) {
 }
 
 struct Writer {
-    conn: Connection,
+    db: LedgerDb,
     rx: Receiver<Message>,
     /// Shared with the queue: [`LedgerQueue::dropped`] counts both.
     dropped: Arc<AtomicU64>,
@@ -188,7 +230,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        match write_batch(&mut self.conn, batch) {
+        match self.db.write_batch(batch) {
             Ok(()) => metrics::counter!(LEDGER_ROWS).increment(batch.len() as u64),
             Err(err) => {
                 tracing::warn!(rows = batch.len(), error = %err, "cannot write usage ledger rows; dropped");
@@ -208,7 +250,7 @@ impl Writer {
         if self.retention_days == 0 {
             return;
         }
-        match retention::prune(&self.conn, super::now_ms(), self.retention_days) {
+        match self.db.prune(super::now_ms(), self.retention_days) {
             Ok(pruned) if pruned.rows + pruned.spend > 0 => {
                 tracing::info!(rows = pruned.rows, spend = pruned.spend, "usage ledger retention applied");
             }
@@ -289,7 +331,8 @@ mod tests {
         }
         assert_eq!(queue.dropped(), 3);
         let conn = super::super::open(&path).unwrap();
-        let writer = Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
+        let writer =
+            Writer { db: conn.into(), rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
         let thread = std::thread::spawn(move || writer.run());
         LedgerWriter { tx: queue.tx.clone(), thread }.finish_blocking();
         assert_eq!(count(&super::super::open(&path).unwrap()), 2, "the queued rows were written");
@@ -317,13 +360,18 @@ mod tests {
         // A batch with a cost cannot be written without the spend table.
         conn.execute_batch("DROP TABLE spend").unwrap();
         let (queue, rx) = channel(1);
-        let mut writer = Writer { conn, rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
+        let mut writer =
+            Writer { db: conn.into(), rx, dropped: queue.dropped.clone(), retention_days: 0, next_prune: now() };
+        let sqlite = |writer: &Writer| match &writer.db {
+            LedgerDb::Sqlite(conn) => count(conn),
+            LedgerDb::Postgres(_) => unreachable!("a SQLite writer"),
+        };
         let mut costly = row("costly");
         costly.cost_usd = Some(0.5);
         writer.write(&mut vec![row("free-1"), costly]);
-        assert_eq!(count(&writer.conn), 0, "the whole batch was rolled back");
+        assert_eq!(sqlite(&writer), 0, "the whole batch was rolled back");
         assert_eq!(queue.dropped(), 2);
         writer.write(&mut vec![row("free-2")]);
-        assert_eq!(count(&writer.conn), 1, "the next batch is written");
+        assert_eq!(sqlite(&writer), 1, "the next batch is written");
     }
 }

@@ -4,12 +4,17 @@
 //! state. It needs no server; WAL mode lets `keyrelay usage` and the
 //! report route read while the proxy writes.
 //!
+//! With `ledger.url = "postgres://..."`, the ledger, the spend and the
+//! runtime clients live in Postgres instead ([`pg`]), shared by replicas;
+//! the pool's state stays in the local SQLite file.
+//!
 //! Migrations are the SQL files under `migrations/sqlite/`, applied in
 //! order, each in one transaction, and counted in `PRAGMA user_version`.
 
 pub mod clients;
 mod handle;
 pub mod ledger;
+pub mod pg;
 pub mod pool_state;
 pub mod report;
 pub mod retention;

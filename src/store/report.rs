@@ -56,13 +56,16 @@ impl GroupBy {
 
     /// The SQL expression grouped on: a fixed string, so that no text from a
     /// client ever reaches the statement.
-    fn sql(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Provider => "provider",
-            Self::Model => "model",
-            Self::Key => "key_id",
-            Self::Day => "date(unix_ms / 1000, 'unixepoch')",
+    fn sql(self, dialect: Dialect) -> &'static str {
+        match (self, dialect) {
+            (Self::Client, _) => "client",
+            (Self::Provider, _) => "provider",
+            (Self::Model, _) => "model",
+            (Self::Key, _) => "key_id",
+            (Self::Day, Dialect::Sqlite) => "date(unix_ms / 1000, 'unixepoch')",
+            (Self::Day, Dialect::Postgres) => {
+                "to_char(to_timestamp(unix_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
         }
     }
 
@@ -170,16 +173,30 @@ pub struct UsageRow {
     pub totals: Totals,
 }
 
+/// The SQL a report's statement is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// The aggregates each row carries, after its group columns.
 const AGGREGATES: &str = "COUNT(*), \
      SUM(CASE WHEN status IS NULL OR status >= 400 OR outcome != 'completed' THEN 1 ELSE 0 END), \
      SUM(tokens_in), SUM(tokens_out), SUM(tokens_cached), SUM(cost_usd), SUM(unpriced != 0)";
 
+/// The same on Postgres, where a sum of BIGINT is NUMERIC (cast back: no
+/// real total comes near i64's range) and `unpriced` is a boolean.
+const PG_AGGREGATES: &str = "COUNT(*), \
+     COUNT(*) FILTER (WHERE status IS NULL OR status >= 400 OR outcome <> 'completed'), \
+     SUM(tokens_in)::BIGINT, SUM(tokens_out)::BIGINT, SUM(tokens_cached)::BIGINT, SUM(cost_usd), \
+     COUNT(*) FILTER (WHERE unpriced)";
+
 /// The ledger's totals in `query`'s window, one row per group, ordered by
 /// the groups (nulls first). Without groupings, one row when the window
 /// holds any request, none otherwise.
 pub fn report(conn: &Connection, query: &UsageQuery) -> rusqlite::Result<Vec<UsageRow>> {
-    let mut stmt = conn.prepare(&statement(&query.group_by))?;
+    let mut stmt = conn.prepare(&statement(&query.group_by, Dialect::Sqlite))?;
     let width = query.group_by.len();
     let rows = stmt.query_map(params![query.start_ms, query.end_ms], |row| read_row(row, width))?;
     let mut out = Vec::new();
@@ -193,15 +210,23 @@ pub fn report(conn: &Connection, query: &UsageQuery) -> rusqlite::Result<Vec<Usa
     Ok(out)
 }
 
-fn statement(group_by: &[GroupBy]) -> String {
-    let columns: Vec<&str> = group_by.iter().map(|g| g.sql()).collect();
+/// The report's statement: the window is bound (`?1`/`$1`, `?2`/`$2`),
+/// the groupings are [`GroupBy`]'s fixed expressions.
+pub(crate) fn statement(group_by: &[GroupBy], dialect: Dialect) -> String {
+    let columns: Vec<&str> = group_by.iter().map(|g| g.sql(dialect)).collect();
     let mut sql = String::from("SELECT ");
     for column in &columns {
         sql.push_str(column);
         sql.push_str(", ");
     }
-    sql.push_str(AGGREGATES);
-    sql.push_str(" FROM ledger WHERE unix_ms >= ?1 AND unix_ms < ?2");
+    sql.push_str(match dialect {
+        Dialect::Sqlite => AGGREGATES,
+        Dialect::Postgres => PG_AGGREGATES,
+    });
+    sql.push_str(match dialect {
+        Dialect::Sqlite => " FROM ledger WHERE unix_ms >= ?1 AND unix_ms < ?2",
+        Dialect::Postgres => " FROM ledger WHERE unix_ms >= $1 AND unix_ms < $2",
+    });
     if !columns.is_empty() {
         let list = columns.join(", ");
         sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));

@@ -14,6 +14,11 @@ const CHUNK: i64 = 10_000;
 
 const DAY_MS: u64 = 86_400_000;
 
+/// The first millisecond kept: `retention_days` before `now_ms`.
+pub(crate) fn cutoff(now_ms: u64, retention_days: u32) -> u64 {
+    now_ms.saturating_sub(u64::from(retention_days) * DAY_MS)
+}
+
 /// What one pass deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -24,7 +29,7 @@ pub struct Pruned {
 /// Deletes ledger rows older than `retention_days` before `now_ms`, and
 /// the spend of day, week and month periods that ended by then.
 pub fn prune(conn: &Connection, now_ms: u64, retention_days: u32) -> rusqlite::Result<Pruned> {
-    let cutoff = now_ms.saturating_sub(u64::from(retention_days) * DAY_MS);
+    let cutoff = cutoff(now_ms, retention_days);
     let mut pruned = Pruned::default();
     let mut delete_rows = conn.prepare_cached(
         "DELETE FROM ledger WHERE id IN (SELECT id FROM ledger WHERE unix_ms < ?1 ORDER BY unix_ms LIMIT ?2)",

@@ -40,10 +40,10 @@ pub struct SpendRow {
 }
 
 /// (kind, name, period, period_start)
-type SpendKey = (&'static str, String, &'static str, u64);
+pub(crate) type SpendKey = (&'static str, String, &'static str, u64);
 
 /// What `rows` spent, summed per client or key, period and period start.
-fn sums(rows: &[LedgerRow]) -> BTreeMap<SpendKey, f64> {
+pub(crate) fn sums(rows: &[LedgerRow]) -> BTreeMap<SpendKey, f64> {
     let mut sums = BTreeMap::new();
     for row in rows {
         let Some(cost) = row.cost_usd.filter(|c| c.is_finite() && *c > 0.0) else { continue };

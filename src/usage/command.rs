@@ -2,16 +2,12 @@
 //! its JSON), read straight from the database, read-only, so it works
 //! whether or not the server runs.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{io::Write, process::ExitCode};
 
 use super::{DEFAULT_GROUP_BY, Edge, UsageReport, bounded, now_ms, parse_time, rfc3339, window};
 use crate::{
     cli::{Cli, UsageArgs},
-    config::{self, Sources},
+    config::{self, Sources, ledger::LedgerBackend},
     store::{
         self,
         report::{GroupBy, Totals, UsageQuery},
@@ -101,16 +97,22 @@ fn duration_ms(text: &str) -> Option<i64> {
 
 /// The database under `--data-dir`, else the one of the configuration the
 /// server would load (config file, `.env`, environment; `ledger.url`).
-fn database(cli: &Cli) -> Result<PathBuf, String> {
+fn database(cli: &Cli) -> Result<LedgerBackend, String> {
     if let Some(dir) = &cli.data_dir {
-        return Ok(store::db_path(dir));
+        return Ok(LedgerBackend::Sqlite(store::db_path(dir)));
     }
     config::load(Sources::from_cli(cli))
-        .map(|settings| settings.ledger.db_path)
+        .map(|settings| settings.ledger.backend)
         .map_err(|err| format!("cannot load the configuration to find the database ({err}); pass --data-dir"))
 }
 
-fn read(path: &Path, query: UsageQuery) -> Result<UsageReport, String> {
+fn read(ledger: &LedgerBackend, query: UsageQuery) -> Result<UsageReport, String> {
+    let path = match ledger {
+        LedgerBackend::Sqlite(path) => path,
+        LedgerBackend::Postgres(url) => {
+            return UsageReport::read_ledger(ledger, query).map_err(|err| format!("cannot read {url}: {err}"));
+        }
+    };
     // Unlike the route, which answers an empty report, a missing database
     // here most likely means the wrong data dir.
     if !path.exists() {

@@ -19,6 +19,8 @@ pub mod route;
 
 use std::path::Path;
 
+use crate::config::ledger::LedgerBackend;
+
 use jiff::{Timestamp, civil::Date, tz::Offset};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
@@ -104,6 +106,24 @@ impl UsageReport {
     pub fn new(query: UsageQuery, rows: Vec<UsageRow>) -> Self {
         let total = Totals::sum(&rows);
         Self { query, rows, total }
+    }
+
+    /// Reads the report from the ledger's database (SQLite read-only, or
+    /// one connection to Postgres); never on a tokio worker thread.
+    pub fn read_ledger(
+        ledger: &LedgerBackend,
+        query: UsageQuery,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match ledger {
+            LedgerBackend::Sqlite(path) => Ok(Self::read(path, query)?),
+            LedgerBackend::Postgres(url) => {
+                // Not migrated: the tables are missing, which is an error
+                // here (the proxy migrates before it answers anything).
+                let mut client = store::pg::connect(url)?;
+                let rows = store::pg::report::report(&mut client, &query)?;
+                Ok(Self::new(query, rows))
+            }
+        }
     }
 
     /// Reads the report from the database at `path`, read-only; a database

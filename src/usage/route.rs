@@ -2,14 +2,17 @@
 //! ledger's totals in a window, grouped. Reads the database read-only on a
 //! blocking thread, one connection per request, while the proxy writes.
 
-use std::{convert::Infallible, path::PathBuf, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use keyrelay_layers::{ProxyBody, error::ErrorReply, extensions::percent_decode, respond::reply_response};
 
 use super::{DEFAULT_GROUP_BY, Edge, UsageReport, bounded, parse_time, window};
-use crate::store::report::{GroupBy, UsageQuery};
+use crate::{
+    config::ledger::LedgerBackend,
+    store::report::{GroupBy, UsageQuery},
+};
 
 /// The query string's parameters.
 const PARAMS: [&str; 3] = ["start", "end", "group_by"];
@@ -60,8 +63,8 @@ pub fn parse_query(query: Option<&str>, now_ms: i64) -> Result<UsageQuery, Inval
     Ok(UsageQuery { start_ms, end_ms, group_by })
 }
 
-/// Answers `GET /v1/usage` from the database at `db`.
-pub async fn answer(db: Arc<PathBuf>, query: Option<String>) -> Result<Response<ProxyBody>, Infallible> {
+/// Answers `GET /v1/usage` from the ledger's database `db`.
+pub async fn answer(db: Arc<LedgerBackend>, query: Option<String>) -> Result<Response<ProxyBody>, Infallible> {
     let query = match parse_query(query.as_deref(), super::now_ms()) {
         Ok(query) => query,
         Err(InvalidQuery { param, reason }) => {
@@ -74,12 +77,12 @@ pub async fn answer(db: Arc<PathBuf>, query: Option<String>) -> Result<Response<
             )));
         }
     };
-    let path = db.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || UsageReport::read(&path, query)).await;
+    let ledger = db.clone();
+    let read = tokio::task::spawn_blocking(move || UsageReport::read_ledger(&ledger, query)).await;
     Ok(match read {
         Ok(Ok(report)) => crate::status::json(StatusCode::OK, &report),
         Ok(Err(err)) => {
-            tracing::warn!(path = %db.display(), error = %err, "cannot read the usage ledger");
+            tracing::warn!(ledger = %db.describe(), error = %err, "cannot read the usage ledger");
             unreadable()
         }
         Err(err) => {

@@ -15,6 +15,8 @@
 //!   whole bodies, OpenAI error bodies and SSE streams.
 //! - [`sdk`]: answers checked the way the OpenAI SDK reads them (chat
 //!   completions, streams folded chunk by chunk, embeddings).
+//! - [`postgres`]: a real PostgreSQL of its own (initdb in a temporary
+//!   directory, a free loopback port), stopped on drop.
 //! - [`store`]: keyrelay's database read as an operator would (ledger
 //!   rows, the pool's saved state).
 //!
@@ -27,6 +29,7 @@
 pub mod binary;
 pub mod client;
 pub mod mock;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod sdk;
