@@ -100,6 +100,9 @@ struct Wire {
     created: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response_id: Option<String>,
+    /// A session binding's digest, in hex (never the session's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
 }
 
 impl Wire {
@@ -128,6 +131,9 @@ impl Wire {
                 ..wire
             },
             PoolEvent::Forgotten { id, .. } => Self { kind: "forgotten".to_owned(), id: Some(id.clone()), ..wire },
+            PoolEvent::Stuck { session, .. } => {
+                Self { kind: "stuck".to_owned(), session: Some(format!("{session:016x}")), ..wire }
+            }
             _ => return None,
         })
     }
@@ -150,6 +156,9 @@ impl Wire {
                 self.response_id.as_deref(),
             )),
             "forgotten" => Some(PoolEvent::forgotten(self.id.as_deref()?, &self.key)),
+            "stuck" => {
+                Some(PoolEvent::stuck(&self.key, u64::from_str_radix(self.session.as_deref()?, 16).ok()?, self.until))
+            }
             _ => None,
         }
     }
@@ -169,6 +178,8 @@ impl Shared {
             PoolEvent::Cooled { model, .. } => format!("{prefix}{{{tag}}}:cool:{model}"),
             PoolEvent::Paused { .. } => format!("{prefix}{{{tag}}}:paused"),
             PoolEvent::Owned { id, .. } | PoolEvent::Forgotten { id, .. } => format!("{prefix}{{{tag}}}:resp:{id}"),
+            // One Redis key per session, whichever key it moves to.
+            PoolEvent::Stuck { session, .. } => format!("{prefix}{{session:{session:016x}}}:key"),
             _ => format!("{prefix}{{{tag}}}:invalid"),
         }
     }

@@ -155,3 +155,43 @@ async fn a_responses_follow_up_on_another_replica_reaches_the_key_that_made_it()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_session_stays_on_its_key_whichever_replica_serves_it() {
+    use keyrelay_layers::pool::SessionAffinity;
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let client = TestClient::http1();
+    let (a, b) = (Proxy::start(env(&mock, &redis)).await, Proxy::start(env(&mock, &redis)).await);
+    // Two requests without a session first, so that A's choice for the
+    // session is not the key a fresh B would pick on its own.
+    for _ in 0..2 {
+        assert_eq!(chat(&client, &a).await, 200);
+    }
+    mock.take_requests();
+    let with_session = |proxy: &Proxy| {
+        let mut req =
+            post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false));
+        req.headers_mut().insert("x-session-id", "agent-run-42".parse().unwrap());
+        client.fetch(req)
+    };
+    assert_eq!(with_session(&a).await.status, 200);
+    let key = mock.take_requests()[0].key.clone().unwrap();
+    assert_ne!(key, KEY_ONE, "the test needs a key B would not pick by itself");
+
+    // B hears of the binding (by its digest: the session's name never
+    // leaves the replica), then serves the session on the same key.
+    let digest = SessionAffinity::digest("agent-run-42", "gpt-4o-mini");
+    let sessions = b.pool().provider("openai").unwrap().sessions().clone();
+    eventually("B to hear the session's key", || async {
+        sessions.key_for_digest(digest, tokio::time::Instant::now()).is_some()
+    })
+    .await;
+    let stored = format!("GET \"keyrelay:{{session:{digest:016x}}}:key\"");
+    assert!(!redis.command(&stored).await.contains("agent-run-42"), "no session name in Redis");
+    for _ in 0..3 {
+        assert_eq!(with_session(&b).await.status, 200);
+    }
+    let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
+    assert_eq!(served, [key.clone(), key.clone(), key], "the session's key on B too");
+}

@@ -35,7 +35,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    hash::BuildHasher,
     str::FromStr,
     sync::Mutex,
     time::Duration,
@@ -109,7 +108,6 @@ pub struct SessionAffinity {
     inner: Mutex<Sessions>,
     capacity: usize,
     ttl: Duration,
-    digest: foldhash::fast::RandomState,
 }
 
 #[derive(Default)]
@@ -148,7 +146,7 @@ impl SessionAffinity {
     /// Remembers at most `capacity` sessions, each until `ttl` after its
     /// last request.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
-        Self { inner: Mutex::default(), capacity, ttl, digest: Default::default() }
+        Self { inner: Mutex::default(), capacity, ttl }
     }
 
     /// How long a silent session keeps its key.
@@ -160,27 +158,46 @@ impl SessionAffinity {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn digest(&self, session: &str, model: &str) -> u64 {
-        self.digest.hash_one((model, session))
+    /// The binding's name: the first 8 bytes of SHA-256 over model and
+    /// session. The same on every replica (so one can tell another which
+    /// key a session has without naming the session), and not something a
+    /// client can aim collisions at.
+    pub fn digest(session: &str, model: &str) -> u64 {
+        use sha2::{Digest, Sha256};
+        let hash =
+            Sha256::new().chain_update(model.as_bytes()).chain_update([0]).chain_update(session.as_bytes()).finalize();
+        u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
     }
 
     /// The key that served `session` for `model` last, unless silent for
     /// longer than the TTL at `now`.
     pub fn key_for(&self, session: &str, model: &str, now: Instant) -> Option<KeyId> {
-        let digest = self.digest(session, model);
+        self.key_for_digest(Self::digest(session, model), now)
+    }
+
+    /// [`key_for`](Self::key_for) by the binding's digest.
+    pub fn key_for_digest(&self, digest: u64, now: Instant) -> Option<KeyId> {
         let sessions = self.lock();
         let binding = sessions.by_digest.get(&digest)?;
         (now.saturating_duration_since(binding.last_used) <= self.ttl).then(|| binding.key.clone())
     }
 
     /// `key` served `session` for `model` at `now`: it is the session's key
-    /// from now on, for another TTL.
-    pub fn bind(&self, session: &str, model: &str, key: &KeyId, now: Instant) {
+    /// from now on, for another TTL. Returns the binding's digest when it is
+    /// new or moved to another key (what other replicas need to hear).
+    pub fn bind(&self, session: &str, model: &str, key: &KeyId, now: Instant) -> Option<u64> {
+        let digest = Self::digest(session, model);
+        self.bind_digest(digest, key, now).then_some(digest)
+    }
+
+    /// [`bind`](Self::bind) by the binding's digest (another replica's
+    /// news); whether the binding is new or moved.
+    pub fn bind_digest(&self, digest: u64, key: &KeyId, now: Instant) -> bool {
         if self.capacity == 0 {
-            return;
+            return false;
         }
-        let digest = self.digest(session, model);
         let mut sessions = self.lock();
+        let changed = sessions.by_digest.get(&digest).is_none_or(|b| b.key != *key);
         let stamp = sessions.next_stamp;
         sessions.next_stamp += 1;
         match sessions.by_digest.get_mut(&digest) {
@@ -197,6 +214,7 @@ impl SessionAffinity {
         }
         sessions.order.push_back((digest, stamp));
         sessions.evict(self.capacity, self.ttl, now);
+        changed
     }
 
     /// How many sessions are remembered (expired ones included until a

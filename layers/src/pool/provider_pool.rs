@@ -238,8 +238,11 @@ impl ProviderPool {
         let now = Instant::now();
         let preferred = pinned.is_none().then(|| self.sessions.key_for(session, model, now)).flatten();
         let choice = self.choose_preferring(model, excluded, pinned, preferred.as_ref(), ask);
-        if let Choice::Leased(lease, _) = &choice {
-            self.sessions.bind(session, model, lease.key_id(), now);
+        if let Choice::Leased(lease, _) = &choice
+            && let Some(digest) = self.sessions.bind(session, model, lease.key_id(), now)
+        {
+            let ttl = self.sessions.ttl();
+            self.announce(|clock| super::PoolEvent::stuck(lease.key_id().as_str(), digest, clock.unix_ms(now + ttl)));
         }
         choice
     }

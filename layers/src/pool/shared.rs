@@ -98,6 +98,17 @@ pub enum PoolEvent {
         /// encrypted reasoning digest's).
         response_id: Option<String>,
     },
+    /// A session (by its digest, never its name; see
+    /// [`SessionAffinity::digest`](super::SessionAffinity::digest)) sticks to
+    /// `key`, until `until_unix_ms` unless used again.
+    Stuck {
+        /// The key.
+        key: String,
+        /// The (session, model) binding's digest.
+        session: u64,
+        /// When the binding lapses, in ms since the Unix epoch.
+        until_unix_ms: u64,
+    },
     /// Response `id`, made by `key`, was deleted.
     Forgotten {
         /// The response id.
@@ -134,6 +145,11 @@ impl PoolEvent {
         }
     }
 
+    /// [`PoolEvent::Stuck`].
+    pub fn stuck(key: &str, session: u64, until_unix_ms: u64) -> Self {
+        Self::Stuck { key: key.to_owned(), session, until_unix_ms }
+    }
+
     /// [`PoolEvent::Forgotten`].
     pub fn forgotten(id: &str, key: &str) -> Self {
         Self::Forgotten { id: id.to_owned(), key: key.to_owned() }
@@ -146,7 +162,8 @@ impl PoolEvent {
             Self::Cooled { key, .. }
             | Self::Invalid { key, .. }
             | Self::Forgotten { key, .. }
-            | Self::Owned { key, .. } => key,
+            | Self::Owned { key, .. }
+            | Self::Stuck { key, .. } => key,
             Self::Paused { provider, .. } => provider,
         }
     }
@@ -158,7 +175,8 @@ impl PoolEvent {
         match self {
             Self::Cooled { until_unix_ms, .. }
             | Self::Invalid { until_unix_ms, .. }
-            | Self::Paused { until_unix_ms, .. } => *until_unix_ms,
+            | Self::Paused { until_unix_ms, .. }
+            | Self::Stuck { until_unix_ms, .. } => *until_unix_ms,
             Self::Owned { created_unix_ms, .. } => {
                 created_unix_ms.saturating_add(super::DEFAULT_RESPONSE_TTL.as_millis() as u64)
             }
@@ -188,6 +206,12 @@ impl KeyPool {
             }
             PoolEvent::Forgotten { id, .. } => {
                 self.responses.forget_quietly(id);
+                return true;
+            }
+            PoolEvent::Stuck { key, session, .. } => {
+                let Some((pool, index)) = self.key(key) else { return false };
+                let id = pool.keys[index].id().clone();
+                pool.sessions.bind_digest(*session, &id, Instant::now());
                 return true;
             }
             PoolEvent::Paused { provider, until_unix_ms } => {
