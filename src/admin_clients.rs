@@ -37,6 +37,17 @@ pub struct ClientAdmin {
     pub clients: Arc<ClientDirectory>,
     /// The durable store (`None` only in an app built without binding).
     pub store: Option<Store>,
+    /// Tells the other replicas that the runtime clients changed (with
+    /// `shared.redis_url`), so that they read them again from the store.
+    pub shared: Option<Arc<crate::shared::Outbox>>,
+}
+
+impl ClientAdmin {
+    fn changed(&self) {
+        if let Some(outbox) = &self.shared {
+            outbox.clients_changed();
+        }
+    }
 }
 
 impl ClientAdmin {
@@ -166,6 +177,7 @@ where
         let _ = store.delete_client(stored.name).await;
         return Err(ClientConflict::new(conflict.0).into());
     }
+    admin.changed();
     let mut answer = serde_json::to_value(&limits).map_err(StoreFailed::new)?;
     answer["name"] = json!(name);
     answer["key"] = json!(key);
@@ -182,6 +194,7 @@ pub async fn revoke(admin: &ClientAdmin, name: &str) -> Result<Response<ProxyBod
         Ok(false) => Err(UnknownClient::new(name).into()),
         Ok(true) => {
             admin.store()?.delete_client(name.to_owned()).await.map_err(StoreFailed::new)?;
+            admin.changed();
             Ok(json(StatusCode::OK, &json!({ "name": name, "revoked": true })))
         }
     }
@@ -217,6 +230,33 @@ pub async fn restore(clients: &ClientDirectory, store: &Store) -> Option<String>
         clients.restore_spend(&row.name, now, row.period, row.period_start, row.usd);
     }
     (restored > 0).then(|| format!("restored {restored} client key(s) made at run time from {}", store.describe()))
+}
+
+/// Reads the runtime clients again from the store (another replica made or
+/// revoked one): adds those not here, revokes those no longer there.
+/// Returns how many were added and removed.
+pub async fn resync(clients: &ClientDirectory, store: &Store) -> Result<(usize, usize), String> {
+    let stored = store.load_clients().await.map_err(|err| err.to_string())?;
+    let mut added = 0;
+    for client in &stored {
+        let Some(digest) = unhex(&client.key_sha256) else { continue };
+        if clients.by_name(&client.name).is_some() {
+            continue;
+        }
+        let Ok(limits) = serde_json::from_str::<ClientLimits>(&client.settings) else { continue };
+        let Ok(mut policy) = limits.policy(&client.name, "stored client") else { continue };
+        if let Some(at) = client.expires_ms {
+            policy = policy.expires_at_ms(at.max(0) as u64);
+        }
+        added += usize::from(clients.add_runtime(digest, policy).is_ok());
+    }
+    let mut removed = 0;
+    for (client, origin) in clients.list() {
+        if origin == Origin::Runtime && !stored.iter().any(|s| s.name == **client.name()) {
+            removed += usize::from(clients.remove_runtime(client.name()).unwrap_or(false));
+        }
+    }
+    Ok((added, removed))
 }
 
 /// A fresh client key: `kr-` and 32 bytes of the OS's CSPRNG, in hex.

@@ -255,7 +255,27 @@ impl Bound {
             move || current.read().unwrap_or_else(|p| p.into_inner()).pool.clone()
         };
         let saver = tokio::spawn(self.state.clone().save_every(pool_now.clone(), self.state_save_interval));
-        let shared = self.app.shared.as_ref().map(|(_, shared)| shared.run(pool_now.clone())).unwrap_or_default();
+        let shared = self
+            .app
+            .shared
+            .as_ref()
+            .map(|(_, shared)| {
+                let (clients, store) = (self.app.clients.clone(), self.app.store.clone());
+                shared.run(pool_now.clone(), move || {
+                    // Another replica made or revoked a client key: read
+                    // them again from the store we share.
+                    let (clients, store) = (clients.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let Some(store) = store else { return };
+                        match admin_clients::resync(&clients, &store).await {
+                            Ok((0, 0)) => {}
+                            Ok((added, removed)) => tracing::info!(added, removed, "client keys changed elsewhere"),
+                            Err(err) => tracing::warn!(error = %err, "cannot read the client keys again"),
+                        }
+                    });
+                })
+            })
+            .unwrap_or_default();
         let upkeep = tokio::spawn(telemetry::metrics_upkeep(telemetry::METRICS_UPKEEP_INTERVAL));
         let request_log = self.request_log.map(|writer| {
             let (stop, stopped) = oneshot::channel();

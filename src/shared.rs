@@ -43,17 +43,47 @@ const QUEUE: usize = 4096;
 const BACKLOG: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What goes out: the pool's events, and word that the runtime client
+/// keys changed (the others read them again from the shared store).
+#[derive(Debug)]
+enum Outgoing {
+    Pool(PoolEvent),
+    ClientsChanged { at_ms: u64 },
+}
+
+impl Outgoing {
+    /// When it stops being worth sending.
+    fn until_unix_ms(&self) -> u64 {
+        match self {
+            Self::Pool(event) => event.until_unix_ms(),
+            Self::ClientsChanged { at_ms } => at_ms + 60_000,
+        }
+    }
+}
+
 /// Where the pool's events go: a bounded queue, never waited on.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<PoolEvent>,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+impl Outbox {
+    fn send(&self, message: Outgoing) {
+        if self.tx.try_send(message).is_err() {
+            metrics::counter!(keyrelay_layers::metrics::SHARED_EVENTS_DROPPED).increment(1);
+        }
+    }
+
+    /// A client key was made or revoked here: the other replicas read the
+    /// runtime clients again from the store they share.
+    pub fn clients_changed(&self) {
+        self.send(Outgoing::ClientsChanged { at_ms: now_ms() });
+    }
 }
 
 impl PoolEvents for Outbox {
     fn publish(&self, event: PoolEvent) {
-        if self.tx.try_send(event).is_err() {
-            metrics::counter!(keyrelay_layers::metrics::SHARED_EVENTS_DROPPED).increment(1);
-        }
+        self.send(Outgoing::Pool(event));
     }
 }
 
@@ -62,7 +92,7 @@ impl PoolEvents for Outbox {
 pub struct Shared {
     settings: SharedSettings,
     instance: String,
-    rx: Mutex<Option<mpsc::Receiver<PoolEvent>>>,
+    rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
 }
 
 /// The outbox the pool announces to, and the tasks to start with
@@ -190,7 +220,13 @@ impl Shared {
 
     /// Starts publishing the pool's events and applying the others' to
     /// the pool `pool_now` returns (the current one, across reloads).
-    pub fn run(self: &Arc<Self>, pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync + 'static) -> Vec<JoinHandle<()>> {
+    /// `clients_changed` runs when another replica made or revoked a client
+    /// key.
+    pub fn run(
+        self: &Arc<Self>,
+        pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync + 'static,
+        clients_changed: impl Fn() + Send + Sync + 'static,
+    ) -> Vec<JoinHandle<()>> {
         let Some(rx) = self.rx.lock().unwrap_or_else(PoisonError::into_inner).take() else { return Vec::new() };
         let client = match redis::Client::open(self.settings.redis_url.as_str()) {
             Ok(client) => client,
@@ -201,7 +237,7 @@ impl Shared {
         };
         set_up(false);
         let publisher = tokio::spawn(self.clone().publish(client.clone(), rx));
-        let subscriber = tokio::spawn(self.clone().subscribe(client, pool_now));
+        let subscriber = tokio::spawn(self.clone().subscribe(client, pool_now, clients_changed));
         vec![publisher, subscriber]
     }
 
@@ -213,8 +249,8 @@ impl Shared {
         }
     }
 
-    async fn publish(self: Arc<Self>, client: redis::Client, mut rx: mpsc::Receiver<PoolEvent>) {
-        let mut backlog: VecDeque<PoolEvent> = VecDeque::new();
+    async fn publish(self: Arc<Self>, client: redis::Client, mut rx: mpsc::Receiver<Outgoing>) {
+        let mut backlog: VecDeque<Outgoing> = VecDeque::new();
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -223,10 +259,11 @@ impl Shared {
             } else {
                 // Events wait for Redis; try again after the backoff, or
                 // as soon as another event comes.
-                tokio::time::timeout(backoff, rx.recv()).await.unwrap_or(Some(PoolEvent::invalid("", 0)))
+                tokio::time::timeout(backoff, rx.recv()).await.unwrap_or(Some(Outgoing::ClientsChanged { at_ms: 0 }))
             };
             let Some(event) = next else { return };
-            if !event.key().is_empty() {
+            // A retry's placeholder has expired already, and is dropped below.
+            if event.until_unix_ms() > 60_000 {
                 if backlog.len() == BACKLOG {
                     backlog.pop_front();
                 }
@@ -251,13 +288,24 @@ impl Shared {
         &self,
         client: &redis::Client,
         conn: &mut Option<MultiplexedConnection>,
-        backlog: &mut VecDeque<PoolEvent>,
+        backlog: &mut VecDeque<Outgoing>,
     ) -> Result<(), String> {
         if conn.is_none() {
             *conn = Some(self.timed(client.get_multiplexed_async_connection()).await?);
         }
         let con = conn.as_mut().expect("connected above");
-        while let Some(event) = backlog.front() {
+        while let Some(message) = backlog.front() {
+            let event = match message {
+                Outgoing::Pool(event) => event,
+                Outgoing::ClientsChanged { .. } => {
+                    let wire = Wire { from: self.instance.clone(), kind: "clients".to_owned(), ..Wire::default() };
+                    let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
+                    let publish = redis::cmd("PUBLISH").arg(self.channel_name()).arg(payload).to_owned();
+                    self.timed(publish.query_async::<()>(con)).await?;
+                    backlog.pop_front();
+                    continue;
+                }
+            };
             let Some(wire) = Wire::of(event, &self.instance) else {
                 backlog.pop_front();
                 continue;
@@ -277,10 +325,15 @@ impl Shared {
         Ok(())
     }
 
-    async fn subscribe(self: Arc<Self>, client: redis::Client, pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync) {
+    async fn subscribe(
+        self: Arc<Self>,
+        client: redis::Client,
+        pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync,
+        clients_changed: impl Fn() + Send + Sync,
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.listen(&client, &pool_now).await {
+            match self.listen(&client, &pool_now, &clients_changed).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(err) => {
                     tracing::warn!(error = %err, "lost Redis: keys' state stays local until it is back");
@@ -294,7 +347,12 @@ impl Shared {
 
     /// Subscribes, reads the live state back, then applies every event
     /// until the connection drops.
-    async fn listen(&self, client: &redis::Client, pool_now: &impl Fn() -> Arc<KeyPool>) -> Result<(), String> {
+    async fn listen(
+        &self,
+        client: &redis::Client,
+        pool_now: &impl Fn() -> Arc<KeyPool>,
+        clients_changed: &impl Fn(),
+    ) -> Result<(), String> {
         let mut pubsub = self.timed(client.get_async_pubsub()).await?;
         self.timed(pubsub.subscribe(self.channel_name())).await?;
         let mut con = self.timed(client.get_multiplexed_async_connection()).await?;
@@ -320,12 +378,22 @@ impl Shared {
         }
         set_up(true);
         tracing::info!(applied, "connected to Redis: keys' cooldowns and marks are shared");
+        // What changed while away may include client keys.
+        clients_changed();
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Ok(payload) = message.get_payload::<String>() else { continue };
-            self.apply(&pool_now(), &payload);
+            if self.is_clients_news(&payload) {
+                clients_changed();
+            } else {
+                self.apply(&pool_now(), &payload);
+            }
         }
         Err("the subscription ended".to_owned())
+    }
+
+    fn is_clients_news(&self, payload: &str) -> bool {
+        serde_json::from_str::<Wire>(payload).is_ok_and(|wire| wire.kind == "clients" && wire.from != self.instance)
     }
 
     fn apply(&self, pool: &KeyPool, payload: &str) -> bool {

@@ -237,7 +237,11 @@ where
             })))
         },
         admin_clients: {
-            let admin = crate::admin_clients::ClientAdmin { clients: app.clients.clone(), store: app.store.clone() };
+            let admin = crate::admin_clients::ClientAdmin {
+                clients: app.clients.clone(),
+                store: app.store.clone(),
+                shared: app.shared.as_ref().map(|(outbox, _)| outbox.clone()),
+            };
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {
@@ -250,7 +254,11 @@ where
             })))
         },
         admin_client: {
-            let admin = crate::admin_clients::ClientAdmin { clients: app.clients.clone(), store: app.store.clone() };
+            let admin = crate::admin_clients::ClientAdmin {
+                clients: app.clients.clone(),
+                store: app.store.clone(),
+                shared: app.shared.as_ref().map(|(outbox, _)| outbox.clone()),
+            };
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {

@@ -195,3 +195,39 @@ async fn a_session_stays_on_its_key_whichever_replica_serves_it() {
     let served: Vec<String> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
     assert_eq!(served, [key.clone(), key.clone(), key], "the session's key on B too");
 }
+
+#[tokio::test]
+async fn a_client_key_made_or_revoked_on_one_replica_is_so_on_the_others_at_once() {
+    use support::{ADMIN_KEY, postgres::PostgresServer, request};
+    let pg = PostgresServer::start();
+    let ledger = pg.create_database();
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let replica_env = || {
+        let mut env = env(&mock, &redis);
+        env.push(("ADMIN_API_KEY".to_owned(), ADMIN_KEY.to_owned()));
+        env.push(("KEYRELAY_LEDGER__URL".to_owned(), ledger.clone()));
+        env
+    };
+    let client = TestClient::http1();
+    let (a, b) = (Proxy::start(replica_env()).await, Proxy::start(replica_env()).await);
+    let chat_as = |proxy: &Proxy, key: &str| {
+        let url = proxy.url("/v1/chat/completions");
+        let req = post(&url, Auth::Bearer(key), chat_body("openai/gpt-4o-mini", false));
+        let client = client.clone();
+        async move { client.fetch(req).await.status.as_u16() }
+    };
+
+    let made =
+        client.fetch(post(&a.url("/v1/admin/clients"), Auth::Bearer(ADMIN_KEY), r#"{"name": "notebook"}"#)).await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+    eventually("B to accept the key made on A", || async { chat_as(&b, &key).await == 200 }).await;
+
+    let revoked = client
+        .fetch(request(http::Method::DELETE, &a.url("/v1/admin/clients/notebook"), Auth::Bearer(ADMIN_KEY)))
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(chat_as(&a, &key).await, 401, "revoked at once where it was revoked");
+    eventually("B to refuse the key revoked on A", || async { chat_as(&b, &key).await == 401 }).await;
+}
