@@ -205,44 +205,34 @@ pub async fn revoke(admin: &ClientAdmin, name: &str) -> Result<Response<ProxyBod
 /// period; returns a note for the banner. A stored client whose name is
 /// now configured stays shadowed by the configuration.
 pub async fn restore(clients: &ClientDirectory, store: &Store) -> Option<String> {
+    let cannot =
+        |err: &dyn std::fmt::Display| Some(format!("cannot read the client keys from {}: {err}", store.describe()));
+    let (restored, _) = match resync(clients, store).await {
+        Ok(counts) => counts,
+        Err(err) => return cannot(&err),
+    };
     let now = now_ms();
-    let loaded = match store.load_clients().await {
-        Ok(stored) => store.current_spend(now).await.map(|spent| (stored, spent)),
-        Err(err) => Err(err),
+    let spent = match store.current_spend(now).await {
+        Ok(spent) => spent,
+        Err(err) => return cannot(&err),
     };
-    let (stored, spent) = match loaded {
-        Ok(loaded) => loaded,
-        Err(err) => return Some(format!("cannot read the client keys from {}: {err}", store.describe())),
-    };
-    let mut restored = 0;
-    for client in stored {
-        let Some(digest) = unhex(&client.key_sha256) else { continue };
-        let Ok(limits) = serde_json::from_str::<ClientLimits>(&client.settings) else { continue };
-        let Ok(mut policy) = limits.policy(&client.name, "stored client") else { continue };
-        if let Some(at) = client.expires_ms {
-            policy = policy.expires_at_ms(at.max(0) as u64);
-        }
-        if clients.add_runtime(digest, policy).is_ok() {
-            restored += 1;
-        }
-    }
     for row in spent.into_iter().filter(|row| row.kind == spend::CLIENT) {
         clients.restore_spend(&row.name, now, row.period, row.period_start, row.usd);
     }
     (restored > 0).then(|| format!("restored {restored} client key(s) made at run time from {}", store.describe()))
 }
 
-/// Reads the runtime clients again from the store (another replica made or
-/// revoked one): adds those not here, revokes those no longer there.
+/// Reads the runtime clients from the store (at start, and when another
+/// replica made or revoked one): adds those not here, revokes those no
+/// longer there.
 /// Returns how many were added and removed.
 pub async fn resync(clients: &ClientDirectory, store: &Store) -> Result<(usize, usize), String> {
     let stored = store.load_clients().await.map_err(|err| err.to_string())?;
     let mut added = 0;
-    for client in &stored {
+    for client in stored.iter().filter(|c| clients.by_name(&c.name).is_none()) {
+        // A row this build cannot read (a corrupt hash, settings it does
+        // not know) is left in the store, unused.
         let Some(digest) = unhex(&client.key_sha256) else { continue };
-        if clients.by_name(&client.name).is_some() {
-            continue;
-        }
         let Ok(limits) = serde_json::from_str::<ClientLimits>(&client.settings) else { continue };
         let Ok(mut policy) = limits.policy(&client.name, "stored client") else { continue };
         if let Some(at) = client.expires_ms {

@@ -22,7 +22,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use futures_util::StreamExt;
@@ -34,7 +34,7 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::config::shared::SharedSettings;
+use crate::{config::shared::SharedSettings, store::now_ms};
 
 /// Events queued for Redis beyond which new ones are dropped (and counted):
 /// a replica cut off from Redis keeps working on its own state.
@@ -99,11 +99,11 @@ pub struct Shared {
 /// [`Shared::run`].
 pub fn channel(settings: &SharedSettings) -> (Arc<Outbox>, Arc<Shared>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let instance = format!("{:016x}", fastrand_u64());
+    let instance = format!("{:016x}", replica_id());
     (Arc::new(Outbox { tx }), Arc::new(Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)) }))
 }
 
-fn fastrand_u64() -> u64 {
+fn replica_id() -> u64 {
     let mut bytes = [0u8; 8];
     // A replica id only has to differ between replicas.
     let _ = getrandom::fill(&mut bytes);
@@ -194,10 +194,6 @@ impl Wire {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Shared {
     /// Where an event lives in Redis: under its key's (or provider's) hash
     /// tag, so that one key's data stays in one Redis Cluster slot.
@@ -254,20 +250,21 @@ impl Shared {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
-            let next = if backlog.is_empty() {
-                rx.recv().await
-            } else {
-                // Events wait for Redis; try again after the backoff, or
-                // as soon as another event comes.
-                tokio::time::timeout(backoff, rx.recv()).await.unwrap_or(Some(Outgoing::ClientsChanged { at_ms: 0 }))
+            // Events wait for Redis: with some waiting, try again after the
+            // backoff, or as soon as another event comes.
+            let next = match backlog.is_empty() {
+                true => Some(rx.recv().await),
+                false => tokio::time::timeout(backoff, rx.recv()).await.ok(),
             };
-            let Some(event) = next else { return };
-            // A retry's placeholder has expired already, and is dropped below.
-            if event.until_unix_ms() > 60_000 {
-                if backlog.len() == BACKLOG {
-                    backlog.pop_front();
+            match next {
+                Some(None) => return,
+                Some(Some(event)) => {
+                    if backlog.len() == BACKLOG {
+                        backlog.pop_front();
+                    }
+                    backlog.push_back(event);
                 }
-                backlog.push_back(event);
+                None => {} // the backoff ended: retry what waits
             }
             let now = now_ms();
             backlog.retain(|e| e.until_unix_ms() > now);

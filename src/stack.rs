@@ -184,6 +184,11 @@ where
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));
 
     let aliases = Arc::new(app.route_defaults.aliases().clone());
+    let client_admin = crate::admin_clients::ClientAdmin {
+        clients: app.clients.clone(),
+        store: app.store.clone(),
+        shared: app.shared.as_ref().map(|(outbox, _)| outbox.clone()),
+    };
     Router::new(Routes {
         health: route(service_fn(|_: Request<B>| async {
             // Probed all day: its completion line is logged at debug level.
@@ -237,11 +242,7 @@ where
             })))
         },
         admin_clients: {
-            let admin = crate::admin_clients::ClientAdmin {
-                clients: app.clients.clone(),
-                store: app.store.clone(),
-                shared: app.shared.as_ref().map(|(outbox, _)| outbox.clone()),
-            };
+            let admin = client_admin.clone();
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {
@@ -254,11 +255,7 @@ where
             })))
         },
         admin_client: {
-            let admin = crate::admin_clients::ClientAdmin {
-                clients: app.clients.clone(),
-                store: app.store.clone(),
-                shared: app.shared.as_ref().map(|(outbox, _)| outbox.clone()),
-            };
+            let admin = client_admin;
             route(admin_auth.layer(service_fn(move |req: Request<B>| {
                 let admin = admin.clone();
                 async move {

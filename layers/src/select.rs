@@ -251,8 +251,9 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
         None => (&wants.excluded.0[..], wants.pinned.as_ref().map(|p| &p.0)),
     };
     let deadline = wants.deadline.map(|d| d.0);
-    // A model with no price reserves nothing of a key's budget.
-    let max_cost = target.max_cost(pool.prices()).unwrap_or(0.0);
+    // A model with no price reserves nothing of a key's budget; a provider
+    // without budgets prices nothing here.
+    let max_cost = if provider.has_budgets() { target.max_cost(pool.prices()).unwrap_or(0.0) } else { 0.0 };
     loop {
         // Registered before looking, so that a slot freed in between is not missed.
         let freed = provider.slot_freed().notified();

@@ -537,6 +537,7 @@ impl Finish {
         let arrived = SystemTime::now().checked_sub(elapsed).unwrap_or(UNIX_EPOCH);
         let (key, attempts) =
             self.labels.with_attempts(|attempts| (attempts.last().map(|a| a.key.clone()), attempts.len()));
+        let unpriced = usage.is_some() && cost.is_none();
         let usage = usage.unwrap_or_default();
         LedgerRow {
             unix_ms: arrived.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -554,7 +555,7 @@ impl Finish {
             tokens_out: usage.completion_tokens,
             tokens_cached: usage.cached_tokens,
             cost_usd: cost,
-            unpriced: self.labels.usage().is_some() && cost.is_none(),
+            unpriced,
             ttfb_ms: self.headers_after_ms,
             duration_ms: elapsed.as_millis() as u64,
         }

@@ -280,6 +280,7 @@ impl KeyPoolBuilder {
                 provider: Arc::new(provider),
                 options,
                 keys: keys.into(),
+                budgeted: settings.iter().any(|s: &KeySettings| s.budget.is_some()),
                 settings: settings.into(),
                 cursor: AtomicUsize::new(0),
                 clock,

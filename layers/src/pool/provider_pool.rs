@@ -44,6 +44,9 @@ pub struct ProviderPool {
     pub(super) keys: Box<[Arc<KeyEntry>]>,
     /// Each key's settings, by the keys' index.
     pub(super) settings: Box<[KeySettings]>,
+    /// Whether any key has a budget: without one, no request prices itself
+    /// before it is sent.
+    pub(super) budgeted: bool,
     pub(super) cursor: AtomicUsize,
     pub(super) clock: PoolClock,
     pub(super) pause: ProviderPause,
@@ -94,6 +97,11 @@ impl ProviderPool {
     /// The settings of the key at `index` (see [`keys`](Self::keys)).
     pub fn settings(&self, index: usize) -> &KeySettings {
         &self.settings[index]
+    }
+
+    /// Whether any of the provider's keys has a budget.
+    pub fn has_budgets(&self) -> bool {
+        self.budgeted
     }
 
     /// The concurrency cap per model of the key at `index`: its own, else
