@@ -97,8 +97,8 @@ fn app_from(
         .daily_reset_utc(settings.daily_reset)
         .remembered_responses(remembered, ttl)
         .prices(settings.prices.clone());
-    if let Some((outbox, _)) = &shared {
-        pool = pool.events(outbox.clone());
+    if let Some((outbox, redis)) = &shared {
+        pool = pool.events(outbox.clone()).admission(redis.admission());
     }
     if let Some(previous) = carry_over {
         pool = pool.carry_over(previous);

@@ -22,6 +22,7 @@ use keyrelay_layers::{
     respond::{ErrorResponseLayer, ResponseBody},
     retry::{RetryPolicy, RetryRotateLayer},
     select::KeySelectLayer,
+    shared_admit::SharedAdmitLayer,
     shed::{Admitted, LoadShedLayer},
     timeout::{DeadlineBody, DeadlineLayer},
     upstream::{HttpsClient, ModelCatalog, UpstreamService},
@@ -179,6 +180,9 @@ where
         .layer(KeySelectLayer::new(app.pool.clone()).max_cooldown_wait(app.max_cooldown_wait))
         // Hold the (key, model) concurrency permit until the body ends.
         .layer(KeyConcurrencyLayer::new())
+        // With replicas on Redis: the caps, windows and budgets they share
+        // (one round trip, only for keys that have any).
+        .layer(SharedAdmitLayer::new())
         // Rewrite for the provider and send over the pooled client; the
         // response streams back untouched.
         .service(UpstreamService::new(app.client.clone()).stream_idle_timeout(app.stream_idle_timeout));

@@ -255,6 +255,14 @@ impl BudgetMeter {
         }
     }
 
+    /// Another source (the replicas' shared store) counted `spent_nanos`
+    /// over the period of `now`: the meter's spend is at least that.
+    pub fn observe_spent(&self, now: u64, spent_nanos: u64) {
+        let mut state = self.state();
+        state.roll(now);
+        state.spent = state.spent.max(spent_nanos);
+    }
+
     /// What was spent in the period of `now`.
     pub fn spent(&self, now: u64) -> f64 {
         let mut state = self.state();

@@ -18,6 +18,7 @@
 //! RetryRotate ........... classify each answer, cool the key, try another
 //! KeySelect ............. a key from the shared KeyPool (waits inside the deadline)
 //! KeyConcurrency ........ per (key, model) in-flight cap, held until the body ends
+//! SharedAdmit ........... the caps, windows and budgets replicas share (a store's ticket)
 //! UpstreamService ....... dialect translation + pooled hyper client; bodies stream
 //!     |
 //!   provider
@@ -35,6 +36,7 @@
 //! | [`RetryRotateLayer`](retry::RetryRotateLayer) | [`retry`] | `ExcludedKeys`, `PinnedKey`; the record's attempts; response headers `x-keyrelay-model`, `x-keyrelay-key` | `Deadline`, `RouteTarget`, response `KeyLease` |
 //! | [`KeySelectLayer`](select::KeySelectLayer) | [`select`] | `KeyLease` (request and response) | `Deadline`, `RouteTarget`, `ExcludedKeys`, `PinnedKey` |
 //! | [`KeyConcurrencyLayer`](concurrency::KeyConcurrencyLayer) | [`concurrency`] | - | `KeyLease`, `RouteTarget` |
+//! | [`SharedAdmitLayer`](shared_admit::SharedAdmitLayer) | [`shared_admit`] | - | `KeyLease`, `RouteTarget` |
 //! | `upstream::UpstreamService` (feature `upstream`) | `upstream` | the record's usage, break and capture | `RouteTarget`, `KeyLease`, `RequestRecord` |
 //!
 //! The shared state is one [`pool::KeyPool`]: providers, their keys, and
@@ -135,6 +137,7 @@ pub mod record;
 pub mod respond;
 pub mod retry;
 pub mod select;
+pub mod shared_admit;
 pub mod shed;
 pub mod timeout;
 #[cfg(feature = "upstream")]

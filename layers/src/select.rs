@@ -289,7 +289,10 @@ async fn lease_for(pool: &KeyPool, target: &RouteTarget, wants: Wants) -> Result
             // deadline layer outside bounds the wait.
             // Past the deadline only a freed slot can help (the deadline layer
             // outside ends the wait): no timer, or it would fire at once, forever.
-            match cooling.or(deadline.filter(|&d| d > now)) {
+            // A key full on other replicas' account is looked at again at
+            // its recheck time, unless a slot frees first.
+            let wake = [cooling, why.recheck_at].into_iter().flatten().min();
+            match wake.or(deadline.filter(|&d| d > now)) {
                 Some(wake) => {
                     tokio::select! {
                         () = &mut freed => {}

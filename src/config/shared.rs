@@ -17,11 +17,15 @@ pub struct SharedConfig {
     /// The longest any Redis call may take before the replica goes on
     /// with its own state.
     pub call_timeout_ms: u64,
+    /// How long a concurrency slot is held for a replica that stopped
+    /// renewing it (one that died): renewed every third of it while the
+    /// request runs.
+    pub slot_lease_secs: u64,
 }
 
 impl Default for SharedConfig {
     fn default() -> Self {
-        Self { redis_url: None, key_prefix: "keyrelay:".to_owned(), call_timeout_ms: 250 }
+        Self { redis_url: None, key_prefix: "keyrelay:".to_owned(), call_timeout_ms: 250, slot_lease_secs: 30 }
     }
 }
 
@@ -32,6 +36,7 @@ pub struct SharedSettings {
     pub redis_url: String,
     pub key_prefix: String,
     pub call_timeout: Duration,
+    pub slot_lease: Duration,
 }
 
 impl std::fmt::Debug for SharedSettings {
@@ -40,6 +45,7 @@ impl std::fmt::Debug for SharedSettings {
             .field("redis_url", &"[redacted]")
             .field("key_prefix", &self.key_prefix)
             .field("call_timeout", &self.call_timeout)
+            .field("slot_lease", &self.slot_lease)
             .finish()
     }
 }
@@ -60,9 +66,13 @@ pub fn settings(config: &SharedConfig) -> Result<Option<SharedSettings>, ConfigE
     if config.call_timeout_ms == 0 {
         return Err(ConfigError("shared.call_timeout_ms: must be at least 1".to_owned()));
     }
+    if config.slot_lease_secs == 0 {
+        return Err(ConfigError("shared.slot_lease_secs: must be at least 1".to_owned()));
+    }
     Ok(Some(SharedSettings {
         redis_url: url.replacen("valkey://", "redis://", 1),
         key_prefix: config.key_prefix.clone(),
         call_timeout: Duration::from_millis(config.call_timeout_ms),
+        slot_lease: Duration::from_secs(config.slot_lease_secs),
     }))
 }

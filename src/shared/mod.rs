@@ -36,6 +36,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{config::shared::SharedSettings, store::now_ms};
 
+mod limits;
+
 /// Events queued for Redis beyond which new ones are dropped (and counted):
 /// a replica cut off from Redis keeps working on its own state.
 const QUEUE: usize = 4096;
@@ -93,6 +95,7 @@ pub struct Shared {
     settings: SharedSettings,
     instance: String,
     rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    limits: Arc<limits::RedisLimits>,
 }
 
 /// The outbox the pool announces to, and the tasks to start with
@@ -100,7 +103,10 @@ pub struct Shared {
 pub fn channel(settings: &SharedSettings) -> (Arc<Outbox>, Arc<Shared>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let instance = format!("{:016x}", replica_id());
-    (Arc::new(Outbox { tx }), Arc::new(Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)) }))
+    let limits =
+        Arc::new(limits::RedisLimits::new(&settings.key_prefix, &instance, settings.slot_lease, settings.call_timeout));
+    let shared = Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)), limits };
+    (Arc::new(Outbox { tx }), Arc::new(shared))
 }
 
 fn replica_id() -> u64 {
@@ -195,6 +201,11 @@ impl Wire {
 }
 
 impl Shared {
+    /// Where the pool admits attempts against the limits replicas share.
+    pub fn admission(&self) -> Arc<dyn keyrelay_layers::pool::SharedAdmission> {
+        Arc::new(limits::Admitter(self.limits.clone()))
+    }
+
     /// Where an event lives in Redis: under its key's (or provider's) hash
     /// tag, so that one key's data stays in one Redis Cluster slot.
     fn redis_key(&self, event: &PoolEvent) -> String {
@@ -232,9 +243,10 @@ impl Shared {
             }
         };
         set_up(false);
-        let publisher = tokio::spawn(self.clone().publish(client.clone(), rx));
-        let subscriber = tokio::spawn(self.clone().subscribe(client, pool_now, clients_changed));
-        vec![publisher, subscriber]
+        let mut tasks = self.limits.run(client.clone());
+        tasks.push(tokio::spawn(self.clone().publish(client.clone(), rx)));
+        tasks.push(tokio::spawn(self.clone().subscribe(client, pool_now, clients_changed)));
+        tasks
     }
 
     async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
@@ -382,6 +394,8 @@ impl Shared {
             let Ok(payload) = message.get_payload::<String>() else { continue };
             if self.is_clients_news(&payload) {
                 clients_changed();
+            } else if let Some(key) = freed_key(&payload) {
+                pool_now().freed_elsewhere(&key);
             } else {
                 self.apply(&pool_now(), &payload);
             }
@@ -398,6 +412,12 @@ impl Shared {
         // Our own events are in our pool already.
         wire.from != self.instance && wire.event().is_some_and(|event| pool.apply(&event))
     }
+}
+
+/// The key of a `freed` message: a replica ended an attempt on it while
+/// another waited for its slot (see `lua/release.lua`).
+fn freed_key(payload: &str) -> Option<String> {
+    serde_json::from_str::<Wire>(payload).ok().filter(|wire| wire.kind == "freed").map(|wire| wire.key)
 }
 
 fn set_up(up: bool) {

@@ -126,6 +126,7 @@ pub struct KeyPoolBuilder {
     responses: Option<(usize, Duration)>,
     prices: Arc<crate::price::PriceTable>,
     events: Option<Arc<dyn super::PoolEvents>>,
+    admission: Option<Arc<dyn super::SharedAdmission>>,
 }
 
 impl KeyPoolBuilder {
@@ -201,6 +202,14 @@ impl KeyPoolBuilder {
     /// (other replicas apply them with [`KeyPool::apply`]).
     pub fn events(mut self, events: Arc<dyn super::PoolEvents>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Admits attempts on keys with a concurrency cap, windows or a budget
+    /// against the limits all replicas share (see
+    /// [`SharedAdmission`](super::SharedAdmission)).
+    pub fn admission(mut self, admission: Arc<dyn super::SharedAdmission>) -> Self {
+        self.admission = Some(admission);
         self
     }
 
@@ -295,6 +304,7 @@ impl KeyPoolBuilder {
                 prices: self.prices.clone(),
                 sessions,
                 events: self.events.clone(),
+                admission: self.admission.clone(),
             }));
         }
         Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))

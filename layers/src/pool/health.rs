@@ -112,6 +112,10 @@ pub(crate) struct ModelState {
     pub label_settled: bool,
     /// What the provider's headers last said this (key, model) has left.
     pub learned: Learned,
+    /// The shared store said every slot (or what is left of the budget)
+    /// is held by other replicas: full until then, or until it says one
+    /// freed.
+    pub full_elsewhere_until: Option<Instant>,
 }
 
 impl ModelState {
@@ -125,6 +129,7 @@ impl ModelState {
             slots: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
             label_settled: false,
             learned: Learned::default(),
+            full_elsewhere_until: None,
         }
     }
 
@@ -176,6 +181,9 @@ pub(crate) struct Health {
     /// The key's spend against its budget, when it has one (see
     /// `key_budget.rs`); shared with the holds of requests in flight.
     pub budget: Option<Arc<crate::budget::BudgetMeter>>,
+    /// The shared store said the key's windows are full on every
+    /// replica's account until then (see `admission.rs`).
+    pub limits_elsewhere_until: Option<Instant>,
 }
 
 /// Whether a key can take a request for a model right now.
@@ -187,6 +195,8 @@ pub(crate) enum Availability {
         free_slots: Option<usize>,
     },
     Full,
+    /// Full on other replicas' account: look again at the instant.
+    FullUntil(Instant),
     /// Cooling for this model until `until`; `rate_limited` when the
     /// cooldown is a rate limit's or quota's, not one after transient failures.
     Cooling {
@@ -245,6 +255,9 @@ impl Health {
         }
         if let Some(until) = spent {
             return Availability::Cooling { until, rate_limited: true };
+        }
+        if let Some(until) = state.full_elsewhere_until.filter(|&until| until > now) {
+            return Availability::FullUntil(until);
         }
         match &state.slots {
             Some(slots) if slots.available_permits() == 0 => Availability::Full,

@@ -82,12 +82,12 @@ impl Health {
 
 impl ProviderPool {
     /// Charges what `usage` of `model` cost to the budget of key `index`,
-    /// when it has one and the model a price.
-    pub(super) fn charge_budget(&self, index: usize, model: &str, usage: Usage) {
-        let Some(meter) = self.keys[index].health().budget.clone() else { return };
-        if let Some(cost) = self.prices.cost(self.provider.id().as_str(), model, usage) {
-            meter.charge(self.clock.now_unix_ms(), cost);
-        }
+    /// when it has one and the model a price; returns that cost.
+    pub(super) fn charge_budget(&self, index: usize, model: &str, usage: Usage) -> Option<f64> {
+        let meter = self.keys[index].health().budget.clone()?;
+        let cost = self.prices.cost(self.provider.id().as_str(), model, usage)?;
+        meter.charge(self.clock.now_unix_ms(), cost);
+        Some(cost)
     }
 
     /// The wall time a budget's period ends, as an instant of the pool.

@@ -93,9 +93,23 @@ impl ProviderPool {
         let Some(fresh) = Learned::from_headers(headers, &self.clock, now) else { return };
         let today = self.clock.day(now);
         let mut health = self.keys[index].health();
-        health.model(model, today, self.cap_of(index), now).learned.update(fresh);
+        let learned = &mut health.model(model, today, self.cap_of(index), now).learned;
+        let spent_before = learned.spent_until(now);
+        learned.update(fresh);
         drop(health);
         if let Some(until) = fresh.spent_until(now) {
+            // The other replicas skip the key until the reset too, as if it
+            // had met the 429 there.
+            if spent_before.is_none_or(|before| before < until) {
+                self.announce(|clock| {
+                    super::PoolEvent::cooled(
+                        self.keys[index].id().as_str(),
+                        model,
+                        clock.unix_ms(until),
+                        crate::classify::FailureClass::RateLimit,
+                    )
+                });
+            }
             tracing::info!(
                 key = self.keys[index].id().as_str(),
                 model,

@@ -29,6 +29,10 @@ pub struct KeyLease {
     pub(super) leased_at: tokio::time::Instant,
     /// Tokens reserved in the key's `tpm` window when it was chosen.
     pub(super) reserved_tokens: u64,
+    /// USD reserved of the key's budget (0 without one).
+    pub(super) reserved_cost: f64,
+    /// The shared store's ticket for the attempt, when the pool has one.
+    pub(super) ticket: Option<super::admission::TicketSlot>,
 }
 
 impl KeyLease {
@@ -92,9 +96,10 @@ impl KeyLease {
     /// the answer ends).
     pub fn count_usage(&self, model: &str, usage: crate::usage::Usage) {
         self.pool.count_usage(self.index, model, usage);
-        self.pool.charge_budget(self.index, model, usage);
+        let cost = self.pool.charge_budget(self.index, model, usage);
         let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         self.pool.reconcile_tokens(self.index, self.leased_at, self.reserved_tokens, used);
+        self.settle_ticket(used, cost);
     }
 
     /// Takes what the answer's rate-limit headers say this key has left

@@ -151,7 +151,9 @@ impl ProviderPool {
     pub(super) fn limits_free_at(&self, index: usize, health: &Health, now: Instant, tokens: u64) -> Option<Instant> {
         let settings = &self.settings[index];
         let today = self.clock.day(now);
-        health.windows.ready_at(settings, &self.clock, now, health.requests_on(today), tokens)
+        let here = health.windows.ready_at(settings, &self.clock, now, health.requests_on(today), tokens);
+        let elsewhere = health.limits_elsewhere_until.filter(|&until| until > now);
+        here.max(elsewhere)
     }
 
     /// Replaces the `tokens` reserved at `leased_at` on key `index` by

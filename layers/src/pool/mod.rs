@@ -26,6 +26,7 @@
 //! # });
 //! ```
 
+mod admission;
 mod affinity;
 mod builder;
 mod clock;
@@ -52,6 +53,9 @@ use std::{collections::HashMap, sync::Arc};
 
 pub use self::shared::{PoolEvent, PoolEvents};
 pub use self::{
+    admission::{
+        Admission, AdmissionAsk, BudgetAsk, Refusal, RefusalReason, SharedAdmission, SharedTicket, TicketRelease,
+    },
     affinity::{Affinity, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TTL, SessionAffinity, UnknownAffinity},
     builder::{DEFAULT_MAX_MODEL_LABELS, KeyPoolBuilder, ProviderOptions, ProviderPause},
     clock::{PoolClock, invalid_ladder, rate_limit_ladder},

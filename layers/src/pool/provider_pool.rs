@@ -70,6 +70,8 @@ pub struct ProviderPool {
     pub(super) sessions: Arc<SessionAffinity>,
     /// Where cooldowns and invalid marks are announced to other replicas.
     pub(super) events: Option<Arc<dyn super::PoolEvents>>,
+    /// Where limits shared with other replicas are admitted.
+    pub(super) admission: Option<Arc<dyn super::SharedAdmission>>,
 }
 
 /// The answer of [`ProviderPool::choose`].
@@ -354,6 +356,7 @@ impl ProviderPool {
                     candidates.push(candidate);
                 }
                 Availability::Full => why.full = true,
+                Availability::FullUntil(until) => why.full_until(until),
                 Availability::Cooling { until, rate_limited } => why.cooling(until, rate_limited),
                 Availability::Unusable => {
                     if let Some(invalid) = health.invalid.filter(|_| !health.disabled) {
@@ -425,7 +428,15 @@ impl ProviderPool {
         key.in_flight.fetch_add(1, Relaxed);
         key.requests.fetch_add(1, Relaxed);
         key.last_used_unix_ms.store(self.clock.now_unix_ms(), Relaxed);
-        let lease = KeyLease { pool: self.clone(), index, leased_at: now, reserved_tokens: tokens };
+        let reserved_cost = budget.as_ref().map_or(0.0, crate::budget::BudgetHold::reserved);
+        let lease = KeyLease {
+            pool: self.clone(),
+            index,
+            leased_at: now,
+            reserved_tokens: tokens,
+            reserved_cost,
+            ticket: self.admission.as_ref().map(|_| Arc::default()),
+        };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe, budget };
         Ok(Choice::Leased(lease, guard))
     }

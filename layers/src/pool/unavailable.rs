@@ -16,6 +16,10 @@ pub struct Unavailable {
     /// Some key is usable but has no free slot: wait on
     /// [`ProviderPool::slot_freed`](super::ProviderPool::slot_freed).
     pub full: bool,
+    /// When to look again at a key full on other replicas' account (see
+    /// `admission.rs`): their slots free without a word here, unless the
+    /// shared store says so.
+    pub recheck_at: Option<Instant>,
     /// Some keys were skipped because the request already tried them.
     pub excluded: bool,
     /// The provider has keys, but none is bound to the model (their
@@ -51,6 +55,12 @@ impl Unavailable {
         if let Some(until) = until {
             self.budget_until = Some(self.budget_until.map_or(until, |earliest| earliest.min(until)));
         }
+    }
+
+    /// A key is full on other replicas' account until `until`.
+    pub(super) fn full_until(&mut self, until: Instant) {
+        self.full = true;
+        self.recheck_at = Some(self.recheck_at.map_or(until, |earliest| earliest.min(until)));
     }
 
     /// Keeps the earliest cooldown end, and whether any is a rate limit's.
