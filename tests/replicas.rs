@@ -123,7 +123,11 @@ async fn a_responses_follow_up_on_replica_c_reaches_the_key_replica_a_used() {
     }
     mock.take_requests();
     let respond = |replica: &Replica, extra| {
-        client.fetch(post(&replica.url("/v1/responses"), support::Auth::Bearer(support::PROXY_KEY), responses_body(extra)))
+        client.fetch(post(
+            &replica.url("/v1/responses"),
+            support::Auth::Bearer(support::PROXY_KEY),
+            responses_body(extra),
+        ))
     };
     let first = respond(&replicas[0], serde_json::json!({})).await;
     assert_eq!(first.status, 200, "{}", first.text());
@@ -140,7 +144,7 @@ async fn a_responses_follow_up_on_replica_c_reaches_the_key_replica_a_used() {
         previous = reply.json()["id"].as_str().unwrap().to_owned();
         assert!(responses::made_with(&previous, &owner), "{} sent it to the owner's key", replicas[to].name);
         let keys: Vec<_> = mock.take_requests().into_iter().map(|r| r.key.unwrap_or_default()).collect();
-        assert_eq!(keys, [owner.clone()], "{} tried no other key", replicas[to].name);
+        assert!(keys == [owner.as_str()], "{} tried another key: {keys:?}", replicas[to].name);
     }
 }
 

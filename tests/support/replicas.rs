@@ -182,8 +182,9 @@ impl Replicas {
             .and_then(|r| r.key.clone())
             .expect("the barrier's 429");
         let key_id = mock.key_id(&cooled);
-        for (i, replica) in self.0.iter().enumerate().filter(|(i, _)| *i != from) {
-            let what = format!("replica {} to apply replica {}'s news (barrier {model}, #{i})", replica.name, from);
+        let sender = &self.0[from].name;
+        for replica in self.0.iter().filter(|r| r.name != *sender) {
+            let what = format!("replica {} to apply replica {sender}'s news ({model})", replica.name);
             eventually(&what, || replica.cools(client, &key_id, &model)).await;
         }
     }
