@@ -63,14 +63,21 @@ pub async fn start(mut cmd: Command) -> Running {
         loop {
             let mut line = String::new();
             let n = lines.read_line(&mut line).await.expect("read the child's stdout");
-            assert!(n > 0, "stdout closed before the banner:\n{seen}");
+            if n == 0 {
+                break None;
+            }
             seen.push_str(&line);
             if let Some(addr) = line.trim().strip_prefix(BANNER) {
-                break addr.parse::<SocketAddr>().expect("a socket address");
+                break Some(addr.parse::<SocketAddr>().expect("a socket address"));
             }
         }
     })
     .await;
+    let Some(addr) = addr else {
+        // It exited: what it said on stderr (a refused configuration) is why.
+        let stderr = within("stderr to close", stderr).await.unwrap_or_default();
+        panic!("stdout closed before the banner:\n{seen}\nstderr:\n{stderr}");
+    };
     let stdout = tokio::spawn(read_rest(lines, seen));
     Running { child, addr, stdout, stderr }
 }

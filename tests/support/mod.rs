@@ -6,8 +6,8 @@
 //!   bodies), records every request it sees and can be scripted per
 //!   request or per pool key with the same faults for every dialect
 //!   (status + headers + body, 429 with or without `Retry-After`, 5xx,
-//!   hang, stall, close, reset, held, gated or broken stream), counting
-//!   requests in flight per key.
+//!   hang, stall, close, reset, held, slow, gated or broken stream),
+//!   counting requests in flight per key.
 //! - [`proxy`]: keyrelay itself, in process, on `127.0.0.1:0`, configured
 //!   from an explicit environment and an empty temporary working directory
 //!   (so a developer's `.env` or `config.toml` is never read).
@@ -15,6 +15,9 @@
 //!   whole bodies, OpenAI error bodies and SSE streams.
 //! - [`sdk`]: answers checked the way the OpenAI SDK reads them (chat
 //!   completions, streams folded chunk by chunk, embeddings).
+//! - [`binary`]: the real keyrelay binary as a child process;
+//!   [`replicas`]: several of them sharing one Redis ([`redis`]), each
+//!   with its own working and data dir.
 //! - [`postgres`]: a real PostgreSQL of its own (initdb in a temporary
 //!   directory, a free loopback port), stopped on drop.
 //! - [`store`]: keyrelay's database read as an operator would (ledger
@@ -32,6 +35,7 @@ pub mod mock;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
+pub mod replicas;
 pub mod sdk;
 pub mod store;
 

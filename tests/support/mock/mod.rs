@@ -9,7 +9,8 @@
 //!
 //! Faults are the same for every dialect ([`Script`]: an error status with
 //! or without `Retry-After`, hang, stall, close, reset, a stream or body
-//! that breaks, a stream held at a [`Gate`], requests held at a [`Valve`]).
+//! that breaks, a stream held at a [`Gate`], requests held at a [`Valve`]
+//! or answered slowly).
 //! The first script that applies wins:
 //!
 //! 1. [`MockUpstream::push_for`]: the next request carrying that pool key

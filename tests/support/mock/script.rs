@@ -4,7 +4,7 @@
 //! (as constructors on [`Script`], e.g. [`Script::rate_limited`]),
 //! [`super::anthropic`] and [`super::gemini`].
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, watch};
@@ -125,6 +125,9 @@ pub enum Script {
     /// Wait until the valve lets this request through, then answer as the
     /// inner script says (labelled as the inner script).
     HoldThen(Valve, Box<Script>),
+    /// Take this long, then the default answer: a slow provider, so that
+    /// requests overlap (counted in flight all along).
+    Slow(Duration),
 }
 
 /// Picks the answer for each request with one key; see
@@ -168,7 +171,7 @@ impl Script {
     /// A short name of the answer, as [`Recorded::answer`] shows it:
     /// `ok`, `status:429`, `hang`, `stall`, `close`, `reset`, `stream`,
     /// `events`, `break:K`, `hold` (a [`Script::HoldThen`] by its inner
-    /// script). A request the mock refused is labelled `refused`.
+    /// script), `slow`. A request the mock refused is labelled `refused`.
     pub fn label(&self) -> String {
         match self {
             Self::Ok => "ok".to_owned(),
@@ -182,6 +185,7 @@ impl Script {
             Self::BreakAfter(k) => format!("break:{k}"),
             Self::Hold(_) => "hold".to_owned(),
             Self::HoldThen(_, then) => then.label(),
+            Self::Slow(_) => "slow".to_owned(),
         }
     }
 }

@@ -114,11 +114,15 @@ async fn handle(
                 valve.pass().await;
                 script = *then;
             }
+            Script::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                script = Script::Ok;
+            }
             _ => break,
         }
     }
     match script {
-        Script::Ok | Script::Hold(_) | Script::HoldThen(..) => Ok(match canned {
+        Script::Ok | Script::Hold(_) | Script::HoldThen(..) | Script::Slow(_) => Ok(match canned {
             Canned::Json { status, body } => json_response(status, body),
             Canned::Events(events) => stream_response(state, events, usize::MAX, Pause::Never, flying),
         }),
