@@ -78,6 +78,7 @@ struct Lease {
     key: String,
     names: KeyNames,
     reserve_nanos: u64,
+    limit_nanos: u64,
     reserved_tokens: u64,
     counted_second: u64,
     period_end_unix_ms: u64,
@@ -246,6 +247,7 @@ impl RedisLimits {
                     key: ask.key.as_str().to_owned(),
                     names,
                     reserve_nanos: budget.map_or(0, |b| b.reserve_nanos),
+                    limit_nanos: budget.map_or(0, |b| b.limit_nanos),
                     reserved_tokens: ask.tokens,
                     counted_second: u64::try_from(*second).unwrap_or(0),
                     period_end_unix_ms: budget.and_then(|b| b.period_end_unix_ms).unwrap_or(0),
@@ -329,6 +331,9 @@ impl RedisLimits {
             // An answer that reported nothing keeps its reservation.
             let delta = if tokens == 0 { 0 } else { tokens as i64 - lease.reserved_tokens as i64 };
             let freed = serde_json::json!({"from": self.instance, "kind": "freed", "key": lease.key, "until": 0});
+            let spent = serde_json::json!({"from": self.instance, "kind": "spent", "key": lease.key, "until": 0});
+            // The script ends it with `,"spent":<total>}`.
+            let spent = format!("{},\"spent\":", spent.to_string().trim_end_matches('}'));
             let n = &lease.names;
             pipe.invoke_script(
                 &self
@@ -345,7 +350,9 @@ impl RedisLimits {
                     .arg(lease.counted_second)
                     .arg(lease.period_end_unix_ms)
                     .arg(&self.channel)
-                    .arg(freed.to_string()),
+                    .arg(freed.to_string())
+                    .arg(lease.limit_nanos)
+                    .arg(spent),
             )
             .ignore();
         }

@@ -136,6 +136,10 @@ struct Wire {
     created: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response_id: Option<String>,
+    /// A key's spend over its budget period on every replica, in
+    /// nano-dollars (`spent` messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spent: Option<u64>,
     /// A session binding's digest, in hex (never the session's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     session: Option<String>,
@@ -394,8 +398,11 @@ impl Shared {
             let Ok(payload) = message.get_payload::<String>() else { continue };
             if self.is_clients_news(&payload) {
                 clients_changed();
-            } else if let Some(key) = freed_key(&payload) {
-                pool_now().freed_elsewhere(&key);
+            } else if let Some(news) = limits_news(&payload) {
+                match news {
+                    LimitsNews::Freed(key) => pool_now().freed_elsewhere(&key),
+                    LimitsNews::Spent(key, nanos) => pool_now().spent_elsewhere(&key, nanos),
+                };
             } else {
                 self.apply(&pool_now(), &payload);
             }
@@ -414,10 +421,21 @@ impl Shared {
     }
 }
 
-/// The key of a `freed` message: a replica ended an attempt on it while
-/// another waited for its slot (see `lua/release.lua`).
-fn freed_key(payload: &str) -> Option<String> {
-    serde_json::from_str::<Wire>(payload).ok().filter(|wire| wire.kind == "freed").map(|wire| wire.key)
+/// What `lua/release.lua` announces about a key's shared limits.
+enum LimitsNews {
+    /// A replica ended an attempt on it while another waited for its slot.
+    Freed(String),
+    /// Its budget is spent: its spend over the period, in nano-dollars.
+    Spent(String, u64),
+}
+
+fn limits_news(payload: &str) -> Option<LimitsNews> {
+    let wire = serde_json::from_str::<Wire>(payload).ok()?;
+    match wire.kind.as_str() {
+        "freed" => Some(LimitsNews::Freed(wire.key)),
+        "spent" => Some(LimitsNews::Spent(wire.key, wire.spent?)),
+        _ => None,
+    }
 }
 
 fn set_up(up: bool) {

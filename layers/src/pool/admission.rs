@@ -314,6 +314,15 @@ impl ProviderPool {
 }
 
 impl super::KeyPool {
+    /// Another replica says key `id` spent `spent_nanos` of its budget's
+    /// period (all of it): this replica's meter learns it, and skips the
+    /// key until the period ends. `false` when the key is not here.
+    pub fn spent_elsewhere(&self, id: &str, spent_nanos: u64) -> bool {
+        let Some((pool, index)) = self.key(id) else { return false };
+        pool.observe_spend(index, spent_nanos);
+        true
+    }
+
     /// Another replica ended an attempt on key `id`: a slot (or a budget
     /// reservation) it held is free, so requests waiting here look again.
     /// `false` when the key is not here.
