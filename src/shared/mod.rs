@@ -19,8 +19,11 @@
 //! a hash tag of the key id (`keyrelay:{openai:3f9a1c2e}:cool:gpt-4o`), so a
 //! key's data stays in one Redis Cluster slot. Key ids only, never a secret.
 
+pub mod counters;
+
 use std::{
     collections::VecDeque,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -93,14 +96,19 @@ pub struct Shared {
     settings: SharedSettings,
     instance: String,
     rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    counters: Arc<counters::PoolCounters>,
 }
 
 /// The outbox the pool announces to, and the tasks to start with
-/// [`Shared::run`].
-pub fn channel(settings: &SharedSettings) -> (Arc<Outbox>, Arc<Shared>) {
+/// [`Shared::run`]. `data_dir` keeps the replica's id for its counters.
+pub fn channel(settings: &SharedSettings, data_dir: &Path) -> (Arc<Outbox>, Arc<Shared>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let instance = format!("{:016x}", replica_id());
-    (Arc::new(Outbox { tx }), Arc::new(Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)) }))
+    let counters = Arc::new(counters::PoolCounters::new(settings, data_dir));
+    (
+        Arc::new(Outbox { tx }),
+        Arc::new(Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)), counters }),
+    )
 }
 
 fn replica_id() -> u64 {
@@ -195,6 +203,11 @@ impl Wire {
 }
 
 impl Shared {
+    /// The day's counters summed over the replicas (`GET /v1/keys`).
+    pub fn counters(&self) -> &Arc<counters::PoolCounters> {
+        &self.counters
+    }
+
     /// Where an event lives in Redis: under its key's (or provider's) hash
     /// tag, so that one key's data stays in one Redis Cluster slot.
     fn redis_key(&self, event: &PoolEvent) -> String {
@@ -232,9 +245,12 @@ impl Shared {
             }
         };
         set_up(false);
+        let pool_now = Arc::new(pool_now);
+        let counted = pool_now.clone();
+        let counters = tokio::spawn(self.counters.clone().write_every(client.clone(), move || counted()));
         let publisher = tokio::spawn(self.clone().publish(client.clone(), rx));
-        let subscriber = tokio::spawn(self.clone().subscribe(client, pool_now, clients_changed));
-        vec![publisher, subscriber]
+        let subscriber = tokio::spawn(self.clone().subscribe(client, move || pool_now(), clients_changed));
+        vec![publisher, subscriber, counters]
     }
 
     async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
