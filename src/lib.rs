@@ -57,7 +57,7 @@ pub fn app(settings: &Settings) -> Result<App, BoxError> {
     let client = build_client(&ClientOptions::default())?;
     let shed = keyrelay_layers::shed::LoadShedLayer::new(settings.max_concurrent_requests);
     let clients = Arc::new(keyrelay_layers::client::ClientDirectory::default());
-    let shared = settings.shared.as_ref().map(shared::channel);
+    let shared = settings.shared.as_ref().map(|shared| shared::channel(shared, &settings.data_dir));
     app_from(settings, client, shed, None, ReloadHandle::default(), clients, shared)
 }
 

@@ -222,8 +222,10 @@ where
         },
         keys: {
             let pool = app.pool.clone();
+            let counters = app.shared.as_ref().map(|(_, shared)| shared.counters().clone());
             route(status_auth.layer(service_fn(move |_: Request<B>| {
-                std::future::ready(Ok::<_, Infallible>(crate::status::keys(&pool)))
+                let (pool, counters) = (pool.clone(), counters.clone());
+                async move { Ok::<_, Infallible>(crate::status::keys(&pool, counters.as_deref()).await) }
             })))
         },
         key_action: {

@@ -147,9 +147,20 @@ pub fn key_action(pool: &KeyPool, change: Option<&KeyChange>) -> Result<Response
     }
 }
 
-/// `GET /v1/keys`: every key by id, with its state and counters.
-pub fn keys(pool: &KeyPool) -> Response<ProxyBody> {
-    json(StatusCode::OK, &json!({ "object": "list", "data": pool.key_statuses() }))
+/// `GET /v1/keys`: every key by id, with its state and counters. With
+/// Redis (`counters`), the counters of today are the pool's, summed over the
+/// replicas (`"counters": "pool"`); without it, or when Redis does not
+/// answer in time, this replica's own (`"counters": "replica"`).
+pub async fn keys(pool: &KeyPool, counters: Option<&crate::shared::counters::PoolCounters>) -> Response<ProxyBody> {
+    let pooled = match counters {
+        Some(counters) => counters.key_statuses(pool).await,
+        None => None,
+    };
+    let (data, scope) = match pooled {
+        Some(statuses) => (json!(statuses), "pool"),
+        None => (json!(pool.key_statuses()), "replica"),
+    };
+    json(StatusCode::OK, &json!({ "object": "list", "data": data, "counters": scope }))
 }
 
 fn key_counts(states: &[KeyState]) -> serde_json::Value {

@@ -19,8 +19,11 @@
 //! a hash tag of the key id (`keyrelay:{openai:3f9a1c2e}:cool:gpt-4o`), so a
 //! key's data stays in one Redis Cluster slot. Key ids only, never a secret.
 
+pub mod counters;
+
 use std::{
     collections::VecDeque,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -96,16 +99,18 @@ pub struct Shared {
     instance: String,
     rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     limits: Arc<limits::RedisLimits>,
+    counters: Arc<counters::PoolCounters>,
 }
 
 /// The outbox the pool announces to, and the tasks to start with
-/// [`Shared::run`].
-pub fn channel(settings: &SharedSettings) -> (Arc<Outbox>, Arc<Shared>) {
+/// [`Shared::run`]. `data_dir` keeps the replica's id for its counters.
+pub fn channel(settings: &SharedSettings, data_dir: &Path) -> (Arc<Outbox>, Arc<Shared>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let instance = format!("{:016x}", replica_id());
     let limits =
         Arc::new(limits::RedisLimits::new(&settings.key_prefix, &instance, settings.slot_lease, settings.call_timeout));
-    let shared = Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)), limits };
+    let counters = Arc::new(counters::PoolCounters::new(settings, data_dir));
+    let shared = Shared { settings: settings.clone(), instance, rx: Mutex::new(Some(rx)), limits, counters };
     (Arc::new(Outbox { tx }), Arc::new(shared))
 }
 
@@ -210,6 +215,11 @@ impl Shared {
         Arc::new(limits::Admitter(self.limits.clone()))
     }
 
+    /// The day's counters summed over the replicas (`GET /v1/keys`).
+    pub fn counters(&self) -> &Arc<counters::PoolCounters> {
+        &self.counters
+    }
+
     /// Where an event lives in Redis: under its key's (or provider's) hash
     /// tag, so that one key's data stays in one Redis Cluster slot.
     fn redis_key(&self, event: &PoolEvent) -> String {
@@ -247,9 +257,12 @@ impl Shared {
             }
         };
         set_up(false);
+        let pool_now = Arc::new(pool_now);
+        let counted = pool_now.clone();
         let mut tasks = self.limits.run(client.clone());
+        tasks.push(tokio::spawn(self.counters.clone().write_every(client.clone(), move || counted())));
         tasks.push(tokio::spawn(self.clone().publish(client.clone(), rx)));
-        tasks.push(tokio::spawn(self.clone().subscribe(client, pool_now, clients_changed)));
+        tasks.push(tokio::spawn(self.clone().subscribe(client, move || pool_now(), clients_changed)));
         tasks
     }
 

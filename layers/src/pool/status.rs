@@ -1,9 +1,11 @@
 //! What `/v1/keys` shows of a key: ids, states, cooldowns and counters,
 //! never a secret.
 
+use std::collections::BTreeMap;
+
 use tokio::time::Instant;
 
-use super::{Counters, KeyState, ProviderPool};
+use super::{Counters, KeyPool, KeyState, ProviderPool};
 
 /// One cooldown as `/v1/keys` shows it.
 #[derive(Clone, Debug)]
@@ -142,6 +144,32 @@ pub struct SettingsStatus {
     pub tpm: Option<u64>,
     /// Requests per day at most (`None`: no limit).
     pub rpd: Option<u64>,
+}
+
+impl KeyPool {
+    /// The pool's current day (as [`PoolClock::day`](super::PoolClock::day)
+    /// numbers it) and every key's counters of that day, by key id, then by
+    /// model: what [`KeyStatus::models`] shows, without the rest of the
+    /// status (a key unused today has no models). Read together, so that counters are
+    /// never filed under the wrong day when it turns over: for replicas
+    /// that add up their counters elsewhere.
+    pub fn counters_today(&self) -> (u64, BTreeMap<String, BTreeMap<String, Counters>>) {
+        let today = self.clock.day(Instant::now());
+        let mut keys = BTreeMap::new();
+        for pool in self.providers() {
+            for key in pool.keys() {
+                let health = key.health();
+                let models = health
+                    .models
+                    .iter()
+                    .filter(|(model, state)| state.day == today && !model.is_empty())
+                    .map(|(model, state)| (model.to_string(), state.counters.clone()))
+                    .collect();
+                keys.insert(key.id().as_str().to_owned(), models);
+            }
+        }
+        (today, keys)
+    }
 }
 
 impl ProviderPool {
