@@ -1,14 +1,15 @@
 //! Admission shared by three keyrelay processes on one Redis (issue 16):
 //! a key's concurrency cap, its rpm and its budget hold across the
 //! replicas together, not per replica, and the slots of a replica killed
-//! with -9 come back when their leases expire.
+//! with -9 come back when their leases expire; a client key's rpm and
+//! max_parallel count its requests on every replica.
 
 mod support;
 
 use std::time::Duration;
 
 use support::{
-    KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, Script, TestClient, Valve, eventually, key_id,
+    Auth, KEY_ONE, KEY_TWO, MockUpstream, PROXY_KEY, Script, TestClient, Valve, eventually, key_id, post,
     redis::RedisServer,
     replicas::{Replicas, replica_env, shared_env},
     within,
@@ -181,4 +182,45 @@ async fn a_key_budget_is_not_overshot_across_three_replicas() {
     }
     let keys: Vec<_> = mock.requests()[before..].iter().map(|r| r.key.clone().unwrap_or_default()).collect();
     assert_eq!(keys, [KEY_TWO; 3], "every replica skips the spent key");
+}
+
+const CI_KEY: &str = "kr-ci-bot-SECRET-7777";
+
+#[tokio::test]
+async fn a_client_keys_rpm_and_max_parallel_count_its_requests_on_every_replica() {
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let client = TestClient::http1();
+    let config = format!("[[clients]]\nname = \"ci-bot\"\nkey = \"{CI_KEY}\"\nrpm = 4\nmax_parallel = 2\n");
+    let replicas = Replicas::start(3, &replica_env(&mock, 2, &redis), Some(&config)).await;
+    let ask = |i: usize| {
+        let body = serde_json::json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        client.fetch(post(&replicas.nth(i).url("/v1/chat/completions"), Auth::Bearer(CI_KEY), body.to_string()))
+    };
+
+    // Two held at once fill max_parallel for all three replicas.
+    let valve = Valve::new();
+    for key in [KEY_ONE, KEY_TWO] {
+        mock.always_for(key, Script::Hold(valve.clone()));
+    }
+    let held = futures_util::future::join(ask(0), ask(1));
+    let third = async {
+        eventually("two of the client's requests held upstream", || async { mock.total_in_flight() == 2 }).await;
+        let third = ask(2).await;
+        valve.open();
+        third
+    };
+    let ((a, b), third) = within("the held requests", async { tokio::join!(held, third) }).await;
+    assert_eq!(third.status, 429, "a third in flight on replica C: {}", third.text());
+    assert!(third.text().contains("max_parallel"), "{}", third.text());
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+
+    // rpm = 4 over the minute, whichever replica counts: two were made,
+    // two more pass, then every replica refuses.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(ask(i).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429], "rpm = 4 for the client over all replicas");
+    assert_eq!(mock.requests().len(), 4, "nothing refused reached the upstream");
 }

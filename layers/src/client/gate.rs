@@ -11,6 +11,13 @@
 //! 3. it must fit the client's `max_parallel`, `rpm` and `tpm`, or it is
 //!    refused with 429 `rate_limit_exceeded` and `Retry-After`.
 //!
+//! With replicas sharing a store ([`KeyPool::admission`]), a request this
+//! replica admits is then put to the store, which counts every replica's
+//! requests against the same `max_parallel`, `rpm`, `tpm` and budget (one
+//! round trip, only for a client with any of them); refused there, it takes
+//! back its place here and gets the same 429. A store that does not answer
+//! in time leaves this replica's limits alone in force.
+//!
 //! The admitted request counts in flight until its response body ends; then
 //! its real cost (from its [`RequestRecord`]'s usage and the pool's prices)
 //! replaces the reservation, and its real tokens the `tpm` estimate. A
@@ -75,10 +82,10 @@ use super::{
 };
 use crate::{
     BoxError, ProxyBody,
-    budget::BudgetHold,
+    budget::{Budget, BudgetHold},
     error::{BudgetExceeded, ClientModelNotAllowed, ClientRateLimited},
     extensions::RouteTarget,
-    pool::KeyPool,
+    pool::{Admission, AdmissionAsk, BudgetAsk, KeyPool, Refusal, RefusalReason, SharedTicket, TicketRelease},
     record::RequestRecord,
 };
 
@@ -112,12 +119,12 @@ pub struct ClientGate<S> {
 
 impl<S> Service<Request<Bytes>> for ClientGate<S>
 where
-    S: Service<Request<Bytes>, Response = Response<ProxyBody>>,
+    S: Service<Request<Bytes>, Response = Response<ProxyBody>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -125,13 +132,22 @@ where
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let Some(client) = req.extensions().get::<Arc<Client>>().cloned() else {
-            return ResponseFuture { inner: Some(self.inner.call(req)), pass: None, refused: None };
+            return ResponseFuture::called(self.inner.call(req), None);
         };
-        match self.admit(&client, &req) {
-            Ok(pass) => ResponseFuture { inner: Some(self.inner.call(req)), pass: Some(pass), refused: None },
+        let pass = match self.admit(&client, &req) {
+            Ok(pass) => pass,
             // The inner service was made ready and is not called: fine for
             // the services of this stack, whose readiness reserves nothing.
-            Err(err) => ResponseFuture { inner: None, pass: None, refused: Some(err) },
+            Err(err) => return ResponseFuture { state: State::Refused { err: Some(err) } },
+        };
+        match self.ask_shared(&client, &req, &pass) {
+            None => ResponseFuture::called(self.inner.call(req), Some(pass)),
+            Some(admit) => {
+                // The ready service goes with the request; a clone takes its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture { state: State::Asking { admit, pending: Some((inner, req, pass, client)) } }
+            }
         }
     }
 }
@@ -142,6 +158,8 @@ struct Pass {
     record: Option<RequestRecord>,
     admitted: Admitted,
     hold: Option<BudgetHold>,
+    /// The shared store's ticket, when it admitted the request too.
+    ticket: Option<(Arc<dyn SharedTicket>, TicketRelease)>,
 }
 
 impl<S> ClientGate<S> {
@@ -177,44 +195,127 @@ impl<S> ClientGate<S> {
             ClientRateLimited::new(&policy.name, limit, Duration::from_millis((from_second * 1000).saturating_sub(now)))
         })?;
         let record = req.extensions().get::<RequestRecord>().cloned();
-        Ok(Pass { pool: self.pool.clone(), record, admitted, hold })
+        Ok(Pass { pool: self.pool.clone(), record, admitted, hold, ticket: None })
+    }
+
+    /// The shared store's verdict on a request admitted here, when the
+    /// pool has a store and the client limits it shares.
+    fn ask_shared(&self, client: &Client, req: &Request<Bytes>, pass: &Pass) -> Option<AdmitFuture> {
+        let store = self.pool.admission()?;
+        let now = self.pool.clock().now_unix_ms();
+        let budget = client
+            .state()
+            .budget()
+            .map(|meter| BudgetAsk::of(&meter, now, pass.hold.as_ref().map_or(0.0, BudgetHold::reserved)));
+        let tokens = req.extensions().get::<RouteTarget>().map_or(0, RouteTarget::estimated_tokens);
+        let ask = AdmissionAsk::client(client.policy(), tokens, budget)?;
+        Some(store.admit(ask))
+    }
+}
+
+/// The error of a request the shared store refused for its client.
+fn shared_refusal(client: &Client, refusal: Refusal, now: u64) -> BoxError {
+    let policy = client.policy();
+    let after = Duration::from_millis(refusal.retry_at_unix_ms.saturating_sub(now));
+    match refusal.reason {
+        RefusalReason::BudgetSpent | RefusalReason::BudgetReserved => {
+            let budget = policy.budget.unwrap_or_else(|| Budget::new(0.0, crate::budget::BudgetPeriod::Total));
+            let resets = budget.period.end(now).map(|at| Duration::from_millis(at.saturating_sub(now)));
+            BudgetExceeded::new(&policy.name, budget.limit_usd, budget.period.as_str(), resets).into()
+        }
+        RefusalReason::Slots => {
+            let max = policy.max_parallel.unwrap_or_default();
+            let limit = format!("{max} requests in flight (max_parallel) over all replicas");
+            ClientRateLimited::new(&policy.name, limit, after.max(Duration::from_secs(1))).into()
+        }
+        _ => {
+            let limit = match (policy.rpm, policy.tpm) {
+                (Some(rpm), None) => format!("{rpm} requests per minute (rpm) over all replicas"),
+                (None, Some(tpm)) => format!("{tpm} tokens per minute (tpm) over all replicas"),
+                _ => "its requests or tokens per minute (rpm, tpm) over all replicas".to_owned(),
+            };
+            ClientRateLimited::new(&policy.name, limit, after.max(Duration::from_secs(1))).into()
+        }
+    }
+}
+
+type AdmitFuture = Pin<Box<dyn Future<Output = Admission> + Send>>;
+
+pin_project! {
+    /// The [`ClientGate`] future.
+    pub struct ResponseFuture<S: Service<Request<Bytes>>> {
+        #[pin]
+        state: State<S>,
     }
 }
 
 pin_project! {
-    /// The [`ClientGate`] future.
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        pass: Option<Pass>,
-        refused: Option<BoxError>,
+    #[project = StateProj]
+    enum State<S: Service<Request<Bytes>>> {
+        Asking { admit: AdmitFuture, pending: Option<(S, Request<Bytes>, Pass, Arc<Client>)> },
+        Called { #[pin] inner: S::Future, pass: Option<Pass> },
+        Refused { err: Option<BoxError> },
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<S: Service<Request<Bytes>>> ResponseFuture<S> {
+    fn called(inner: S::Future, pass: Option<Pass>) -> Self {
+        Self { state: State::Called { inner, pass } }
+    }
+}
+
+impl<S: Service<Request<Bytes>>> fmt::Debug for ResponseFuture<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").field("refused", &self.refused.is_some()).finish_non_exhaustive()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<S> Future for ResponseFuture<S>
 where
-    F: Future<Output = Result<Response<ProxyBody>, E>>,
-    E: Into<BoxError>,
+    S: Service<Request<Bytes>, Response = Response<ProxyBody>>,
+    S::Error: Into<BoxError>,
 {
     type Output = Result<Response<ProxyBody>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(err) = this.refused.take() {
-            return Poll::Ready(Err(err));
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Asking { admit, pending } => {
+                    let admission = ready!(admit.as_mut().poll(cx));
+                    let (mut inner, req, mut pass, client) = pending.take().expect("polled after completion");
+                    let now = pass.pool.clock().now_unix_ms();
+                    match admission {
+                        Admission::Admitted { ticket, spent_nanos } => {
+                            observe_spent(&client, now, spent_nanos);
+                            pass.ticket = Some((ticket.clone(), TicketRelease::new(ticket)));
+                        }
+                        Admission::Refused(refusal) => {
+                            observe_spent(&client, now, refusal.spent_nanos);
+                            pass.admitted.cancel(now / 1000);
+                            return Poll::Ready(Err(shared_refusal(&client, refusal, now)));
+                        }
+                        Admission::Local => {}
+                    }
+                    let call = inner.call(req);
+                    self.as_mut().project().state.set(State::Called { inner: call, pass: Some(pass) });
+                }
+                StateProj::Called { inner, pass } => {
+                    let res = ready!(inner.poll(cx)).map_err(Into::into)?;
+                    return Poll::Ready(Ok(match pass.take() {
+                        Some(pass) => res.map(|body| GatedBody { inner: body, pass: Some(pass) }.boxed_unsync()),
+                        None => res,
+                    }));
+                }
+                StateProj::Refused { err } => return Poll::Ready(Err(err.take().expect("polled after completion"))),
+            }
         }
-        let inner = this.inner.as_pin_mut().expect("polled after completion");
-        let res = ready!(inner.poll(cx)).map_err(Into::into)?;
-        Poll::Ready(Ok(match this.pass.take() {
-            Some(pass) => res.map(|body| GatedBody { inner: body, pass: Some(pass) }.boxed_unsync()),
-            None => res,
-        }))
+    }
+}
+
+/// What the shared store says the client spent, for its meter here.
+fn observe_spent(client: &Client, now: u64, spent_nanos: Option<u64>) {
+    if let (Some(meter), Some(spent)) = (client.state().budget(), spent_nanos) {
+        meter.observe_spent(now, spent);
     }
 }
 
@@ -245,10 +346,14 @@ impl Pass {
         if let Some(usage) = usage {
             self.admitted.reconcile(now / 1000, usage.prompt_tokens.saturating_add(usage.completion_tokens));
         }
+        let cost = route
+            .zip(usage)
+            .and_then(|(route, usage)| self.pool.prices().cost(route.provider.as_str(), &route.model, usage));
+        if let Some((ticket, _release)) = &self.ticket {
+            let tokens = usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
+            ticket.settle(tokens, cost.map(crate::pool::nanos));
+        }
         if let Some(hold) = self.hold {
-            let cost = route
-                .zip(usage)
-                .and_then(|(route, usage)| self.pool.prices().cost(route.provider.as_str(), &route.model, usage));
             hold.settle(now, cost);
         }
     }

@@ -127,6 +127,18 @@ impl Admitted {
     }
 }
 
+impl Admitted {
+    /// The request was refused after all (by the limits replicas share):
+    /// it takes back its place in the windows.
+    pub fn cancel(self, now: u64) {
+        let mut windows = self.state.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        windows.requests.adjust(self.second, now, -1);
+        if self.counts_tokens {
+            windows.tokens.adjust(self.second, now, -i64::try_from(self.reserved_tokens).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -63,6 +63,45 @@ pub struct AdmissionAsk {
     pub budget: Option<BudgetAsk>,
 }
 
+impl AdmissionAsk {
+    /// A client's request, under the limits of its `policy` that replicas
+    /// share (`max_parallel`, `rpm`, `tpm`, its budget), kept under
+    /// `client:<name>` in [`key`](Self::key). `None` when it has none.
+    pub fn client(policy: &crate::client::ClientPolicy, tokens: u64, budget: Option<BudgetAsk>) -> Option<Self> {
+        let max_concurrent = policy.max_parallel.and_then(|max| usize::try_from(max).ok());
+        if max_concurrent.is_none() && policy.rpm.is_none() && policy.tpm.is_none() && budget.is_none() {
+            return None;
+        }
+        Some(Self {
+            key: KeyId::named(format!("client:{}", policy.name)),
+            model: "".into(),
+            max_concurrent,
+            rpm: policy.rpm,
+            tpm: policy.tpm,
+            rpd: None,
+            tokens,
+            day: 0,
+            day_ends_unix_ms: 0,
+            budget,
+        })
+    }
+}
+
+impl BudgetAsk {
+    /// What a request reserving `reserve_usd` asks of a budget `meter`
+    /// at `now_ms`.
+    pub fn of(meter: &crate::budget::BudgetMeter, now_ms: u64, reserve_usd: f64) -> Self {
+        let budget = meter.budget();
+        Self {
+            limit_nanos: nanos(budget.limit_usd),
+            period_start_unix_ms: budget.period.start(now_ms),
+            period_end_unix_ms: budget.period.end(now_ms),
+            reserve_nanos: nanos(reserve_usd),
+            spent_nanos: nanos(meter.spent(now_ms)),
+        }
+    }
+}
+
 /// What an attempt asks of its key's budget, in nano-dollars.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -176,7 +215,7 @@ impl fmt::Debug for TicketRelease {
 }
 
 /// Nano-dollars, as budgets count.
-pub(super) fn nanos(usd: f64) -> u64 {
+pub(crate) fn nanos(usd: f64) -> u64 {
     (usd.max(0.0) * 1e9).round() as u64
 }
 
@@ -227,16 +266,7 @@ impl ProviderPool {
         let settings = &self.settings[index];
         let cap = self.cap_of(index);
         let now_ms = self.clock.now_unix_ms();
-        let budget = self.keys[index].health().budget.as_ref().map(|meter| {
-            let budget = meter.budget();
-            BudgetAsk {
-                limit_nanos: nanos(budget.limit_usd),
-                period_start_unix_ms: budget.period.start(now_ms),
-                period_end_unix_ms: budget.period.end(now_ms),
-                reserve_nanos: nanos(reserved_cost),
-                spent_nanos: nanos(meter.spent(now_ms)),
-            }
-        });
+        let budget = self.keys[index].health().budget.as_ref().map(|meter| BudgetAsk::of(meter, now_ms, reserved_cost));
         if cap == 0 && !settings.has_limits() && budget.is_none() {
             return None;
         }

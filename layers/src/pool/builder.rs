@@ -307,6 +307,6 @@ impl KeyPoolBuilder {
                 admission: self.admission.clone(),
             }));
         }
-        Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices }))
+        Ok(Arc::new(KeyPool { providers, by_id, clock, responses, prices: self.prices, admission: self.admission }))
     }
 }

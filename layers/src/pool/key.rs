@@ -65,6 +65,12 @@ impl KeyId {
         Self(id.into())
     }
 
+    /// A name that is no key's: what a client's shared limits are kept
+    /// under (`client:<name>`, see [`AdmissionAsk::client`](super::AdmissionAsk::client)).
+    pub(crate) fn named(name: String) -> Self {
+        Self(name.into())
+    }
+
     /// The id, e.g. `openai:3f9a1c2e`.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -51,6 +51,7 @@ mod unavailable;
 
 use std::{collections::HashMap, sync::Arc};
 
+pub(crate) use self::admission::nanos;
 pub use self::shared::{PoolEvent, PoolEvents};
 pub use self::{
     admission::{
@@ -83,9 +84,16 @@ pub struct KeyPool {
     clock: PoolClock,
     responses: Arc<ResponseOwners>,
     prices: Arc<crate::price::PriceTable>,
+    admission: Option<Arc<dyn SharedAdmission>>,
 }
 
 impl KeyPool {
+    /// Where limits shared with other replicas are admitted, when the pool
+    /// was built with a store (see [`KeyPoolBuilder::admission`]).
+    pub fn admission(&self) -> Option<&Arc<dyn SharedAdmission>> {
+        self.admission.as_ref()
+    }
+
     /// What requests cost (see [`KeyPoolBuilder::prices`]).
     pub fn prices(&self) -> &Arc<crate::price::PriceTable> {
         &self.prices
