@@ -388,7 +388,7 @@ impl Shared {
         loop {
             let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).to_owned();
             let (next, found): (u64, Vec<String>) = self.timed(scan.query_async(&mut con)).await?;
-            keys.extend(found);
+            keys.extend(found.into_iter().filter(|key| is_event_key(key)));
             cursor = next;
             if cursor == 0 {
                 break;
@@ -434,6 +434,16 @@ impl Shared {
     }
 }
 
+/// Whether a Redis key holds an event (see [`Shared::redis_key`]), not a
+/// shared limit or a counter, which are read where they are used.
+fn is_event_key(key: &str) -> bool {
+    key.contains("}:cool:")
+        || key.contains("}:resp:")
+        || key.ends_with("}:invalid")
+        || key.ends_with("}:paused")
+        || (key.contains("{session:") && key.ends_with("}:key"))
+}
+
 /// What `lua/release.lua` announces about a key's shared limits.
 enum LimitsNews {
     /// A replica ended an attempt on it while another waited for its slot.
@@ -453,4 +463,42 @@ fn limits_news(payload: &str) -> Option<LimitsNews> {
 
 fn set_up(up: bool) {
     metrics::gauge!(keyrelay_layers::metrics::SHARED_STATE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_event_keys_are_read_back_at_connect() {
+        for event in [
+            "keyrelay:{openai:3f9a1c2e}:cool:gpt-4o",
+            "keyrelay:{openai:3f9a1c2e}:invalid",
+            "keyrelay:{openai:3f9a1c2e}:resp:resp_123",
+            "keyrelay:{openai}:paused",
+            "keyrelay:{session:00ff00ff00ff00ff}:key",
+        ] {
+            assert!(is_event_key(event), "{event}");
+        }
+        for other in [
+            "keyrelay:{openai:3f9a1c2e}:slots:gpt-4o",
+            "keyrelay:{openai:3f9a1c2e}:rpm",
+            "keyrelay:{openai:3f9a1c2e}:spent:0",
+            "keyrelay:{openai:3f9a1c2e}:day:2026-12-06",
+            "keyrelay:{client:ci-bot}:waiting",
+        ] {
+            assert!(!is_event_key(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn limits_news_reads_freed_and_spent_messages_and_nothing_else() {
+        let freed = r#"{"from":"a","kind":"freed","key":"openai:1","until":0}"#;
+        assert!(matches!(limits_news(freed), Some(LimitsNews::Freed(key)) if key == "openai:1"));
+        let spent = r#"{"from":"a","kind":"spent","key":"openai:1","until":0,"spent":25000000}"#;
+        assert!(matches!(limits_news(spent), Some(LimitsNews::Spent(key, 25_000_000)) if key == "openai:1"));
+        let cooled = r#"{"from":"a","kind":"cooled","key":"openai:1","until":5,"model":"m","class":"rate_limit"}"#;
+        assert!(limits_news(cooled).is_none());
+        assert!(limits_news(r#"{"from":"a","kind":"spent","key":"openai:1","until":0}"#).is_none(), "no total");
+    }
 }
