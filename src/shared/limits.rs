@@ -172,9 +172,11 @@ impl RedisLimits {
             self.first_attempt.send_replace(true);
             match attempt {
                 Ok(Ok(_)) => {
+                    super::set_up(super::Link::Limits, true);
                     backoff = Duration::from_millis(100);
                     self.broken.notified().await;
                     self.conn.store(None);
+                    super::set_up(super::Link::Limits, false);
                 }
                 _ => {
                     tokio::time::sleep(backoff).await;

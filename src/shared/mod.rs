@@ -24,7 +24,10 @@ pub mod counters;
 use std::{
     collections::VecDeque,
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -256,7 +259,7 @@ impl Shared {
                 return Vec::new();
             }
         };
-        set_up(false);
+        set_up(Link::Events, false);
         let pool_now = Arc::new(pool_now);
         let counted = pool_now.clone();
         let mut tasks = self.limits.run(client.clone());
@@ -303,7 +306,7 @@ impl Shared {
                     if conn.take().is_some() || backoff == Duration::from_millis(100) {
                         tracing::warn!(error = %err, queued = backlog.len(), "cannot reach Redis: keys' state stays local until it is back");
                     }
-                    set_up(false);
+                    set_up(Link::Events, false);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -363,7 +366,7 @@ impl Shared {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(err) => {
                     tracing::warn!(error = %err, "lost Redis: keys' state stays local until it is back");
-                    set_up(false);
+                    set_up(Link::Events, false);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -402,7 +405,7 @@ impl Shared {
                 applied += usize::from(self.apply(&pool, &value));
             }
         }
-        set_up(true);
+        set_up(Link::Events, true);
         tracing::info!(applied, "connected to Redis: keys' cooldowns and marks are shared");
         // What changed while away may include client keys.
         clients_changed();
@@ -461,8 +464,26 @@ fn limits_news(payload: &str) -> Option<LimitsNews> {
     }
 }
 
-fn set_up(up: bool) {
-    metrics::gauge!(keyrelay_layers::metrics::SHARED_STATE_UP).set(if up { 1.0 } else { 0.0 });
+/// A replica's two ways to Redis: the events' publisher and subscriber,
+/// and the shared limits' connection.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    Events,
+    Limits,
+}
+
+static EVENTS_UP: AtomicBool = AtomicBool::new(false);
+static LIMITS_UP: AtomicBool = AtomicBool::new(false);
+
+/// `keyrelay_shared_state_up` is 1 only while both links are up.
+fn set_up(link: Link, up: bool) {
+    let flag = match link {
+        Link::Events => &EVENTS_UP,
+        Link::Limits => &LIMITS_UP,
+    };
+    flag.store(up, Relaxed);
+    let both = EVENTS_UP.load(Relaxed) && LIMITS_UP.load(Relaxed);
+    metrics::gauge!(keyrelay_layers::metrics::SHARED_STATE_UP).set(if both { 1.0 } else { 0.0 });
 }
 
 #[cfg(test)]
