@@ -209,6 +209,20 @@ async fn an_expired_lease_frees_its_slot_and_is_not_renewed_once_another_took_it
 }
 
 #[tokio::test]
+async fn a_replica_with_a_shorter_lease_never_cuts_the_life_of_the_others_leases() {
+    let mut redis = Redis::start().await;
+    let ask = Ask { cap: 2, limit: 1_000_000, reserve: 10, ..ASK };
+    assert_eq!(redis.admit(ask).await[0], 1, "a minute's lease");
+    let short = Ask { lease: "r2-0", lease_ms: 100, ..ask };
+    assert_eq!(redis.admit(short).await[0], 1);
+    assert_eq!(redis.renew("r2-0", 10, 200).await, 1);
+    for key in [SLOTS, HOLDS] {
+        let ttl: i64 = redis.con.pttl(key).await.unwrap();
+        assert!(ttl > 60_000, "{key} lives as long as its longest lease: {ttl} ms");
+    }
+}
+
+#[tokio::test]
 async fn renewal_extends_a_running_lease_and_its_hold_but_never_a_released_one() {
     let mut redis = Redis::start().await;
     let ask = Ask { cap: 1, lease_ms: 1000, limit: 1_000_000, reserve: 300, ..ASK };
@@ -254,6 +268,21 @@ async fn release_frees_the_slot_and_hold_charges_the_cost_and_corrects_the_tpm_b
     redis.release(Release { lease: "r1-1", delta: -1_000_000, at: second, ..release }).await;
     assert_eq!(redis.con.hget::<_, _, u64>(TPM, second).await.unwrap(), 0, "was {before}");
     assert_eq!(redis.con.get::<_, u64>(SPENT).await.unwrap(), 400_000);
+}
+
+#[tokio::test]
+async fn a_hold_of_any_size_is_the_member_its_release_removes() {
+    let mut redis = Redis::start().await;
+    // $100,000 in nano-dollars: past the digits Lua prints a number with.
+    let reserve = 100_000_000_000_000;
+    let ask = Ask { limit: 10 * reserve, reserve, ..ASK };
+    assert_eq!(redis.admit(ask).await[0], 1);
+    let holds: Vec<String> = redis.con.zrange(HOLDS, 0, -1).await.unwrap();
+    assert_eq!(holds, [format!("r1-0:{reserve}")]);
+    assert_eq!(redis.renew("r1-0", reserve, 120_000).await, 0, "no slot to renew (no cap)");
+    assert!(redis.con.zscore::<_, _, u64>(HOLDS, &holds[0]).await.unwrap() > redis.now().await.1 + 60_000);
+    redis.release(Release { lease: "r1-0", reserve, limit: 10 * reserve, ..Default::default() }).await;
+    assert_eq!(redis.con.zcard::<_, u64>(HOLDS).await.unwrap(), 0);
 }
 
 #[tokio::test]

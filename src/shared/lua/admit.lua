@@ -18,7 +18,7 @@ local lease = ARGV[1]
 local cap, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 local rpm, tpm, rpd = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local tokens, day_end = tonumber(ARGV[7]), tonumber(ARGV[8])
-local limit, reserve = tonumber(ARGV[9]), tonumber(ARGV[10])
+local limit = tonumber(ARGV[9])
 local floor, period_end = tonumber(ARGV[11]), tonumber(ARGV[12])
 
 local spent = -1
@@ -91,9 +91,15 @@ if limit > 0 then
   end
 end
 
+-- Keeps `key` alive `ms` more, never less than it had: a replica with a
+-- shorter lease must not take the others' longer leases with it.
+local function outlive(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
 if cap > 0 then
   redis.call('ZADD', KEYS[1], now + lease_ms, lease)
-  redis.call('PEXPIRE', KEYS[1], lease_ms * 2)
+  outlive(KEYS[1], lease_ms * 2)
 end
 if rpm > 0 then
   redis.call('HINCRBY', KEYS[2], sec, 1)
@@ -108,7 +114,8 @@ if rpd > 0 then
   redis.call('PEXPIREAT', KEYS[4], day_end + 3600000)
 end
 if limit > 0 then
-  redis.call('ZADD', KEYS[6], now + lease_ms, lease .. ':' .. reserve)
-  redis.call('PEXPIRE', KEYS[6], lease_ms * 2)
+  -- ARGV[10] as the caller wrote it: the member it releases and renews.
+  redis.call('ZADD', KEYS[6], now + lease_ms, lease .. ':' .. ARGV[10])
+  outlive(KEYS[6], lease_ms * 2)
 end
 return {1, sec, spent}
