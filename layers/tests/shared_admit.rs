@@ -347,3 +347,21 @@ async fn a_store_that_does_not_answer_lets_the_attempt_through_on_this_replicas_
     assert_eq!((status.window.requests_today, status.window.requests_last_minute), (1, 1), "counted here");
     drop(tx);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_time_already_past_here_still_keeps_the_key_out_for_a_moment() {
+    // Redis's clock runs behind this replica's: the time it names is past
+    // here. Choosing the key again at once would ask Redis again at once,
+    // and again, for as long as the key stays full there.
+    let store = FakeStore::new();
+    let pool = pool(&store, vec![("k1", capped(1).rpm(3))]);
+    let past = pool.clock().now_unix_ms() - 200;
+    for reason in [RefusalReason::Window, RefusalReason::Slots, RefusalReason::BudgetReserved] {
+        let (lease, _in_flight) = choose(&pool, 0, 0.0);
+        store.answer(Answer::Refuse(Refusal::new(reason, past)));
+        assert!(call(&lease).await.1.is_err());
+        assert_eq!(chosen(&pool), None, "{reason:?}: not asked about again at once");
+        advance(ms(100)).await;
+        assert_eq!(chosen(&pool), Some(id("k1")), "{reason:?}: a moment later");
+    }
+}
