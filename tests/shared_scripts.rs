@@ -400,11 +400,12 @@ async fn a_budget_admits_while_anything_is_left_then_is_reserved_then_spent() {
 }
 
 #[tokio::test]
-async fn the_spend_a_replica_knows_raises_a_lower_spend_in_redis() {
+async fn the_spend_a_replica_knows_restores_a_spend_redis_lost() {
     let mut redis = Redis::start().await;
     let (_, now_ms) = redis.now().await;
     let period_end = now_ms + 86_400_000;
-    redis.con.set::<_, _, ()>(SPENT, 100).await.unwrap();
+    // Redis restarted empty; the replica's meter, restored from the ledger,
+    // says 500 were spent this period.
     let ask = Ask { limit: 10_000, period_end, ..ASK };
     let answer = redis.admit(Ask { floor: 500, ..ask }).await;
     assert_eq!((answer[0], answer[2]), (1, 500), "{answer:?}");
@@ -412,6 +413,23 @@ async fn the_spend_a_replica_knows_raises_a_lower_spend_in_redis() {
     assert!(redis.con.pttl::<_, i64>(SPENT).await.unwrap() > 86_400_000, "kept past the period");
     let answer = redis.admit(Ask { lease: "r1-1", floor: 50, ..ask }).await;
     assert_eq!(answer[2], 500, "a lower floor changes nothing");
-    assert_eq!(redis.con.get::<_, u64>(SPENT).await.unwrap(), 500);
-    assert_eq!(redis.admit(Ask { lease: "r1-2", floor: 10_000, ..ask }).await[..2], [0, 4], "spent, says the ledger");
+
+    redis.con.del::<_, ()>(SPENT).await.unwrap();
+    let answer = redis.admit(Ask { lease: "r1-2", floor: 10_000, ..ask }).await;
+    assert_eq!(answer[..2], [0, 4], "spent, says the ledger: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_replicas_charges_still_on_their_way_to_redis_are_not_counted_twice() {
+    let mut redis = Redis::start().await;
+    redis.con.set::<_, _, ()>(SPENT, 100).await.unwrap();
+    let ask = Ask { cap: 2, limit: 10_000, reserve: 10, floor: 100, ..ASK };
+    let answer = redis.admit(ask).await;
+    assert_eq!((answer[0], answer[2]), (1, 100), "{answer:?}");
+    // r1-0's answer cost 50: the replica's meter says 150 at once, while
+    // its release is still queued. The next attempt is asked with that.
+    let next = redis.admit(Ask { lease: "r1-1", floor: 150, ..ask }).await;
+    assert_eq!(next[0], 1);
+    redis.release(Release { lease: "r1-0", reserve: 10, cost: 50, limit: 10_000, ..Default::default() }).await;
+    assert_eq!(redis.con.get::<_, u64>(SPENT).await.unwrap(), 150, "100 before, 50 for r1-0: once");
 }

@@ -77,7 +77,9 @@ pub struct BudgetAsk {
     /// The attempt's reservation: its maximum cost.
     pub reserve_nanos: u64,
     /// What this replica knows the key spent over the period (restored
-    /// from a shared ledger, say): the store's spend is at least that.
+    /// from a shared ledger, say): a store that lost the period's spend
+    /// starts from it. One that has it keeps its own: this includes the
+    /// replica's charges still on their way to it, which would count twice.
     pub spent_nanos: u64,
 }
 

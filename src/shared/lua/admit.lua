@@ -7,7 +7,8 @@
 -- ARGV: 1 lease id, 2 cap (0: none), 3 lease ms, 4 rpm, 5 tpm, 6 rpd
 --       (0: none), 7 tokens, 8 the day's end (ms), 9 budget limit (nanos,
 --       0: none), 10 reservation (nanos), 11 spend known to the caller
---       (nanos), 12 the period's end (ms, 0: never).
+--       (nanos; taken only when Redis has none for the period), 12 the
+--       period's end (ms, 0: never).
 -- Returns {1, second counted, spend} or {0, reason, retry at ms, spend};
 -- reasons: 1 slots, 2 window, 3 budget reserved, 4 budget spent; spend
 -- -1 without a budget.
@@ -23,9 +24,12 @@ local floor, period_end = tonumber(ARGV[11]), tonumber(ARGV[12])
 
 local spent = -1
 if limit > 0 then
-  spent = tonumber(redis.call('GET', KEYS[5]) or '0')
-  -- A replica restored from the ledger may know of spend Redis lost.
-  if floor > spent then
+  local stored = redis.call('GET', KEYS[5])
+  spent = tonumber(stored or '0')
+  -- A replica restored from the ledger may know of spend Redis lost. Only
+  -- then: a replica's meter also holds its own charges whose releases are
+  -- on their way, and raising Redis's spend to it would count them twice.
+  if not stored and floor > spent then
     spent = floor
     redis.call('SET', KEYS[5], floor)
     if period_end > 0 then redis.call('PEXPIREAT', KEYS[5], period_end + 86400000) end
