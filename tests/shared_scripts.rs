@@ -254,7 +254,8 @@ async fn release_frees_the_slot_and_hold_charges_the_cost_and_corrects_the_tpm_b
     assert_eq!(redis.con.zrange::<_, Vec<String>>(HOLDS, 0, -1).await.unwrap(), ["r1-0:300000"]);
 
     // 300 tokens used, not 500; $0.0002 spent.
-    let release = Release { lease: "r1-0", reserve: 300_000, cost: 200_000, delta: -200, at: second, ..Default::default() };
+    let release =
+        Release { lease: "r1-0", reserve: 300_000, cost: 200_000, delta: -200, at: second, ..Default::default() };
     redis.release(Release { limit: 1_000_000, ..release }).await;
     assert!(redis.leases().await.is_empty());
     assert_eq!(redis.con.zcard::<_, u64>(HOLDS).await.unwrap(), 0, "the hold is gone");
