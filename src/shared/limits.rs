@@ -336,8 +336,7 @@ impl RedisLimits {
             let spent = format!("{},\"spent\":", spent.to_string().trim_end_matches('}'));
             let n = &lease.names;
             pipe.invoke_script(
-                &self
-                    .release
+                self.release
                     .key(&n.slots)
                     .key(&n.holds)
                     .key(&n.spent)
@@ -366,7 +365,7 @@ impl RedisLimits {
         for lease in leases {
             let n = &lease.names;
             pipe.invoke_script(
-                &self.renew.key(&n.slots).key(&n.holds).arg(&lease.id).arg(lease.hold_member()).arg(lease_ms),
+                self.renew.key(&n.slots).key(&n.holds).arg(&lease.id).arg(lease.hold_member()).arg(lease_ms),
             )
             .ignore();
         }
