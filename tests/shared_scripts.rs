@@ -300,7 +300,7 @@ async fn release_says_freed_only_when_someone_waited_and_spent_once_when_the_bud
     assert_eq!(redis.admit(Ask { lease: "r2-0", ..ask }).await[..2], [0, 1], "r2 waits for the slot");
     redis.release(Release { lease: "r1-1", cost: 900_000, ..release }).await;
     assert_eq!(events.since().await, ["freed"], "the waiter hears of it, under the limit still");
-    assert_eq!(redis.con.exists::<_, bool>(WAITING).await.unwrap(), false);
+    assert!(!redis.con.exists::<_, bool>(WAITING).await.unwrap(), "the flag is taken");
 
     // Two attempts in flight as the budget runs out: the release that
     // crosses the limit says so, the one after it does not.
@@ -334,7 +334,7 @@ async fn rpm_refuses_the_next_request_until_its_oldest_second_leaves_the_minute(
     let buckets = [(now - 70, 9), (now - 50, 2), (now - 30, 1)];
     redis.con.hset_multiple::<_, _, _, ()>(RPM, &buckets).await.unwrap();
     assert_eq!(redis.admit(ask).await, [0, 2, ((now + 10) * 1000) as i64, -1]);
-    assert_eq!(redis.con.hexists::<_, _, bool>(RPM, now - 70).await.unwrap(), false, "stale, gone");
+    assert!(!redis.con.hexists::<_, _, bool>(RPM, now - 70).await.unwrap(), "stale, gone");
     let wider = Ask { rpm: 4, ..ask };
     assert_eq!(redis.admit(wider).await[0], 1, "3 of 4 used: admitted");
 }
