@@ -116,7 +116,9 @@ pub struct BudgetAsk {
     /// The attempt's reservation: its maximum cost.
     pub reserve_nanos: u64,
     /// What this replica knows the key spent over the period (restored
-    /// from a shared ledger, say): the store's spend is at least that.
+    /// from a shared ledger, say): a store that lost the period's spend
+    /// starts from it. One that has it keeps its own: this includes the
+    /// replica's charges still on their way to it, which would count twice.
     pub spent_nanos: u64,
 }
 
@@ -261,6 +263,12 @@ impl KeyLease {
 /// at most, when no replica says a slot freed.
 const SLOT_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long a refused key waits at least, even when the store's time is
+/// already past on this replica's clock (the store's clock runs behind):
+/// asked again at once, it would be asked again and again, as fast as the
+/// store answers, for as long as it stays full there.
+const MIN_RECHECK: Duration = Duration::from_millis(100);
+
 impl ProviderPool {
     fn admission_ask(&self, index: usize, model: &str, tokens: u64, reserved_cost: f64) -> Option<AdmissionAsk> {
         let settings = &self.settings[index];
@@ -318,7 +326,7 @@ impl ProviderPool {
         if let Some(spent) = refusal.spent_nanos {
             self.observe_spend(index, spent);
         }
-        let until = self.clock.instant_at(refusal.retry_at_unix_ms).max(now);
+        let until = self.clock.instant_at(refusal.retry_at_unix_ms).max(now + MIN_RECHECK);
         let mut health = self.keys[index].health();
         match refusal.reason {
             RefusalReason::Window => {

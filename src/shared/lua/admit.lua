@@ -7,7 +7,8 @@
 -- ARGV: 1 lease id, 2 cap (0: none), 3 lease ms, 4 rpm, 5 tpm, 6 rpd
 --       (0: none), 7 tokens, 8 the day's end (ms), 9 budget limit (nanos,
 --       0: none), 10 reservation (nanos), 11 spend known to the caller
---       (nanos), 12 the period's end (ms, 0: never).
+--       (nanos; taken only when Redis has none for the period), 12 the
+--       period's end (ms, 0: never).
 -- Returns {1, second counted, spend} or {0, reason, retry at ms, spend};
 -- reasons: 1 slots, 2 window, 3 budget reserved, 4 budget spent; spend
 -- -1 without a budget.
@@ -18,14 +19,17 @@ local lease = ARGV[1]
 local cap, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 local rpm, tpm, rpd = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local tokens, day_end = tonumber(ARGV[7]), tonumber(ARGV[8])
-local limit, reserve = tonumber(ARGV[9]), tonumber(ARGV[10])
+local limit = tonumber(ARGV[9])
 local floor, period_end = tonumber(ARGV[11]), tonumber(ARGV[12])
 
 local spent = -1
 if limit > 0 then
-  spent = tonumber(redis.call('GET', KEYS[5]) or '0')
-  -- A replica restored from the ledger may know of spend Redis lost.
-  if floor > spent then
+  local stored = redis.call('GET', KEYS[5])
+  spent = tonumber(stored or '0')
+  -- A replica restored from the ledger may know of spend Redis lost. Only
+  -- then: a replica's meter also holds its own charges whose releases are
+  -- on their way, and raising Redis's spend to it would count them twice.
+  if not stored and floor > spent then
     spent = floor
     redis.call('SET', KEYS[5], floor)
     if period_end > 0 then redis.call('PEXPIREAT', KEYS[5], period_end + 86400000) end
@@ -91,9 +95,15 @@ if limit > 0 then
   end
 end
 
+-- Keeps `key` alive `ms` more, never less than it had: a replica with a
+-- shorter lease must not take the others' longer leases with it.
+local function outlive(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
 if cap > 0 then
   redis.call('ZADD', KEYS[1], now + lease_ms, lease)
-  redis.call('PEXPIRE', KEYS[1], lease_ms * 2)
+  outlive(KEYS[1], lease_ms * 2)
 end
 if rpm > 0 then
   redis.call('HINCRBY', KEYS[2], sec, 1)
@@ -108,7 +118,8 @@ if rpd > 0 then
   redis.call('PEXPIREAT', KEYS[4], day_end + 3600000)
 end
 if limit > 0 then
-  redis.call('ZADD', KEYS[6], now + lease_ms, lease .. ':' .. reserve)
-  redis.call('PEXPIRE', KEYS[6], lease_ms * 2)
+  -- ARGV[10] as the caller wrote it: the member it releases and renews.
+  redis.call('ZADD', KEYS[6], now + lease_ms, lease .. ':' .. ARGV[10])
+  outlive(KEYS[6], lease_ms * 2)
 end
 return {1, sec, spent}

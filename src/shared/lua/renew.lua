@@ -5,6 +5,9 @@ local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
 local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', until_ms, ARGV[1])
 redis.call('ZADD', KEYS[2], 'XX', until_ms, ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2) end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2) end
+-- Never shortened: other replicas' leases in them may be longer.
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local ttl = redis.call('PTTL', key)
+  if ttl ~= -2 and ttl < tonumber(ARGV[3]) * 2 then redis.call('PEXPIRE', key, tonumber(ARGV[3]) * 2) end
+end
 return renewed
