@@ -80,7 +80,9 @@ struct Lease {
     reserve_nanos: u64,
     limit_nanos: u64,
     reserved_tokens: u64,
-    counted_second: u64,
+    /// Redis's second the attempt's tokens were counted at (set once
+    /// admitted).
+    counted_second: AtomicU64,
     period_end_unix_ms: u64,
     /// What the answer reported: tokens, and cost in nano-dollars.
     settled: Mutex<Option<(u64, Option<u64>)>>,
@@ -89,6 +91,21 @@ struct Lease {
 impl Lease {
     fn hold_member(&self) -> String {
         format!("{}:{}", self.id, self.reserve_nanos)
+    }
+}
+
+/// Releases an admission's lease unless its answer came (see
+/// [`RedisLimits::ask`]).
+struct Unanswered<'a> {
+    lease: Option<Arc<Lease>>,
+    work: &'a mpsc::Sender<Work>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.work.try_send(Work::Release(lease));
+        }
     }
 }
 
@@ -236,25 +253,31 @@ impl RedisLimits {
             .arg(budget.map_or(0, |b| b.reserve_nanos))
             .arg(budget.map_or(0, |b| b.spent_nanos))
             .arg(budget.and_then(|b| b.period_end_unix_ms).unwrap_or(0));
+        let lease = Arc::new(Lease {
+            id,
+            key: ask.key.as_str().to_owned(),
+            names,
+            reserve_nanos: budget.map_or(0, |b| b.reserve_nanos),
+            limit_nanos: budget.map_or(0, |b| b.limit_nanos),
+            reserved_tokens: ask.tokens,
+            counted_second: AtomicU64::new(0),
+            period_end_unix_ms: budget.and_then(|b| b.period_end_unix_ms).unwrap_or(0),
+            settled: Mutex::new(None),
+        });
+        // Redis may run the script after the timeout, or after the request
+        // went away: unless an answer came, the lease is released, on the
+        // same connection, so after the script whenever it ran.
+        let mut unanswered = Unanswered { lease: Some(lease.clone()), work: &self.work };
         let Some(answer) =
             self.call(|mut conn| async move { invocation.invoke_async::<Vec<i64>>(&mut conn).await }).await
         else {
             return Admission::Local;
         };
+        unanswered.lease = None;
         let spent = |value: Option<&i64>| value.and_then(|&v| u64::try_from(v).ok());
         match answer.as_slice() {
             [1, second, rest @ ..] => {
-                let lease = Arc::new(Lease {
-                    id,
-                    key: ask.key.as_str().to_owned(),
-                    names,
-                    reserve_nanos: budget.map_or(0, |b| b.reserve_nanos),
-                    limit_nanos: budget.map_or(0, |b| b.limit_nanos),
-                    reserved_tokens: ask.tokens,
-                    counted_second: u64::try_from(*second).unwrap_or(0),
-                    period_end_unix_ms: budget.and_then(|b| b.period_end_unix_ms).unwrap_or(0),
-                    settled: Mutex::new(None),
-                });
+                lease.counted_second.store(u64::try_from(*second).unwrap_or(0), Relaxed);
                 // Renewed while it runs; nothing waits on this.
                 let _ = self.work.try_send(Work::Hold(lease.clone()));
                 let ticket = Ticket { lease, work: self.work.clone(), released: AtomicBool::new(false) };
@@ -348,7 +371,7 @@ impl RedisLimits {
                     .arg(lease.reserve_nanos)
                     .arg(cost.unwrap_or(0))
                     .arg(delta)
-                    .arg(lease.counted_second)
+                    .arg(lease.counted_second.load(Relaxed))
                     .arg(lease.period_end_unix_ms)
                     .arg(&self.channel)
                     .arg(freed.to_string())
