@@ -49,6 +49,8 @@ pub enum Route<'p> {
     AdminClient(&'p str),
     /// `GET /v1/usage`: the ledger's totals.
     Usage,
+    /// `GET /v1/ui/series`, `/v1/ui/recent`: the dashboard's data.
+    UiData(crate::ui_data::UiData),
 }
 
 impl<'p> Route<'p> {
@@ -83,6 +85,9 @@ impl<'p> Route<'p> {
             "/admin/clients" => Some((Self::AdminClients, "GET, POST")),
             "/usage" => Some((Self::Usage, "GET")),
             _ => {
+                if let Some(data) = crate::ui_data::UiData::from_path(path) {
+                    return Some((Self::UiData(data), "GET"));
+                }
                 if let Some((_, action)) = response_resource(path) {
                     let methods = match action {
                         None => "GET, DELETE",
@@ -205,6 +210,8 @@ pub struct Routes<B> {
     /// Finds a [`ClientName`] in the request's extensions.
     pub admin_client: RouteService<B>,
     pub usage: RouteService<B>,
+    /// Finds a [`UiData`](crate::ui_data::UiData) in the request's extensions.
+    pub ui_data: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -220,6 +227,7 @@ enum Learned {
     Model(RequestedModel),
     KeyChange(KeyChange),
     Client(ClientName),
+    UiData(crate::ui_data::UiData),
 }
 
 impl<B> Service<Request<B>> for Router<B> {
@@ -265,6 +273,7 @@ impl<B> Service<Request<B>> for Router<B> {
                 (&routes.admin_client, Learned::Client(ClientName(name)))
             }
             Route::Usage => (&routes.usage, Learned::Nothing),
+            Route::UiData(data) => (&routes.ui_data, Learned::UiData(data)),
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -281,6 +290,9 @@ impl<B> Service<Request<B>> for Router<B> {
             }
             Learned::Client(name) => {
                 extensions.insert(name);
+            }
+            Learned::UiData(data) => {
+                extensions.insert(data);
             }
         }
         Either::Right(svc.oneshot(req))
@@ -364,6 +376,7 @@ mod tests {
             admin_clients: seeing("admin_clients"),
             admin_client: seeing("admin_client"),
             usage: seeing("usage"),
+            ui_data: seeing("ui_data"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

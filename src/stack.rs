@@ -277,6 +277,18 @@ where
                 crate::usage::route::answer(db.clone(), req.uri().query().map(str::to_owned))
             })))
         },
+        ui_data: {
+            let db = Arc::new(app.usage_ledger.clone());
+            route(status_auth.layer(service_fn(move |req: Request<B>| {
+                let db = db.clone();
+                async move {
+                    let data = req.extensions().get::<crate::ui_data::UiData>().copied();
+                    let data = data.ok_or_else(|| keyrelay_layers::error::MissingExtension::new("UiData"))?;
+                    let query = req.uri().query().map(str::to_owned);
+                    Ok::<_, BoxError>(crate::ui_data::answer(db, data, query).await?)
+                }
+            })))
+        },
         metrics: {
             let (pool, clients, totals) = (app.pool.clone(), app.clients.clone(), app.cost_totals.clone());
             let handle = crate::telemetry::metrics_handle();

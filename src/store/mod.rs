@@ -76,6 +76,17 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The ledger's database at `path`, read-only, for a report; `None` while
+/// it is not made (or not migrated) yet: no rows.
+pub fn open_ledger_for_reading(path: &Path) -> rusqlite::Result<Option<Connection>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = open_read_only(path)?;
+    let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    Ok((version > 0).then_some(conn))
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Another connection writing (the ledger's batch) makes this one wait
     // a little rather than fail at once.

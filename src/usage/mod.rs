@@ -129,14 +129,9 @@ impl UsageReport {
     /// Reads the report from the database at `path`, read-only; a database
     /// not made yet (or not migrated yet) has no rows.
     pub fn read(path: &Path, query: UsageQuery) -> rusqlite::Result<Self> {
-        if !path.exists() {
+        let Some(conn) = store::open_ledger_for_reading(path)? else {
             return Ok(Self::new(query, Vec::new()));
-        }
-        let conn = store::open_read_only(path)?;
-        let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version == 0 {
-            return Ok(Self::new(query, Vec::new()));
-        }
+        };
         let rows = store::report::report(&conn, &query)?;
         Ok(Self::new(query, rows))
     }
