@@ -78,12 +78,9 @@ async fn a_session_stays_on_its_key_whichever_of_three_replicas_serves_it() {
     let redis = RedisServer::start().await;
     let client = TestClient::http1();
     let replicas = Replicas::start(3, &replica_env(&mock, 3, &redis), None).await;
-    // Two requests without a session first, so that A's choice for the
-    // session is not the key a fresh B or C would pick on its own.
-    for _ in 0..2 {
-        assert_eq!(replicas[0].chat(&client).await.status, 200);
-    }
-    mock.take_requests();
+    // A's least-used choice for the session must not be the key a fresh
+    // B or C would pick on its own.
+    move_a_off_the_first_key(&replicas, &client, &mock).await;
     let turn = |replica: &Replica| {
         let mut req = replica.chat_request(support::replicas::MODEL);
         req.headers_mut().insert("x-session-id", "agent-run-42".parse().unwrap());
@@ -104,6 +101,15 @@ async fn a_session_stays_on_its_key_whichever_of_three_replicas_serves_it() {
     assert_eq!(sent.len(), 6, "{sent:?}");
 }
 
+/// Two requests on replica A, forgotten by the mock: A's next least-used
+/// key is no longer the first one.
+async fn move_a_off_the_first_key(replicas: &Replicas, client: &TestClient, mock: &MockUpstream) {
+    for _ in 0..2 {
+        assert_eq!(replicas[0].chat(client).await.status, 200);
+    }
+    mock.take_requests();
+}
+
 fn responses_body(extra: serde_json::Value) -> String {
     let mut body = serde_json::json!({"model": "gpt-5-codex", "input": "Hi", "store": true});
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -116,12 +122,9 @@ async fn a_responses_follow_up_on_replica_c_reaches_the_key_replica_a_used() {
     let redis = RedisServer::start().await;
     let client = TestClient::http1();
     let replicas = Replicas::start(3, &replica_env(&mock, 3, &redis), None).await;
-    // Two requests first, so that A's least-used choice for the response
-    // is not the key a fresh C would pick on its own.
-    for _ in 0..2 {
-        assert_eq!(replicas[0].chat(&client).await.status, 200);
-    }
-    mock.take_requests();
+    // A's least-used choice for the response must not be the key a fresh
+    // C would pick on its own.
+    move_a_off_the_first_key(&replicas, &client, &mock).await;
     let respond = |replica: &Replica, extra| {
         client.fetch(post(
             &replica.url("/v1/responses"),
