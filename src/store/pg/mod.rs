@@ -5,8 +5,7 @@
 //!
 //! The client is the sync `postgres` crate, used only off tokio's workers:
 //! on the ledger's own thread ([`super::ledger`]) and on tokio's blocking
-//! pool ([`super::Store`]). It connects without TLS (see
-//! [`PostgresUrl::parse`](crate::config::ledger::PostgresUrl::parse)).
+//! pool ([`super::Store`]). TLS is rustls, as `sslmode` asks ([`tls`]).
 //!
 //! Migrations are the SQL files under `migrations/postgres/`, applied in
 //! order, each in one transaction, recorded in `keyrelay_schema`, under an
@@ -15,10 +14,11 @@
 pub mod clients;
 pub mod ledger;
 pub mod report;
+pub mod tls;
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::config::ledger::PostgresUrl;
 
@@ -46,7 +46,7 @@ pub fn connect(url: &PostgresUrl) -> Result<Client, PgError> {
     if config.get_application_name().is_none() {
         config.application_name("keyrelay");
     }
-    config.connect(NoTls)
+    config.connect(tls::connector(url.tls()))
 }
 
 /// Connects to `url` and brings its schema up to date.
