@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use rustls::{
-    ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -51,6 +51,22 @@ pub fn connector(tls: &PostgresTls) -> MakeRustlsConnect {
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     MakeRustlsConnect::new(config)
+}
+
+/// What to do about a certificate the connector refused (`err` is a
+/// cause of the client's error: the handshake's I/O error).
+pub(super) fn hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let tls = err.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<Error>()?;
+    match tls {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some(
+            "no CA keyrelay trusts signed it: give the server's CA with sslrootcert=/path/ca.pem \
+             (for a managed Postgres, the provider's CA bundle)",
+        ),
+        Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            Some("connect by a name the certificate carries, or check the CA only with sslmode=verify-ca")
+        }
+        _ => None,
+    }
 }
 
 /// `sslrootcert`'s CA when given, else the public roots.
