@@ -36,6 +36,8 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     /// The `-c` settings it runs with (TLS's among them), again on restart.
     settings: Vec<String>,
+    /// False once stopped: the child is reaped, its pid no longer its own.
+    running: bool,
     /// How long initdb and the start took.
     pub started_in: Duration,
 }
@@ -95,27 +97,43 @@ impl PostgresServer {
         drop(log);
         let settings = settings(dir.path());
         let child = spawn(dir.path(), port, &settings);
-        let mut server = Self { child, port, dir, settings, started_in: Duration::ZERO };
+        let mut server = Self { child, port, dir, settings, running: true, started_in: Duration::ZERO };
         server.wait_ready();
         server.started_in = began.elapsed();
         server
     }
 
-    /// Stops the server at once (as a crash would: no checkpoint, clients
-    /// cut off) and starts it again on the same port and data, as an
-    /// outage of a managed database would look to the replicas.
+    /// Stops the server (see [`stop`](Self::stop)) and starts it again on
+    /// the same port and data, as a managed database's restart looks to
+    /// the replicas.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server as a restart for maintenance would: Postgres's fast
+    /// shutdown (SIGINT) cuts the clients off and rolls back what is open;
+    /// what was committed stays. No connections until
+    /// [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        self.shut_down("-INT");
+    }
+
+    /// Starts a [stopped](Self::stop) server again, on the same port and
+    /// data; returns once it accepts queries.
+    pub fn start_again(&mut self) {
+        assert!(!self.running, "postgres is running already");
         self.child = spawn(self.dir.path(), self.port, &self.settings);
+        self.running = true;
         self.wait_ready();
     }
 
-    /// Stops the server: no connections until [`restart`](Self::restart).
-    pub fn stop(&mut self) {
-        // SIGQUIT is Postgres's immediate shutdown: no checkpoint, but the
-        // backends and the shared memory go with it (a SIGKILL could leave
-        // a SysV segment behind each test).
-        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+    fn shut_down(&mut self, signal: &str) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -189,8 +207,10 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        // The directory goes afterwards, with the TempDir.
-        self.stop();
+        // SIGQUIT is Postgres's immediate shutdown: no checkpoint, but the
+        // backends and the shared memory go with it (a SIGKILL could leave
+        // a SysV segment behind each test). The directory goes afterwards.
+        self.shut_down("-QUIT");
     }
 }
 
