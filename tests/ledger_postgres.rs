@@ -178,8 +178,8 @@ async fn the_usage_command_reads_both_replicas_rows_from_postgres() {
     let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(from_cli["total"]["requests"], 3, "{from_cli}");
     assert_eq!(from_cli["data"][0]["model"], "gpt-4o-mini", "{from_cli}");
-    let route = format!("/v1/usage?start=2000-01-01&end=2099-12-31&group_by=model,key");
-    let from_route = client.fetch(get(&b.url(&route), Auth::Bearer(ADMIN_KEY))).await.json();
+    let route = "/v1/usage?start=2000-01-01&end=2099-12-31&group_by=model,key";
+    let from_route = client.fetch(get(&b.url(route), Auth::Bearer(ADMIN_KEY))).await.json();
     assert_eq!(from_cli, from_route, "the same report as the route's");
 
     let table = keyrelay_usage(&env(&mock, &url), &window).await;
@@ -233,10 +233,8 @@ async fn retention_on_postgres_prunes_old_rows_and_keeps_the_total_spend() {
     let mut env = env(&MockUpstream::start().await, &url);
     env.push(("KEYRELAY_LEDGER__RETENTION_DAYS".to_owned(), "90".to_owned()));
     let proxy = Proxy::start(env).await;
-    eventually("the row of 200 days ago pruned", || async {
-        pg.psql(db, "SELECT COUNT(*) FROM ledger").trim() == "1"
-    })
-    .await;
+    eventually("the row of 200 days ago pruned", || async { pg.psql(db, "SELECT COUNT(*) FROM ledger").trim() == "1" })
+        .await;
     assert_eq!(pg.psql(db, "SELECT unix_ms FROM ledger").trim(), recent.to_string());
     // The old row's day, week and month ended before the cutoff; the total
     // still counts what it spent (budgets outlive the ledger).

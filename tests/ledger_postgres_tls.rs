@@ -68,7 +68,10 @@ fn each_sslmode_takes_or_refuses_the_servers_certificate_as_documented() {
     assert_eq!(connect(&plain, dir.path()), Ok(false));
 
     let wrong_name = refused(&url(&pg, "127.0.0.1", db, "sslmode=verify-full&sslrootcert=ca.pem"), dir.path());
-    assert!(wrong_name.contains("TLS handshake: invalid peer certificate: certificate not valid for name"), "{wrong_name}");
+    assert!(
+        wrong_name.contains("TLS handshake: invalid peer certificate: certificate not valid for name"),
+        "{wrong_name}"
+    );
     assert!(wrong_name.contains("or check the CA only with sslmode=verify-ca"), "what to do: {wrong_name}");
     assert!(wrong_name.contains(&format!("postgres://{USER}:***@127.0.0.1")), "{wrong_name}");
     for options in [
@@ -112,11 +115,11 @@ async fn a_replica_on_verify_full_writes_its_ledger_over_tls() {
 
     let client = TestClient::http1();
     for _ in 0..2 {
-        let chat = post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false));
+        let chat =
+            post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false));
         assert_eq!(client.fetch(chat).await.status, StatusCode::OK);
     }
-    eventually("the rows in the ledger", || async { pg.psql(&db, "SELECT COUNT(*) FROM ledger").trim() == "2" })
-        .await;
+    eventually("the rows in the ledger", || async { pg.psql(&db, "SELECT COUNT(*) FROM ledger").trim() == "2" }).await;
     let report = client.fetch(get(&proxy.url("/v1/usage?start=2000-01-01"), Auth::Bearer(ADMIN_KEY))).await;
     assert_eq!(report.status, StatusCode::OK, "{}", report.text());
     assert_eq!(report.json()["total"]["requests"], 2, "{}", report.text());
@@ -127,11 +130,7 @@ async fn a_replica_on_verify_full_writes_its_ledger_over_tls() {
     );
     let sessions: Vec<&str> = sessions.lines().collect();
     assert!(!sessions.is_empty() && sessions.iter().all(|ssl| *ssl == "t"), "{sessions:?}");
-    assert!(
-        proxy.notes().iter().all(|n| !n.contains(PASSWORD)),
-        "the password is in no note: {:?}",
-        proxy.notes()
-    );
+    assert!(proxy.notes().iter().all(|n| !n.contains(PASSWORD)), "the password is in no note: {:?}", proxy.notes());
     proxy.stop().await;
 }
 

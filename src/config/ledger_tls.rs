@@ -187,7 +187,7 @@ mod tests {
         assert!(!tls.checks_name(), "verify-ca with a CA of its own: the chain only");
         let (full, _) = split_at(&format!("postgres://kr@db/k?sslmode=verify-full&sslrootcert={encoded}")).unwrap();
         assert!(full.checks_name());
-        let relative = split(&"postgres://kr@db/k?sslmode=require&sslrootcert=ca%20dir/ca.pem", dir.path()).unwrap();
+        let relative = split("postgres://kr@db/k?sslmode=require&sslrootcert=ca%20dir/ca.pem", dir.path()).unwrap();
         assert!(relative.0.root_cert.is_some());
     }
 

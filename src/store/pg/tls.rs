@@ -62,9 +62,9 @@ pub(super) fn hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static s
             "no CA keyrelay trusts signed it: give the server's CA with sslrootcert=/path/ca.pem \
              (for a managed Postgres, the provider's CA bundle)",
         ),
-        Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
-            Some("connect by a name the certificate carries, or check the CA only with sslmode=verify-ca")
-        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => Some("connect by a name the certificate carries, or check the CA only with sslmode=verify-ca"),
         _ => None,
     }
 }
