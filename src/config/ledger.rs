@@ -3,7 +3,8 @@
 //! file of the data dir by default, or a Postgres database
 //! (`postgres://user:password@host:5432/keyrelay`) that several replicas
 //! share: the ledger, the spend and the runtime client keys live there,
-//! and each replica's pool state stays in its own `keyrelay.db`.
+//! and each replica's pool state stays in its own `keyrelay.db`. Its TLS
+//! options (`sslmode`, `sslrootcert`) are [`super::ledger_tls`]'s.
 
 use std::{
     fmt,
@@ -27,7 +28,8 @@ pub struct LedgerConfig {
     pub retention_days: u32,
     /// The database: absent for `<data_dir>/keyrelay.db`, else
     /// `sqlite://<path>` or a plain path (relative to the working dir), or
-    /// `postgres://` / `postgresql://` for a shared Postgres database.
+    /// `postgres://` / `postgresql://` for a shared Postgres database
+    /// (TLS by `sslmode` and `sslrootcert`).
     pub url: Option<String>,
 }
 

@@ -64,7 +64,10 @@ pub(super) fn hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static s
         ),
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => Some("connect by a name the certificate carries, or check the CA only with sslmode=verify-ca"),
+        ) => Some(
+            "connect by a name the certificate carries, or check the chain only: sslmode=verify-ca with the \
+             server's CA in sslrootcert",
+        ),
         _ => None,
     }
 }
