@@ -6,6 +6,8 @@
 mod support;
 
 use http::{Method, StatusCode};
+use keyrelay::{config::ledger::PostgresUrl, store::pg};
+use keyrelay_layers::ledger::LedgerRow;
 use serde_json::{Value, json};
 use support::{
     ADMIN_KEY, Auth, MockUpstream, PROXY_KEY, Proxy, TestClient, chat_body, closed_port, eventually, get, openai_env,
@@ -125,10 +127,10 @@ async fn a_client_made_on_one_replica_is_known_to_the_other_once_it_restarts() {
 async fn a_bad_or_unreachable_postgres_url_is_a_clear_error_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockUpstream::start().await;
-    let refused = load_settings(dir.path(), env(&mock, "postgres://kr:hunter2@db/k?sslmode=require"), None)
-        .expect_err("TLS is not built yet")
+    let refused = load_settings(dir.path(), env(&mock, "postgres://kr:hunter2@db/k?sslmode=verify-everything"), None)
+        .expect_err("no such sslmode")
         .to_string();
-    assert!(refused.contains("ledger.url") && refused.contains("without TLS"), "{refused}");
+    assert!(refused.contains("ledger.url") && refused.contains("sslmode=verify-everything"), "{refused}");
     assert!(!refused.contains("hunter2"), "{refused}");
 
     let nobody = format!("postgres://kr:hunter2@127.0.0.1:{}/k", closed_port());
@@ -136,4 +138,180 @@ async fn a_bad_or_unreachable_postgres_url_is_a_clear_error_without_its_password
     let err = keyrelay::Bound::bind(&settings).await.expect_err("no database there").to_string();
     assert!(err.contains("cannot open the Postgres ledger postgres://kr:***@127.0.0.1:"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// `keyrelay usage` (the binary) with `env` as its only environment, in
+/// an empty working dir.
+async fn keyrelay_usage(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let cwd = tempfile::tempdir().unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("usage")
+        .args(args)
+        .current_dir(cwd.path())
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_usage_command_reads_both_replicas_rows_from_postgres() {
+    let pg = PostgresServer::start();
+    let url = pg.create_database();
+    let mock = MockUpstream::start().await;
+    let (a, b) = tokio::join!(Proxy::start(env(&mock, &url)), Proxy::start(env(&mock, &url)));
+    let client = TestClient::http1();
+    for proxy in [&a, &b, &a] {
+        assert_eq!(chat(&client, proxy, PROXY_KEY).await, StatusCode::OK);
+    }
+    eventually("both replicas' rows in the shared ledger", || async {
+        pg.psql(database_of(&url), "SELECT COUNT(*) FROM ledger").trim() == "3"
+    })
+    .await;
+
+    // The replicas' own configuration: the command finds Postgres in it.
+    let window = ["--since", "2000-01-01", "--until", "2099-12-31"];
+    let out = keyrelay_usage(&env(&mock, &url), &[&["--json", "--by", "model,key"][..], &window].concat()).await;
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_cli["total"]["requests"], 3, "{from_cli}");
+    assert_eq!(from_cli["data"][0]["model"], "gpt-4o-mini", "{from_cli}");
+    let route = "/v1/usage?start=2000-01-01&end=2099-12-31&group_by=model,key";
+    let from_route = client.fetch(get(&b.url(route), Auth::Bearer(ADMIN_KEY))).await.json();
+    assert_eq!(from_cli, from_route, "the same report as the route's");
+
+    let table = keyrelay_usage(&env(&mock, &url), &window).await;
+    assert!(table.status.success());
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.lines().last().is_some_and(|l| l.starts_with("total") && l.contains(" 3 ")), "{table}");
+
+    // An unreachable database: exit 1, the URL without its password.
+    let gone = format!("postgres://kr:hunter2@127.0.0.1:{}/k", closed_port());
+    let failed = keyrelay_usage(&env(&mock, &gone), &["--json"]).await;
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("cannot read postgres://kr:***@127.0.0.1:"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && failed.stdout.is_empty(), "{stderr}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A ledger row of `client` that cost `usd`, finished at `unix_ms`.
+fn row_at(unix_ms: u64, client: &str, usd: f64) -> LedgerRow {
+    let mut row = LedgerRow::default();
+    row.unix_ms = unix_ms;
+    row.request_id = format!("req-{unix_ms}");
+    row.route = "chat/completions";
+    row.outcome = "completed";
+    row.client = Some(client.to_owned());
+    row.cost_usd = Some(usd);
+    row
+}
+
+#[tokio::test]
+async fn retention_on_postgres_prunes_old_rows_and_keeps_the_total_spend() {
+    const DAY_MS: u64 = 86_400_000;
+    let pg = PostgresServer::start();
+    let url = pg.create_database();
+    let now = keyrelay::store::now_ms();
+    let (old, recent) = (now - 200 * DAY_MS, now - DAY_MS);
+    let written = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let url = PostgresUrl::parse(&written, std::path::Path::new(".")).unwrap();
+        let mut client = pg::open(&url).unwrap();
+        pg::ledger::write_batch(&mut client, &[row_at(old, "ci", 1.0), row_at(recent, "ci", 2.0)]).unwrap();
+    })
+    .await
+    .unwrap();
+    let db = database_of(&url);
+    let spend = "SELECT period, usd FROM spend ORDER BY period, period_start";
+    assert_eq!(pg.psql(db, spend).lines().count(), 7, "day, week and month of each row, and one total");
+
+    // The writer applies the retention as it starts (then hourly).
+    let mut env = env(&MockUpstream::start().await, &url);
+    env.push(("KEYRELAY_LEDGER__RETENTION_DAYS".to_owned(), "90".to_owned()));
+    let proxy = Proxy::start(env).await;
+    eventually("the row of 200 days ago pruned", || async { pg.psql(db, "SELECT COUNT(*) FROM ledger").trim() == "1" })
+        .await;
+    assert_eq!(pg.psql(db, "SELECT unix_ms FROM ledger").trim(), recent.to_string());
+    // The old row's day, week and month ended before the cutoff; the total
+    // still counts what it spent (budgets outlive the ledger).
+    assert_eq!(pg.psql(db, spend), "day\t2\nmonth\t2\ntotal\t3\nweek\t2\n");
+    let report = usage(&TestClient::http1(), &proxy, "").await;
+    assert_eq!(report["total"]["requests"], 1, "{report}");
+    proxy.stop().await;
+}
+
+/// `keyrelay_ledger_rows_dropped_total` on `proxy`'s `/metrics` (the
+/// recorder is the test binary's: no other test here drops a row).
+async fn rows_dropped(client: &TestClient, proxy: &Proxy) -> u64 {
+    let reply = client.fetch(get(&proxy.url("/metrics"), Auth::None)).await;
+    reply
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("keyrelay_ledger_rows_dropped_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn postgres_restarting_under_load_fails_no_request_and_the_writer_reconnects() {
+    let mut pg = PostgresServer::start();
+    let url = pg.create_database();
+    let db = database_of(&url).to_owned();
+    let mock = MockUpstream::start().await;
+    let proxy = std::sync::Arc::new(Proxy::start(env(&mock, &url)).await);
+    let client = TestClient::http1();
+
+    // Requests one after another, all through the outage.
+    let (stop_load, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn({
+        let (proxy, client) = (proxy.clone(), client.clone());
+        async move {
+            let mut sent = 0u64;
+            while stopped.try_recv().is_err() {
+                assert_eq!(chat(&client, &proxy, PROXY_KEY).await, StatusCode::OK, "request {sent}");
+                sent += 1;
+            }
+            sent
+        }
+    });
+    eventually("rows written before the outage", || async {
+        pg.psql(&db, "SELECT COUNT(*) FROM ledger").trim().parse::<u64>().unwrap() > 0
+    })
+    .await;
+    let mut pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    // The writer's batches meet no database: dropped and counted.
+    eventually("a batch dropped while Postgres is down", || async { rows_dropped(&client, &proxy).await > 0 }).await;
+    let restarted_ms = keyrelay::store::now_ms();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .unwrap();
+    // Rows finished after the restart land: the writer connected again.
+    eventually("rows written after the restart", || async {
+        let after = format!("SELECT COUNT(*) FROM ledger WHERE unix_ms >= {restarted_ms}");
+        pg.psql(&db, &after).trim().parse::<u64>().unwrap() >= 5
+    })
+    .await;
+    let _ = stop_load.send(());
+    let sent = load.await.unwrap();
+
+    // Every request is in the ledger or counted as dropped, none twice.
+    eventually("each row written or counted as dropped", || async {
+        let written: u64 = pg.psql(&db, "SELECT COUNT(*) FROM ledger").trim().parse().unwrap();
+        written + rows_dropped(&client, &proxy).await == sent
+    })
+    .await;
+    let distinct = pg.psql(&db, "SELECT COUNT(DISTINCT request_id) = COUNT(*) FROM ledger");
+    assert_eq!(distinct.trim(), "t", "no row written twice");
+    std::sync::Arc::into_inner(proxy).expect("the load is done").stop().await;
 }

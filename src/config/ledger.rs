@@ -3,7 +3,8 @@
 //! file of the data dir by default, or a Postgres database
 //! (`postgres://user:password@host:5432/keyrelay`) that several replicas
 //! share: the ledger, the spend and the runtime client keys live there,
-//! and each replica's pool state stays in its own `keyrelay.db`.
+//! and each replica's pool state stays in its own `keyrelay.db`. Its TLS
+//! options (`sslmode`, `sslrootcert`) are [`super::ledger_tls`]'s.
 
 use std::{
     fmt,
@@ -12,7 +13,10 @@ use std::{
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{
+    ConfigError,
+    ledger_tls::{PostgresTls, SslMode},
+};
 
 /// Days of ledger rows kept by default.
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
@@ -24,7 +28,8 @@ pub struct LedgerConfig {
     pub retention_days: u32,
     /// The database: absent for `<data_dir>/keyrelay.db`, else
     /// `sqlite://<path>` or a plain path (relative to the working dir), or
-    /// `postgres://` / `postgresql://` for a shared Postgres database.
+    /// `postgres://` / `postgresql://` for a shared Postgres database
+    /// (TLS by `sslmode` and `sslrootcert`).
     pub url: Option<String>,
 }
 
@@ -72,15 +77,23 @@ impl LedgerBackend {
 /// [`Display`]: fmt::Display
 /// [`Debug`]: fmt::Debug
 #[derive(Clone, PartialEq, Eq)]
-pub struct PostgresUrl(String);
+pub struct PostgresUrl {
+    /// As written: what is shown (redacted).
+    url: String,
+    /// Without `sslmode` and `sslrootcert`: what the client parses.
+    client_url: String,
+    tls: PostgresTls,
+}
 
 impl PostgresUrl {
-    /// Checks `url` (a `postgres://` or `postgresql://` URL): it must parse,
-    /// name a host and a user, and ask for no TLS, which is not built yet
-    /// (`sslmode=disable` or `prefer`, which falls back to plain). The
-    /// error never repeats the URL.
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let config: postgres::Config = url
+    /// Checks `url` (a `postgres://` or `postgresql://` URL): it must parse
+    /// and name a host and a user; its `sslmode` and `sslrootcert` (see
+    /// [`super::ledger_tls`]) must be ones keyrelay knows, and the CA file
+    /// readable (relative to `working_dir`). The error never repeats the
+    /// URL.
+    pub fn parse(url: &str, working_dir: &Path) -> Result<Self, ConfigError> {
+        let (tls, client_url) = super::ledger_tls::split(url, working_dir)?;
+        let config: postgres::Config = client_url
             .parse()
             .map_err(|err| ConfigError(format!("ledger.url: not a Postgres URL keyrelay can use: {err}")))?;
         if config.get_hosts().is_empty() {
@@ -89,25 +102,31 @@ impl PostgresUrl {
         if config.get_user().is_none() {
             return Err(ConfigError("ledger.url: the Postgres URL names no user (postgres://user@host/db)".to_owned()));
         }
-        if !matches!(config.get_ssl_mode(), postgres::config::SslMode::Disable | postgres::config::SslMode::Prefer) {
-            return Err(ConfigError(
-                "ledger.url: keyrelay connects to Postgres without TLS for now: sslmode=require is refused \
-                 (use a private network or a local TLS tunnel, and sslmode=disable)"
-                    .to_owned(),
-            ));
-        }
-        Ok(Self(url.to_owned()))
+        Ok(Self { url: url.to_owned(), client_url, tls })
     }
 
-    /// The connection's settings, password included.
+    /// The connection's settings, password included, with the client's
+    /// own `sslmode`: TLS required or preferred (checking the certificate
+    /// is the connector's: see [`crate::store::pg::tls`]).
     pub fn config(&self) -> postgres::Config {
-        self.0.parse().expect("checked by PostgresUrl::parse")
+        let mut config: postgres::Config = self.client_url.parse().expect("checked by PostgresUrl::parse");
+        config.ssl_mode(match self.tls.mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => postgres::config::SslMode::Require,
+        });
+        config
+    }
+
+    /// What TLS it asks for.
+    pub fn tls(&self) -> &PostgresTls {
+        &self.tls
     }
 }
 
 impl fmt::Display for PostgresUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redacted(&self.0))
+        f.write_str(&redacted(&self.url))
     }
 }
 
@@ -148,7 +167,7 @@ pub fn settings(config: &LedgerConfig, working_dir: &Path, data_dir: &Path) -> R
     let url = config.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
     let (db_path, backend) = match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            (crate::store::db_path(data_dir), LedgerBackend::Postgres(PostgresUrl::parse(url)?))
+            (crate::store::db_path(data_dir), LedgerBackend::Postgres(PostgresUrl::parse(url, working_dir)?))
         }
         None => (crate::store::db_path(data_dir), LedgerBackend::Sqlite(crate::store::db_path(data_dir))),
         Some(url) => {
@@ -212,16 +231,36 @@ mod tests {
 
     #[test]
     fn bad_postgres_and_other_urls_are_refused_clearly() {
-        for bad in ["postgres://kr:hunter2@db/k?sslmode=require", "postgres://kr:hunter2@db/k?bogus=1", "postgres:///k"]
-        {
+        for bad in [
+            "postgres://kr:hunter2@db/k?sslmode=allow",
+            "postgres://kr:hunter2@db/k?bogus=1",
+            "postgres:///k",
+            "postgres://kr:hunter2@db/k?sslmode=verify-full&sslrootcert=/nowhere.pem",
+        ] {
             let err = url(Some(bad)).unwrap_err().to_string();
             assert!(err.starts_with("ledger.url:"), "{err}");
             assert!(!err.contains("hunter2"), "the URL's password is not echoed: {err}");
         }
-        assert!(url(Some("postgres://kr:pw@db/k?sslmode=require")).unwrap_err().to_string().contains("without TLS"));
         let err = url(Some("mysql://db/k")).unwrap_err().to_string();
         assert!(err.contains("mysql://"), "{err}");
         assert!(url(Some("sqlite://")).is_err());
         assert!(url(Some("sqlite://k.db?mode=ro")).is_err());
+    }
+
+    #[test]
+    fn the_client_gets_the_url_without_the_tls_options_and_tls_required_or_preferred() {
+        use postgres::config::SslMode as ClientMode;
+        let client_mode = |query: &str| {
+            let settings = url(Some(&format!("postgres://kr:hunter2@db/k?{query}"))).unwrap();
+            let LedgerBackend::Postgres(pg) = settings.backend else { panic!() };
+            assert_eq!(pg.config().get_password(), Some(&b"hunter2"[..]));
+            assert!(pg.to_string().ends_with(&format!("?{query}")), "shown as written: {pg}");
+            (pg.tls().mode, pg.config().get_ssl_mode())
+        };
+        assert_eq!(client_mode("sslmode=disable"), (SslMode::Disable, ClientMode::Disable));
+        assert_eq!(client_mode("application_name=x"), (SslMode::Prefer, ClientMode::Prefer));
+        assert_eq!(client_mode("sslmode=require"), (SslMode::Require, ClientMode::Require));
+        assert_eq!(client_mode("sslmode=verify-ca"), (SslMode::VerifyCa, ClientMode::Require));
+        assert_eq!(client_mode("sslmode=verify-full"), (SslMode::VerifyFull, ClientMode::Require));
     }
 }

@@ -10,6 +10,7 @@ pub mod clients;
 mod env_compat;
 mod keys;
 pub mod ledger;
+pub mod ledger_tls;
 pub mod prices;
 pub mod providers;
 pub mod shared;

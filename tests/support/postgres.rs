@@ -5,6 +5,10 @@
 //! when the [`PostgresServer`] is dropped. Durability is off (`--no-sync`,
 //! `fsync=off`): a test's cluster never outlives it.
 //!
+//! [`PostgresServer::start_tls`] serves TLS too, with a certificate signed
+//! by a [`TestCa`]; [`PostgresServer::restart`] takes the server down and
+//! up again on the same port and data, as an outage would.
+//!
 //! Postgres refuses to run as root; when the tests do, the cluster belongs
 //! to the `postgres` user and its programs run through `setpriv`.
 
@@ -30,14 +34,47 @@ pub struct PostgresServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The `-c` settings it runs with (TLS's among them), again on restart.
+    settings: Vec<String>,
+    /// False once stopped: the child is reaped, its pid no longer its own.
+    running: bool,
     /// How long initdb and the start took.
     pub started_in: Duration,
 }
 
 impl PostgresServer {
-    /// Makes a cluster and starts it; panics with the server's log when it
-    /// does not come up within [`WAIT`].
+    /// Makes a cluster and starts it (plain connections only); panics with
+    /// the server's log when it does not come up within [`WAIT`].
     pub fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// As [`start`](Self::start), serving TLS (`ssl=on`) with a
+    /// certificate for `names` (e.g. `localhost`, `127.0.0.1`) signed by
+    /// `ca`; plain connections are still accepted.
+    pub fn start_tls(ca: &TestCa, names: &[&str]) -> Self {
+        Self::start_with(|dir| {
+            let (cert, key) = ca.server_cert(names);
+            let cert_path = dir.join("server.crt");
+            let key_path = dir.join("server.key");
+            std::fs::write(&cert_path, cert).expect("the server's certificate written");
+            std::fs::write(&key_path, key).expect("the server's key written");
+            // Postgres refuses a key that others can read.
+            std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("the key made private");
+            if is_root() {
+                chown_to_postgres(&cert_path);
+                chown_to_postgres(&key_path);
+            }
+            vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", cert_path.display()),
+                format!("ssl_key_file={}", key_path.display()),
+            ]
+        })
+    }
+
+    fn start_with(settings: impl FnOnce(&Path) -> Vec<String>) -> Self {
         let began = Instant::now();
         let bin = server_bin();
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -57,22 +94,55 @@ impl PostgresServer {
         if as_root {
             chown_to_postgres(&dir.path().join("postgres.log"));
         }
-        let child = run_as(as_root, &bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=100"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("postgres starts");
-        let mut server = Self { child, port, dir, started_in: Duration::ZERO };
+        drop(log);
+        let settings = settings(dir.path());
+        let child = spawn(dir.path(), port, &settings);
+        let mut server = Self { child, port, dir, settings, running: true, started_in: Duration::ZERO };
         server.wait_ready();
         server.started_in = began.elapsed();
         server
+    }
+
+    /// Stops the server (see [`stop`](Self::stop)) and starts it again on
+    /// the same port and data, as a managed database's restart looks to
+    /// the replicas.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server as a restart for maintenance would: Postgres's fast
+    /// shutdown (SIGINT) cuts the clients off and rolls back what is open;
+    /// what was committed stays. No connections until
+    /// [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        self.shut_down("-INT");
+    }
+
+    /// Starts a [stopped](Self::stop) server again, on the same port and
+    /// data; returns once it accepts queries.
+    pub fn start_again(&mut self) {
+        assert!(!self.running, "postgres is running already");
+        self.child = spawn(self.dir.path(), self.port, &self.settings);
+        self.running = true;
+        self.wait_ready();
+    }
+
+    fn shut_down(&mut self, signal: &str) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The port it listens on (127.0.0.1).
@@ -140,16 +210,69 @@ impl Drop for PostgresServer {
         // SIGQUIT is Postgres's immediate shutdown: no checkpoint, but the
         // backends and the shared memory go with it (a SIGKILL could leave
         // a SysV segment behind each test). The directory goes afterwards.
-        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.shut_down("-QUIT");
+    }
+}
+
+/// The server process on `port`, its data and socket in `dir`, its log
+/// appended to `dir/postgres.log`.
+fn spawn(dir: &Path, port: u16, settings: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).open(dir.join("postgres.log")).expect("the log file");
+    let mut command = run_as(is_root(), &server_bin().join("postgres"));
+    command
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=100"]);
+    for setting in settings {
+        command.args(["-c", setting]);
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("postgres starts")
+}
+
+/// A certificate authority made for a test: it signs servers'
+/// certificates, and its own certificate is the `sslrootcert` a client
+/// trusts.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
+}
+
+impl TestCa {
+    /// A new CA, named `name`.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert_pem = params.self_signed(&key).expect("the CA's certificate").pem();
+        Self { issuer: rcgen::Issuer::new(params, key), cert_pem }
+    }
+
+    /// The CA's certificate written to `dir/<file>`; its path.
+    pub fn write_cert(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, &self.cert_pem).expect("the CA's certificate written");
+        path
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) and its
+    /// key, both PEM.
+    pub fn server_cert(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("server params");
+        let cert = params.signed_by(&key, &self.issuer).expect("the server's certificate");
+        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -52,7 +52,7 @@ pub fn write_batch(client: &mut Client, rows: &[LedgerRow]) -> Result<(), PgErro
             tx.execute(&upsert, &[&kind, &name, &period, &sql_int(start), &usd])?;
         }
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 /// Rows deleted per statement: a long retention catching up never holds

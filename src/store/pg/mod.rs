@@ -5,8 +5,7 @@
 //!
 //! The client is the sync `postgres` crate, used only off tokio's workers:
 //! on the ledger's own thread ([`super::ledger`]) and on tokio's blocking
-//! pool ([`super::Store`]). It connects without TLS (see
-//! [`PostgresUrl::parse`](crate::config::ledger::PostgresUrl::parse)).
+//! pool ([`super::Store`]). TLS is rustls, as `sslmode` asks ([`tls`]).
 //!
 //! Migrations are the SQL files under `migrations/postgres/`, applied in
 //! order, each in one transaction, recorded in `keyrelay_schema`, under an
@@ -15,10 +14,11 @@
 pub mod clients;
 pub mod ledger;
 pub mod report;
+pub mod tls;
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::config::ledger::PostgresUrl;
 
@@ -33,8 +33,37 @@ const MIGRATION_LOCK: i64 = 0x6b65_7972_656c_6179;
 /// dead database says so rather than hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the database answered, or why it could not be reached.
-pub type PgError = postgres::Error;
+/// What the database answered, or why it could not be reached, shown with
+/// its causes: the client's own message stops at "error performing TLS
+/// handshake" or "db error", and the why (`invalid peer certificate:
+/// UnknownIssuer`, the server's `ERROR: ...`) is in its source.
+#[derive(Debug)]
+pub struct PgError(postgres::Error);
+
+impl From<postgres::Error> for PgError {
+    fn from(err: postgres::Error) -> Self {
+        Self(err)
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(&self.0);
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            if let Some(hint) = tls::hint(err) {
+                write!(f, " ({hint})")?;
+            }
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// The causes are in the message already, so none is given as a source
+/// (a caller printing the chain would repeat them).
+impl std::error::Error for PgError {}
 
 /// Connects to `url` (never on a tokio worker thread: the client runs a
 /// runtime of its own).
@@ -46,7 +75,7 @@ pub fn connect(url: &PostgresUrl) -> Result<Client, PgError> {
     if config.get_application_name().is_none() {
         config.application_name("keyrelay");
     }
-    config.connect(NoTls)
+    Ok(config.connect(tls::connector(url.tls()))?)
 }
 
 /// Connects to `url` and brings its schema up to date.
