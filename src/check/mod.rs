@@ -73,9 +73,12 @@ pub fn run(cli: &Cli, args: &CheckArgs) -> ExitCode {
     if checks.iter().all(|c| c.verdict == Verdict::Ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// A key to check, with its provider.
+type Target = (Arc<Provider>, Arc<KeyEntry>);
+
 /// Every key of every provider, in configuration order, as the pool holds
 /// it (ids, auth headers).
-fn keys_of(settings: &Settings) -> Result<Vec<(Arc<Provider>, Arc<KeyEntry>)>, String> {
+fn keys_of(settings: &Settings) -> Result<Vec<Target>, String> {
     let mut pool = KeyPool::builder();
     for p in &settings.providers {
         pool = pool.provider_keys(p.provider.clone(), p.options, p.keys.clone());
@@ -88,7 +91,7 @@ fn keys_of(settings: &Settings) -> Result<Vec<(Arc<Provider>, Arc<KeyEntry>)>, S
 /// in the order of `keys`.
 pub async fn check_all(
     client: &HttpsClient,
-    keys: Vec<(Arc<Provider>, Arc<KeyEntry>)>,
+    keys: Vec<Target>,
     concurrency: usize,
     timeout: Duration,
 ) -> Vec<KeyCheck> {

@@ -3,7 +3,7 @@
 //! pool's auth header, the provider's extra headers, the shared upstream
 //! client), and what the answer says about the key.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header::ACCEPT};
@@ -17,6 +17,7 @@ use keyrelay_layers::{
     upstream::HttpsClient,
 };
 use serde::Serialize;
+use tokio::time::Instant;
 
 /// A provider's message is shown this long at most.
 const MESSAGE_CHARS: usize = 80;
@@ -152,7 +153,9 @@ fn provider_message(status: StatusCode, body: &[u8]) -> String {
     });
     match from_json {
         Some(message) => message,
-        None if json.is_none() && !body.is_empty() => String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned(),
+        None if json.is_none() && !body.is_empty() => {
+            String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned()
+        }
         None => status.to_string(),
     }
 }
