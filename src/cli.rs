@@ -67,6 +67,47 @@ pub enum Command {
     /// Print usage totals from the ledger: requests, errors, tokens, cost
     /// (reads the database; works while the server runs).
     Usage(UsageArgs),
+    /// Check every configured provider key against its provider (its model
+    /// list): ok, invalid, no quota, rate limited or unreachable. Exits 0
+    /// when every key is usable, 1 otherwise, 64 when the configuration
+    /// cannot be loaded.
+    Check(CheckArgs),
+    /// Show the pool of a running keyrelay (`GET /v1/keys`) as a table:
+    /// live on a terminal until `q`, once otherwise.
+    Status(StatusArgs),
+}
+
+/// `keyrelay check`: each key against its provider's cheapest call.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print a JSON array (one object per key) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keys checked at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Seconds one key's check may take before it counts as unreachable.
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+/// `keyrelay status`: a running keyrelay's pool in the terminal.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The running keyrelay.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+
+    /// The proxy or admin key [default: PROXY_API_KEY, else ADMIN_API_KEY,
+    /// from the configuration, `.env` or the environment].
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// Seconds between refreshes on a terminal.
+    #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: u64,
 }
 
 /// `keyrelay usage`: the report of `GET /v1/usage`.

@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod admin_clients;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod persist;
@@ -14,6 +15,7 @@ pub mod server;
 pub mod shared;
 pub mod stack;
 pub mod status;
+pub mod status_cli;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -18,11 +18,16 @@ const EXIT_CONFIG: u8 = 64;
 /// CPU per request in benches/load. More cores get the multi-thread one,
 /// sized by tokio (`TOKIO_WORKER_THREADS` or the cores available).
 ///
-/// `keyrelay usage` reads the database and needs no runtime.
+/// The commands besides serving build what they need themselves:
+/// `keyrelay usage` reads the database and needs no runtime; `check` and
+/// `status` run a small one of their own.
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Usage(args)) = &cli.command {
-        return keyrelay::usage::command::run(&cli, args);
+    match &cli.command {
+        Some(Command::Usage(args)) => return keyrelay::usage::command::run(&cli, args),
+        Some(Command::Check(args)) => return keyrelay::check::run(&cli, args),
+        Some(Command::Status(args)) => return keyrelay::status_cli::run(&cli, args),
+        None => {}
     }
     let workers = std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|n| n.trim().parse::<usize>().ok());
     let cores = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
