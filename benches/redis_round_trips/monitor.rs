@@ -159,7 +159,7 @@ impl Tally {
                 "script" => format!("script-{}:{}", command.first_arg().to_ascii_lowercase(), script_named(&command.args)),
                 other => other.to_owned(),
             };
-            if matches!(name.as_str(), "hset" | "ping") {
+            if COUNTER_WRITES.contains(&name.as_str()) && name != "expire" {
                 // One tick's HSETs arrive together; a new tick is a second later.
                 let last = last_counter_write.entry(&command.caller).or_insert(f64::MIN);
                 if command.at - *last > 0.5 {
@@ -176,14 +176,20 @@ impl Tally {
         self.sent.get(name).copied().unwrap_or(0)
     }
 
-    pub fn total_sent(&self) -> u64 {
-        self.sent.values().sum()
+    /// Commands sent, the counter writes (time-driven, not per request)
+    /// left out.
+    pub fn sent_for_requests(&self) -> u64 {
+        self.sent.iter().filter(|(name, _)| !COUNTER_WRITES.contains(&name.as_str())).map(|(_, calls)| calls).sum()
     }
 
     pub fn total_published(&self) -> u64 {
         self.published.values().sum()
     }
 }
+
+/// What the day counters' writer sends: `HSET` and `EXPIRE` per key that
+/// changed, or a `PING`, once a second per replica.
+const COUNTER_WRITES: [&str; 3] = ["hset", "expire", "ping"];
 
 /// The `kind` of a keyrelay message, as it shows in MONITOR's escaped
 /// JSON (`\"kind\":\"cooled\"`).

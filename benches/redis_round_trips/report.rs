@@ -43,7 +43,7 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
         "\n## Redis work per request ({requests} chat requests a run, {concurrency} in flight, round robin)\n"
     );
     println!(
-        "| configuration | replicas | commands sent /req | run in scripts /req | request-path round trips /req \
+        "| configuration | replicas | commands sent /req (counters aside) | run in scripts /req | request-path round trips /req \
          | background round trips /req | releases per batch | socket reads /req | messages published | \
          deliveries | counter writes /replica/s |"
     );
@@ -58,7 +58,7 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {:.2} |",
             row.config.label(),
             row.replicas,
-            per(t.total_sent()),
+            per(t.sent_for_requests()),
             per(t.in_scripts),
             per(row.admissions()),
             per(row.background()),

@@ -17,7 +17,7 @@ pub enum Config {
     /// No limit replicas share: only events (none happen here).
     Plain,
     /// No shared limit, but events: every 20th request a new session
-    /// (a `stuck` binding), every 100th a 429 (a cooldown).
+    /// (a `stuck` binding), every 300th a 429 (a cooldown of a second).
     Events,
     /// `MAX_CONCURRENT_REQUESTS_PER_KEY_OPENAI=8`: 24 places, 16 clients,
     /// so no attempt waits.
@@ -94,8 +94,9 @@ impl Config {
                 let session = HeaderValue::from_str(&format!("bench-{run}-{i}")).expect("a header value");
                 req.headers_mut().insert("x-session-id", session);
             }
-            if i % 100 == 50 {
-                mock.push(Script::rate_limited(Some("2")));
+            // Few and short: three keys must not all cool at once.
+            if i % 300 == 150 {
+                mock.push(Script::rate_limited(Some("1")));
             }
         }
         req
