@@ -30,7 +30,7 @@ use std::time::Duration;
 use monitor::{Monitor, Scripts, Tally};
 use redis::aio::MultiplexedConnection;
 use report::{Counted, Row};
-use scenario::{Config, drive, percentile};
+use scenario::{Config, Driven, drive, percentile};
 use support::{MockUpstream, Proxy, redis::RedisServer};
 
 /// The channel keyrelay's replicas subscribe to (default prefix).
@@ -87,10 +87,12 @@ async fn measure(args: &Args) {
                 config,
                 replicas: n,
                 counted,
-                p50_us: percentile(&timed, 50.0),
-                p99_us: percentile(&timed, 99.0),
-                baseline_p50_us: percentile(&baseline, 50.0),
-                baseline_p99_us: percentile(&baseline, 99.0),
+                p50_us: percentile(&timed.latencies, 50.0),
+                p99_us: percentile(&timed.latencies, 99.0),
+                timed_failed: timed.failed,
+                baseline_p50_us: percentile(&baseline.latencies, 50.0),
+                baseline_p99_us: percentile(&baseline.latencies, 99.0),
+                baseline_failed: baseline.failed,
             });
             stop(replicas).await;
             mock.take_requests();
@@ -121,7 +123,7 @@ async fn stop(replicas: Vec<Proxy>) {
 
 /// The latency of one replica without Redis: the request path's cost
 /// without any admission round trip.
-async fn timed_without_redis(config: Config, mock: &MockUpstream, requests: usize) -> Vec<u64> {
+async fn timed_without_redis(config: Config, mock: &MockUpstream, requests: usize) -> Driven {
     let (env, toml) = config.settings(mock, None);
     let replicas = start(1, &env, toml.as_deref()).await;
     drive(config, &replicas, mock, 0, 16, 4).await;
@@ -156,7 +158,7 @@ async fn counted_run(
     let reads_before = monitor::reads_processed(conn).await;
     monitor::mark(conn, &start).await;
     let began = tokio::time::Instant::now();
-    drive(config, replicas, mock, run, requests, CONCURRENCY).await;
+    let driven = drive(config, replicas, mock, run, requests, CONCURRENCY).await;
     // Releases and events leave after the answers: let them reach Redis.
     // And a window of a few seconds at least, to count the counter writes
     // (once a second per replica, whatever the load).
@@ -167,5 +169,5 @@ async fn counted_run(
     // Ours in between: the two ECHOs and this INFO.
     let reads = monitor::reads_processed(conn).await.saturating_sub(reads_before + 3);
     let seen = monitor.until(&start, &end).await;
-    Counted { tally: Tally::of(&seen, scripts), reads, secs }
+    Counted { tally: Tally::of(&seen, scripts), reads, secs, failed: driven.failed }
 }

@@ -8,6 +8,8 @@ pub struct Counted {
     pub tally: Tally,
     pub reads: u64,
     pub secs: f64,
+    /// Requests not answered 200 within the bench's patience.
+    pub failed: usize,
 }
 
 /// One configuration with one replica count.
@@ -17,8 +19,10 @@ pub struct Row {
     pub counted: Counted,
     pub p50_us: u64,
     pub p99_us: u64,
+    pub timed_failed: usize,
     pub baseline_p50_us: u64,
     pub baseline_p99_us: u64,
+    pub baseline_failed: usize,
 }
 
 impl Row {
@@ -45,9 +49,9 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
     println!(
         "| configuration | replicas | commands sent /req (counters aside) | run in scripts /req | request-path round trips /req \
          | background round trips /req | releases per batch | socket reads /req | messages published | \
-         deliveries | counter writes /replica/s |"
+         deliveries | counter writes /replica/s | failed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let t = &row.counted.tally;
         let batches = t.sent("script-load:release");
@@ -55,7 +59,7 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
         let published = t.total_published();
         let n = row.replicas as u64;
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {:.2} | {} |",
             row.config.label(),
             row.replicas,
             per(t.sent_for_requests()),
@@ -67,14 +71,15 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
             published,
             published * n,
             t.counter_ticks as f64 / (n as f64 * row.counted.secs),
+            row.counted.failed,
         );
     }
     println!("\n## Wall clock per request, one at a time (indicative: a shared 2-core machine)\n");
-    println!("| configuration | replicas | p50 µs | p99 µs | p50 µs without Redis | p99 µs without Redis | p50 added µs |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| configuration | replicas | p50 µs | p99 µs | p50 µs without Redis | p99 µs without Redis | p50 added µs | failed (with / without) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             row.config.label(),
             row.replicas,
             row.p50_us,
@@ -82,6 +87,8 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
             row.baseline_p50_us,
             row.baseline_p99_us,
             row.p50_us as i64 - row.baseline_p50_us as i64,
+            row.timed_failed,
+            row.baseline_failed,
         );
     }
     println!("\n## Commands sent, by name, and messages published, by kind\n");
