@@ -156,7 +156,9 @@ impl Tally {
             }
             let name = match command.command.as_str() {
                 "evalsha" => format!("evalsha:{}", scripts.name(command.first_arg())),
-                "script" => format!("script-{}:{}", command.first_arg().to_ascii_lowercase(), script_named(&command.args)),
+                "script" => {
+                    format!("script-{}:{}", command.first_arg().to_ascii_lowercase(), script_named(&command.args))
+                }
                 other => other.to_owned(),
             };
             if COUNTER_WRITES.contains(&name.as_str()) && name != "expire" {

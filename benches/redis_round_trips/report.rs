@@ -43,9 +43,7 @@ impl Row {
 
 pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
     let per = |n: u64| n as f64 / requests as f64;
-    println!(
-        "\n## Redis work per request ({requests} chat requests a run, {concurrency} in flight, round robin)\n"
-    );
+    println!("\n## Redis work per request ({requests} chat requests a run, {concurrency} in flight, round robin)\n");
     println!(
         "| configuration | replicas | commands sent /req (counters aside) | run in scripts /req | request-path round trips /req \
          | background round trips /req | releases per batch | socket reads /req | messages published | \
@@ -75,7 +73,9 @@ pub fn print(rows: &[Row], requests: usize, concurrency: usize) {
         );
     }
     println!("\n## Wall clock per request, one at a time (indicative: a shared 2-core machine)\n");
-    println!("| configuration | replicas | p50 µs | p99 µs | p50 µs without Redis | p99 µs without Redis | p50 added µs | failed (with / without) |");
+    println!(
+        "| configuration | replicas | p50 µs | p99 µs | p50 µs without Redis | p99 µs without Redis | p50 added µs | failed (with / without) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(

@@ -5,8 +5,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::support::{
-    Auth, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Script, TestClient, chat_body, dialect_env,
-    post,
+    Auth, KEY_ONE, KEY_THREE, KEY_TWO, MockUpstream, PROXY_KEY, Proxy, Script, TestClient, chat_body, dialect_env, post,
 };
 
 /// Pool keys per replica (the OpenAI mock knows three).
@@ -90,7 +89,7 @@ impl Config {
         let mut req =
             post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false));
         if self == Self::Events {
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 let session = HeaderValue::from_str(&format!("bench-{run}-{i}")).expect("a header value");
                 req.headers_mut().insert("x-session-id", session);
             }
