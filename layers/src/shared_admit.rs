@@ -133,15 +133,16 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ask = req.extensions().get::<KeyLease>().and_then(|lease| {
             let model = req.extensions().get::<RouteTarget>().map_or("", RouteTarget::model);
-            lease.admission(model).map(|(store, ask)| (lease.clone(), store.admit(ask)))
+            let asked_at = lease.freed_seq();
+            lease.admission(model).map(|(store, ask)| (lease.clone(), asked_at, store.admit(ask)))
         });
         let state = match ask {
             None => State::Called { inner: self.inner.call(req), release: None },
-            Some((lease, admit)) => {
+            Some((lease, asked_at, admit)) => {
                 // The ready service goes with the request; a clone takes its place.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                State::Asking { admit, pending: Some((inner, req, lease)) }
+                State::Asking { admit, pending: Some((inner, req, lease, asked_at)) }
             }
         };
         ResponseFuture { state }
@@ -159,7 +160,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<B>>, B> {
-        Asking { admit: AdmitFuture, pending: Option<(S, Request<B>, KeyLease)> },
+        Asking { admit: AdmitFuture, pending: Option<(S, Request<B>, KeyLease, u64)> },
         Called { #[pin] inner: S::Future, release: Option<TicketRelease> },
     }
 }
@@ -182,7 +183,7 @@ where
             match self.as_mut().project().state.project() {
                 StateProj::Asking { admit, pending } => {
                     let admission = ready!(admit.as_mut().poll(cx));
-                    let (mut inner, req, lease) = pending.take().expect("polled after completion");
+                    let (mut inner, req, lease, asked_at) = pending.take().expect("polled after completion");
                     let model = req.extensions().get::<RouteTarget>().map_or("", RouteTarget::model);
                     let release = match admission {
                         Admission::Admitted { ticket, spent_nanos } => {
@@ -191,7 +192,7 @@ where
                             Some(TicketRelease::new(ticket))
                         }
                         Admission::Refused(refusal) => {
-                            lease.refused(model, refusal);
+                            lease.refused(model, refusal, asked_at);
                             return Poll::Ready(Err(KeyBusy::new(lease.key_id().as_str()).into()));
                         }
                         Admission::Local => None,

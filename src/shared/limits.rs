@@ -26,7 +26,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use keyrelay_layers::pool::{Admission, AdmissionAsk, Refusal, RefusalReason, SharedAdmission, SharedTicket};
+use keyrelay_layers::pool::{Admission, AdmissionAsk, KeyPool, Refusal, RefusalReason, SharedAdmission, SharedTicket};
 use redis::{Script, aio::MultiplexedConnection};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -174,15 +174,21 @@ impl RedisLimits {
     }
 
     /// Starts the connector and the task that releases and renews.
-    pub(super) fn run(self: &Arc<Self>, client: redis::Client) -> Vec<tokio::task::JoinHandle<()>> {
+    /// `pool_now` is the current pool (across reloads): its waiters hear
+    /// of the slots this replica's releases free.
+    pub(super) fn run(
+        self: &Arc<Self>,
+        client: redis::Client,
+        pool_now: impl Fn() -> Arc<KeyPool> + Send + Sync + 'static,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let Some(queue) = self.queue.lock().unwrap_or_else(PoisonError::into_inner).take() else { return Vec::new() };
-        vec![tokio::spawn(self.clone().connect(client)), tokio::spawn(self.clone().work(queue))]
+        vec![tokio::spawn(self.clone().connect(client)), tokio::spawn(self.clone().work(queue, pool_now))]
     }
 
     async fn connect(self: Arc<Self>, client: redis::Client) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let attempt = tokio::time::timeout(self.call_timeout, client.get_multiplexed_async_connection()).await;
+            let attempt = tokio::time::timeout(self.call_timeout, self.connect_once(&client)).await;
             if let Ok(Ok(conn)) = &attempt {
                 self.conn.store(Some(Arc::new(conn.clone())));
             }
@@ -201,6 +207,16 @@ impl RedisLimits {
                 }
             }
         }
+    }
+
+    /// A connection with the release and renewal scripts loaded, so that
+    /// their pipelines can name them by hash (a Redis that restarted or
+    /// flushed its scripts breaks a pipeline, and the reconnect loads them
+    /// again). Admission loads its own script when Redis lacks it.
+    async fn connect_once(&self, client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::pipe().load_script(&self.release).load_script(&self.renew).query_async::<()>(&mut conn).await?;
+        Ok(conn)
     }
 
     /// Runs `call` on the current connection within the timeout; `None`
@@ -298,7 +314,7 @@ impl RedisLimits {
     }
 
     /// Releases and renews: the only writes after admission, pipelined.
-    async fn work(self: Arc<Self>, mut queue: mpsc::Receiver<Work>) {
+    async fn work(self: Arc<Self>, mut queue: mpsc::Receiver<Work>, pool_now: impl Fn() -> Arc<KeyPool>) {
         let mut running: HashMap<String, Arc<Lease>> = HashMap::new();
         let mut releases: Vec<Arc<Lease>> = Vec::new();
         let mut renew = tokio::time::interval(self.lease / 3);
@@ -336,6 +352,16 @@ impl RedisLimits {
                 continue;
             }
             if self.release_all(&releases).await {
+                // A request here may wait on a slot this replica's own
+                // release just freed in Redis: no `freed` message is
+                // published for it unless another replica waited.
+                let pool = pool_now();
+                let mut keys: Vec<&str> = releases.iter().map(|lease| lease.key.as_str()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    pool.freed_elsewhere(key);
+                }
                 releases.clear();
                 backoff = Duration::ZERO;
             } else {
@@ -349,8 +375,6 @@ impl RedisLimits {
 
     async fn release_all(&self, releases: &[Arc<Lease>]) -> bool {
         let mut pipe = redis::pipe();
-        // A Redis that restarted forgot the scripts: load them with the batch.
-        pipe.load_script(&self.release).ignore();
         for lease in releases {
             let (tokens, cost) = lease.settled.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or_default();
             // An answer that reported nothing keeps its reservation.
@@ -386,7 +410,6 @@ impl RedisLimits {
     async fn renew_all(&self, leases: impl Iterator<Item = &Arc<Lease>>) -> bool {
         let mut pipe = redis::pipe();
         let lease_ms = self.lease.as_millis() as u64;
-        pipe.load_script(&self.renew).ignore();
         for lease in leases {
             let n = &lease.names;
             pipe.invoke_script(

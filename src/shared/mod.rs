@@ -50,6 +50,8 @@ const QUEUE: usize = 4096;
 /// Events kept while Redis is away, to publish on reconnect.
 const BACKLOG: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events sent in one pipeline at most.
+const FLUSH_BATCH: usize = 256;
 
 /// What goes out: the pool's events, and word that the runtime client
 /// keys changed (the others read them again from the shared store).
@@ -262,7 +264,8 @@ impl Shared {
         set_up(Link::Events, false);
         let pool_now = Arc::new(pool_now);
         let counted = pool_now.clone();
-        let mut tasks = self.limits.run(client.clone());
+        let released = pool_now.clone();
+        let mut tasks = self.limits.run(client.clone(), move || released());
         tasks.push(tokio::spawn(self.counters.clone().write_every(client.clone(), move || counted())));
         tasks.push(tokio::spawn(self.clone().publish(client.clone(), rx)));
         tasks.push(tokio::spawn(self.clone().subscribe(client, move || pool_now(), clients_changed)));
@@ -323,34 +326,43 @@ impl Shared {
             *conn = Some(self.timed(client.get_multiplexed_async_connection()).await?);
         }
         let con = conn.as_mut().expect("connected above");
-        while let Some(message) = backlog.front() {
-            let event = match message {
-                Outgoing::Pool(event) => event,
-                Outgoing::ClientsChanged { .. } => {
-                    let wire = Wire { from: self.instance.clone(), kind: "clients".to_owned(), ..Wire::default() };
-                    let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
-                    let publish = redis::cmd("PUBLISH").arg(self.channel_name()).arg(payload).to_owned();
-                    self.timed(publish.query_async::<()>(con)).await?;
-                    backlog.pop_front();
-                    continue;
-                }
-            };
-            let Some(wire) = Wire::of(event, &self.instance) else {
-                backlog.pop_front();
-                continue;
-            };
-            let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
+        // One pipeline for what waits (a burst, or the backlog of an
+        // outage): one round trip, not one per event.
+        while !backlog.is_empty() {
+            let batch = backlog.len().min(FLUSH_BATCH);
             let mut pipe = redis::pipe();
-            if matches!(event, PoolEvent::Forgotten { .. }) {
-                pipe.cmd("DEL").arg(self.redis_key(event)).ignore();
-            } else {
-                let ttl = event.until_unix_ms().saturating_sub(now_ms()).max(1);
-                pipe.cmd("SET").arg(self.redis_key(event)).arg(&payload).arg("PX").arg(ttl).ignore();
+            for message in backlog.iter().take(batch) {
+                self.add_to(&mut pipe, message)?;
             }
-            pipe.cmd("PUBLISH").arg(self.channel_name()).arg(&payload).ignore();
-            self.timed(pipe.query_async::<()>(con)).await?;
-            backlog.pop_front();
+            if !pipe.is_empty() {
+                self.timed(pipe.query_async::<()>(con)).await?;
+            }
+            backlog.drain(..batch);
         }
+        Ok(())
+    }
+
+    /// Writes `message` (an event: kept in Redis until it is over) and
+    /// publishes it, in `pipe`.
+    fn add_to(&self, pipe: &mut redis::Pipeline, message: &Outgoing) -> Result<(), String> {
+        let event = match message {
+            Outgoing::Pool(event) => event,
+            Outgoing::ClientsChanged { .. } => {
+                let wire = Wire { from: self.instance.clone(), kind: "clients".to_owned(), ..Wire::default() };
+                let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
+                pipe.cmd("PUBLISH").arg(self.channel_name()).arg(payload).ignore();
+                return Ok(());
+            }
+        };
+        let Some(wire) = Wire::of(event, &self.instance) else { return Ok(()) };
+        let payload = serde_json::to_string(&wire).map_err(|err| err.to_string())?;
+        if matches!(event, PoolEvent::Forgotten { .. }) {
+            pipe.cmd("DEL").arg(self.redis_key(event)).ignore();
+        } else {
+            let ttl = event.until_unix_ms().saturating_sub(now_ms()).max(1);
+            pipe.cmd("SET").arg(self.redis_key(event)).arg(&payload).arg("PX").arg(ttl).ignore();
+        }
+        pipe.cmd("PUBLISH").arg(self.channel_name()).arg(&payload).ignore();
         Ok(())
     }
 

@@ -253,9 +253,18 @@ impl KeyLease {
 
     /// The store refused the attempt: it is not counted here either, and
     /// the key is full for `model` until the store's time.
-    pub fn refused(&self, model: &str, refusal: Refusal) {
+    /// `asked_at` is [`freed_seq`](Self::freed_seq) when the store was
+    /// asked: a slot another replica freed since makes the refusal stale,
+    /// and the key is not marked full.
+    pub fn refused(&self, model: &str, refusal: Refusal, asked_at: u64) {
         self.pool.unlease(self.index, model, self.leased_at, self.reserved_tokens);
-        self.pool.refused_elsewhere(self.index, model, refusal);
+        self.pool.refused_elsewhere(self.index, model, refusal, asked_at);
+    }
+
+    /// How many times the store said a slot of this provider's keys freed:
+    /// read before asking, to tell a refusal that raced a freed slot.
+    pub fn freed_seq(&self) -> u64 {
+        self.pool.freed_seq.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -321,7 +330,7 @@ impl ProviderPool {
             .ok();
     }
 
-    fn refused_elsewhere(&self, index: usize, model: &str, refusal: Refusal) {
+    fn refused_elsewhere(&self, index: usize, model: &str, refusal: Refusal, asked_at: u64) {
         let now = Instant::now();
         if let Some(spent) = refusal.spent_nanos {
             self.observe_spend(index, spent);
@@ -336,6 +345,10 @@ impl ProviderPool {
             // period ends.
             RefusalReason::BudgetSpent => {}
             RefusalReason::Slots | RefusalReason::BudgetReserved => {
+                if self.freed_seq.load(std::sync::atomic::Ordering::Acquire) != asked_at {
+                    // A slot freed while the store answered: ask again now.
+                    return;
+                }
                 let today = self.clock.day(now);
                 let cap = self.cap_of(index);
                 health.model(model, today, cap, now).full_elsewhere_until = Some(until.min(now + SLOT_RECHECK));
@@ -371,6 +384,7 @@ impl super::KeyPool {
             state.full_elsewhere_until = None;
         }
         drop(health);
+        pool.freed_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         pool.slot_freed.notify_waiters();
         true
     }

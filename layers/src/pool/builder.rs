@@ -297,6 +297,7 @@ impl KeyPoolBuilder {
                 pause_state: Mutex::default(),
                 maybe_paused: AtomicBool::new(false),
                 slot_freed: Notify::new(),
+                freed_seq: Default::default(),
                 labels,
                 attempt_counters: HandleCache::default(),
                 token_counters: HandleCache::default(),

@@ -55,6 +55,9 @@ pub struct ProviderPool {
     /// common case (no pause) takes no lock.
     pub(super) maybe_paused: AtomicBool,
     pub(super) slot_freed: Notify,
+    /// Counts the shared store's word that a slot freed elsewhere (see
+    /// `admission.rs`).
+    pub(super) freed_seq: std::sync::atomic::AtomicU64,
     /// The models that are metric labels, not `other`.
     pub(super) labels: ModelLabels,
     /// `keyrelay_upstream_attempts_total` by (key index, outcome).
