@@ -18,6 +18,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token_count;
+pub mod ui;
 pub mod usage;
 
 use std::{

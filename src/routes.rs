@@ -5,7 +5,8 @@
 //! The router decides once what a path says and hands it on as a request
 //! extension, so that no handler parses the path again: the proxy route gets
 //! its [`Endpoint`], `GET /v1/models/{id}` a [`RequestedModel`], and
-//! `POST /v1/keys/{id}/{action}` a [`KeyChange`].
+//! `POST /v1/keys/{id}/{action}` a [`KeyChange`], `GET /ui/...` a
+//! [`UiAsset`].
 
 use std::task::{Context, Poll};
 
@@ -17,6 +18,8 @@ use keyrelay_layers::{
     extensions::{Endpoint, gemini_path, percent_decode, response_resource},
 };
 use tower::{Service, ServiceExt, util::BoxCloneSyncService, util::Oneshot};
+
+pub use crate::ui::UiAsset;
 
 /// A route's service, boxed so that routes of different shapes fit one table.
 pub type RouteService<B> = BoxCloneSyncService<Request<B>, Response<ProxyBody>, BoxError>;
@@ -49,6 +52,8 @@ pub enum Route<'p> {
     AdminClient(&'p str),
     /// `GET /v1/usage`: the ledger's totals.
     Usage,
+    /// `GET /ui`, `/ui/app.js`, `/ui/app.css`: the dashboard's files.
+    Ui(UiAsset),
 }
 
 impl<'p> Route<'p> {
@@ -61,6 +66,9 @@ impl<'p> Route<'p> {
             "/health" => return Some((Self::Health, "GET")),
             "/metrics" => return Some((Self::Metrics, "GET")),
             _ => {}
+        }
+        if let Some(asset) = UiAsset::from_path(path) {
+            return Some((Self::Ui(asset), "GET"));
         }
         // Gemini's `/v1beta/models/{model}:generateContent` (also under
         // `/v1/models/`, which is not the OpenAI model route).
@@ -205,6 +213,8 @@ pub struct Routes<B> {
     /// Finds a [`ClientName`] in the request's extensions.
     pub admin_client: RouteService<B>,
     pub usage: RouteService<B>,
+    /// The dashboard's files; finds a [`UiAsset`] in the extensions.
+    pub ui: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -220,6 +230,7 @@ enum Learned {
     Model(RequestedModel),
     KeyChange(KeyChange),
     Client(ClientName),
+    Ui(UiAsset),
 }
 
 impl<B> Service<Request<B>> for Router<B> {
@@ -265,6 +276,7 @@ impl<B> Service<Request<B>> for Router<B> {
                 (&routes.admin_client, Learned::Client(ClientName(name)))
             }
             Route::Usage => (&routes.usage, Learned::Nothing),
+            Route::Ui(asset) => (&routes.ui, Learned::Ui(asset)),
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -281,6 +293,9 @@ impl<B> Service<Request<B>> for Router<B> {
             }
             Learned::Client(name) => {
                 extensions.insert(name);
+            }
+            Learned::Ui(asset) => {
+                extensions.insert(asset);
             }
         }
         Either::Right(svc.oneshot(req))
@@ -301,6 +316,9 @@ mod tests {
         assert_eq!(Route::recognize("/v1/models/"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
         assert_eq!(Route::recognize("/v1/usage"), Some((Route::Usage, "GET")));
+        assert_eq!(Route::recognize("/ui"), Some((Route::Ui(UiAsset::Page), "GET")));
+        assert_eq!(Route::recognize("/ui/app.js"), Some((Route::Ui(UiAsset::Script), "GET")));
+        assert_eq!(Route::recognize("/v1/ui"), None);
         let reset = Route::KeyAction { id: "openai:1a2b3c4d", action: KeyAction::Reset };
         assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((reset, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
@@ -364,6 +382,7 @@ mod tests {
             admin_clients: seeing("admin_clients"),
             admin_client: seeing("admin_client"),
             usage: seeing("usage"),
+            ui: seeing("ui"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

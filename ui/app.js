@@ -1,0 +1,466 @@
+// keyrelay dashboard: the pool from GET /v1/keys, charts from
+// GET /v1/ui/series, the last requests from GET /v1/ui/recent, and the
+// admin actions. Plain DOM, no framework, no inline code (the CSP forbids
+// it); every piece of data goes in through textContent or an attribute,
+// never as markup.
+'use strict';
+(() => {
+  const STORE = 'keyrelay.key';
+  const POLL_MS = 2000;
+  const SVG = 'http://www.w3.org/2000/svg';
+  const STATES = { ok: 'OK', cooling: 'Cooling', exhausted: 'Exhausted', invalid: 'Invalid', disabled: 'Disabled' };
+  const FAILURES = [
+    ['failures_rate_limit', 'rate limit'], ['failures_quota', 'quota'], ['failures_credential', 'credential'],
+    ['failures_transient', 'transient'], ['failures_client', 'client'],
+  ];
+  const WINDOWS = { '1h': 'last hour', '24h': 'last day' };
+  const $ = (id) => document.getElementById(id);
+  const num = (n) => (n == null ? '—' : Number(n).toLocaleString('en'));
+  const usd = (n) => (n == null ? '—' : '$' + (n >= 1 ? n.toFixed(2) : n.toPrecision(2)));
+
+  let key = null; // the key the user typed; also in sessionStorage, nowhere else
+  let timer = null;
+  let chartWindow = '1h';
+  let series = null; // the last answer of /v1/ui/series, or null: no data
+  let knownKeys = [];
+  const rows = new Map(); // key id -> { tr, cells, cooldowns }
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) e.setAttribute(name, value);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs || {})) e.setAttribute(name, String(value));
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function clock(ms, seconds = true) {
+    const opts = { hour: '2-digit', minute: '2-digit', hour12: false };
+    if (seconds) opts.second = '2-digit';
+    return new Date(ms).toLocaleTimeString('en-GB', opts);
+  }
+  function span(secs) {
+    secs = Math.max(0, Math.round(secs));
+    if (secs >= 3600) return Math.floor(secs / 3600) + 'h ' + Math.floor((secs % 3600) / 60) + 'm';
+    if (secs >= 60) return Math.floor(secs / 60) + 'm ' + (secs % 60) + 's';
+    return secs + 's';
+  }
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+  function show(node, visible) {
+    node.hidden = !visible;
+  }
+  function message(text) {
+    setText($('message'), text || '');
+    show($('message'), !!text);
+  }
+
+  async function api(path, method = 'GET') {
+    const res = await fetch(path, {
+      method, cache: 'no-store', credentials: 'omit', headers: { Authorization: 'Bearer ' + key },
+    });
+    let body = null;
+    try { body = await res.json(); } catch (_) { body = null; }
+    return { status: res.status, body };
+  }
+  const reason = (r) => (r.body && r.body.error && r.body.error.message) || 'status ' + r.status;
+
+  // ---- signing in and out ----
+
+  async function signIn(candidate) {
+    key = candidate;
+    let r;
+    try { r = await api('/v1/keys'); } catch (e) { return refuse('keyrelay did not answer.'); }
+    if (r.status === 401 || r.status === 403) return refuse('That key was refused (' + r.status + '). Try again.');
+    if (r.status !== 200) return refuse('keyrelay answered: ' + reason(r));
+    sessionStorage.setItem(STORE, candidate);
+    $('key').value = '';
+    show($('login'), false);
+    show($('dashboard'), true);
+    show($('logout'), true);
+    show($('reload'), true);
+    show($('login-error'), false);
+    renderKeys(r.body);
+    tick();
+  }
+  function refuse(text) {
+    signOut();
+    setText($('login-error'), text);
+    show($('login-error'), true);
+    $('key').focus();
+  }
+  function signOut() {
+    key = null;
+    sessionStorage.removeItem(STORE);
+    clearTimeout(timer);
+    rows.clear();
+    $('providers').replaceChildren();
+    $('recent').tBodies[0].replaceChildren();
+    show($('dashboard'), false);
+    show($('logout'), false);
+    show($('reload'), false);
+    show($('login'), true);
+    setText($('status'), '');
+  }
+
+  // ---- polling ----
+
+  async function tick() {
+    clearTimeout(timer);
+    if (!key) return;
+    await refreshKeys();
+    await Promise.all([refreshSeries(), refreshRecent()]);
+    if (key) timer = setTimeout(tick, POLL_MS);
+  }
+  async function refreshKeys() {
+    try {
+      const r = await api('/v1/keys');
+      if (r.status === 401) return refuse('The key is no longer accepted.');
+      if (r.status !== 200) return setText($('status'), 'GET /v1/keys: ' + reason(r));
+      renderKeys(r.body);
+      const scope = r.body.counters === 'pool' ? 'all replicas' : 'this replica';
+      setText($('status'), 'Live · updated ' + clock(Date.now()) + ' · counters of ' + scope);
+    } catch (_) {
+      setText($('status'), 'keyrelay is not answering; retrying');
+    }
+  }
+
+  // ---- the pool ----
+
+  function renderKeys(list) {
+    const keys = (list && Array.isArray(list.data)) ? list.data : [];
+    const received = Date.now();
+    knownKeys = keys.map((k) => k.id);
+    const seen = new Set();
+    for (const k of keys) {
+      seen.add(k.id);
+      let row = rows.get(k.id);
+      if (!row) {
+        row = makeRow(k);
+        rows.set(k.id, row);
+      }
+      providerBody(k.provider).append(row.tr); // keeps pool order; moves nothing already in place
+      fillRow(row, k, received);
+    }
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) { row.tr.remove(); rows.delete(id); }
+    }
+    for (const section of $('providers').querySelectorAll('section[data-provider]')) {
+      if (!section.querySelector('tr[data-key]')) section.remove();
+    }
+    show($('pool-empty'), keys.length === 0);
+    countdown();
+  }
+
+  function providerBody(provider) {
+    const sections = $('providers').querySelectorAll('section[data-provider]');
+    for (const s of sections) if (s.dataset.provider === provider) return s.querySelector('tbody');
+    const section = el('section', { 'data-provider': provider, 'aria-label': 'Provider ' + provider });
+    section.append(el('h3', {}, provider));
+    const wrap = el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': provider + ' keys' });
+    const table = el('table');
+    const head = el('tr');
+    for (const h of ['Key', 'State', 'Cooldowns', 'Invalid until', 'In flight', 'Requests today', 'Successes',
+      'Failures', 'Tokens in / out', 'Spend', 'Limits (used / max)', 'Actions']) {
+      head.append(el('th', { scope: 'col' }, h));
+    }
+    table.append(el('thead'), el('tbody'));
+    table.tHead.append(head);
+    wrap.append(table);
+    section.append(wrap);
+    $('providers').append(section);
+    return table.tBodies[0];
+  }
+
+  function makeRow(k) {
+    const tr = el('tr', { 'data-key': k.id });
+    const cells = {
+      id: el('th', { scope: 'row' }, k.id),
+      state: el('td', { class: 'state' }),
+      cooldown: el('td', { class: 'cooldown' }),
+      invalid: el('td', { class: 'invalid-until' }),
+      inFlight: el('td', { class: 'num in-flight' }),
+      requests: el('td', { class: 'num requests' }),
+      successes: el('td', { class: 'num successes' }),
+      failures: el('td', { class: 'failures' }),
+      tokens: el('td', { class: 'num tokens' }),
+      spend: el('td', { class: 'num spend' }),
+      limits: el('td', { class: 'limits' }),
+      actions: el('td', { class: 'actions' }),
+    };
+    for (const [action, label] of [['disable', 'Disable'], ['enable', 'Enable'], ['reset', 'Reset']]) {
+      const b = el('button', { type: 'button', 'data-action': action, 'aria-label': label + ' ' + k.id }, label);
+      if (action !== 'enable') b.classList.add('danger');
+      b.addEventListener('click', () => confirmThen(label + ' the key ' + k.id + '?', () => keyAction(k.id, action)));
+      cells.actions.append(b);
+    }
+    tr.append(...Object.values(cells));
+    return { tr, cells, cooldowns: [] };
+  }
+
+  function fillRow(row, k, received) {
+    const c = row.cells;
+    const label = STATES[k.state] || k.state;
+    row.tr.dataset.state = k.state;
+    c.state.dataset.state = k.state;
+    setText(c.state, k.reason ? label + ' (' + k.reason + ')' : label);
+    // A deadline on this browser's clock; kept when a poll moves it by less
+    // than a second, so the countdown does not jitter.
+    row.cooldowns = (k.cooldowns || []).map((cd) => {
+      const fresh = received + cd.remaining_secs * 1000 + 500;
+      const old = row.cooldowns.find((o) => o.model === cd.model);
+      const deadline = old && Math.abs(old.deadline - fresh) < 1500 ? old.deadline : fresh;
+      return { model: cd.model, reason: cd.reason, deadline };
+    });
+    row.invalidUntil = k.invalid_until_unix_ms || null;
+    const t = k.today || {};
+    setText(c.inFlight, num(k.in_flight));
+    setText(c.requests, num(t.requests));
+    setText(c.successes, num(t.successes));
+    const failed = FAILURES.filter(([f]) => t[f] > 0).map(([f, name]) => name + ' ' + num(t[f]));
+    setText(c.failures, failed.length ? failed.join(' · ') : '0');
+    setText(c.tokens, num(t.tokens_in) + ' / ' + num(t.tokens_out));
+    const spend = [];
+    if (typeof t.cost_usd === 'number') spend.push(usd(t.cost_usd) + ' today');
+    if (k.budget) spend.push(usd(k.budget.spent_usd) + ' of ' + usd(k.budget.limit_usd) + ' / ' + k.budget.period);
+    setText(c.spend, spend.length ? spend.join(' · ') : '—');
+    setText(c.limits, limits(k));
+    for (const b of c.actions.querySelectorAll('button')) {
+      if (b.dataset.action === 'disable') b.hidden = k.state === 'disabled';
+      if (b.dataset.action === 'enable') b.hidden = k.state !== 'disabled';
+    }
+  }
+
+  function limits(k) {
+    const s = k.settings || {};
+    const w = k.window || {};
+    const parts = [];
+    if (s.rpm != null) parts.push('rpm ' + num(w.requests_last_minute) + ' / ' + num(s.rpm));
+    if (s.tpm != null) parts.push('tpm ' + num(w.tokens_last_minute) + ' / ' + num(s.tpm));
+    if (s.rpd != null) parts.push('rpd ' + num(w.requests_today) + ' / ' + num(s.rpd));
+    if (s.max_concurrent > 0) parts.push('concurrent ' + num(k.in_flight) + ' / ' + num(s.max_concurrent));
+    for (const l of k.learned || []) {
+      if (l.requests_remaining != null) parts.push(l.model + ': ' + num(l.requests_remaining) + ' requests left');
+      if (l.tokens_remaining != null) parts.push(l.model + ': ' + num(l.tokens_remaining) + ' tokens left');
+    }
+    return parts.length ? parts.join(' · ') : 'none';
+  }
+
+  // Every second: the countdowns, on this browser's clock.
+  function countdown() {
+    const now = Date.now();
+    for (const row of rows.values()) {
+      const cell = row.cells.cooldown;
+      const live = row.cooldowns.map((cd) => ({ ...cd, left: Math.floor((cd.deadline - now) / 1000) }))
+        .filter((cd) => cd.left >= 0);
+      setText(cell, live.length ? live.map((cd) => cd.model + ' (' + cd.reason + ') ' + span(cd.left)).join(' · ') : '—');
+      if (live.length) cell.dataset.remaining = String(Math.min(...live.map((cd) => cd.left)));
+      else delete cell.dataset.remaining;
+      const until = row.invalidUntil;
+      setText(row.cells.invalid, until ? clock(until) + (until > now ? ' (in ' + span((until - now) / 1000) + ')' : '') : '—');
+    }
+  }
+
+  // ---- admin ----
+
+  function confirmThen(text, action) {
+    const dialog = $('confirm');
+    setText($('confirm-text'), text);
+    dialog.returnValue = '';
+    dialog.addEventListener('close', () => { if (dialog.returnValue === 'yes') action(); }, { once: true });
+    dialog.showModal();
+  }
+  async function keyAction(id, action) {
+    try {
+      const r = await api('/v1/keys/' + encodeURIComponent(id) + '/' + action, 'POST');
+      if (r.status === 403) return message('Only the admin key may ' + action + ' keys (403).');
+      if (r.status !== 200) return message(action + ' ' + id + ': ' + reason(r));
+      message('');
+      await refreshKeys();
+    } catch (_) {
+      message('keyrelay did not answer.');
+    }
+  }
+  async function reloadConfig() {
+    try {
+      const r = await api('/v1/admin/reload', 'POST');
+      if (r.status === 403) return message('Only the admin key may reload the configuration (403).');
+      if (r.status !== 200) return message('Reload refused: ' + reason(r));
+      message('');
+      setText($('status'), 'Configuration reloaded at ' + clock(Date.now()));
+      await refreshKeys();
+    } catch (_) {
+      message('keyrelay did not answer.');
+    }
+  }
+
+  // ---- charts ----
+
+  const CHARTS = [
+    { id: 'requests', title: 'Requests', unit: 'requests', parts: (b) => [[providerOf(b), b.requests || 0]] },
+    { id: 'errors', title: 'Errors by class', unit: 'errors', parts: (b) => Object.entries(b.errors || {}) },
+    { id: 'tokens', title: 'Tokens', unit: 'tokens', parts: (b) => [[providerOf(b), (b.tokens_in || 0) + (b.tokens_out || 0)]] },
+    { id: 'cost', title: 'Cost', unit: 'USD', money: true, parts: (b) => (b.cost_usd == null ? [] : [[providerOf(b), b.cost_usd]]) },
+  ];
+  const providerOf = (b) => b.provider || '(no provider)';
+
+  async function refreshSeries() {
+    let r = null;
+    try { r = await api('/v1/ui/series?window=' + chartWindow); } catch (_) { r = null; }
+    const ok = r && r.status === 200 && r.body && Array.isArray(r.body.buckets) && r.body.step_secs > 0;
+    series = ok ? r.body : null;
+    fillSelects();
+    drawCharts();
+  }
+
+  function fillSelects() {
+    const buckets = series ? series.buckets : [];
+    const keys = new Set(knownKeys);
+    const clients = new Set();
+    for (const b of buckets) {
+      if (b.key) keys.add(b.key);
+      if (b.client) clients.add(b.client);
+    }
+    fillSelect($('chart-key'), 'All keys', [...keys].sort());
+    fillSelect($('chart-client'), 'All clients', [...clients].sort());
+  }
+  function fillSelect(select, all, values) {
+    const current = [...select.options].slice(1).map((o) => o.value);
+    if (current.join('\n') === values.join('\n')) return; // leave an open select alone
+    const chosen = select.value;
+    select.replaceChildren(el('option', { value: '' }, all), ...values.map((v) => el('option', { value: v }, v)));
+    select.value = values.includes(chosen) ? chosen : '';
+  }
+
+  function drawCharts() {
+    const keyChoice = $('chart-key').value;
+    const clientChoice = $('chart-client').value;
+    const buckets = (series ? series.buckets : [])
+      .filter((b) => (!keyChoice || b.key === keyChoice) && (!clientChoice || b.client === clientChoice));
+    let drawn = 0;
+    for (const chart of CHARTS) drawn += drawChart(chart, buckets);
+    show($('charts-empty'), drawn === 0);
+    setText($('charts-empty'), series ? 'No data in the ' + WINDOWS[chartWindow] + '.' : 'No data yet.');
+  }
+
+  // One chart: a bar per time step, stacked by series (provider, or error
+  // class). Returns the number of non-zero points drawn.
+  function drawChart(chart, buckets) {
+    const node = $('chart-' + chart.id);
+    const W = 600, H = 170, L = 48, R = 8, T = 10, B = 22;
+    const slots = series ? Math.max(1, Math.round((series.end_unix_ms - series.start_unix_ms) / (series.step_secs * 1000))) : 60;
+    const grid = new Map(); // slot -> Map(series -> value)
+    const totals = new Map();
+    for (const b of buckets) {
+      const slot = Math.min(slots - 1, Math.max(0, Math.floor((b.t_unix_ms - series.start_unix_ms) / (series.step_secs * 1000))));
+      for (const [name, value] of chart.parts(b)) {
+        if (!(value > 0)) continue;
+        if (!grid.has(slot)) grid.set(slot, new Map());
+        const cell = grid.get(slot);
+        cell.set(name, (cell.get(name) || 0) + value);
+        totals.set(name, (totals.get(name) || 0) + value);
+      }
+    }
+    const names = [...totals.keys()].sort();
+    const fmt = (v) => (chart.money ? usd(v) : num(Math.round(v)));
+    let max = 0, points = 0;
+    for (const cell of grid.values()) {
+      max = Math.max(max, [...cell.values()].reduce((a, v) => a + v, 0));
+      points += cell.size;
+    }
+    const label = chart.title + ', ' + WINDOWS[chartWindow] + ': ' + (names.length
+      ? names.map((n) => n + ' ' + fmt(totals.get(n))).join(', ')
+      : 'no data');
+    node.replaceChildren(svg('title', {}, label));
+    node.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
+    node.setAttribute('aria-label', label);
+    node.dataset.points = String(points);
+    const pw = W - L - R, ph = H - T - B, bw = pw / slots;
+    node.append(svg('line', { class: 'axis', x1: L, y1: T + ph, x2: W - R, y2: T + ph }));
+    node.append(svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: T + ph }));
+    if (series) {
+      node.append(svg('text', { x: L, y: H - 6 }, clock(series.start_unix_ms, false)));
+      node.append(svg('text', { x: W - R, y: H - 6, 'text-anchor': 'end' }, clock(series.end_unix_ms, false)));
+    }
+    if (!points) {
+      node.append(svg('text', { x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' }, 'No data'));
+    } else {
+      node.append(svg('text', { x: L - 4, y: T + 9, 'text-anchor': 'end' }, fmt(max)));
+      node.append(svg('text', { x: L - 4, y: T + ph, 'text-anchor': 'end' }, '0'));
+      for (const [slot, cell] of grid) {
+        let y = T + ph;
+        for (const name of names) {
+          const v = cell.get(name);
+          if (!v) continue;
+          const h = Math.max(1, (v / max) * ph);
+          y -= h;
+          const rect = svg('rect', {
+            class: 's' + (names.indexOf(name) % 8), x: (L + slot * bw + 0.5).toFixed(1), y: y.toFixed(1),
+            width: Math.max(1, bw - 1).toFixed(1), height: h.toFixed(1),
+          });
+          rect.append(svg('title', {}, clock(series.start_unix_ms + slot * series.step_secs * 1000, false) + ' ' + name + ': ' + fmt(v)));
+          node.append(rect);
+        }
+      }
+    }
+    const legend = $('legend-' + chart.id);
+    legend.replaceChildren(...names.map((n, i) => {
+      const item = el('li');
+      item.append(el('span', { class: 'swatch s' + (i % 8), 'aria-hidden': 'true' }), n + ' ' + fmt(totals.get(n)));
+      return item;
+    }));
+    return points;
+  }
+
+  // ---- last requests ----
+
+  async function refreshRecent() {
+    let r = null;
+    try { r = await api('/v1/ui/recent?limit=50'); } catch (_) { r = null; }
+    const list = r && r.status === 200 && r.body && Array.isArray(r.body.requests) ? r.body.requests : [];
+    const body = $('recent').tBodies[0];
+    body.replaceChildren(...list.map((q) => {
+      const tr = el('tr', { 'data-request-id': q.request_id || '' });
+      const status = String(q.status) + (q.error_code ? ' ' + q.error_code : '');
+      const latency = num(q.duration_ms) + ' ms' + (q.ttfb_ms != null ? ' (first byte ' + num(q.ttfb_ms) + ')' : '');
+      tr.append(
+        el('td', { title: new Date(q.unix_ms).toISOString() }, clock(q.unix_ms)),
+        el('td', {}, q.client || '—'), el('td', {}, q.route || '—'), el('td', {}, q.model || '—'),
+        el('td', {}, q.key || '—'), el('td', { class: 'num' }, status), el('td', { class: 'num' }, num(q.attempts)),
+        el('td', { class: 'num' }, latency), el('td', { class: 'num' }, num(q.tokens_in) + ' / ' + num(q.tokens_out)),
+      );
+      return tr;
+    }));
+    show($('recent-empty'), list.length === 0);
+  }
+
+  // ---- wiring ----
+
+  function start() {
+    $('login').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const typed = $('key').value;
+      if (typed) signIn(typed);
+    });
+    $('logout').addEventListener('click', () => { signOut(); $('key').focus(); });
+    $('reload').addEventListener('click', () => confirmThen('Reload the configuration from its files?', reloadConfig));
+    for (const b of document.querySelectorAll('[data-window]')) {
+      b.addEventListener('click', () => {
+        chartWindow = b.dataset.window;
+        for (const o of document.querySelectorAll('[data-window]')) o.setAttribute('aria-pressed', String(o === b));
+        refreshSeries();
+      });
+    }
+    $('chart-key').addEventListener('change', drawCharts);
+    $('chart-client').addEventListener('change', drawCharts);
+    setInterval(countdown, 1000);
+    drawCharts();
+    const stored = sessionStorage.getItem(STORE);
+    if (stored) signIn(stored); else $('key').focus();
+  }
+  start();
+})();
