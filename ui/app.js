@@ -267,12 +267,20 @@
 
   // ---- admin ----
 
+  // The action waiting for a yes. Taken by the button itself, not by the
+  // dialog's `close` event, which arrives later (a task of its own) and
+  // could be the close of the previous question.
+  let confirmed = null;
   function confirmThen(text, action) {
-    const dialog = $('confirm');
     setText($('confirm-text'), text);
-    dialog.returnValue = '';
-    dialog.addEventListener('close', () => { if (dialog.returnValue === 'yes') action(); }, { once: true });
-    dialog.showModal();
+    confirmed = action;
+    $('confirm').showModal();
+  }
+  function answer(yes) {
+    const action = confirmed;
+    confirmed = null;
+    $('confirm').close(yes ? 'yes' : 'no');
+    if (yes && action) action();
   }
   async function keyAction(id, action) {
     try {
@@ -313,6 +321,7 @@
     try { r = await api('/v1/ui/series?window=' + chartWindow); } catch (_) { r = null; }
     const ok = r && r.status === 200 && r.body && Array.isArray(r.body.buckets) && r.body.step_secs > 0;
     series = ok ? r.body : null;
+    $('charts').dataset.source = ok ? 'series' : (r ? 'status-' + r.status : 'unreachable');
     fillSelects();
     drawCharts();
   }
@@ -422,6 +431,7 @@
     let r = null;
     try { r = await api('/v1/ui/recent?limit=50'); } catch (_) { r = null; }
     const list = r && r.status === 200 && r.body && Array.isArray(r.body.requests) ? r.body.requests : [];
+    $('recent-section').dataset.source = r && r.status === 200 ? 'recent' : (r ? 'status-' + r.status : 'unreachable');
     const body = $('recent').tBodies[0];
     body.replaceChildren(...list.map((q) => {
       const tr = el('tr', { 'data-request-id': q.request_id || '' });
@@ -455,6 +465,9 @@
         refreshSeries();
       });
     }
+    $('confirm-yes').addEventListener('click', (e) => { e.preventDefault(); answer(true); });
+    $('confirm-no').addEventListener('click', (e) => { e.preventDefault(); answer(false); });
+    $('confirm').addEventListener('cancel', () => { confirmed = null; }); // Escape
     $('chart-key').addEventListener('change', drawCharts);
     $('chart-client').addEventListener('change', drawCharts);
     setInterval(countdown, 1000);
