@@ -1,6 +1,7 @@
-//! `GET /ui`: the dashboard's three static files, embedded in the binary at
-//! build time (from `ui/` at the repository root), so the page works
-//! offline and always matches the keyrelay that serves it.
+//! `GET /ui`: the dashboard's static files (a page, two scripts, a style
+//! sheet), embedded in the binary at build time (from `ui/` at the
+//! repository root), so the page works offline and always matches the
+//! keyrelay that serves it.
 //!
 //! The files carry no data and need no key: the page asks for the key and
 //! sends it (as `Authorization: Bearer`) to the data routes, which have the
@@ -22,6 +23,8 @@ pub enum UiAsset {
     Page,
     /// `/ui/app.js`
     Script,
+    /// `/ui/charts.js`
+    Charts,
     /// `/ui/app.css`
     Style,
 }
@@ -32,6 +35,7 @@ impl UiAsset {
         match path {
             "/ui" | "/ui/" | "/ui/index.html" => Some(Self::Page),
             "/ui/app.js" => Some(Self::Script),
+            "/ui/charts.js" => Some(Self::Charts),
             "/ui/app.css" => Some(Self::Style),
             _ => None,
         }
@@ -41,6 +45,7 @@ impl UiAsset {
         match self {
             Self::Page => (include_str!("../ui/index.html"), "text/html; charset=utf-8"),
             Self::Script => (include_str!("../ui/app.js"), "text/javascript; charset=utf-8"),
+            Self::Charts => (include_str!("../ui/charts.js"), "text/javascript; charset=utf-8"),
             Self::Style => (include_str!("../ui/app.css"), "text/css; charset=utf-8"),
         }
     }
@@ -72,11 +77,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_name_the_three_files_and_nothing_else() {
+    fn paths_name_the_files_and_nothing_else() {
         assert_eq!(UiAsset::from_path("/ui"), Some(UiAsset::Page));
         assert_eq!(UiAsset::from_path("/ui/"), Some(UiAsset::Page));
         assert_eq!(UiAsset::from_path("/ui/app.js"), Some(UiAsset::Script));
         assert_eq!(UiAsset::from_path("/ui/app.css"), Some(UiAsset::Style));
+        assert_eq!(UiAsset::from_path("/ui/charts.js"), Some(UiAsset::Charts));
         for other in ["/ui/../Cargo.toml", "/ui/app.js/", "/uix", "/ui/secret", "/v1/ui"] {
             assert_eq!(UiAsset::from_path(other), None, "{other}");
         }

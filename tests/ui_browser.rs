@@ -33,7 +33,13 @@ fn state_is(id: &str, state: &str) -> String {
 }
 
 async fn chat(client: &TestClient, proxy: &Proxy) {
-    let reply = client.fetch(post(&proxy.url("/v1/chat/completions"), Auth::Bearer(PROXY_KEY), chat_body("openai/gpt-4o-mini", false))).await;
+    let reply = client
+        .fetch(post(
+            &proxy.url("/v1/chat/completions"),
+            Auth::Bearer(PROXY_KEY),
+            chat_body("openai/gpt-4o-mini", false),
+        ))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
@@ -69,7 +75,8 @@ async fn the_pool_shows_every_key_and_a_rate_limited_one_turns_cooling_with_a_co
 
     // The upstream rate limits the first key for two minutes; a request
     // that meets it rotates to the other key and succeeds.
-    let chats_with_one = || openai.requests_with(KEY_ONE).iter().filter(|r| r.path.ends_with("/chat/completions")).count();
+    let chats_with_one =
+        || openai.requests_with(KEY_ONE).iter().filter(|r| r.path.ends_with("/chat/completions")).count();
     let before = chats_with_one();
     openai.always_for(KEY_ONE, Script::rate_limited(Some("120")));
     support::within("a request to meet the rate-limited key", async {
@@ -79,7 +86,7 @@ async fn the_pool_shows_every_key_and_a_rate_limited_one_turns_cooling_with_a_co
     })
     .await;
     page.wait_for("the first key cooling", &state_is(&one, "cooling")).await;
-    assert_eq!(page.eval(&format!("{}", state_is(&two, "ok"))).await, json!(true));
+    assert_eq!(page.eval(&state_is(&two, "ok")).await, json!(true));
     let remaining = format!("Number(document.querySelector('tr[data-key=\"{one}\"] td.cooldown').dataset.remaining)");
     let first = page.eval(&remaining).await.as_u64().expect("a countdown in seconds");
     assert!((100..=120).contains(&first), "about two minutes: {first}");
@@ -200,7 +207,8 @@ async fn the_charts_and_the_last_requests_show_the_traffic() {
     let label = page.eval("document.getElementById('chart-requests').getAttribute('aria-label')").await;
     assert!(label.as_str().unwrap().contains("openai 3"), "a text alternative with the totals: {label}");
     page.wait_for("three requests listed", "document.querySelectorAll('#recent tbody tr').length >= 3").await;
-    let first = page.eval("[...document.querySelectorAll('#recent tbody tr:first-child td')].map(td => td.textContent)").await;
+    let first =
+        page.eval("[...document.querySelectorAll('#recent tbody tr:first-child td')].map(td => td.textContent)").await;
     let cells: Vec<&str> = first.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert!(cells.contains(&"/v1/chat/completions") && cells.contains(&"200"), "{cells:?}");
 
@@ -208,7 +216,11 @@ async fn the_charts_and_the_last_requests_show_the_traffic() {
     page.click("#window-24h").await;
     page.wait_for("the day's chart", &format!("{} > 0", points("requests"))).await;
     let one = key_id_of("openai", KEY_ONE);
-    page.wait_for("the key to choose", &format!("[...document.getElementById('chart-key').options].some(o => o.value === '{one}')")).await;
+    page.wait_for(
+        "the key to choose",
+        &format!("[...document.getElementById('chart-key').options].some(o => o.value === '{one}')"),
+    )
+    .await;
     page.eval(&format!("(() => {{ const s = document.getElementById('chart-key'); s.value = '{one}'; s.dispatchEvent(new Event('change')); return true; }})()")).await;
     assert!(page.eval(&points("requests")).await.as_u64().unwrap() > 0, "the key served requests");
     page.screenshot("charts").await;
@@ -221,9 +233,13 @@ async fn the_dashboards_files_need_no_key_and_forbid_everything_else() {
     let proxy = Proxy::start(openai_env(&mock, 1)).await;
     let client = TestClient::http1();
     let mut size = 0;
-    for (path, kind) in
-        [("/ui", "text/html"), ("/ui/", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")]
-    {
+    for (path, kind) in [
+        ("/ui", "text/html"),
+        ("/ui/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/charts.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
         let reply = client.fetch(get(&proxy.url(path), Auth::None)).await;
         assert_eq!(reply.status, 200, "{path}");
         assert!(reply.header("content-type").unwrap().starts_with(kind), "{path}");
@@ -245,4 +261,92 @@ async fn the_dashboards_files_need_no_key_and_forbid_everything_else() {
     assert_eq!(client.fetch(get(&proxy.url("/ui/secrets.json"), Auth::None)).await.status, 404);
     // The data the page shows wants the key.
     assert_eq!(client.fetch(get(&proxy.url("/v1/keys"), Auth::None)).await.status, 401);
+}
+
+/// A `fetch` that answers the two data routes with `series` (whatever the
+/// window asked) and `recent`, and passes everything else on.
+fn stub_data_routes(series: &serde_json::Value, recent: &serde_json::Value) -> String {
+    format!(
+        "(() => {{ const real = window.fetch; const series = {series}; const recent = {recent};
+           const answer = (body) => Promise.resolve(new Response(JSON.stringify(body), {{ status: 200, headers: {{ 'content-type': 'application/json' }} }}));
+           window.fetch = (url, opts) => {{
+             const u = String(url);
+             if (u.startsWith('/v1/ui/series')) return answer(series);
+             if (u.startsWith('/v1/ui/recent')) return answer(recent);
+             return real(url, opts);
+           }}; }})()"
+    )
+}
+
+/// The page's side of the data routes' contract, whatever serves them: the
+/// routes are stubbed in the page, so the counts below are exact.
+#[tokio::test]
+async fn the_charts_count_what_the_series_holds_and_narrow_to_a_key_or_a_client() {
+    let mock = MockUpstream::start().await;
+    let proxy = Proxy::start(openai_env(&mock, 2)).await;
+    let (a, b) = (key_id(KEY_ONE), key_id(KEY_TWO));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let start = now / 60_000 * 60_000 - 3_600_000;
+    let at = |minute: u64| start + minute * 60_000;
+    let bucket = |t,
+                  provider: Option<&str>,
+                  key: Option<&str>,
+                  client: &str,
+                  requests: u64,
+                  errors,
+                  tokens: (u64, u64),
+                  cost| {
+        json!({ "t_unix_ms": t, "provider": provider, "key": key, "client": client, "requests": requests,
+                "errors": errors, "tokens_in": tokens.0, "tokens_out": tokens.1, "cost_usd": cost })
+    };
+    let series = json!({ "window": "1h", "step_secs": 60, "start_unix_ms": start, "end_unix_ms": start + 3_600_000, "buckets": [
+        bucket(at(50), Some("openai"), Some(&a), "default", 2, json!({}), (10, 5), json!(0.01)),
+        bucket(at(50), Some("anthropic"), Some("anthropic:0badc0de"), "ci", 1, json!({ "rate_limit_exceeded": 1 }), (0, 0), json!(null)),
+        bucket(at(55), Some("openai"), Some(&b), "ci", 4, json!({ "server_error": 2 }), (40, 20), json!(0.04)),
+        bucket(at(55), Some("openai"), Some(&a), "default", 1, json!({}), (5, 5), json!(0.0)),
+    ]});
+    let row = |model: &str, status: u16, code: Option<&str>| {
+        json!({ "unix_ms": now, "request_id": "req_1", "client": "ci", "route": "/v1/chat/completions", "provider": "openai",
+                "model": model, "key": b, "status": status, "outcome": "completed", "error_code": code, "attempts": 2,
+                "duration_ms": 123, "ttfb_ms": 100, "tokens_in": 10, "tokens_out": 5, "cost_usd": 0.0001 })
+    };
+    // A model name shaped like markup must show as text, never run.
+    let recent = json!({ "requests": [row("gpt-4o-mini", 429, Some("rate_limit_exceeded")), row("<img src=x onerror=alert(1)>", 200, None)] });
+
+    let browser = Browser::start().await;
+    let page = browser.page(1280).await;
+    page.add_init_script(&stub_data_routes(&series, &recent)).await;
+    page.goto(&proxy.url("/ui")).await;
+    page.type_into("#key", PROXY_KEY).await;
+    page.click("#login button[type=submit]").await;
+
+    let points = |chart: &str| format!("Number(document.getElementById('chart-{chart}').dataset.points)");
+    let counts = format!("[{}, {}, {}, {}]", points("requests"), points("errors"), points("tokens"), points("cost"));
+    page.wait_for("the charts drawn", &format!("{} > 0", points("requests"))).await;
+    // Per step, one point per provider (requests, tokens, cost) or per
+    // error class; zeros are not drawn.
+    assert_eq!(page.eval(&counts).await, json!([3, 2, 2, 2]));
+    let label = page.eval("document.getElementById('chart-requests').getAttribute('aria-label')").await;
+    assert_eq!(label, json!("Requests, last hour: anthropic 1, openai 7"));
+    let cells = "[...document.querySelectorAll('#recent tbody tr:first-child td')].map(td => td.textContent)";
+    let first = page.eval(cells).await;
+    let first: Vec<String> = serde_json::from_value(first).expect("the cells' text");
+    assert_eq!(first[1..7], ["ci", "/v1/chat/completions", "gpt-4o-mini", &b, "429 rate_limit_exceeded", "2"]);
+    assert_eq!(page.eval("document.querySelectorAll('#recent img').length").await, json!(0));
+    let shown = page.eval("document.querySelector('#recent tbody tr:nth-child(2) td:nth-child(4)').textContent").await;
+    assert_eq!(shown, json!("<img src=x onerror=alert(1)>"));
+
+    let choose = |select: &str, value: &str| {
+        format!(
+            "(() => {{ const s = document.getElementById('{select}'); s.value = '{value}'; s.dispatchEvent(new Event('change')); return s.value; }})()"
+        )
+    };
+    assert_eq!(page.eval(&choose("chart-client", "ci")).await, json!("ci"));
+    assert_eq!(page.eval(&counts).await, json!([2, 2, 1, 1]));
+    page.eval(&choose("chart-client", "")).await;
+    assert_eq!(page.eval(&choose("chart-key", &a)).await, json!(a));
+    assert_eq!(page.eval(&counts).await, json!([2, 0, 2, 1]));
+    page.eval(&choose("chart-key", "")).await;
+    page.screenshot("stubbed-charts").await;
+    assert_eq!(browser.errors(), Vec::<String>::new());
 }

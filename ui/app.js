@@ -1,13 +1,12 @@
 // keyrelay dashboard: the pool from GET /v1/keys, charts from
-// GET /v1/ui/series, the last requests from GET /v1/ui/recent, and the
-// admin actions. Plain DOM, no framework, no inline code (the CSP forbids
+// GET /v1/ui/series (drawn by charts.js), the last requests from
+// GET /v1/ui/recent, and the admin actions. Plain DOM, no framework, no inline code (the CSP forbids
 // it); every piece of data goes in through textContent or an attribute,
 // never as markup.
 'use strict';
 (() => {
   const STORE = 'keyrelay.key';
   const POLL_MS = 2000;
-  const SVG = 'http://www.w3.org/2000/svg';
   const STATES = { ok: 'OK', cooling: 'Cooling', exhausted: 'Exhausted', invalid: 'Invalid', disabled: 'Disabled' };
   const FAILURES = [
     ['failures_rate_limit', 'rate limit'], ['failures_quota', 'quota'], ['failures_credential', 'credential'],
@@ -15,8 +14,7 @@
   ];
   const WINDOWS = { '1h': 'last hour', '24h': 'last day' };
   const $ = (id) => document.getElementById(id);
-  const num = (n) => (n == null ? '—' : Number(n).toLocaleString('en'));
-  const usd = (n) => (n == null ? '—' : '$' + (n >= 1 ? n.toFixed(2) : n.toPrecision(2)));
+  const { num, usd, clock, el } = window.KeyrelayCharts;
 
   let key = null; // the key the user typed; also in sessionStorage, nowhere else
   let timer = null;
@@ -25,23 +23,6 @@
   let knownKeys = [];
   const rows = new Map(); // key id -> { tr, cells, cooldowns }
 
-  function el(tag, attrs, text) {
-    const e = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) e.setAttribute(name, value);
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-  function svg(tag, attrs, text) {
-    const e = document.createElementNS(SVG, tag);
-    for (const [name, value] of Object.entries(attrs || {})) e.setAttribute(name, String(value));
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-  function clock(ms, seconds = true) {
-    const opts = { hour: '2-digit', minute: '2-digit', hour12: false };
-    if (seconds) opts.second = '2-digit';
-    return new Date(ms).toLocaleTimeString('en-GB', opts);
-  }
   function span(secs) {
     secs = Math.max(0, Math.round(secs));
     if (secs >= 3600) return Math.floor(secs / 3600) + 'h ' + Math.floor((secs % 3600) / 60) + 'm';
@@ -164,8 +145,8 @@
     const wrap = el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': provider + ' keys' });
     const table = el('table');
     const head = el('tr');
-    for (const h of ['Key', 'State', 'Cooldowns', 'Invalid until', 'In flight', 'Requests today', 'Successes',
-      'Failures', 'Tokens in / out', 'Spend', 'Limits (used / max)', 'Actions']) {
+    for (const h of ['Key', 'State', 'Cooldowns', 'Invalid until', 'In flight', 'Requests', 'Successes',
+      'Failures', 'Tokens in / out', 'Spend', 'Limits', 'Actions']) {
       head.append(el('th', { scope: 'col' }, h));
     }
     table.append(el('thead'), el('tbody'));
@@ -308,14 +289,6 @@
 
   // ---- charts ----
 
-  const CHARTS = [
-    { id: 'requests', title: 'Requests', unit: 'requests', parts: (b) => [[providerOf(b), b.requests || 0]] },
-    { id: 'errors', title: 'Errors by class', unit: 'errors', parts: (b) => Object.entries(b.errors || {}) },
-    { id: 'tokens', title: 'Tokens', unit: 'tokens', parts: (b) => [[providerOf(b), (b.tokens_in || 0) + (b.tokens_out || 0)]] },
-    { id: 'cost', title: 'Cost', unit: 'USD', money: true, parts: (b) => (b.cost_usd == null ? [] : [[providerOf(b), b.cost_usd]]) },
-  ];
-  const providerOf = (b) => b.provider || '(no provider)';
-
   async function refreshSeries() {
     let r = null;
     try { r = await api('/v1/ui/series?window=' + chartWindow); } catch (_) { r = null; }
@@ -350,79 +323,9 @@
     const clientChoice = $('chart-client').value;
     const buckets = (series ? series.buckets : [])
       .filter((b) => (!keyChoice || b.key === keyChoice) && (!clientChoice || b.client === clientChoice));
-    let drawn = 0;
-    for (const chart of CHARTS) drawn += drawChart(chart, buckets);
+    const drawn = window.KeyrelayCharts.draw(series, buckets, WINDOWS[chartWindow]);
     show($('charts-empty'), drawn === 0);
     setText($('charts-empty'), series ? 'No data in the ' + WINDOWS[chartWindow] + '.' : 'No data yet.');
-  }
-
-  // One chart: a bar per time step, stacked by series (provider, or error
-  // class). Returns the number of non-zero points drawn.
-  function drawChart(chart, buckets) {
-    const node = $('chart-' + chart.id);
-    const W = 600, H = 170, L = 48, R = 8, T = 10, B = 22;
-    const slots = series ? Math.max(1, Math.round((series.end_unix_ms - series.start_unix_ms) / (series.step_secs * 1000))) : 60;
-    const grid = new Map(); // slot -> Map(series -> value)
-    const totals = new Map();
-    for (const b of buckets) {
-      const slot = Math.min(slots - 1, Math.max(0, Math.floor((b.t_unix_ms - series.start_unix_ms) / (series.step_secs * 1000))));
-      for (const [name, value] of chart.parts(b)) {
-        if (!(value > 0)) continue;
-        if (!grid.has(slot)) grid.set(slot, new Map());
-        const cell = grid.get(slot);
-        cell.set(name, (cell.get(name) || 0) + value);
-        totals.set(name, (totals.get(name) || 0) + value);
-      }
-    }
-    const names = [...totals.keys()].sort();
-    const fmt = (v) => (chart.money ? usd(v) : num(Math.round(v)));
-    let max = 0, points = 0;
-    for (const cell of grid.values()) {
-      max = Math.max(max, [...cell.values()].reduce((a, v) => a + v, 0));
-      points += cell.size;
-    }
-    const label = chart.title + ', ' + WINDOWS[chartWindow] + ': ' + (names.length
-      ? names.map((n) => n + ' ' + fmt(totals.get(n))).join(', ')
-      : 'no data');
-    node.replaceChildren(svg('title', {}, label));
-    node.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
-    node.setAttribute('aria-label', label);
-    node.dataset.points = String(points);
-    const pw = W - L - R, ph = H - T - B, bw = pw / slots;
-    node.append(svg('line', { class: 'axis', x1: L, y1: T + ph, x2: W - R, y2: T + ph }));
-    node.append(svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: T + ph }));
-    if (series) {
-      node.append(svg('text', { x: L, y: H - 6 }, clock(series.start_unix_ms, false)));
-      node.append(svg('text', { x: W - R, y: H - 6, 'text-anchor': 'end' }, clock(series.end_unix_ms, false)));
-    }
-    if (!points) {
-      node.append(svg('text', { x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' }, 'No data'));
-    } else {
-      node.append(svg('text', { x: L - 4, y: T + 9, 'text-anchor': 'end' }, fmt(max)));
-      node.append(svg('text', { x: L - 4, y: T + ph, 'text-anchor': 'end' }, '0'));
-      for (const [slot, cell] of grid) {
-        let y = T + ph;
-        for (const name of names) {
-          const v = cell.get(name);
-          if (!v) continue;
-          const h = Math.max(1, (v / max) * ph);
-          y -= h;
-          const rect = svg('rect', {
-            class: 's' + (names.indexOf(name) % 8), x: (L + slot * bw + 0.5).toFixed(1), y: y.toFixed(1),
-            width: Math.max(1, bw - 1).toFixed(1), height: h.toFixed(1),
-          });
-          rect.append(svg('title', {}, clock(series.start_unix_ms + slot * series.step_secs * 1000, false) + ' ' + name + ': ' + fmt(v)));
-          node.append(rect);
-        }
-      }
-    }
-    const legend = $('legend-' + chart.id);
-    legend.replaceChildren(...names.map((n, i) => {
-      const item = el('li');
-      item.append(el('span', { class: 'swatch s' + (i % 8), 'aria-hidden': 'true' }), n + ' ' + fmt(totals.get(n)));
-      return item;
-    }));
-    return points;
   }
 
   // ---- last requests ----

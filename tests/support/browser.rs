@@ -45,7 +45,19 @@ pub struct Browser {
     _child: Child,
     cdp: Arc<Cdp>,
     errors: Arc<Mutex<Vec<String>>>,
-    dir: TempDir,
+    dir: Option<TempDir>,
+}
+
+impl Drop for Browser {
+    /// With `KEYRELAY_KEEP_SCREENSHOTS=1` the temporary directory (and the
+    /// screenshots in it) outlives the test, to be looked at.
+    fn drop(&mut self) {
+        if std::env::var("KEYRELAY_KEEP_SCREENSHOTS").is_ok_and(|v| v == "1")
+            && let Some(dir) = self.dir.take()
+        {
+            println!("screenshots kept in {}", dir.keep().join("screenshots").display());
+        }
+    }
 }
 
 /// The DevTools connection: commands out, answers matched back by id.
@@ -130,7 +142,7 @@ impl Browser {
             }
         });
         let cdp = Arc::new(Cdp { sink: tokio::sync::Mutex::new(sink), pending, next_id: AtomicU64::new(1) });
-        Self { _child: child, cdp, errors, dir }
+        Self { _child: child, cdp, errors, dir: Some(dir) }
     }
 
     /// A new tab, `width` CSS pixels wide.
@@ -141,7 +153,7 @@ impl Browser {
             .as_str()
             .expect("a session id")
             .to_owned();
-        let page = Page { cdp: self.cdp.clone(), session, shots: self.dir.path().join("screenshots") };
+        let page = Page { cdp: self.cdp.clone(), session, shots: self.dir().join("screenshots") };
         for domain in ["Page.enable", "Runtime.enable", "Log.enable", "Page.bringToFront"] {
             page.call(domain, json!({})).await;
         }
@@ -159,7 +171,7 @@ impl Browser {
 
     /// The temporary directory screenshots go to (`screenshots/`).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("kept until dropped").path()
     }
 }
 
@@ -193,6 +205,13 @@ impl Page {
     pub async fn resize(&self, width: u32, height: u32) {
         let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600 });
         self.call("Emulation.setDeviceMetricsOverride", metrics).await;
+    }
+
+    /// Runs `script` in every document this tab opens from now on, before
+    /// the page's own scripts (as an extension would; the page's CSP does
+    /// not apply to it).
+    pub async fn add_init_script(&self, script: &str) {
+        self.call("Page.addScriptToEvaluateOnNewDocument", json!({ "source": script })).await;
     }
 
     /// Opens `url` and waits until the document has loaded.
@@ -232,14 +251,18 @@ impl Page {
     /// Focuses the element `selector` finds and types `text` into it, as
     /// a keyboard would.
     pub async fn type_into(&self, selector: &str, text: &str) {
-        let focus = format!("(() => {{ const e = document.querySelector({selector:?}); e.focus(); e.value = ''; return true; }})()");
+        let focus = format!(
+            "(() => {{ const e = document.querySelector({selector:?}); e.focus(); e.value = ''; return true; }})()"
+        );
         assert_eq!(self.eval(&focus).await, json!(true), "{selector} found");
         self.call("Input.insertText", json!({ "text": text })).await;
     }
 
     /// Clicks the element `selector` finds (it must exist).
     pub async fn click(&self, selector: &str) {
-        let click = format!("(() => {{ const e = document.querySelector({selector:?}); if (!e) return false; e.click(); return true; }})()");
+        let click = format!(
+            "(() => {{ const e = document.querySelector({selector:?}); if (!e) return false; e.click(); return true; }})()"
+        );
         assert_eq!(self.eval(&click).await, json!(true), "{selector} found to click");
     }
 
@@ -273,4 +296,3 @@ fn decode_base64(text: &str) -> Vec<u8> {
     }
     out
 }
-
