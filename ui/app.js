@@ -90,12 +90,21 @@
 
   // ---- polling ----
 
+  // One round of polling at a time; a tab nobody looks at asks for
+  // nothing, and catches up when shown.
+  let polling = false;
   async function tick() {
+    if (polling) return;
     clearTimeout(timer);
-    if (!key) return;
-    await refreshKeys();
-    await Promise.all([refreshSeries(), refreshRecent()]);
-    if (key) timer = setTimeout(tick, POLL_MS);
+    if (!key || document.hidden) return;
+    polling = true;
+    try {
+      await refreshKeys();
+      await Promise.all([refreshSeries(), refreshRecent()]);
+    } finally {
+      polling = false;
+      if (key && !document.hidden) timer = setTimeout(tick, POLL_MS);
+    }
   }
   async function refreshKeys() {
     try {
@@ -373,6 +382,7 @@
     $('confirm').addEventListener('cancel', () => { confirmed = null; }); // Escape
     $('chart-key').addEventListener('change', drawCharts);
     $('chart-client').addEventListener('change', drawCharts);
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) tick(); });
     setInterval(countdown, 1000);
     drawCharts();
     const stored = sessionStorage.getItem(STORE);

@@ -90,6 +90,8 @@ window.KeyrelayCharts = (() => {
     node.append(svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: T + ph }));
     if (series) {
       node.append(svg('text', { x: L, y: H - 6 }, clock(series.start_unix_ms, false)));
+      const middle = (series.start_unix_ms + series.end_unix_ms) / 2;
+      node.append(svg('text', { x: L + pw / 2, y: H - 6, 'text-anchor': 'middle' }, clock(middle, false)));
       node.append(svg('text', { x: W - R, y: H - 6, 'text-anchor': 'end' }, clock(series.end_unix_ms, false)));
     }
     if (!points) {
