@@ -57,7 +57,7 @@ window.KeyrelayCharts = (() => {
   // class). Returns the number of non-zero points drawn.
   function drawChart(chart, series, buckets, windowLabel) {
     const node = document.getElementById('chart-' + chart.id);
-    const W = 600, H = 170, L = 56, R = 8, T = 12, B = 22;
+    const W = 600, H = 170, L = 28, R = 8, T = 12, B = 22;
     const slots = series ? Math.max(1, Math.round((series.end_unix_ms - series.start_unix_ms) / (series.step_secs * 1000))) : 60;
     const grid = new Map(); // slot -> Map(series -> value)
     const totals = new Map();
@@ -97,7 +97,9 @@ window.KeyrelayCharts = (() => {
     if (!points) {
       node.append(svg('text', { class: 'none', x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle' }, 'No data'));
     } else {
-      node.append(svg('text', { x: L - 4, y: T + 10, 'text-anchor': 'end' }, fmt(max)));
+      // The scale's top inside the plot, where a long amount fits.
+      node.append(svg('line', { class: 'grid', x1: L, y1: T, x2: W - R, y2: T }));
+      node.append(svg('text', { x: L + 4, y: T + 14 }, fmt(max)));
       node.append(svg('text', { x: L - 4, y: T + ph, 'text-anchor': 'end' }, '0'));
       for (const [slot, cell] of grid) {
         let y = T + ph;
