@@ -358,6 +358,7 @@
       return tr;
     }));
     show($('recent-empty'), list.length === 0);
+    setText($('recent-empty'), r && r.status === 200 ? 'No requests yet.' : 'No data yet.');
   }
 
   // ---- wiring ----
