@@ -20,6 +20,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token_count;
+pub mod ui;
 pub mod ui_data;
 pub mod usage;
 

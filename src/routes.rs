@@ -5,7 +5,8 @@
 //! The router decides once what a path says and hands it on as a request
 //! extension, so that no handler parses the path again: the proxy route gets
 //! its [`Endpoint`], `GET /v1/models/{id}` a [`RequestedModel`], and
-//! `POST /v1/keys/{id}/{action}` a [`KeyChange`].
+//! `POST /v1/keys/{id}/{action}` a [`KeyChange`], `GET /ui/...` a
+//! [`UiAsset`].
 
 use std::task::{Context, Poll};
 
@@ -17,6 +18,8 @@ use keyrelay_layers::{
     extensions::{Endpoint, gemini_path, percent_decode, response_resource},
 };
 use tower::{Service, ServiceExt, util::BoxCloneSyncService, util::Oneshot};
+
+pub use crate::ui::UiAsset;
 
 /// A route's service, boxed so that routes of different shapes fit one table.
 pub type RouteService<B> = BoxCloneSyncService<Request<B>, Response<ProxyBody>, BoxError>;
@@ -51,6 +54,8 @@ pub enum Route<'p> {
     Usage,
     /// `GET /v1/ui/series`, `/v1/ui/recent`: the dashboard's data.
     UiData(crate::ui_data::UiData),
+    /// `GET /ui`, `/ui/app.js`, `/ui/app.css`: the dashboard's files.
+    Ui(UiAsset),
 }
 
 impl<'p> Route<'p> {
@@ -63,6 +68,9 @@ impl<'p> Route<'p> {
             "/health" => return Some((Self::Health, "GET")),
             "/metrics" => return Some((Self::Metrics, "GET")),
             _ => {}
+        }
+        if let Some(asset) = UiAsset::from_path(path) {
+            return Some((Self::Ui(asset), "GET"));
         }
         // Gemini's `/v1beta/models/{model}:generateContent` (also under
         // `/v1/models/`, which is not the OpenAI model route).
@@ -212,6 +220,8 @@ pub struct Routes<B> {
     pub usage: RouteService<B>,
     /// Finds a [`UiData`](crate::ui_data::UiData) in the request's extensions.
     pub ui_data: RouteService<B>,
+    /// The dashboard's files; finds a [`UiAsset`] in the extensions.
+    pub ui: RouteService<B>,
 }
 
 impl<B> Clone for Router<B> {
@@ -228,6 +238,7 @@ enum Learned {
     KeyChange(KeyChange),
     Client(ClientName),
     UiData(crate::ui_data::UiData),
+    Ui(UiAsset),
 }
 
 impl<B> Service<Request<B>> for Router<B> {
@@ -274,6 +285,7 @@ impl<B> Service<Request<B>> for Router<B> {
             }
             Route::Usage => (&routes.usage, Learned::Nothing),
             Route::UiData(data) => (&routes.ui_data, Learned::UiData(data)),
+            Route::Ui(asset) => (&routes.ui, Learned::Ui(asset)),
         };
         let svc = svc.clone();
         let extensions = req.extensions_mut();
@@ -294,6 +306,9 @@ impl<B> Service<Request<B>> for Router<B> {
             Learned::UiData(data) => {
                 extensions.insert(data);
             }
+            Learned::Ui(asset) => {
+                extensions.insert(asset);
+            }
         }
         Either::Right(svc.oneshot(req))
     }
@@ -313,6 +328,9 @@ mod tests {
         assert_eq!(Route::recognize("/v1/models/"), Some((Route::Models, "GET")));
         assert_eq!(Route::recognize("/health"), Some((Route::Health, "GET")));
         assert_eq!(Route::recognize("/v1/usage"), Some((Route::Usage, "GET")));
+        assert_eq!(Route::recognize("/ui"), Some((Route::Ui(UiAsset::Page), "GET")));
+        assert_eq!(Route::recognize("/ui/app.js"), Some((Route::Ui(UiAsset::Script), "GET")));
+        assert_eq!(Route::recognize("/v1/ui"), None);
         let reset = Route::KeyAction { id: "openai:1a2b3c4d", action: KeyAction::Reset };
         assert_eq!(Route::recognize("/v1/keys/openai:1a2b3c4d/reset"), Some((reset, "POST")));
         assert_eq!(Route::recognize("/v1/health"), None);
@@ -377,6 +395,7 @@ mod tests {
             admin_client: seeing("admin_client"),
             usage: seeing("usage"),
             ui_data: seeing("ui_data"),
+            ui: seeing("ui"),
         });
         let chat = Some(Endpoint::ChatCompletions);
         assert_eq!(seen(&router, Method::POST, "/v1/chat/completions").await, Seen("proxy", chat, None, None));

@@ -289,6 +289,15 @@ where
                 }
             })))
         },
+        // The dashboard's files hold no data: no key, so a browser can load
+        // the page that asks for one.
+        ui: route(service_fn(|req: Request<B>| {
+            let asset = req.extensions().get::<crate::routes::UiAsset>().copied();
+            std::future::ready(match asset {
+                Some(asset) => Ok(crate::ui::serve(asset)),
+                None => Err(keyrelay_layers::error::MissingExtension::new("UiAsset")),
+            })
+        })),
         metrics: {
             let (pool, clients, totals) = (app.pool.clone(), app.clients.clone(), app.cost_totals.clone());
             let handle = crate::telemetry::metrics_handle();

@@ -22,6 +22,8 @@
 //!   directory, a free loopback port), stopped on drop.
 //! - [`store`]: keyrelay's database read as an operator would (ledger
 //!   rows, the pool's saved state).
+//! - [`browser`]: a real headless Chromium driven over the DevTools
+//!   protocol (the dashboard's tests).
 //!
 //! Every wait is bounded by [`WAIT`], so a bug fails a test instead of
 //! hanging it. Nothing here reaches the network beyond loopback.
@@ -30,6 +32,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod binary;
+pub mod browser;
 pub mod client;
 pub mod mock;
 pub mod postgres;
