@@ -225,7 +225,9 @@ where
             let counters = app.shared.as_ref().map(|(_, shared)| shared.counters().clone());
             route(status_auth.layer(service_fn(move |_: Request<B>| {
                 let (pool, counters) = (pool.clone(), counters.clone());
-                async move { Ok::<_, Infallible>(crate::status::keys(&pool, counters.as_deref()).await) }
+                // Polled by the dashboard and `keyrelay status` every few
+                // seconds: answered at debug level, like /health.
+                async move { Ok::<_, Infallible>(quiet(crate::status::keys(&pool, counters.as_deref()).await)) }
             })))
         },
         key_action: {
@@ -285,7 +287,7 @@ where
                     let data = req.extensions().get::<crate::ui_data::UiData>().copied();
                     let data = data.ok_or_else(|| keyrelay_layers::error::MissingExtension::new("UiData"))?;
                     let query = req.uri().query().map(str::to_owned);
-                    Ok::<_, BoxError>(crate::ui_data::answer(db, data, query).await?)
+                    Ok::<_, BoxError>(quiet(crate::ui_data::answer(db, data, query).await?))
                 }
             })))
         },
@@ -308,6 +310,12 @@ where
             route(metrics_auth.layer(scrape))
         },
     })
+}
+
+/// Marks an answer to be logged at debug level (see `log::Quiet`).
+fn quiet(mut res: Response<ProxyBody>) -> Response<ProxyBody> {
+    res.extensions_mut().insert(keyrelay_layers::log::Quiet);
+    res
 }
 
 fn route<S, B, E>(svc: S) -> RouteService<B>
