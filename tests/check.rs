@@ -154,3 +154,51 @@ async fn no_keys_at_all_is_a_failure_that_says_so() {
     assert!(out.stderr.contains("no provider keys configured"), "{}", out.stderr);
     assert_eq!(out.stdout, "");
 }
+
+#[tokio::test]
+async fn a_server_without_a_model_list_is_checked_with_a_one_token_request() {
+    let openai = MockUpstream::start().await;
+    // KEY_ONE's model list is a 404; the one-token chat then answers.
+    openai.push_for(KEY_ONE, Script::respond(404, r#"{"error":{"message":"Not Found"}}"#));
+    // KEY_TWO: the same 404, then the chat says the key is bad.
+    openai.push_for(KEY_TWO, Script::respond(404, r#"{"error":{"message":"Not Found"}}"#));
+    openai.push_for(KEY_TWO, Script::invalid_key());
+    let mut env = openai.env(2);
+    env.push(("KEYRELAY_PROVIDERS__OPENAI__MODELS".to_owned(), r#"["gpt-4o-mini"]"#.to_owned()));
+    let out = check(&env, &["--json"]).await;
+    let checks: Vec<Value> = serde_json::from_str(&out.stdout).expect("a JSON array");
+    let verdict = |key: &str| {
+        let id = openai.key_id(key);
+        checks.iter().find(|c| c["id"] == id.as_str()).map(|c| c["verdict"].clone())
+    };
+    assert_eq!(verdict(KEY_ONE), Some(Value::from("ok")), "{}", out.stdout);
+    assert_eq!(verdict(KEY_TWO), Some(Value::from("invalid")), "{}", out.stdout);
+    assert_eq!(out.code, Some(1));
+    let chats: Vec<_> = openai.requests().into_iter().filter(|r| r.path.ends_with("/chat/completions")).collect();
+    assert_eq!(chats.len(), 2, "one one-token request per key");
+    for chat in chats {
+        let body: Value = serde_json::from_slice(&chat.body).unwrap();
+        assert_eq!((body["model"].as_str(), body["max_tokens"].as_u64()), (Some("gpt-4o-mini"), Some(1)));
+    }
+
+    // Without a model named, it cannot ask: unknown, and it says what to do.
+    openai.take_requests();
+    openai.push_for(KEY_ONE, Script::respond(404, r#"{"error":{"message":"Not Found"}}"#));
+    let out = check(&openai.env(1), &["--json"]).await;
+    let checks: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(checks[0]["verdict"], "unknown");
+    assert!(checks[0]["message"].as_str().unwrap().contains("providers.openai.models"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn openrouter_keys_are_checked_on_its_key_route_not_its_public_model_list() {
+    let openrouter = MockUpstream::start().await;
+    let env = vec![
+        ("OPENROUTER_API_BASE".to_owned(), openrouter.base()),
+        ("OPENROUTER_API_KEY".to_owned(), KEY_ONE.to_owned()),
+    ];
+    let out = check(&env, &["--json"]).await;
+    let paths: Vec<String> = openrouter.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.len(), 1, "{paths:?}\n{}", out.stdout);
+    assert!(paths[0].ends_with("/key"), "{paths:?}");
+}

@@ -81,27 +81,59 @@ pub struct KeyCheck {
 
 /// The path below the provider's base of its cheapest keyed call. Anthropic
 /// and Gemini bases are host only; their lists are paged, one entry is
-/// enough.
-fn probe_path(dialect: Dialect) -> &'static str {
-    match dialect {
+/// enough. OpenRouter's model list is public (it would pass any key): its
+/// key route says whether the key is good.
+fn probe_path(provider: &Provider) -> &'static str {
+    match provider.dialect() {
         Dialect::Anthropic => "v1/models?limit=1",
         Dialect::Gemini => "v1beta/models?pageSize=1",
+        _ if provider.id().as_str() == "openrouter" => "key",
         _ => "models",
     }
+}
+
+/// A one-token chat completion for a server with no model list (its
+/// `/models` answered 404 or 405): the cheapest call left. `None` when the
+/// provider names no model to ask for.
+fn minimal_request(provider: &Provider) -> Option<Bytes> {
+    let model = provider.models().first()?;
+    let body = serde_json::json!({
+        "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}],
+    });
+    Some(Bytes::from(body.to_string()))
 }
 
 /// Checks `key` of `provider`, giving up after `timeout`.
 pub async fn probe(client: &HttpsClient, provider: &Provider, key: &KeyEntry, timeout: Duration) -> KeyCheck {
     let started = Instant::now();
-    let answer = tokio::time::timeout(timeout, send(client, provider, key)).await;
+    let answer = tokio::time::timeout(timeout, send(client, provider, key, None)).await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (verdict, status, message) = match answer {
         Err(_) => (Verdict::Unreachable, None, format!("no answer within {}s", timeout.as_secs())),
         Ok(Err(err)) => (Verdict::Unreachable, None, error_chain(&*err)),
-        Ok(Ok((status, headers, body))) => match classify(status, &headers, &body) {
-            None => (Verdict::Ok, Some(status.as_u16()), String::new()),
-            Some(failure) => (Verdict::of(failure.class), Some(status.as_u16()), provider_message(status, &body)),
-        },
+        Ok(Ok((status, headers, body))) => {
+            let no_list = matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)
+                && provider.dialect() == Dialect::OpenAi;
+            match (no_list, minimal_request(provider)) {
+                (true, Some(chat)) => {
+                    let answer = tokio::time::timeout(timeout, send(client, provider, key, Some(chat))).await;
+                    match answer {
+                        Err(_) => (Verdict::Unreachable, None, format!("no answer within {}s", timeout.as_secs())),
+                        Ok(Err(err)) => (Verdict::Unreachable, None, error_chain(&*err)),
+                        Ok(Ok((status, headers, body))) => verdict(status, &headers, &body),
+                    }
+                }
+                (true, None) => (
+                    Verdict::Unknown,
+                    Some(status.as_u16()),
+                    format!(
+                        "no model list here; name a model in providers.{}.models to check with a one-token request",
+                        provider.id()
+                    ),
+                ),
+                (false, _) => verdict(status, &headers, &body),
+            }
+        }
     };
     KeyCheck {
         id: key.id().as_str().to_owned(),
@@ -113,16 +145,29 @@ pub async fn probe(client: &HttpsClient, provider: &Provider, key: &KeyEntry, ti
     }
 }
 
+/// What a classified answer says of the key.
+fn verdict(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> (Verdict, Option<u16>, String) {
+    match classify(status, headers, body) {
+        None => (Verdict::Ok, Some(status.as_u16()), String::new()),
+        Some(failure) => (Verdict::of(failure.class), Some(status.as_u16()), provider_message(status, body)),
+    }
+}
+
+/// The probe's call, or the one-token `chat` when given.
 async fn send(
     client: &HttpsClient,
     provider: &Provider,
     key: &KeyEntry,
+    chat: Option<Bytes>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), BoxError> {
     let (name, value) = key.auth_header();
-    let mut req = Request::get(provider.api_base().join(probe_path(provider.dialect())))
-        .header(name, value)
-        .header(ACCEPT, "application/json")
-        .body(Full::new(Bytes::new()))?;
+    let builder = match chat {
+        None => Request::get(provider.api_base().join(probe_path(provider))),
+        Some(_) => Request::post(provider.api_base().join("chat/completions"))
+            .header(http::header::CONTENT_TYPE, "application/json"),
+    };
+    let mut req =
+        builder.header(name, value).header(ACCEPT, "application/json").body(Full::new(chat.unwrap_or_default()))?;
     for (name, value) in provider.extra_headers() {
         req.headers_mut().insert(name.clone(), value.clone());
     }
