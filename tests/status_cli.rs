@@ -93,10 +93,29 @@ async fn a_wrong_key_or_no_server_is_a_clear_failure() {
     assert!(gone.stderr.contains(&format!("cannot reach {closed}")), "{}", gone.stderr);
 }
 
+/// How the live table is ended.
+#[derive(Clone, Copy, Debug)]
+enum Quit {
+    /// `q` typed.
+    Key,
+    /// SIGTERM from outside (a `kill`, a closing terminal's SIGHUP alike).
+    Signal,
+}
+
 /// On a terminal (a pty from util-linux's `script`), the table is drawn on
 /// the alternate screen and `q` ends it with the terminal restored.
 #[tokio::test]
 async fn on_a_terminal_it_refreshes_until_q() {
+    live_table_ends(Quit::Key).await;
+}
+
+/// A `kill` ends it as cleanly: the terminal is not left raw.
+#[tokio::test]
+async fn on_a_terminal_sigterm_restores_the_terminal() {
+    live_table_ends(Quit::Signal).await;
+}
+
+async fn live_table_ends(quit: Quit) {
     if std::process::Command::new("script").arg("--version").output().is_err() {
         // Debian's bsdutils (essential) ships it: CI always has it.
         assert!(std::env::var_os("CI").is_none(), "no `script` (util-linux) on CI");
@@ -134,9 +153,19 @@ async fn on_a_terminal_it_refreshes_until_q() {
     })
     .await;
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"q").await.unwrap();
-    stdin.flush().await.unwrap();
-    let status = within("status to quit on q", child.wait()).await.unwrap();
+    match quit {
+        Quit::Key => {
+            stdin.write_all(b"q").await.unwrap();
+            stdin.flush().await.unwrap();
+        }
+        Quit::Signal => {
+            // `script` runs the command (exec'd: keyrelay itself) as its child.
+            let pid = child_of(child.id().expect("script runs")).expect("keyrelay under script");
+            let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+            assert!(killed.success());
+        }
+    }
+    let status = within("status to quit", child.wait()).await.unwrap();
     let mut rest = Vec::new();
     let _ = within("the rest of the output", stdout.read_to_end(&mut rest)).await;
     seen.extend_from_slice(&rest);
@@ -147,4 +176,15 @@ async fn on_a_terminal_it_refreshes_until_q() {
     // The command line script ran holds the key; what keyrelay drew does not.
     let drawn = screen.split("\x1b[?1049h").nth(1).unwrap_or_default();
     assert_no_secret("the live table", drawn);
+}
+
+/// A child process of `parent`, from /proc (no procps needed).
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so after its `)`.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent).then_some(pid)
+    })
 }

@@ -1,7 +1,8 @@
 //! `keyrelay status` on a terminal: the table redrawn in place on the
 //! alternate screen, every second (countdowns) and read again every
-//! interval, until `q`, Esc or Ctrl-C. The terminal is restored however the
-//! loop ends, a panic included.
+//! interval, until `q`, Esc or Ctrl-C, or SIGTERM, SIGHUP or SIGINT from
+//! outside. The terminal is restored however the loop ends, a panic
+//! included.
 
 use std::{
     io::{self, Write},
@@ -25,6 +26,8 @@ use super::{
 
 /// How often the countdowns are redrawn between reads.
 const TICK: Duration = Duration::from_secs(1);
+/// The longest wait for a key press before signals are looked at.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 /// Raw mode, the alternate screen and a hidden cursor, undone on drop.
 struct Screen;
@@ -49,19 +52,29 @@ impl Drop for Screen {
 /// Runs the live table, starting from `view` (just read), until the
 /// operator quits.
 pub fn run(runtime: &tokio::runtime::Runtime, source: &Source, view: PoolView, interval: Duration) -> io::Result<()> {
+    let mut signals = Signals::new(runtime)?;
     let _screen = Screen::enter()?;
     let (mut view, mut read_at, mut failure) = (view, Instant::now(), None::<String>);
     let mut next_read = read_at + interval;
+    let mut next_tick = Instant::now();
     loop {
-        draw(&render(&view, source.url(), read_at.elapsed()), failure.as_deref(), interval)?;
-        let next_tick = Instant::now() + TICK;
-        let wait = next_tick.min(next_read).saturating_duration_since(Instant::now());
+        if Instant::now() >= next_tick {
+            draw(&render(&view, source.url(), read_at.elapsed()), failure.as_deref(), interval)?;
+            next_tick = Instant::now() + TICK;
+        }
+        let wait = next_tick.min(next_read).saturating_duration_since(Instant::now()).min(SIGNAL_CHECK);
         if event::poll(wait)? {
             match event::read()? {
                 Event::Key(key) if quits(&key) => return Ok(()),
                 // A resize or any other key: redraw now.
-                _ => continue,
+                _ => {
+                    next_tick = Instant::now();
+                    continue;
+                }
             }
+        }
+        if signals.received(runtime) {
+            return Ok(());
         }
         if Instant::now() >= next_read {
             match runtime.block_on(source.fetch()) {
@@ -71,6 +84,34 @@ pub fn run(runtime: &tokio::runtime::Runtime, source: &Source, view: PoolView, i
             }
             next_read = Instant::now() + interval;
         }
+    }
+}
+
+/// SIGTERM, SIGHUP and SIGINT (raw mode turns Ctrl-C into a key, but a
+/// `kill` still comes as a signal): each ends the loop, so that the
+/// terminal is restored.
+struct Signals([tokio::signal::unix::Signal; 3]);
+
+impl Signals {
+    fn new(runtime: &tokio::runtime::Runtime) -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = runtime.enter();
+        Ok(Self([signal(SignalKind::terminate())?, signal(SignalKind::hangup())?, signal(SignalKind::interrupt())?]))
+    }
+
+    /// Whether one came; the runtime runs briefly to hear it.
+    fn received(&mut self, runtime: &tokio::runtime::Runtime) -> bool {
+        let [term, hup, int] = &mut self.0;
+        runtime.block_on(async {
+            let any = async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            tokio::time::timeout(Duration::from_millis(1), any).await.is_ok()
+        })
     }
 }
 
