@@ -119,6 +119,35 @@ async fn the_slot_of_a_replica_killed_with_9_comes_back_when_its_lease_expires()
     valve.open();
 }
 
+#[tokio::test]
+async fn a_running_request_keeps_its_slot_past_the_lease_by_renewing_it() {
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start().await;
+    let client = TestClient::http1();
+    let env = with(
+        replica_env(&mock, 1, &redis),
+        &[("MAX_CONCURRENT_REQUESTS_PER_KEY_OPENAI", "1"), ("KEYRELAY_SHARED__SLOT_LEASE_SECS", "1")],
+    );
+    let replicas = Replicas::start(2, &env, None).await;
+    let valve = Valve::new();
+    mock.always_for(KEY_ONE, Script::Hold(valve.clone()));
+    let long = client.fetch(replicas[0].chat_request(support::replicas::MODEL));
+    let other = client.fetch(replicas[1].chat_request(support::replicas::MODEL));
+    let watch = async {
+        eventually("A's request held upstream", || async { mock.in_flight(KEY_ONE) == 1 }).await;
+        // Two and a half leases: an unrenewed lease would have expired
+        // twice over, and B would have been let in.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let sent = mock.requests().len();
+        valve.open();
+        sent
+    };
+    let (long, other, sent) = within("both requests", async { tokio::join!(long, other, watch) }).await;
+    assert_eq!(sent, 1, "B got the slot while A's request still ran");
+    assert_eq!((long.status.as_u16(), other.status.as_u16()), (200, 200));
+    assert_eq!(mock.max_in_flight(KEY_ONE), 1);
+}
+
 /// The mock's chat answer reports 10 completion tokens: at $1000 per
 /// million output tokens (input free), $0.01 an answer, and with
 /// `max_output = 10` that is each request's reservation too.

@@ -64,13 +64,6 @@ impl KeyNames {
     }
 }
 
-/// A request for the task that talks to Redis after admission.
-#[derive(Debug)]
-enum Work {
-    Hold(Arc<Lease>),
-    Release(Arc<Lease>),
-}
-
 /// An admitted attempt's place, as the renewals and the release need it.
 #[derive(Debug)]
 struct Lease {
@@ -98,13 +91,13 @@ impl Lease {
 /// [`RedisLimits::ask`]).
 struct Unanswered<'a> {
     lease: Option<Arc<Lease>>,
-    work: &'a mpsc::Sender<Work>,
+    work: &'a mpsc::Sender<Arc<Lease>>,
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            let _ = self.work.try_send(Work::Release(lease));
+            let _ = self.work.try_send(lease);
         }
     }
 }
@@ -113,7 +106,7 @@ impl Drop for Unanswered<'_> {
 #[derive(Debug)]
 struct Ticket {
     lease: Arc<Lease>,
-    work: mpsc::Sender<Work>,
+    limits: Arc<RedisLimits>,
     released: AtomicBool,
 }
 
@@ -123,7 +116,11 @@ impl SharedTicket for Ticket {
     }
 
     fn release(&self) {
-        if !self.released.swap(true, Relaxed) && self.work.try_send(Work::Release(self.lease.clone())).is_err() {
+        if self.released.swap(true, Relaxed) {
+            return;
+        }
+        self.limits.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.lease.id);
+        if self.limits.work.try_send(self.lease.clone()).is_err() {
             metrics::counter!(keyrelay_layers::metrics::SHARED_EVENTS_DROPPED).increment(1);
         }
     }
@@ -145,8 +142,12 @@ pub struct RedisLimits {
     /// Wakes the connector when a call failed.
     broken: Notify,
     leases: AtomicU64,
-    work: mpsc::Sender<Work>,
-    queue: Mutex<Option<mpsc::Receiver<Work>>>,
+    /// The leases of attempts still running, renewed every third of the
+    /// lease (a map, not the queue: a full queue must not cost a renewal).
+    running: Mutex<HashMap<String, Arc<Lease>>>,
+    /// Releases, for the task that pipelines them.
+    work: mpsc::Sender<Arc<Lease>>,
+    queue: Mutex<Option<mpsc::Receiver<Arc<Lease>>>>,
     admit: Script,
     release: Script,
     renew: Script,
@@ -165,6 +166,7 @@ impl RedisLimits {
             first_attempt: watch::Sender::new(false),
             broken: Notify::new(),
             leases: AtomicU64::new(0),
+            running: Mutex::default(),
             work,
             queue: Mutex::new(Some(queue)),
             admit: Script::new(include_str!("lua/admit.lua")),
@@ -294,9 +296,9 @@ impl RedisLimits {
         match answer.as_slice() {
             [1, second, rest @ ..] => {
                 lease.counted_second.store(u64::try_from(*second).unwrap_or(0), Relaxed);
-                // Renewed while it runs; nothing waits on this.
-                let _ = self.work.try_send(Work::Hold(lease.clone()));
-                let ticket = Ticket { lease, work: self.work.clone(), released: AtomicBool::new(false) };
+                // Renewed while it runs.
+                self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(lease.id.clone(), lease.clone());
+                let ticket = Ticket { lease, limits: self.clone(), released: AtomicBool::new(false) };
                 Admission::Admitted { ticket: Arc::new(ticket), spent_nanos: spent(rest.first()) }
             }
             [0, reason, retry_at, rest @ ..] => {
@@ -314,39 +316,28 @@ impl RedisLimits {
     }
 
     /// Releases and renews: the only writes after admission, pipelined.
-    async fn work(self: Arc<Self>, mut queue: mpsc::Receiver<Work>, pool_now: impl Fn() -> Arc<KeyPool>) {
-        let mut running: HashMap<String, Arc<Lease>> = HashMap::new();
+    async fn work(self: Arc<Self>, mut queue: mpsc::Receiver<Arc<Lease>>, pool_now: impl Fn() -> Arc<KeyPool>) {
         let mut releases: Vec<Arc<Lease>> = Vec::new();
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
-                work = queue.recv() => match work {
+                lease = queue.recv() => match lease {
                     None => return,
-                    Some(Work::Hold(lease)) => { running.insert(lease.id.clone(), lease); }
-                    Some(Work::Release(lease)) => {
-                        running.remove(&lease.id);
-                        releases.push(lease);
-                    }
+                    Some(lease) => releases.push(lease),
                 },
                 _ = renew.tick() => {
-                    if !running.is_empty() && !self.renew_all(running.values()).await {
+                    let running: Vec<Arc<Lease>> =
+                        self.running.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+                    if !running.is_empty() && !self.renew_all(running.iter()).await {
                         tracing::debug!(leases = running.len(), "cannot renew slot leases now");
                     }
                 }
             }
             // Take whatever else is queued, so one pipeline carries it.
-            while let Ok(work) = queue.try_recv() {
-                match work {
-                    Work::Hold(lease) => {
-                        running.insert(lease.id.clone(), lease);
-                    }
-                    Work::Release(lease) => {
-                        running.remove(&lease.id);
-                        releases.push(lease);
-                    }
-                }
+            while let Ok(lease) = queue.try_recv() {
+                releases.push(lease);
             }
             if releases.is_empty() {
                 continue;
