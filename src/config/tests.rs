@@ -254,6 +254,7 @@ fn the_example_config_documents_every_key() {
         "redis_url",
         "key_prefix",
         "call_timeout_ms",
+        "slot_lease_secs",
     ] {
         assert!(example.contains(&format!("{key} =")), "config.toml.example lacks `{key}`");
     }
