@@ -78,11 +78,7 @@ impl PoolCounters {
     }
 
     async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        match tokio::time::timeout(self.settings.call_timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(format!("{:?}", err.kind())),
-            Err(_) => Err(format!("no answer within {} ms", self.settings.call_timeout.as_millis())),
-        }
+        super::timed(self.settings.call_timeout, call).await
     }
 
     fn day_key(&self, key: &str, day: u64) -> String {

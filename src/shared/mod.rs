@@ -273,11 +273,7 @@ impl Shared {
     }
 
     async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        match tokio::time::timeout(self.settings.call_timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(format!("{:?}", err.kind())),
-            Err(_) => Err(format!("no answer within {} ms", self.settings.call_timeout.as_millis())),
-        }
+        timed(self.settings.call_timeout, call).await
     }
 
     async fn publish(self: Arc<Self>, client: redis::Client, mut rx: mpsc::Receiver<Outgoing>) {
@@ -473,6 +469,16 @@ fn limits_news(payload: &str) -> Option<LimitsNews> {
         "freed" => Some(LimitsNews::Freed(wire.key)),
         "spent" => Some(LimitsNews::Spent(wire.key, wire.spent?)),
         _ => None,
+    }
+}
+
+/// `call` within `timeout`; a failure as the log says it (the error's
+/// kind, never the URL with its password).
+async fn timed<T>(timeout: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(format!("{:?}", err.kind())),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Uri, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Full, Limited};
-use keyrelay_layers::upstream::HttpsClient;
+use keyrelay_layers::{pool::Counters, upstream::HttpsClient};
 use serde::Deserialize;
 
 /// How long one read of `/v1/keys` may take.
@@ -45,32 +45,6 @@ pub struct KeyRow {
 pub struct Cooldown {
     pub model: String,
     pub remaining_secs: u64,
-}
-
-/// A key's counters of the day.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Counters {
-    pub requests: u64,
-    pub successes: u64,
-    pub failures_client: u64,
-    pub failures_rate_limit: u64,
-    pub failures_quota: u64,
-    pub failures_credential: u64,
-    pub failures_transient: u64,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-}
-
-impl Counters {
-    /// Failures of every class.
-    pub fn failures(&self) -> u64 {
-        self.failures_client
-            + self.failures_rate_limit
-            + self.failures_quota
-            + self.failures_credential
-            + self.failures_transient
-    }
 }
 
 /// Where the pool is read and with which key.

@@ -95,7 +95,9 @@ pub fn countdown(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status_cli::fetch::{Cooldown, Counters};
+    use keyrelay_layers::pool::Counters;
+
+    use crate::status_cli::fetch::Cooldown;
 
     fn key(id: &str, state: &str, cooldowns: &[(&str, u64)]) -> KeyRow {
         KeyRow {
@@ -107,12 +109,10 @@ mod tests {
                 .iter()
                 .map(|&(model, remaining_secs)| Cooldown { model: model.to_owned(), remaining_secs })
                 .collect(),
-            today: Counters {
-                requests: 12,
-                successes: 10,
-                failures_rate_limit: 2,
-                tokens_in: 1500,
-                ..Counters::default()
+            today: {
+                let mut today = Counters::default();
+                (today.requests, today.successes, today.failures_rate_limit, today.tokens_in) = (12, 10, 2, 1500);
+                today
             },
         }
     }

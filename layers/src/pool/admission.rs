@@ -279,14 +279,21 @@ const SLOT_RECHECK: Duration = Duration::from_secs(1);
 const MIN_RECHECK: Duration = Duration::from_millis(100);
 
 impl ProviderPool {
+    /// Whether key `index` has a limit the replicas share: only then is
+    /// an attempt on it put to the store (and given a ticket slot).
+    pub(super) fn shares_limits(&self, index: usize) -> bool {
+        let settings = &self.settings[index];
+        self.admission.is_some() && (self.cap_of(index) > 0 || settings.has_limits() || settings.budget.is_some())
+    }
+
     fn admission_ask(&self, index: usize, model: &str, tokens: u64, reserved_cost: f64) -> Option<AdmissionAsk> {
+        if !self.shares_limits(index) {
+            return None;
+        }
         let settings = &self.settings[index];
         let cap = self.cap_of(index);
         let now_ms = self.clock.now_unix_ms();
         let budget = self.keys[index].health().budget.as_ref().map(|meter| BudgetAsk::of(meter, now_ms, reserved_cost));
-        if cap == 0 && !settings.has_limits() && budget.is_none() {
-            return None;
-        }
         let now = Instant::now();
         Some(AdmissionAsk {
             key: self.keys[index].id().clone(),

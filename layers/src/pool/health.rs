@@ -40,9 +40,11 @@ pub enum KeyState {
     Disabled,
 }
 
-/// Per-day counters of one (key, model).
+/// Per-day counters of one (key, model). Read back leniently: a counter
+/// an older writer did not know is 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct Counters {
     /// Attempts sent.
@@ -66,6 +68,15 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Failures of every class.
+    pub fn failures(&self) -> u64 {
+        self.failures_client
+            + self.failures_rate_limit
+            + self.failures_quota
+            + self.failures_credential
+            + self.failures_transient
+    }
+
     fn fail(&mut self, class: FailureClass) {
         let slot = match class {
             FailureClass::Client => &mut self.failures_client,

@@ -438,7 +438,7 @@ impl ProviderPool {
             leased_at: now,
             reserved_tokens: tokens,
             reserved_cost,
-            ticket: self.admission.as_ref().map(|_| Arc::default()),
+            ticket: self.shares_limits(index).then(Arc::default),
         };
         let guard = InFlight { pool: self.clone(), index, model: model.into(), probe, budget };
         Ok(Choice::Leased(lease, guard))

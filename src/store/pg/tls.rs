@@ -32,7 +32,9 @@ use crate::config::ledger_tls::{PostgresTls, SslMode};
 pub fn connector(tls: &PostgresTls) -> MakeRustlsConnect {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
-        SslMode::Disable | SslMode::Prefer => Arc::new(Unchecked(provider.signature_verification_algorithms)),
+        SslMode::Disable | SslMode::Prefer => {
+            Arc::new(ChainOnly { roots: None, algorithms: provider.signature_verification_algorithms })
+        }
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
             let roots = Arc::new(roots(tls));
             if tls.checks_name() {
@@ -40,7 +42,7 @@ pub fn connector(tls: &PostgresTls) -> MakeRustlsConnect {
                     .build()
                     .expect("a root store that is not empty")
             } else {
-                Arc::new(ChainOnly { roots, algorithms: provider.signature_verification_algorithms })
+                Arc::new(ChainOnly { roots: Some(roots), algorithms: provider.signature_verification_algorithms })
             }
         }
     };
@@ -85,12 +87,19 @@ fn roots(tls: &PostgresTls) -> RootCertStore {
     }
 }
 
-/// `verify-ca` (and `require`) with a CA of its own: the chain must lead to
-/// it; the name is not checked (managed servers reached by IP, or by a name
-/// their certificate does not carry).
+/// Checks the chain only, or nothing:
+/// - `verify-ca` (and `require`) with a CA of its own (`roots`): the chain
+///   must lead to it; the name is not checked (managed servers reached by
+///   IP, or by a name their certificate does not carry);
+/// - `prefer` (no `roots`): libpq's default takes whatever certificate the
+///   server shows. The link is encrypted against a listener, not against a
+///   server in the middle (which could as well refuse TLS: `prefer` then
+///   goes plain).
+///
+/// The handshake's own signatures are checked either way.
 #[derive(Debug)]
 struct ChainOnly {
-    roots: Arc<RootCertStore>,
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -103,8 +112,10 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, self.algorithms.all)?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -128,47 +139,5 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer`: libpq's default takes whatever certificate the server shows.
-/// The link is encrypted against a listener, not against a server in the
-/// middle (which could as well refuse TLS: `prefer` then goes plain).
-/// The handshake's own signatures are still checked.
-#[derive(Debug)]
-struct Unchecked(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
     }
 }
